@@ -1,0 +1,3 @@
+from distree.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The ``distree`` command."""

@@ -1,0 +1,110 @@
+"""``distree``: one command with sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from distree import __version__
+from distree.config import ConfigError, load_run_config
+from distree.data import ENV_VAR, DataError, load_data
+from distree.data.loading import FORMATS
+from distree.hardware import pick_device
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data",
+        help=f"data set path (image folder, CIFAR-10 python release, IDX folder or .npz pair); "
+        f"default ${ENV_VAR}; 'cifar10' or 'fashion-mnist' downloads the official release",
+    )
+    p.add_argument("--format", choices=list(FORMATS), help="override format detection")
+    p.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train teacher and student into --out."""
+    from distree.training.pipeline import train_run
+
+    config = load_run_config(args.config)
+    if args.epochs is not None:
+        config = config.with_epochs(args.epochs)
+    device = pick_device(args.device)
+    t0 = time.perf_counter()
+    splits = load_data(args.data, args.format, config.data.val_fraction, config.data.split_seed)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise DataError(f"--limit must be at least 1, got {args.limit}")
+        pick = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(config.data.split_seed))
+        splits = type(splits)(splits.train.subset(pick[: args.limit].sort().values), splits.val, splits.test, splits.source, splits.format)
+    _log(
+        f"data: {splits.source} ({splits.format}), {len(splits.train)} train / {len(splits.val)} val / "
+        f"{len(splits.test)} test, {splits.image_size}x{splits.image_size}x{splits.in_channels}, "
+        f"{splits.num_classes} classes; loaded in {time.perf_counter() - t0:.1f}s; device {device}"
+    )
+    teacher = Path(args.teacher) if args.teacher else None
+    run = train_run(Path(args.out), splits, config, device, teacher_from=teacher, log=_log)
+    _log(f"done in {time.perf_counter() - t0:.0f}s: {run.path}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a run on the test split."""
+    from distree.evaluation.offline import evaluate_run, format_report
+    from distree.run import RunDir
+
+    run = RunDir(args.run_dir)
+    meta = run.read_meta()
+    device = pick_device(args.device)
+    splits = load_data(args.data, args.format, meta.config.data.val_fraction, meta.config.data.split_seed)
+    report = evaluate_run(run, splits.test, device, meta.config.eval_batch_size)
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        _log(f"wrote {args.json}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command."""
+    parser = argparse.ArgumentParser(prog="distree", description="Distributed early-exit DNN inference.")
+    parser.add_argument("--version", action="version", version=f"distree {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a teacher and a DistrEE student")
+    _add_data_args(p)
+    p.add_argument("--out", required=True, help="run directory to create (or resume)")
+    p.add_argument("--config", help="YAML or JSON run configuration (default: built-in defaults)")
+    p.add_argument("--epochs", type=int, help="epochs of each phase (overrides the config)")
+    p.add_argument("--limit", type=int, help="use only this many training samples (quick runs)")
+    p.add_argument("--teacher", help="take the trained teacher from this run directory")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run on the test split")
+    p.add_argument("run_dir", help="run directory made by 'distree train'")
+    _add_data_args(p)
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``distree`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"distree {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"distree {args.command}: interrupted", file=sys.stderr)
+        return 130

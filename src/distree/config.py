@@ -1,0 +1,175 @@
+"""Typed configuration for models, data and training, validated where it enters.
+
+Every configuration object is a pydantic model with ``extra="forbid"``, so a misspelt
+field is an error that names it instead of a silently ignored key.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WideResNetConfig(_Strict):
+    """A pre-activation CIFAR WideResNet WRN-depth-width."""
+
+    depth: int = Field(16, description="total depth; (depth - 4) must be divisible by 6")
+    width: float = Field(4.0, gt=0, description="widening factor k (fractions give thin nets)")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("depth")
+    @classmethod
+    def _depth_ok(cls, v: int) -> int:
+        if v < 10 or (v - 4) % 6:
+            raise ValueError(f"depth must be 6n+4 with n >= 1 (10, 16, 22, 28, ...), got {v}")
+        return v
+
+    @property
+    def blocks_per_group(self) -> int:
+        """Residual blocks in each of the three groups."""
+        return (self.depth - 4) // 6
+
+
+class StudentConfig(_Strict):
+    """The DistrEE student: N parallel thin WideResNet branches and fused exit heads."""
+
+    branches: list[WideResNetConfig] = Field(
+        default_factory=lambda: [WideResNetConfig(depth=10, width=1.0) for _ in range(4)],
+        min_length=1,
+    )
+    exits: list[int] | None = Field(
+        None,
+        description="exit points as the number of residual blocks completed; "
+        "default: one at the end of each residual group",
+    )
+    embed_dim: int = Field(128, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudentConfig:
+        depths = {b.depth for b in self.branches}
+        if len(depths) != 1:
+            raise ValueError(f"branches: all branches need the same depth (got {sorted(depths)})")
+        total = self.total_blocks
+        if self.exits is not None:
+            e = self.exits
+            if not e or any(not 1 <= x <= total for x in e) or sorted(set(e)) != e or e[-1] != total:
+                raise ValueError(
+                    f"exits: must be strictly increasing block counts in 1..{total} ending at "
+                    f"{total} (the last block), got {e}"
+                )
+        return self
+
+    @property
+    def total_blocks(self) -> int:
+        """Residual blocks per branch."""
+        return 3 * self.branches[0].blocks_per_group
+
+    @property
+    def exit_points(self) -> list[int]:
+        """Exit points as block counts, defaulting to the end of each residual group."""
+        if self.exits is not None:
+            return list(self.exits)
+        n = self.branches[0].blocks_per_group
+        return [n, 2 * n, 3 * n]
+
+
+class OptimConfig(_Strict):
+    """SGD with Nesterov momentum and a cosine learning-rate schedule with warm-up."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    warmup_epochs: float = Field(0.0, ge=0)
+
+
+class DistillConfig(_Strict):
+    """Weights of the per-exit loss terms and the branch drop-out of student training."""
+
+    kd_weight: float = Field(1.0, ge=0, description="weight of the distillation term")
+    temperature: float = Field(4.0, gt=0)
+    ft_weight: float = Field(1.0, ge=0, description="weight of the feature-transfer term")
+    branch_dropout: float = Field(
+        0.15, ge=0, lt=1, description="probability that a branch is dropped for a sample"
+    )
+
+
+class DataConfig(_Strict):
+    """How the data set is split and augmented."""
+
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    split_seed: int = 0
+    crop_padding: int = Field(4, ge=0)
+    flip: bool = True
+
+
+class RunConfig(_Strict):
+    """Everything ``distree train`` needs besides the data path."""
+
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    teacher: WideResNetConfig = WideResNetConfig()
+    student: StudentConfig = StudentConfig()
+    teacher_optim: OptimConfig = OptimConfig()
+    student_optim: OptimConfig = OptimConfig()
+    distill: DistillConfig = DistillConfig()
+    eval_batch_size: int = Field(512, ge=1)
+
+    def with_epochs(self, epochs: int) -> RunConfig:
+        """Return a copy with both training phases set to ``epochs`` epochs."""
+        return self.model_copy(
+            update={
+                "teacher_optim": self.teacher_optim.model_copy(update={"epochs": epochs}),
+                "student_optim": self.student_optim.model_copy(update={"epochs": epochs}),
+            }
+        )
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {e['msg']}")
+    return f"invalid configuration in {source}:\n" + "\n".join(lines)
+
+
+def parse_config(cls: type[BaseModel], data: Any, source: str = "config") -> Any:
+    """Validate ``data`` into ``cls``, raising ConfigError that names each bad field."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_run_config(path: str | Path | None) -> RunConfig:
+    """Read a RunConfig from a YAML or JSON file; ``None`` gives the defaults."""
+    if path is None:
+        return RunConfig()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot parse {p}: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of fields")
+    return parse_config(RunConfig, raw, str(p))
+
+
+def dump_json(model: BaseModel, path: Path) -> None:
+    """Write a config as pretty JSON."""
+    path.write_text(json.dumps(model.model_dump(mode="json"), indent=2) + "\n")

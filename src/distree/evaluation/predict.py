@@ -1,0 +1,86 @@
+"""Batched inference over a whole split, the one path used by validation and evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+from distree.data.augment import Normalization
+from distree.hardware import autocast
+from distree.models import DistrEEStudent, WideResNet
+
+
+class ExitRecords(NamedTuple):
+    logits: torch.Tensor  # (E, N, K) float32, on the CPU
+    embeddings: torch.Tensor  # (E, N, D) float32, on the CPU
+
+
+def _batches(images: torch.Tensor, batch_size: int):
+    for i in range(0, images.shape[0], batch_size):
+        yield images[i : i + batch_size]
+
+
+@torch.no_grad()
+def teacher_logits(
+    model: WideResNet, images: torch.Tensor, norm: Normalization, batch_size: int, device: torch.device
+) -> torch.Tensor:
+    """Teacher logits (N, K) for uint8 images (N, C, H, W)."""
+    model.eval()
+    out = []
+    for x in _batches(images, batch_size):
+        with autocast(device):
+            out.append(model(norm(x.to(device))).logits.float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def branch_vectors(
+    model: DistrEEStudent, images: torch.Tensor, norm: Normalization, batch_size: int, device: torch.device
+) -> list[list[torch.Tensor]]:
+    """Pooled vectors [branch][exit] (N, C) of every branch, run stage by stage once."""
+    model.eval()
+    out: list[list[list[torch.Tensor]]] = [[[] for _ in range(model.num_exits)] for _ in model.branches]
+    for x in _batches(images, batch_size):
+        x = norm(x.to(device))
+        for b, branch in enumerate(model.branches):
+            with autocast(device):
+                pooled = branch(x)
+            for e, v in enumerate(pooled):
+                out[b][e].append(v.float().cpu())
+    return [[torch.cat(parts) for parts in per_exit] for per_exit in out]
+
+
+@torch.no_grad()
+def fuse_exits(
+    model: DistrEEStudent, vectors: list[list[torch.Tensor]], present: Sequence[int] | None = None
+) -> ExitRecords:
+    """Every exit's logits and embedding from precomputed branch vectors, fusing only the
+    ``present`` branches (default: all). Heads are cheap, so every subset reuses one pass."""
+    model.eval()
+    keep = set(range(model.num_branches) if present is None else present)
+    head_device = next(model.heads.parameters()).device
+    logits, embeddings = [], []
+    for e, head in enumerate(model.heads):
+        out = head([vectors[b][e].to(head_device) if b in keep else None for b in range(model.num_branches)])
+        logits.append(out.logits.float().cpu())
+        embeddings.append(out.embedding.float().cpu())
+    return ExitRecords(torch.stack(logits), torch.stack(embeddings))
+
+
+def student_exits(
+    model: DistrEEStudent,
+    images: torch.Tensor,
+    norm: Normalization,
+    batch_size: int,
+    device: torch.device,
+    present: Sequence[int] | None = None,
+) -> ExitRecords:
+    """Every exit's logits and embedding for uint8 images, with the ``present`` branches."""
+    return fuse_exits(model, branch_vectors(model, images, norm, batch_size, device), present)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float | list[float]:
+    """Top-1 accuracy of (N, K) logits (a float), or of (E, N, K) logits (one per exit)."""
+    return (logits.argmax(-1) == labels).float().mean(-1).tolist()

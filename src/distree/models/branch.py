@@ -1,0 +1,56 @@
+"""One student branch: a thin WideResNet that runs one stage at a time on its device."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from distree.config import WideResNetConfig
+from distree.models.layers import PooledTap, init_weights, wrn_blocks
+
+
+class Branch(nn.Module):
+    """A thin WRN cut into stages at the exit points.
+
+    Stage k runs the residual blocks between exit point k-1 and exit point k (stage 0
+    also runs the stem) and ends in a tap that pools the feature map into the small
+    vector sent to the coordinator. ``run_stage`` is the only execution path: the
+    whole-network ``forward``, offline evaluation and the device runtime all use it.
+    """
+
+    def __init__(self, config: WideResNetConfig, exit_points: list[int], in_channels: int):
+        super().__init__()
+        self.config = config
+        stem, blocks = wrn_blocks(config.depth, config.width, config.dropout)
+        if exit_points[-1] != len(blocks):
+            raise ValueError(f"the last exit point must be block {len(blocks)}, got {exit_points[-1]}")
+        self.stem = nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False)
+        bounds = [0, *exit_points]
+        self.stages = nn.ModuleList(nn.Sequential(*blocks[a:b]) for a, b in zip(bounds, bounds[1:]))
+        self.out_dims = [stage[-1].conv2.out_channels for stage in self.stages]
+        self.taps = nn.ModuleList(PooledTap(c) for c in self.out_dims)
+        init_weights(self)
+
+    @property
+    def num_stages(self) -> int:
+        """Number of stages (= number of exits)."""
+        return len(self.stages)
+
+    def run_stage(self, k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run stage ``k``.
+
+        ``x`` is the input image batch (B, C, H, W) for k = 0, else the feature map stage
+        k-1 returned. Returns (feature map kept for stage k+1, pooled vector (B, out_dims[k])).
+        """
+        h = self.stem(x) if k == 0 else x
+        h = self.stages[k](h)
+        return h, self.taps[k](h)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """All stages in turn; returns the pooled vector of every exit."""
+        pooled = []
+        h = x
+        for k in range(self.num_stages):
+            h, v = self.run_stage(k, h)
+            pooled.append(v)
+        return pooled

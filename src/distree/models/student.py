@@ -1,0 +1,107 @@
+"""The DistrEE student: N parallel branches plus one fused exit head per exit point."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import nn
+
+from distree.config import StudentConfig
+from distree.models.branch import Branch
+from distree.models.heads import ExitHead, ExitOutput
+from distree.models.macs import count_macs
+
+
+@dataclass(frozen=True)
+class StudentMacs:
+    """Per-sample multiply-accumulates of every stage of every branch and of every head."""
+
+    stage: list[list[int]]  # [branch][stage]
+    head: list[int]  # [exit], with all branches present
+
+    def exit_cumulative(self, exit_index: int, present: Sequence[int] | None = None) -> int:
+        """MACs to reach and decide at exit ``exit_index``: stages 0..e of the present
+        branches plus heads 0..e (a policy evaluates every head on the way)."""
+        branches = range(len(self.stage)) if present is None else present
+        stages = sum(sum(self.stage[b][: exit_index + 1]) for b in branches)
+        return stages + sum(self.head[: exit_index + 1])
+
+    def full(self, present: Sequence[int] | None = None) -> int:
+        """MACs of full execution: every stage of the present branches plus the last head."""
+        branches = range(len(self.stage)) if present is None else present
+        return sum(sum(self.stage[b]) for b in branches) + self.head[-1]
+
+
+class DistrEEStudent(nn.Module):
+    """Input (B, C, H, W) -> one ExitOutput per exit (embedding (B, D), logits (B, K))."""
+
+    def __init__(self, config: StudentConfig, in_channels: int, num_classes: int, image_size: int):
+        super().__init__()
+        self.config = config
+        self.in_channels = in_channels
+        self.image_size = image_size
+        exits = config.exit_points
+        self.branches = nn.ModuleList(Branch(b, exits, in_channels) for b in config.branches)
+        self.heads = nn.ModuleList(
+            ExitHead([br.out_dims[e] for br in self.branches], config.embed_dim, num_classes)
+            for e in range(len(exits))
+        )
+
+    @property
+    def num_branches(self) -> int:
+        """N, the number of branches (devices)."""
+        return len(self.branches)
+
+    @property
+    def num_exits(self) -> int:
+        """Number of exit points (= stages per branch)."""
+        return len(self.heads)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        present: Sequence[int] | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> list[ExitOutput]:
+        """Run the present branches stage by stage and fuse at every exit.
+
+        ``present`` lists the branches that run at all (default: all); ``mask`` (B, N)
+        bool additionally drops branches per sample, as branch drop-out does in training.
+        """
+        run = range(self.num_branches) if present is None else sorted(present)
+        state: dict[int, torch.Tensor] = {b: x for b in run}
+        outputs = []
+        for k in range(self.num_exits):
+            vectors: list[torch.Tensor | None] = [None] * self.num_branches
+            for b in run:
+                state[b], vectors[b] = self.branches[b].run_stage(k, state[b])
+            outputs.append(self.heads[k](vectors, mask))
+        return outputs
+
+    @cached_property
+    def macs(self) -> StudentMacs:
+        """Per-sample MACs of every stage and head, counted once on a dummy input."""
+        was_training = self.training
+        self.eval()
+        try:
+            p = next(self.parameters())
+            x = torch.zeros(1, self.in_channels, self.image_size, self.image_size, device=p.device, dtype=p.dtype)
+            stage = []
+            for br in self.branches:
+                per, h = [], x
+                for k in range(br.num_stages):
+                    per.append(count_macs(lambda: br.run_stage(k, h)))
+                    with torch.no_grad():
+                        h, _ = br.run_stage(k, h)
+                stage.append(per)
+            with torch.no_grad():
+                pooled = [br(x) for br in self.branches]
+            head = [
+                count_macs(lambda: h_mod([v[e] for v in pooled])) for e, h_mod in enumerate(self.heads)
+            ]
+        finally:
+            self.train(was_training)
+        return StudentMacs(stage, head)

@@ -1,0 +1,98 @@
+"""The run directory: one trained DistrEE model and everything needed to use it.
+
+Layout::
+
+    RUN/run.json             RunConfig + what the data looked like (shapes, classes, normalisation)
+    RUN/teacher.safetensors  teacher weights
+    RUN/student.safetensors  student weights (branches and exit heads)
+    RUN/metrics.jsonl        one line per training epoch
+    RUN/resume/              training state while a phase is unfinished
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from distree.config import RunConfig, parse_config
+from distree.data.augment import Normalization
+from distree.models import DistrEEStudent, WideResNet
+from distree.training.checkpoint import atomic_write_text, load_weights
+
+
+class DataInfo(BaseModel):
+    """What the model was trained on: enough to build it and to preprocess inputs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    in_channels: int
+    image_size: int
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    format: str
+    source: str
+    train_samples: int
+
+    @property
+    def normalization(self) -> Normalization:
+        """The input normalisation fitted on the training split."""
+        return Normalization(self.mean, self.std)
+
+
+class RunMeta(BaseModel):
+    """Contents of run.json."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    config: RunConfig
+    data: DataInfo
+    teacher_from: str | None = None
+
+
+class RunDir:
+    """Paths and loaders of one run directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    meta_file = property(lambda self: self.path / "run.json")
+    teacher_file = property(lambda self: self.path / "teacher.safetensors")
+    student_file = property(lambda self: self.path / "student.safetensors")
+    metrics_file = property(lambda self: self.path / "metrics.jsonl")
+    resume_dir = property(lambda self: self.path / "resume")
+
+    def read_meta(self) -> RunMeta:
+        """Parse run.json, naming the bad field when it is invalid."""
+        if not self.meta_file.is_file():
+            raise FileNotFoundError(f"{self.path} is not a distree run directory (no run.json)")
+        return parse_config(RunMeta, json.loads(self.meta_file.read_text()), str(self.meta_file))
+
+    def write_meta(self, meta: RunMeta) -> None:
+        """Write run.json."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.meta_file, json.dumps(meta.model_dump(mode="json"), indent=2) + "\n")
+
+    def build_teacher(self, meta: RunMeta | None = None) -> WideResNet:
+        """An untrained teacher with this run's architecture."""
+        meta = meta or self.read_meta()
+        return WideResNet(meta.config.teacher, meta.data.in_channels, len(meta.data.classes))
+
+    def build_student(self, meta: RunMeta | None = None) -> DistrEEStudent:
+        """An untrained student with this run's architecture."""
+        meta = meta or self.read_meta()
+        return DistrEEStudent(
+            meta.config.student, meta.data.in_channels, len(meta.data.classes), meta.data.image_size
+        )
+
+    def load_teacher(self) -> WideResNet:
+        """The trained teacher, in eval mode."""
+        model = self.build_teacher()
+        load_weights(model, self.teacher_file)
+        return model.eval()
+
+    def load_student(self) -> DistrEEStudent:
+        """The trained student, in eval mode."""
+        model = self.build_student()
+        load_weights(model, self.student_file)
+        return model.eval()

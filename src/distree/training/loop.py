@@ -1,0 +1,121 @@
+"""The epoch loop shared by both training phases: schedule, progress, metrics, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from distree.config import DataConfig, OptimConfig
+from distree.data.augment import Normalization, random_crop_flip
+from distree.data.dataset import ImageSet
+from distree.hardware import autocast
+from distree.training.checkpoint import load_train_state, save_train_state, save_weights
+
+
+@dataclass
+class Phase:
+    """One training phase: an objective module and how to validate it."""
+
+    name: str
+    objective: nn.Module  # forward(x, y) -> (loss, {term: tensor}); .trained is the result
+    optim: OptimConfig
+    validate: Callable[[], dict[str, object]]
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    """Linear warm-up then cosine decay to zero."""
+    if warmup and step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum over the trainable parameters."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    return torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0
+    )
+
+
+def train_phase(
+    phase: Phase,
+    train: ImageSet,
+    norm: Normalization,
+    data_cfg: DataConfig,
+    seed: int,
+    device: torch.device,
+    resume_dir: Path,
+    metrics_file: Path,
+    final_weights: Path,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Train ``phase`` to its last epoch, resuming from ``resume_dir`` when a state is there."""
+    obj = phase.objective.to(device)
+    opt = make_optimizer(obj, phase.optim)
+    cfg = phase.optim
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    state_file = resume_dir / f"{phase.name}.safetensors"
+    start = 0
+    if state_file.is_file():
+        start = load_train_state(state_file, obj, opt)["epochs_done"]
+        log(f"{phase.name}: resuming after epoch {start}/{cfg.epochs}")
+    images = train.images.to(device)
+    labels = train.labels.to(device)
+    for epoch in range(start, cfg.epochs):
+        # Seeding per epoch makes an epoch's shuffling, augmentation and drop-out the same
+        # whether or not training was interrupted before it.
+        torch.manual_seed(seed * 100_003 + epoch * 7919 + (phase.name == "student"))
+        perm = torch.randperm(len(train), device=device)
+        obj.train()
+        t0 = time.perf_counter()
+        sums: dict[str, torch.Tensor] = {}
+        bar = tqdm(
+            range(steps_per_epoch), desc=f"{phase.name} {epoch + 1}/{cfg.epochs}", disable=None, leave=False
+        )
+        for i in bar:
+            step = epoch * steps_per_epoch + i
+            lr = lr_at(step, total, warmup, cfg.lr)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            x = random_crop_flip(norm(images[idx]), data_cfg.crop_padding, data_cfg.flip)
+            with autocast(device):
+                loss, terms = obj(x, labels[idx])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{phase.name}: loss became {loss.item()} at epoch {epoch + 1}, step {i}; lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for k, v in {"loss": loss.detach(), **terms}.items():
+                sums[k] = sums.get(k, 0) + v.float() * len(idx)
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        train_terms = {k: round(float(v) / len(train), 5) for k, v in sums.items()}
+        val = phase.validate()
+        record = {
+            "phase": phase.name,
+            "epoch": epoch + 1,
+            "lr_end": round(lr, 6),
+            "train": train_terms,
+            "val": val,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        with metrics_file.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        log(f"{phase.name} epoch {epoch + 1}/{cfg.epochs}: loss {train_terms['loss']:.4f} val {val} ({record['seconds']}s)")
+        resume_dir.mkdir(parents=True, exist_ok=True)
+        save_train_state(state_file, obj, opt, {"epochs_done": epoch + 1})
+    save_weights(phase.objective.trained, final_weights)
+    state_file.unlink(missing_ok=True)
+    state_file.with_suffix(".json").unlink(missing_ok=True)

@@ -1,0 +1,108 @@
+"""``distree train``: the teacher, then the student, into one run directory."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from distree.config import RunConfig
+from distree.data.augment import Normalization
+from distree.data.dataset import DataSplits
+from distree.evaluation.predict import accuracy, student_exits, teacher_logits
+from distree.run import DataInfo, RunDir, RunMeta
+from distree.training.checkpoint import load_weights
+from distree.training.loop import Phase, train_phase
+from distree.training.objectives import StudentObjective, TeacherObjective
+
+
+class RunExistsError(RuntimeError):
+    """The output directory already holds a different or a finished run."""
+
+
+def _prepare(run: RunDir, config: RunConfig, splits: DataSplits, teacher_from: Path | None) -> RunMeta:
+    """Write run.json for a new run, or check that an existing one is the same run."""
+    if run.meta_file.is_file():
+        old = run.read_meta()
+        if old.config != config:
+            raise RunExistsError(
+                f"{run.path} holds a run with a different configuration; use another --out "
+                "(resuming needs the same config and options)"
+            )
+        return old
+    if run.path.exists() and any(run.path.iterdir()):
+        raise RunExistsError(f"{run.path} exists and is not empty; use another --out")
+    norm = Normalization.fit(splits.train.images)
+    meta = RunMeta(
+        config=config,
+        data=DataInfo(
+            in_channels=splits.in_channels,
+            image_size=splits.image_size,
+            classes=splits.train.classes,
+            mean=norm.mean,
+            std=norm.std,
+            format=splits.format,
+            source=splits.source,
+            train_samples=len(splits.train),
+        ),
+        teacher_from=str(teacher_from) if teacher_from else None,
+    )
+    run.write_meta(meta)
+    return meta
+
+
+def train_run(
+    out: Path,
+    splits: DataSplits,
+    config: RunConfig,
+    device: torch.device,
+    teacher_from: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> RunDir:
+    """Train (or resume) the teacher and the student of one run; returns the run directory."""
+    run = RunDir(out)
+    meta = _prepare(run, config, splits, teacher_from)
+    if run.student_file.is_file():
+        raise RunExistsError(f"{run.path} is a finished run; evaluate it or use another --out")
+    norm = meta.data.normalization
+    torch.manual_seed(config.seed)
+    val = splits.val
+    common = dict(
+        train=splits.train, norm=norm, data_cfg=config.data, seed=config.seed, device=device,
+        resume_dir=run.resume_dir, metrics_file=run.metrics_file, log=log,
+    )  # fmt: skip
+
+    teacher = run.build_teacher(meta)
+    if teacher_from is not None and not run.teacher_file.is_file():
+        src = RunDir(teacher_from)
+        src_meta = src.read_meta()
+        if src_meta.config.teacher != config.teacher or src_meta.data.classes != meta.data.classes:
+            raise RunExistsError(f"the teacher in {teacher_from} has another architecture or classes than this run")
+        shutil.copyfile(src.teacher_file, run.teacher_file)
+        log(f"teacher: taken from {teacher_from}")
+    if run.teacher_file.is_file():
+        load_weights(teacher, run.teacher_file)
+    else:
+        def validate_teacher() -> dict[str, object]:
+            logits = teacher_logits(teacher, val.images, norm, config.eval_batch_size, device)
+            return {"accuracy": round(accuracy(logits, val.labels), 4)}
+
+        phase = Phase("teacher", TeacherObjective(teacher), config.teacher_optim, validate_teacher)
+        train_phase(phase, final_weights=run.teacher_file, **common)
+    teacher.to(device).eval()
+
+    torch.manual_seed(config.seed + 1)
+    student = run.build_student(meta)
+
+    def validate_student() -> dict[str, object]:
+        rec = student_exits(student, val.images, norm, config.eval_batch_size, device)
+        return {"exit_accuracy": [round(a, 4) for a in accuracy(rec.logits, val.labels)]}
+
+    objective = StudentObjective(student, teacher, config.distill)
+    phase = Phase("student", objective, config.student_optim, validate_student)
+    train_phase(phase, final_weights=run.student_file, **common)
+    if run.resume_dir.is_dir() and not any(run.resume_dir.iterdir()):
+        run.resume_dir.rmdir()
+    return run

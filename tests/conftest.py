@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny configs and tiny generated data sets of every format."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from distree.config import RunConfig, StudentConfig, WideResNetConfig
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Each test gets its own data cache and no $DISTREE_DATA from the environment."""
+    monkeypatch.setenv("DISTREE_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.delenv("DISTREE_DATA", raising=False)
+    torch.manual_seed(0)
+
+
+def tiny_student_config(branches: int = 2, exits: list[int] | None = None, depth: int = 10) -> StudentConfig:
+    """A student small enough for unit tests."""
+    return StudentConfig(
+        branches=[WideResNetConfig(depth=depth, width=0.25) for _ in range(branches)], exits=exits, embed_dim=16
+    )
+
+
+def tiny_run_config(epochs: int = 2) -> RunConfig:
+    """A whole run configuration that trains in seconds on a few hundred 8x8 images."""
+    return RunConfig.model_validate(
+        {
+            "data": {"val_fraction": 0.2, "crop_padding": 1},
+            "teacher": {"depth": 10, "width": 0.5},
+            "student": tiny_student_config().model_dump(),
+            "teacher_optim": {"epochs": epochs, "batch_size": 32, "lr": 0.05},
+            "student_optim": {"epochs": epochs, "batch_size": 32, "lr": 0.05},
+            "eval_batch_size": 64,
+        }
+    )
+
+
+def make_images(n: int, size: int = 8, channels: int = 3, classes: int = 3, seed: int = 0):
+    """Class-dependent random uint8 images (N, H, W, C) that a tiny net can learn."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    base = rng.integers(0, 256, (classes, size, size, channels))
+    noise = rng.integers(-40, 41, (n, size, size, channels))
+    images = np.clip(base[labels] + noise, 0, 255).astype(np.uint8)
+    return images, labels
+
+
+def write_image_folder(root, n_train=60, n_test=30, size=8, classes=3, ext="png"):
+    """ROOT/{train,test}/<class>/*.ext with generated images."""
+    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
+        images, labels = make_images(n, size, 3, classes, seed)
+        for i, (im, y) in enumerate(zip(images, labels)):
+            d = root / split / f"class{y}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(im).save(d / f"{i:04d}.{ext}")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """A tiny PNG image-folder data set."""
+    return write_image_folder(tmp_path / "imgs")

@@ -1,0 +1,38 @@
+import pytest
+
+from distree.config import ConfigError, RunConfig, StudentConfig, WideResNetConfig, load_run_config
+
+
+def test_defaults_are_valid():
+    cfg = RunConfig()
+    assert cfg.student.exit_points == [1, 2, 3]
+    assert len(cfg.student.branches) == 4
+
+
+def test_unknown_field_is_named(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("student:\n  embed_dims: 3\n")
+    with pytest.raises(ConfigError, match="student.embed_dims"):
+        load_run_config(p)
+
+
+def test_bad_value_is_named(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("teacher_optim: {lr: -1}\n")
+    with pytest.raises(ConfigError, match="teacher_optim.lr"):
+        load_run_config(p)
+
+
+def test_bad_depth_and_exits():
+    with pytest.raises(ValueError, match="6n\\+4"):
+        WideResNetConfig(depth=12)
+    with pytest.raises(ValueError, match="exits"):
+        StudentConfig(branches=[WideResNetConfig(depth=16)], exits=[2, 4])
+    with pytest.raises(ValueError, match="same depth"):
+        StudentConfig(branches=[WideResNetConfig(depth=16), WideResNetConfig(depth=10)])
+    assert StudentConfig(branches=[WideResNetConfig(depth=16)], exits=[1, 3, 6]).exit_points == [1, 3, 6]
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_run_config(tmp_path / "nope.yaml")
