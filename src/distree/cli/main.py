@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -74,6 +75,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """A short end-to-end run: train on a slice of the data for one epoch, then evaluate."""
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="distree-demo-"))
+    common = ["--data", args.data] if args.data else []
+    common += ["--format", args.format] if args.format else []
+    common += ["--device", args.device] if args.device else []
+    train = ["train", *common, "--out", str(out), "--limit", str(args.limit), "--epochs", "1"]
+    if args.config:
+        train += ["--config", args.config]
+    evaluate = ["eval", str(out), *common] + (["--json", args.json] if args.json else [])
+    for argv in (train, evaluate):
+        _log("$ distree " + " ".join(argv))
+        parsed = build_parser().parse_args(argv)
+        code = parsed.func(parsed)
+        if code:
+            return code
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="distree", description="Distributed early-exit DNN inference.")
@@ -94,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("demo", help="train on a slice of the data for one epoch, then evaluate")
+    _add_data_args(p)
+    p.add_argument("--out", help="run directory (default: a new temporary directory)")
+    p.add_argument("--config", help="YAML or JSON run configuration")
+    p.add_argument("--limit", type=int, default=2000, help="training samples (default 2000)")
+    p.add_argument("--json", help="also write the evaluation to this JSON file")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -1,0 +1,53 @@
+import json
+
+import pytest
+
+from conftest import tiny_run_config
+from distree.cli.main import main
+from distree.config import dump_json
+
+
+def test_train_then_eval_writes_every_field(tmp_path, image_folder, capsys):
+    cfg = tmp_path / "cfg.json"
+    dump_json(tiny_run_config(epochs=1), cfg)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(image_folder), "--out", str(run), "--config", str(cfg), "--limit", "30"]) == 0
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["data"]["train_samples"] == 30
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(run), "--data", str(image_folder), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "teacher" in printed and "exit 0" in printed and "1 of 2" in printed
+    r = json.loads(out.read_text())
+    assert 0 <= r["teacher"]["accuracy"] <= 1 and r["teacher"]["macs_per_sample"] > 0
+    assert len(r["exits"]) == 3
+    macs = [e["macs_per_sample"] for e in r["exits"]]
+    assert macs == sorted(macs)
+    assert r["full"]["accuracy"] == r["exits"][-1]["accuracy"]
+    assert r["full"]["macs_per_sample"] <= macs[-1]
+    assert set(r["devices_present"]) == {"1", "2"}
+    assert r["test_samples"] == 30
+
+
+def test_bad_config_names_the_field(tmp_path, image_folder, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("student: {embed_dim: 0}\n")
+    assert main(["train", "--data", str(image_folder), "--out", str(tmp_path / "r"), "--config", str(bad)]) == 2
+    assert "student.embed_dim" in capsys.readouterr().err
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "data path not found" in err and "none" in err
+
+
+def test_eval_of_a_non_run(tmp_path, image_folder, capsys):
+    assert main(["eval", str(tmp_path), "--data", str(image_folder)]) == 2
+    assert "not a distree run directory" in capsys.readouterr().err
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "train" in capsys.readouterr().out
