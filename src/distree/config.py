@@ -102,9 +102,7 @@ class DistillConfig(_Strict):
     kd_weight: float = Field(1.0, ge=0, description="weight of the distillation term")
     temperature: float = Field(4.0, gt=0)
     ft_weight: float = Field(1.0, ge=0, description="weight of the feature-transfer term")
-    branch_dropout: float = Field(
-        0.15, ge=0, lt=1, description="probability that a branch is dropped for a sample"
-    )
+    branch_dropout: float = Field(0.15, ge=0, lt=1, description="probability that a branch is dropped for a sample")
 
 
 class DataConfig(_Strict):

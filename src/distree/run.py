@@ -81,9 +81,7 @@ class RunDir:
     def build_student(self, meta: RunMeta | None = None) -> DistrEEStudent:
         """An untrained student with this run's architecture."""
         meta = meta or self.read_meta()
-        return DistrEEStudent(
-            meta.config.student, meta.data.in_channels, len(meta.data.classes), meta.data.image_size
-        )
+        return DistrEEStudent(meta.config.student, meta.data.in_channels, len(meta.data.classes), meta.data.image_size)
 
     def load_teacher(self) -> WideResNet:
         """The trained teacher, in eval mode."""

@@ -1,8 +1,8 @@
 import json
 
 import pytest
-
 from conftest import tiny_run_config
+
 from distree.cli.main import main
 from distree.config import dump_json
 

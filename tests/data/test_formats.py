@@ -6,9 +6,9 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+from conftest import make_images, write_image_folder
 from PIL import Image
 
-from conftest import make_images, write_image_folder
 from distree.data import DataError, load_data
 from distree.data.loading import detect_format, load_raw
 

@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from distree.data import load_data
-from distree.data import loading
+from distree.data import load_data, loading
 from distree.data.augment import Normalization, random_crop_flip
 
 

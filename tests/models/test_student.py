@@ -1,10 +1,10 @@
 import torch
+from conftest import tiny_student_config
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import tiny_student_config
-from distree.models import Branch, DistrEEStudent, WideResNet
 from distree.config import WideResNetConfig
+from distree.models import Branch, DistrEEStudent, WideResNet
 
 
 def _student(**kw) -> DistrEEStudent:

@@ -1,6 +1,6 @@
 import torch
-
 from conftest import tiny_student_config
+
 from distree.config import DistillConfig, WideResNetConfig
 from distree.models import DistrEEStudent, TeacherOutput, WideResNet
 from distree.training.losses import branch_dropout_mask, distillation_loss, feature_transfer_loss

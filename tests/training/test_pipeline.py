@@ -2,9 +2,9 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_run_config
 from safetensors.torch import load_file
 
-from conftest import tiny_run_config
 from distree.data import load_data
 from distree.run import RunDir
 from distree.training import loop

@@ -16,6 +16,7 @@ from distree.config import ConfigError, load_run_config
 from distree.data import ENV_VAR, DataError, load_data
 from distree.data.loading import FORMATS
 from distree.hardware import pick_device
+from distree.policies import POLICIES
 
 
 def _log(msg: str) -> None:
@@ -46,7 +47,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.limit < 1:
             raise DataError(f"--limit must be at least 1, got {args.limit}")
         pick = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(config.data.split_seed))
-        splits = type(splits)(splits.train.subset(pick[: args.limit].sort().values), splits.val, splits.test, splits.source, splits.format)
+        splits = type(splits)(
+            splits.train.subset(pick[: args.limit].sort().values), splits.val, splits.test, splits.source, splits.format
+        )
     _log(
         f"data: {splits.source} ({splits.format}), {len(splits.train)} train / {len(splits.val)} val / "
         f"{len(splits.test)} test, {splits.image_size}x{splits.image_size}x{splits.in_channels}, "
@@ -60,19 +63,43 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a run on the test split."""
-    from distree.evaluation.offline import evaluate_run, format_report
-    from distree.run import RunDir
+    from distree.evaluation.offline import evaluate_policies, evaluate_run, format_policies, format_report
 
-    run = RunDir(args.run_dir)
-    meta = run.read_meta()
-    device = pick_device(args.device)
-    splits = load_data(args.data, args.format, meta.config.data.val_fraction, meta.config.data.split_seed)
+    run, meta, splits, device = _open_run(args)
     report = evaluate_run(run, splits.test, device, meta.config.eval_batch_size)
     print(format_report(report))
+    report.update(evaluate_policies(run, splits, device, Path(args.out_dir) if args.out_dir else run.path))
+    print(format_policies(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
         _log(f"wrote {args.json}")
     return 0
+
+
+def _open_run(args: argparse.Namespace):
+    """The run directory, its metadata, its data splits and the device."""
+    from distree.run import RunDir
+
+    run = RunDir(args.run_dir)
+    meta = run.read_meta()
+    splits = load_data(args.data, args.format, meta.config.data.val_fraction, meta.config.data.split_seed)
+    return run, meta, splits, pick_device(args.device)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Fit exit-policy thresholds on the validation split for a QoS target."""
+    from distree.evaluation.offline import calibrate_run
+
+    run, _, splits, device = _open_run(args)
+    policies = [args.policy] if args.policy else None
+    cal = calibrate_run(run, splits, device, max_drop_pp=args.max_drop, budget=args.budget, policies=policies)
+    print(f"calibrated on {cal['samples']} validation samples; saved to {run.path / 'calibration.json'}")
+    for name, c in cal["policies"].items():
+        status = "ok" if c["met"] else "NOT MET: " + c["message"]
+        print(
+            f"  {name:<13} accuracy {c['accuracy']:.2%}  drop {c['drop_pp']:.2f} pp  saving {c['saving']:.1%}  {status}"
+        )
+    return 0 if all(c["met"] for c in cal["policies"].values()) else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -113,7 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="run directory made by 'distree train'")
     _add_data_args(p)
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--out-dir", help="where the curve CSV and PNG go (default: the run directory)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("calibrate", help="fit exit-policy thresholds on the validation split")
+    p.add_argument("run_dir", help="run directory made by 'distree train'")
+    _add_data_args(p)
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--max-drop", type=float, help="least computation with at most this accuracy drop (points)")
+    target.add_argument("--budget", type=float, help="best accuracy within this fraction of full computation")
+    p.add_argument("--policy", choices=POLICIES, help="calibrate only this policy (default: all)")
+    p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("demo", help="train on a slice of the data for one epoch, then evaluate")
     _add_data_args(p)
     p.add_argument("--out", help="run directory (default: a new temporary directory)")

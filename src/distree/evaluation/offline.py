@@ -2,15 +2,41 @@
 
 from __future__ import annotations
 
+import csv
 from itertools import combinations
+from pathlib import Path
 from statistics import mean
 
 import torch
 
-from distree.data.dataset import ImageSet
+from distree.data.dataset import DataSplits, ImageSet
+from distree.evaluation.plots import plot_policy_curves
+from distree.evaluation.policies import (
+    DEFAULT_MAX_DROP_PP,
+    POLICIES,
+    branches_present_table,
+    calibrate_policies,
+    evaluate_policy,
+    load_calibration,
+    save_calibration,
+    sweep_policy,
+    thresholds_for,
+)
 from distree.evaluation.predict import accuracy, branch_vectors, fuse_exits, teacher_logits
 from distree.models.macs import count_macs
 from distree.run import RunDir
+
+
+def check_compatible(run: RunDir, data: ImageSet) -> None:
+    """Refuse a data set whose image shape or class count differs from the run's."""
+    meta = run.read_meta()
+    if data.image_shape != (meta.data.in_channels, meta.data.image_size, meta.data.image_size):
+        raise ValueError(
+            f"the images are {data.image_shape} but {run.path} was trained on "
+            f"({meta.data.in_channels}, {meta.data.image_size}, {meta.data.image_size})"
+        )
+    if len(data.classes) != len(meta.data.classes):
+        raise ValueError(f"the data set has {len(data.classes)} classes, the run {len(meta.data.classes)}")
 
 
 def evaluate_run(run: RunDir, test: ImageSet, device: torch.device, batch_size: int = 512) -> dict:
@@ -19,14 +45,8 @@ def evaluate_run(run: RunDir, test: ImageSet, device: torch.device, batch_size: 
     Computation is MACs per sample (FlopCounterMode FLOPs / 2), cumulative per exit: the
     stages of every branch up to that exit plus every exit head on the way.
     """
+    check_compatible(run, test)
     meta = run.read_meta()
-    if test.image_shape != (meta.data.in_channels, meta.data.image_size, meta.data.image_size):
-        raise ValueError(
-            f"the test images are {test.image_shape} but {run.path} was trained on "
-            f"({meta.data.in_channels}, {meta.data.image_size}, {meta.data.image_size})"
-        )
-    if len(test.classes) != len(meta.data.classes):
-        raise ValueError(f"the data set has {len(test.classes)} classes, the run {len(meta.data.classes)}")
     norm = meta.data.normalization
     teacher = run.load_teacher().to(device)
     student = run.load_student().to(device)
@@ -79,4 +99,77 @@ def format_report(r: dict) -> str:
     lines.append("branches present (full execution, mean over subsets):")
     for k, acc in r["devices_present"].items():
         lines.append(f"  {k} of {len(r['devices_present'])}           accuracy {acc:.2%}")
+    return "\n".join(lines)
+
+
+def calibrate_run(
+    run: RunDir,
+    splits: DataSplits,
+    device: torch.device,
+    max_drop_pp: float | None = None,
+    budget: float | None = None,
+    policies: list[str] | None = None,
+) -> dict:
+    """Fit the policies' thresholds on the validation split and save them in the run."""
+    check_compatible(run, splits.val)
+    meta = run.read_meta()
+    student = run.load_student().to(device)
+    vectors = branch_vectors(student, splits.val.images, meta.data.normalization, meta.config.eval_batch_size, device)
+    cal = calibrate_policies(
+        student, fuse_exits(student, vectors), splits.val.labels, max_drop_pp, budget, policies or POLICIES
+    )
+    save_calibration(run, cal)
+    return cal
+
+
+def evaluate_policies(run: RunDir, splits: DataSplits, device: torch.device, out_dir: Path) -> dict:
+    """Every policy at its calibrated point on the test split, the sweep curves (CSV + PNG)
+    and the same with k of N branches present. Calibrates first (δ = 0.5) when needed."""
+    check_compatible(run, splits.test)
+    saved = load_calibration(run)
+    if saved is None or any(p not in saved["policies"] for p in POLICIES if p not in ("full", "oracle")):
+        saved = calibrate_run(run, splits, device, max_drop_pp=DEFAULT_MAX_DROP_PP)
+    meta = run.read_meta()
+    student = run.load_student().to(device)
+    bs, norm = meta.config.eval_batch_size, meta.data.normalization
+    test_vec = branch_vectors(student, splits.test.images, norm, bs, device)
+    val_rec = fuse_exits(student, branch_vectors(student, splits.val.images, norm, bs, device))
+    test_rec = fuse_exits(student, test_vec)
+    y = splits.test.labels
+    results = {}
+    for name in POLICIES:
+        r = evaluate_policy(student, name, thresholds_for(name, student.num_exits, saved), test_rec, y)
+        if name in saved["policies"]:
+            r["calibration"] = saved["policies"][name]
+        results[name] = r
+    rows = [row for name in POLICIES for row in sweep_policy(student, name, val_rec, splits.val.labels, test_rec, y)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, png_path = out_dir / "policy_curves.csv", out_dir / "policy_curves.png"
+    with csv_path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["policy", "step", "accuracy", "drop_pp", "macs_per_sample", "saving"])
+        w.writeheader()
+        w.writerows(rows)
+    plot_policy_curves(rows, png_path, f"{run.path.name}: accuracy vs computation (test split)")
+    return {
+        "target": saved["target"],
+        "policies": results,
+        "branches_present": branches_present_table(student, test_vec, y, saved, POLICIES),
+        "curves": {"csv": str(csv_path), "png": str(png_path)},
+    }
+
+
+def format_policies(r: dict) -> str:
+    """Human-readable table of ``evaluate_policies``' result."""
+    t = r["target"]
+    target = f"max drop {t['max_drop_pp']} pp" if t.get("max_drop_pp") is not None else f"budget {t['budget']:.0%}"
+    lines = [
+        f"policies at their calibrated point ({target}, fitted on the validation split), test split:",
+        f"  {'policy':<13}{'accuracy':>9}{'drop pp':>9}{'saving':>8}  exits",
+    ]
+    for name, p in r["policies"].items():
+        note = "" if p.get("calibration", {}).get("met", True) else "  (target not met on validation)"
+        lines.append(
+            f"  {name:<13}{p['accuracy']:>9.2%}{p['drop_pp']:>9.2f}{p['saving']:>8.1%}  {p['exit_histogram']}{note}"
+        )
+    lines.append(f"curves: {r['curves']['csv']}, {r['curves']['png']}")
     return "\n".join(lines)

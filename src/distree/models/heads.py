@@ -28,9 +28,7 @@ class ExitHead(nn.Module):
         self.norm = nn.LayerNorm(embed_dim)
         self.classifier = nn.Linear(embed_dim, num_classes)
 
-    def forward(
-        self, vectors: Sequence[torch.Tensor | None], mask: torch.Tensor | None = None
-    ) -> ExitOutput:
+    def forward(self, vectors: Sequence[torch.Tensor | None], mask: torch.Tensor | None = None) -> ExitOutput:
         """Fuse ``vectors`` (one per branch, None where the branch is absent).
 
         ``mask`` (B, N) bool optionally removes branches per sample; a masked-out vector

@@ -46,8 +46,7 @@ class DistrEEStudent(nn.Module):
         exits = config.exit_points
         self.branches = nn.ModuleList(Branch(b, exits, in_channels) for b in config.branches)
         self.heads = nn.ModuleList(
-            ExitHead([br.out_dims[e] for br in self.branches], config.embed_dim, num_classes)
-            for e in range(len(exits))
+            ExitHead([br.out_dims[e] for br in self.branches], config.embed_dim, num_classes) for e in range(len(exits))
         )
 
     @property
@@ -99,9 +98,7 @@ class DistrEEStudent(nn.Module):
                 stage.append(per)
             with torch.no_grad():
                 pooled = [br(x) for br in self.branches]
-            head = [
-                count_macs(lambda: h_mod([v[e] for v in pooled])) for e, h_mod in enumerate(self.heads)
-            ]
+            head = [count_macs(lambda: h_mod([v[e] for v in pooled])) for e, h_mod in enumerate(self.heads)]
         finally:
             self.train(was_training)
         return StudentMacs(stage, head)

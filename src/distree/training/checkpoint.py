@@ -47,9 +47,7 @@ def load_weights(module: nn.Module, path: Path, prefix: str = "") -> None:
     module.load_state_dict(state, strict=True)
 
 
-def save_train_state(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: dict[str, Any]
-) -> None:
+def save_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: dict[str, Any]) -> None:
     """Save weights, optimizer state and RNG state (safetensors) plus ``progress`` (JSON)."""
     opt = optimizer.state_dict()
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}

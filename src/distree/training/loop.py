@@ -80,9 +80,7 @@ def train_phase(
         obj.train()
         t0 = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
-        bar = tqdm(
-            range(steps_per_epoch), desc=f"{phase.name} {epoch + 1}/{cfg.epochs}", disable=None, leave=False
-        )
+        bar = tqdm(range(steps_per_epoch), desc=f"{phase.name} {epoch + 1}/{cfg.epochs}", disable=None, leave=False)
         for i in bar:
             step = epoch * steps_per_epoch + i
             lr = lr_at(step, total, warmup, cfg.lr)
@@ -93,7 +91,9 @@ def train_phase(
             with autocast(device):
                 loss, terms = obj(x, labels[idx])
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"{phase.name}: loss became {loss.item()} at epoch {epoch + 1}, step {i}; lower the learning rate")
+                raise FloatingPointError(
+                    f"{phase.name}: loss became {loss.item()} at epoch {epoch + 1}, step {i}; lower the learning rate"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -113,7 +113,10 @@ def train_phase(
         }
         with metrics_file.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        log(f"{phase.name} epoch {epoch + 1}/{cfg.epochs}: loss {train_terms['loss']:.4f} val {val} ({record['seconds']}s)")
+        log(
+            f"{phase.name} epoch {epoch + 1}/{cfg.epochs}: "
+            f"loss {train_terms['loss']:.4f} val {val} ({record['seconds']}s)"
+        )
         resume_dir.mkdir(parents=True, exist_ok=True)
         save_train_state(state_file, obj, opt, {"epochs_done": epoch + 1})
     save_weights(phase.objective.trained, final_weights)

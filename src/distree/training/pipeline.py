@@ -70,9 +70,15 @@ def train_run(
     torch.manual_seed(config.seed)
     val = splits.val
     common = dict(
-        train=splits.train, norm=norm, data_cfg=config.data, seed=config.seed, device=device,
-        resume_dir=run.resume_dir, metrics_file=run.metrics_file, log=log,
-    )  # fmt: skip
+        train=splits.train,
+        norm=norm,
+        data_cfg=config.data,
+        seed=config.seed,
+        device=device,
+        resume_dir=run.resume_dir,
+        metrics_file=run.metrics_file,
+        log=log,
+    )
 
     teacher = run.build_teacher(meta)
     if teacher_from is not None and not run.teacher_file.is_file():
@@ -85,6 +91,7 @@ def train_run(
     if run.teacher_file.is_file():
         load_weights(teacher, run.teacher_file)
     else:
+
         def validate_teacher() -> dict[str, object]:
             logits = teacher_logits(teacher, val.images, norm, config.eval_batch_size, device)
             return {"accuracy": round(accuracy(logits, val.labels), 4)}

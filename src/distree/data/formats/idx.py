@@ -63,5 +63,7 @@ def load(path: Path) -> tuple[ImageSet, ImageSet]:
             raise DataError(f"{path}: {split} images {x.shape} and labels {y.shape} do not match")
         out.append((torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64))))
     n_classes = int(max(out[0][1].max(), out[1][1].max())) + 1
-    classes = FASHION_CLASSES if n_classes == 10 and "fashion" in str(path).lower() else [str(i) for i in range(n_classes)]
+    classes = (
+        FASHION_CLASSES if n_classes == 10 and "fashion" in str(path).lower() else [str(i) for i in range(n_classes)]
+    )
     return ImageSet(*out[0], classes), ImageSet(*out[1], classes)

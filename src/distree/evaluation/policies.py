@@ -1,0 +1,153 @@
+"""Exit policies on recorded exit outputs: calibration on validation, evaluation on test."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from itertools import combinations
+
+import torch
+
+from distree.evaluation.predict import ExitRecords, fuse_exits
+from distree.models import DistrEEStudent
+from distree.policies import POLICIES, exit_scores, make_policy
+from distree.policies.calibration import Calibration, calibrate, candidate_thresholds, outcome, quantile_family
+from distree.run import RunDir
+
+CALIBRATION_FILE = "calibration.json"
+DEFAULT_MAX_DROP_PP = 0.5
+
+
+def exit_costs(model: DistrEEStudent, policy: str, present: Sequence[int] | None = None) -> torch.Tensor:
+    """MACs (E,) of stopping at each exit under ``policy``.
+
+    Early-exit policies evaluate every head on the way; full execution needs only the last.
+    """
+    macs = model.macs
+    if policy == "full":
+        return torch.tensor([float(macs.full(present))] * model.num_exits)
+    return torch.tensor([float(macs.exit_cumulative(e, present)) for e in range(model.num_exits)])
+
+
+def scores_and_correct(policy: str, rec: ExitRecords, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E, N) scores of ``policy`` and (E, N) correctness of each exit's prediction."""
+    scores = exit_scores(make_policy(policy, labels), rec.logits, rec.embeddings)
+    return scores, rec.logits.argmax(-1) == labels
+
+
+def thresholds_for(policy: str, num_exits: int, saved: dict | None) -> list[float]:
+    """Thresholds of ``policy``: fixed for full/oracle, else read from a calibration."""
+    if policy == "full":
+        return [math.inf] * (num_exits - 1)
+    if policy == "oracle":
+        return [0.0] * (num_exits - 1)
+    if saved is None or policy not in saved["policies"]:
+        raise ValueError(f"policy {policy!r} is not calibrated; run 'distree calibrate' first")
+    return Calibration.thresholds_from_json(saved["policies"][policy]["thresholds"])
+
+
+def calibrate_policies(
+    model: DistrEEStudent,
+    val: ExitRecords,
+    val_labels: torch.Tensor,
+    max_drop_pp: float | None,
+    budget: float | None,
+    policies: Sequence[str],
+) -> dict:
+    """Fit every calibrated policy in ``policies`` on validation records; JSON-ready."""
+    full = float(model.macs.full())
+    out: dict = {
+        "target": {"max_drop_pp": max_drop_pp, "budget": budget},
+        "split": "validation",
+        "samples": int(val_labels.numel()),
+        "policies": {},
+    }
+    for name in policies:
+        if not make_policy(name, val_labels).calibrated:
+            continue
+        scores, correct = scores_and_correct(name, val, val_labels)
+        cal = calibrate(scores, correct, exit_costs(model, name), full, max_drop_pp=max_drop_pp, budget=budget)
+        out["policies"][name] = cal.to_json()
+    return out
+
+
+def save_calibration(run: RunDir, calibration: dict) -> None:
+    """Write RUN/calibration.json."""
+    (run.path / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2) + "\n")
+
+
+def load_calibration(run: RunDir) -> dict | None:
+    """RUN/calibration.json, or None."""
+    f = run.path / CALIBRATION_FILE
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def evaluate_policy(
+    model: DistrEEStudent,
+    policy: str,
+    thresholds: list[float],
+    rec: ExitRecords,
+    labels: torch.Tensor,
+    present: Sequence[int] | None = None,
+) -> dict:
+    """Accuracy, drop, MACs, saving and exit histogram of one policy on recorded outputs."""
+    scores, correct = scores_and_correct(policy, rec, labels)
+    o = outcome(scores, correct, exit_costs(model, policy, present), thresholds)
+    full_acc = float(correct[-1].float().mean())
+    full_macs = float(model.macs.full(present))
+    return {
+        "accuracy": round(o.accuracy, 4),
+        "drop_pp": round((full_acc - o.accuracy) * 100, 2),
+        "macs_per_sample": round(o.macs_per_sample),
+        "saving": round(1 - o.macs_per_sample / full_macs, 4),
+        "exit_histogram": o.exit_histogram,
+    }
+
+
+def sweep_policy(
+    model: DistrEEStudent,
+    policy: str,
+    val: ExitRecords,
+    val_labels: torch.Tensor,
+    test: ExitRecords,
+    test_labels: torch.Tensor,
+) -> list[dict]:
+    """Accuracy vs computation on test over thresholds taken from validation score quantiles."""
+    if policy in ("full", "oracle"):
+        families = [thresholds_for(policy, model.num_exits, None)]
+    else:
+        vs, _ = scores_and_correct(policy, val, val_labels)
+        families = quantile_family(candidate_thresholds(vs), steps=40)
+    rows = []
+    for i, t in enumerate(families):
+        r = evaluate_policy(model, policy, t, test, test_labels)
+        del r["exit_histogram"]
+        rows.append({"policy": policy, "step": i, **r})
+    return rows
+
+
+def branches_present_table(
+    model: DistrEEStudent,
+    vectors: list[list[torch.Tensor]],
+    labels: torch.Tensor,
+    saved: dict | None,
+    policies: Sequence[str],
+) -> dict:
+    """Per policy and per k: mean accuracy and saving over all k-subsets of branches."""
+    n = model.num_branches
+    table: dict = {}
+    for k in range(1, n + 1):
+        subsets = list(combinations(range(n), k))
+        recs = [fuse_exits(model, vectors, s) for s in subsets]
+        for name in policies:
+            t = thresholds_for(name, model.num_exits, saved)
+            rs = [evaluate_policy(model, name, t, r, labels, s) for r, s in zip(recs, subsets)]
+            table.setdefault(name, {})[str(k)] = {
+                "accuracy": round(sum(r["accuracy"] for r in rs) / len(rs), 4),
+                "saving": round(sum(r["saving"] for r in rs) / len(rs), 4),
+            }
+    return table
+
+
+__all__ = ["POLICIES", "DEFAULT_MAX_DROP_PP"]

@@ -1,0 +1,25 @@
+"""Policies by name."""
+
+from __future__ import annotations
+
+import torch
+
+from distree.policies.base import ExitPolicy
+from distree.policies.scores import Entropy, FeatureDiff, Full, MaxProb, Oracle, Patience
+
+POLICIES = ["feature-diff", "max-prob", "entropy", "patience", "full", "oracle"]
+
+
+def make_policy(name: str, labels: torch.Tensor | None = None) -> ExitPolicy:
+    """The policy called ``name`` (``oracle`` needs the labels)."""
+    factories = {
+        "feature-diff": FeatureDiff,
+        "max-prob": MaxProb,
+        "entropy": Entropy,
+        "patience": Patience,
+        "full": Full,
+        "oracle": lambda: Oracle(labels),
+    }
+    if name not in factories:
+        raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
+    return factories[name]()

@@ -1,0 +1,100 @@
+"""The policies: confidence, entropy, patience, feature difference, full execution, oracle."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from distree.policies.base import ExitPolicy
+
+
+class MaxProb(ExitPolicy):
+    """Softmax confidence: the largest class probability."""
+
+    name = "max-prob"
+
+    def score(self, e, logits, embeddings):  # noqa: D102
+        return F.softmax(logits[e].float(), dim=-1).amax(-1)
+
+
+class Entropy(ExitPolicy):
+    """Negative entropy of the softmax (higher = more certain)."""
+
+    name = "entropy"
+
+    def score(self, e, logits, embeddings):  # noqa: D102
+        logp = F.log_softmax(logits[e].float(), dim=-1)
+        return (logp.exp() * logp).sum(-1)
+
+
+class Patience(ExitPolicy):
+    """How many consecutive exits, ending at this one, predict the same class (1..e+1)."""
+
+    name = "patience"
+
+    def score(self, e, logits, embeddings):  # noqa: D102
+        preds = [logits[i].argmax(-1) for i in range(e + 1)]
+        run = torch.ones_like(preds[e], dtype=torch.float32)
+        alive = torch.ones_like(preds[e], dtype=torch.bool)
+        for i in range(e - 1, -1, -1):
+            alive &= preds[i] == preds[e]
+            run += alive.float()
+        return run
+
+
+class FeatureDiff(ExitPolicy):
+    """DistrEE: stop when the fused embedding stops changing between consecutive exits.
+
+    Score at exit e >= 1 is minus the cosine distance between z_e and z_{e-1}. The first
+    exit has no predecessor; ``first`` says how it decides: ``"max-prob"`` (softmax
+    confidence, the default: measured in docs/policies.md) or ``"never"``.
+    """
+
+    name = "feature-diff"
+
+    def __init__(self, first: str = "max-prob"):
+        if first not in ("max-prob", "never"):
+            raise ValueError(f"feature-diff: first must be 'max-prob' or 'never', got {first!r}")
+        self.first = first
+
+    def score(self, e, logits, embeddings):  # noqa: D102
+        if e == 0:
+            if self.first == "never":
+                return torch.full((logits[0].shape[0],), float("-inf"))
+            return MaxProb().score(0, logits, embeddings)
+        return F.cosine_similarity(embeddings[e].float(), embeddings[e - 1].float(), dim=-1) - 1.0
+
+
+class Full(ExitPolicy):
+    """Full execution: never stop before the last exit."""
+
+    name = "full"
+    calibrated = False
+
+    def score(self, e, logits, embeddings):  # noqa: D102
+        return torch.full((logits[e].shape[0],), float("-inf"))
+
+
+class Oracle(ExitPolicy):
+    """The earliest exit that is right (evaluation only: it reads the labels)."""
+
+    name = "oracle"
+    calibrated = False
+
+    def __init__(self, labels: torch.Tensor | None = None):
+        self.labels = labels
+
+    def score(self, e, logits, embeddings):  # noqa: D102
+        if self.labels is None:
+            raise ValueError("the oracle policy needs the labels; it exists for evaluation only")
+        return torch.where(logits[e].argmax(-1) == self.labels, 0.0, float("-inf"))
+
+
+def oracle_thresholds(num_exits: int) -> list[float]:
+    """Thresholds that make the oracle stop at its first correct exit."""
+    return [0.0] * (num_exits - 1)
+
+
+def never_thresholds(num_exits: int) -> list[float]:
+    """Thresholds that never stop before the last exit."""
+    return [float("inf")] * (num_exits - 1)

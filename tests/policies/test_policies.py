@@ -1,0 +1,96 @@
+import math
+
+import pytest
+import torch
+
+from distree.policies import decide_exits, exit_scores, make_policy, should_stop_for_deadline
+from distree.policies.scores import FeatureDiff
+
+
+def _onehot(classes, confidence):
+    """Logits (N, 3) whose softmax puts ``confidence`` on the given class."""
+    rest = (1 - confidence) / 2
+    p = torch.full((len(classes), 3), rest)
+    p[torch.arange(len(classes)), torch.tensor(classes)] = confidence
+    return p.log()
+
+
+# Three exits, two samples. Sample 0 is easy (confident, stable), sample 1 hard.
+LOGITS = torch.stack(
+    [
+        torch.cat([_onehot([0], 0.95), _onehot([1], 0.4)]),
+        torch.cat([_onehot([0], 0.97), _onehot([2], 0.5)]),
+        torch.cat([_onehot([0], 0.98), _onehot([2], 0.9)]),
+    ]
+)
+EMB = torch.tensor(
+    [
+        [[1.0, 0.0], [1.0, 0.0]],
+        [[1.0, 0.01], [0.0, 1.0]],  # sample 0 barely moves; sample 1 turns 90 degrees
+        [[1.0, 0.02], [0.0, 1.0]],
+    ]
+)
+
+
+def test_max_prob_and_entropy():
+    s = exit_scores(make_policy("max-prob"), LOGITS, EMB)
+    assert s[0].tolist() == pytest.approx([0.95, 0.4])
+    assert decide_exits(s, [0.9, 0.9]).tolist() == [0, 2]
+    assert decide_exits(s, [0.99, 0.99]).tolist() == [2, 2]
+    e = exit_scores(make_policy("entropy"), LOGITS, EMB)
+    # Uniform-ish = high entropy = low score.
+    assert e[0, 0] > e[0, 1]
+    assert decide_exits(e, [-0.3, -0.3]).tolist() == [0, 2]
+
+
+def test_patience_counts_agreeing_exits():
+    s = exit_scores(make_policy("patience"), LOGITS, EMB)
+    assert s.tolist() == [[1, 1], [2, 1], [3, 2]]
+    assert decide_exits(s, [2, 2]).tolist() == [1, 2]
+
+
+def test_feature_diff_uses_embedding_change():
+    s = exit_scores(FeatureDiff(first="never"), LOGITS, EMB)
+    assert s[0].tolist() == [-math.inf, -math.inf]
+    assert s[1, 0] == pytest.approx(-(1 - 1 / math.sqrt(1 + 1e-4)), abs=1e-6)
+    assert s[1, 1] == pytest.approx(-1.0)
+    assert decide_exits(s, [0.0, -0.01]).tolist() == [1, 2]
+    # With the default first-exit rule, exit 0 decides on softmax confidence.
+    s2 = exit_scores(make_policy("feature-diff"), LOGITS, EMB)
+    assert decide_exits(s2, [0.9, -0.01]).tolist() == [0, 2]
+
+
+def test_full_and_oracle():
+    s = exit_scores(make_policy("full"), LOGITS, EMB)
+    assert decide_exits(s, [math.inf, math.inf]).tolist() == [2, 2]
+    labels = torch.tensor([0, 2])
+    o = exit_scores(make_policy("oracle", labels), LOGITS, EMB)
+    assert decide_exits(o, [0.0, 0.0]).tolist() == [0, 1]
+    with pytest.raises(ValueError, match="labels"):
+        exit_scores(make_policy("oracle"), LOGITS, EMB)
+
+
+def test_single_sample_equals_batch():
+    for name in ("max-prob", "entropy", "patience", "feature-diff"):
+        pol = make_policy(name)
+        batch = exit_scores(pol, LOGITS, EMB)
+        for i in range(2):
+            for e in range(3):
+                one = pol.score(e, [lg[i : i + 1] for lg in LOGITS[: e + 1]], [z[i : i + 1] for z in EMB[: e + 1]])
+                assert one.item() == pytest.approx(batch[e, i].item())
+                stop = pol.should_exit(e, LOGITS[: e + 1, i : i + 1], EMB[: e + 1, i : i + 1], [0.5, 0.5])
+                assert bool(stop) == (e == 2 or batch[e, i].item() >= 0.5)
+
+
+def test_unknown_policy():
+    with pytest.raises(ValueError, match="unknown policy"):
+        make_policy("magic")
+
+
+def test_deadline_rule():
+    assert not should_stop_for_deadline(10, 5, 20)
+    assert should_stop_for_deadline(16, 5, 20)
+    assert not should_stop_for_deadline(15, 5, 20)  # finishing exactly on time is in time
+    assert not should_stop_for_deadline(1e9, 5, None)
+    with pytest.raises(ValueError):
+        should_stop_for_deadline(1, 1, 0)
