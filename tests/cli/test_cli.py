@@ -27,6 +27,22 @@ def test_train_then_eval_writes_every_field(tmp_path, image_folder, capsys):
     assert r["full"]["macs_per_sample"] <= macs[-1]
     assert set(r["devices_present"]) == {"1", "2"}
     assert r["test_samples"] == 30
+    # Policies at their calibrated point (calibrated on the fly at 0.5 points), curves, k of N.
+    assert r["target"]["max_drop_pp"] == 0.5 and (run / "calibration.json").is_file()
+    assert set(r["policies"]) == {"feature-diff", "max-prob", "entropy", "patience", "full", "oracle"}
+    for p in r["policies"].values():
+        assert {"accuracy", "drop_pp", "macs_per_sample", "saving", "exit_histogram"} <= set(p)
+        assert sum(p["exit_histogram"]) == 30
+    assert r["policies"]["full"]["saving"] == 0 and r["policies"]["full"]["drop_pp"] == 0
+    assert r["policies"]["oracle"]["accuracy"] >= max(e["accuracy"] for e in r["exits"])
+    assert (run / "policy_curves.png").stat().st_size > 0
+    assert "feature-diff" in (run / "policy_curves.csv").read_text()
+    assert set(r["branches_present"]["feature-diff"]) == {"1", "2"}
+
+    # Calibrating for a budget below the cheapest exit is reported as not met (exit status 1).
+    code = main(["calibrate", str(run), "--data", str(image_folder), "--budget", "0.01", "--policy", "max-prob"])
+    assert code == 1 and "NOT MET" in capsys.readouterr().out
+    assert main(["calibrate", str(run), "--data", str(image_folder), "--max-drop", "1"]) == 0
 
 
 def test_bad_config_names_the_field(tmp_path, image_folder, capsys):

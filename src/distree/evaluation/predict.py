@@ -22,16 +22,25 @@ def _batches(images: torch.Tensor, batch_size: int):
         yield images[i : i + batch_size]
 
 
+def _prepare(model: torch.nn.Module) -> None:
+    # channels_last runs convolutions 2-3x faster on CPU (oneDNN); outputs are unchanged.
+    model.eval().to(memory_format=torch.channels_last)
+
+
+def _input(x: torch.Tensor, norm: Normalization, device: torch.device) -> torch.Tensor:
+    return norm(x.to(device)).contiguous(memory_format=torch.channels_last)
+
+
 @torch.no_grad()
 def teacher_logits(
     model: WideResNet, images: torch.Tensor, norm: Normalization, batch_size: int, device: torch.device
 ) -> torch.Tensor:
     """Teacher logits (N, K) for uint8 images (N, C, H, W)."""
-    model.eval()
+    _prepare(model)
     out = []
     for x in _batches(images, batch_size):
         with autocast(device):
-            out.append(model(norm(x.to(device))).logits.float().cpu())
+            out.append(model(_input(x, norm, device)).logits.float().cpu())
     return torch.cat(out)
 
 
@@ -40,10 +49,10 @@ def branch_vectors(
     model: DistrEEStudent, images: torch.Tensor, norm: Normalization, batch_size: int, device: torch.device
 ) -> list[list[torch.Tensor]]:
     """Pooled vectors [branch][exit] (N, C) of every branch, run stage by stage once."""
-    model.eval()
+    _prepare(model)
     out: list[list[list[torch.Tensor]]] = [[[] for _ in range(model.num_exits)] for _ in model.branches]
     for x in _batches(images, batch_size):
-        x = norm(x.to(device))
+        x = _input(x, norm, device)
         for b, branch in enumerate(model.branches):
             with autocast(device):
                 pooled = branch(x)

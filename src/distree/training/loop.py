@@ -59,7 +59,8 @@ def train_phase(
     log: Callable[[str], None] = print,
 ) -> None:
     """Train ``phase`` to its last epoch, resuming from ``resume_dir`` when a state is there."""
-    obj = phase.objective.to(device)
+    # channels_last runs convolutions 2-3x faster on CPU (oneDNN) and suits tensor cores.
+    obj = phase.objective.to(device, memory_format=torch.channels_last)
     opt = make_optimizer(obj, phase.optim)
     cfg = phase.optim
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
@@ -88,6 +89,7 @@ def train_phase(
                 g["lr"] = lr
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             x = random_crop_flip(norm(images[idx]), data_cfg.crop_padding, data_cfg.flip)
+            x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device):
                 loss, terms = obj(x, labels[idx])
             if not torch.isfinite(loss):

@@ -1,0 +1,62 @@
+"""How should feature-diff decide at the first exit, where there is no previous embedding?
+
+Compares the two rules `FeatureDiff` offers, each calibrated on the validation split for
+the same target and measured on the test split:
+  max-prob  the first exit stops on softmax confidence (distree's default);
+  never     the first exit never stops, feature difference decides from exit 1 on.
+
+Usage: python bench/feature_diff_first_exit.py RUN_DIR --data PATH [--max-drop 0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+from distree.data import load_data
+from distree.evaluation.policies import exit_costs
+from distree.evaluation.predict import student_exits
+from distree.policies import exit_scores
+from distree.policies.calibration import calibrate, outcome
+from distree.policies.scores import FeatureDiff
+from distree.run import RunDir
+
+
+def main() -> None:
+    """Print one row per first-exit rule."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir")
+    ap.add_argument("--data")
+    ap.add_argument("--max-drop", type=float, default=0.5)
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    run = RunDir(args.run_dir)
+    meta = run.read_meta()
+    splits = load_data(args.data, None, meta.config.data.val_fraction, meta.config.data.split_seed)
+    student = run.load_student()
+    norm, bs, dev = meta.data.normalization, meta.config.eval_batch_size, torch.device("cpu")
+    recs = {name: student_exits(student, s.images, norm, bs, dev) for name, s in (("val", splits.val), ("test", splits.test))}
+    labels = {"val": splits.val.labels, "test": splits.test.labels}
+    costs = exit_costs(student, "feature-diff")
+    full = float(student.macs.full())
+    print(f"run {run.path}, target: drop <= {args.max_drop} pp; machine: {platform.processor() or platform.machine()}")
+    print(f"{'first exit':<10}{'val drop':>10}{'val saving':>12}{'test drop':>11}{'test saving':>13}  test exits")
+    for first in ("max-prob", "never"):
+        pol = FeatureDiff(first=first)
+        sc = {k: exit_scores(pol, r.logits, r.embeddings) for k, r in recs.items()}
+        ok = {k: r.logits.argmax(-1) == labels[k] for k, r in recs.items()}
+        cal = calibrate(sc["val"], ok["val"], costs, full, max_drop_pp=args.max_drop)
+        o = outcome(sc["test"], ok["test"], costs, cal.thresholds)
+        test_full = float(ok["test"][-1].float().mean())
+        print(
+            f"{first:<10}{cal.drop_pp:>10.2f}{cal.saving:>12.1%}{(test_full - o.accuracy) * 100:>11.2f}"
+            f"{1 - o.macs_per_sample / full:>13.1%}  {o.exit_histogram}"
+        )
+    print(f"({time.perf_counter() - t0:.0f}s)")
+
+
+if __name__ == "__main__":
+    main()
