@@ -12,7 +12,11 @@ $(VENV)/.installed: pyproject.toml
 
 .PHONY: demo test
 demo: $(VENV)/.installed
-	$(VENV)/bin/distree demo --data $(DATA)
+	$(VENV)/bin/distree quickstart --data $(DATA)
 
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest tests
+
+.PHONY: proto
+proto: $(VENV)/.installed  # regenerate the committed gRPC code from distree.proto
+	cd src && ../$(VENV)/bin/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. distree/runtime/proto/distree.proto

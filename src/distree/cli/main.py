@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from distree import __version__
+from distree.cli.runtime import add_runtime_commands
 from distree.config import ConfigError, load_run_config
 from distree.data import ENV_VAR, DataError, load_data
 from distree.data.loading import FORMATS
@@ -102,7 +103,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0 if all(c["met"] for c in cal["policies"].values()) else 1
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_quickstart(args: argparse.Namespace) -> int:
     """A short end-to-end run: train on a slice of the data for one epoch, then evaluate."""
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="distree-demo-"))
     common = ["--data", args.data] if args.data else []
@@ -151,13 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--budget", type=float, help="best accuracy within this fraction of full computation")
     p.add_argument("--policy", choices=POLICIES, help="calibrate only this policy (default: all)")
     p.set_defaults(func=cmd_calibrate)
-    p = sub.add_parser("demo", help="train on a slice of the data for one epoch, then evaluate")
+    p = sub.add_parser("quickstart", help="train on a slice of the data for one epoch, then evaluate")
     _add_data_args(p)
     p.add_argument("--out", help="run directory (default: a new temporary directory)")
     p.add_argument("--config", help="YAML or JSON run configuration")
     p.add_argument("--limit", type=int, default=2000, help="training samples (default 2000)")
     p.add_argument("--json", help="also write the evaluation to this JSON file")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_quickstart)
+
+    add_runtime_commands(sub, _add_data_args)
     return parser
 
 

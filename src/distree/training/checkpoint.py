@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -34,9 +35,9 @@ def load_weights(module: nn.Module, path: Path, prefix: str = "") -> None:
     """
     if not path.is_file():
         raise FileNotFoundError(f"weights not found: {path}")
-    state = load_file(str(path))
-    if prefix:
-        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    # safe_open reads only the tensors asked for: a device loads just its own branch.
+    with safe_open(str(path), framework="pt") as f:
+        state = {k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
     expected = set(module.state_dict())
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:

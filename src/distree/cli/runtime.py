@@ -1,0 +1,246 @@
+"""Sub-commands of the distributed runtime: worker, serve, infer, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distree.data import load_data
+from distree.hardware import pick_device
+from distree.policies import POLICIES
+from distree.run import RunDir
+
+DEFAULT_DEMO_RUN = "models/cifar10"
+
+
+def _tls_args(p: argparse.ArgumentParser, who: str) -> None:
+    p.add_argument("--token", help="shared secret checked on every RPC")
+    p.add_argument("--tls-cert", type=Path, help=f"PEM certificate of this {who}")
+    p.add_argument("--tls-key", type=Path, help=f"PEM private key of this {who}")
+    p.add_argument("--tls-ca", type=Path, help="PEM CA: verifies peers (mutual TLS on servers)")
+
+
+def _tls(args: argparse.Namespace):
+    from distree.runtime.security import TLSFiles
+
+    return TLSFiles(args.tls_cert, args.tls_key, args.tls_ca)
+
+
+def _serve_forever(coro) -> int:
+    try:
+        asyncio.run(coro)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Serve one branch."""
+    from distree.runtime.logs import setup_logging
+    from distree.runtime.metrics import serve_metrics
+    from distree.runtime.worker import WorkerOptions, serve_worker
+
+    setup_logging(args.log_level)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    serve_metrics(args.metrics_port)
+    opts = WorkerOptions(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, state_ttl_s=args.state_ttl_s)
+    run = RunDir(args.run_dir)
+    return _serve_forever(
+        serve_worker(run, args.branch, args.listen, opts, pick_device(args.device), args.token, _tls(args))
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the coordinator."""
+    from distree.runtime.coordinator import CoordinatorOptions, serve_coordinator
+    from distree.runtime.logs import setup_logging
+    from distree.runtime.metrics import serve_metrics
+    from distree.runtime.security import TLSFiles
+
+    setup_logging(args.log_level)
+    serve_metrics(args.metrics_port)
+    opts = CoordinatorOptions(mode=args.mode, policy=args.policy, stage_timeout_ms=args.stage_timeout_ms)
+    worker_tls = TLSFiles(args.worker_tls_cert, args.worker_tls_key, args.worker_tls_ca)
+    workers = [w.strip() for w in args.workers.split(",") if w.strip()]
+    return _serve_forever(
+        serve_coordinator(RunDir(args.run_dir), workers, args.listen, opts, args.token, _tls(args), worker_tls)
+    )
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) of ``values``."""
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
+
+
+def run_infer(server: str, images: torch.Tensor, labels: torch.Tensor, token: str | None, tls, concurrency: int,
+              deadline_ms: float = 0.0) -> dict:  # fmt: skip
+    """Send every image (one per call, ``concurrency`` calls in flight) and summarise."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from distree.runtime.client import DistreeClient
+
+    with DistreeClient(server, token=token, tls=tls) as client:
+        info = client.model_info()
+
+        def one(i: int) -> dict:
+            t0 = time.perf_counter()
+            a = client.infer(images[i : i + 1], deadline_ms)[0]
+            return {
+                "label": int(labels[i]),
+                "prediction": a.prediction,
+                "exit": a.exit,
+                "branches": a.branches,
+                "latency_ms": round((time.perf_counter() - t0) * 1000, 3),
+                "stop_reason": a.stop_reason,
+            }
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            requests = list(tqdm(pool.map(one, range(len(images))), total=len(images), disable=None, leave=False))
+        wall = time.perf_counter() - t0
+    lat = [r["latency_ms"] for r in requests]
+    hist = [0] * info.num_exits
+    for r in requests:
+        hist[r["exit"]] += 1
+    macs = sum(info.exit_macs[r["exit"]] for r in requests) / len(requests)
+    return {
+        "server": server,
+        "policy": info.policy,
+        "mode": info.mode,
+        "samples": len(requests),
+        "accuracy": round(sum(r["label"] == r["prediction"] for r in requests) / len(requests), 4),
+        "saving": round(1 - macs / info.full_macs, 4),
+        "macs_per_sample": round(macs),
+        "latency_ms": {q: round(percentile(lat, float(q[1:])), 3) for q in ("p50", "p95", "p99")}
+        | {"mean": round(float(np.mean(lat)), 3)},
+        "throughput_per_s": round(len(requests) / wall, 1),
+        "exit_histogram": hist,
+        "requests": requests,
+    }
+
+
+def format_infer(r: dict) -> str:
+    """One summary line block of ``run_infer``."""
+    lat = r["latency_ms"]
+    return (
+        f"{r['policy']:<13} ({r['mode']}): accuracy {r['accuracy']:.2%}  saving {r['saving']:.1%}  "
+        f"latency p50 {lat['p50']:.1f} ms  p95 {lat['p95']:.1f} ms  {r['throughput_per_s']:.0f}/s  "
+        f"exits {r['exit_histogram']}"
+    )
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    """Send a data set's test split through a running coordinator."""
+    splits = load_data(args.data, args.format)
+    test = splits.test
+    n = min(args.limit or len(test), len(test))
+    result = run_infer(args.server, test.images[:n], test.labels[:n], args.token, _tls(args), args.concurrency,
+                       args.deadline_ms)  # fmt: skip
+    print(format_infer(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Four workers and two coordinators (early exit, full execution) as local processes."""
+    from distree.runtime.cluster import LocalCluster
+
+    run = RunDir(args.run_dir)
+    meta = run.read_meta()
+    splits = load_data(args.data, args.format, meta.config.data.val_fraction, meta.config.data.split_seed)
+    test = splits.test
+    n = min(args.limit, len(test))
+    logs = Path(tempfile.mkdtemp(prefix="distree-demo-logs-"))
+    n_branches = len(meta.config.student.branches)
+    print(f"starting {n_branches} workers and 2 coordinators on loopback (logs in {logs}) ...", file=sys.stderr)
+    t0 = time.perf_counter()
+    results = {}
+    with LocalCluster(run.path, log_dir=logs) as cluster:
+        cluster.start_workers(n_branches)
+        early = cluster.start_coordinator("coordinator-early", ["--policy", args.policy, "--mode", args.mode])
+        full = cluster.start_coordinator("coordinator-full", ["--policy", "full", "--mode", args.mode])
+        print(f"cluster up in {time.perf_counter() - t0:.1f}s; sending {n} test images", file=sys.stderr)
+        for key, address in (("early_exit", early), ("full", full)):
+            results[key] = run_infer(address, test.images[:n], test.labels[:n], None, _tls(args), args.concurrency)
+            print(format_infer(results[key]))
+    summary = {k: {f: v for f, v in r.items() if f != "requests"} for k, r in results.items()}
+    summary["early_exit"]["accuracy_drop_pp"] = round(
+        (summary["full"]["accuracy"] - summary["early_exit"]["accuracy"]) * 100, 2
+    )
+    summary["machine"] = _machine()
+    summary["wall_s"] = round(time.perf_counter() - t0, 1)
+    print(f"all processes stopped; {summary['wall_s']}s in all", file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+def _machine() -> str:
+    import os
+    import platform
+
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
+
+
+def add_runtime_commands(sub, add_data_args) -> None:
+    """Register worker, serve, infer and demo."""
+    p = sub.add_parser("worker", help="serve one branch of a trained run (a device)")
+    p.add_argument("run_dir")
+    p.add_argument("--branch", type=int, required=True, help="which branch this device runs (0-based)")
+    p.add_argument("--listen", default="127.0.0.1:50061", help="HOST:PORT to listen on")
+    p.add_argument("--max-batch", type=int, default=8, help="most requests batched at one stage")
+    p.add_argument("--max-wait-ms", type=float, default=1.0, help="longest wait to fill a batch")
+    p.add_argument("--state-ttl-s", type=float, default=30.0, help="drop a request's state after this silence")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument("--log-level", default="info")
+    _tls_args(p, "worker")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("serve", help="run the coordinator over a set of workers")
+    p.add_argument("run_dir")
+    p.add_argument("--workers", required=True, help="HOST:PORT of each worker, comma-separated, in branch order")
+    p.add_argument("--listen", default="127.0.0.1:50051")
+    p.add_argument("--mode", choices=["lockstep", "eager"], default="lockstep")
+    p.add_argument("--policy", choices=[p_ for p_ in POLICIES if p_ != "oracle"], default="feature-diff")
+    p.add_argument("--stage-timeout-ms", type=float, default=1000.0, help="per-stage deadline for worker answers")
+    p.add_argument("--metrics-port", type=int)
+    p.add_argument("--log-level", default="info")
+    _tls_args(p, "coordinator")
+    p.add_argument("--worker-tls-cert", type=Path, help="client certificate towards workers (mutual TLS)")
+    p.add_argument("--worker-tls-key", type=Path)
+    p.add_argument("--worker-tls-ca", type=Path, help="CA that signed the workers' certificates")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("infer", help="send a data set's test split through a running coordinator")
+    p.add_argument("--server", required=True, help="coordinator HOST:PORT")
+    add_data_args(p)
+    p.add_argument("--limit", type=int, help="send only the first N test images")
+    p.add_argument("--concurrency", type=int, default=4, help="calls in flight")
+    p.add_argument("--deadline-ms", type=float, default=0.0, help="per-input deadline (0 = none)")
+    p.add_argument("--json", help="write the summary and every request to this file")
+    _tls_args(p, "client")
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("demo", help="the distributed runtime end to end on local processes")
+    p.add_argument("--run-dir", default=DEFAULT_DEMO_RUN, help=f"trained run (default {DEFAULT_DEMO_RUN})")
+    add_data_args(p)
+    p.add_argument("--limit", type=int, default=1000, help="test images to send (default 1000)")
+    p.add_argument("--policy", default="feature-diff", choices=[p_ for p_ in POLICIES if p_ not in ("oracle", "full")])
+    p.add_argument("--mode", choices=["lockstep", "eager"], default="lockstep")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--json", help="write the results to this file")
+    p.set_defaults(func=cmd_demo, tls_cert=None, tls_key=None, tls_ca=None)

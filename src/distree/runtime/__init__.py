@@ -1,0 +1,1 @@
+"""The distributed runtime: device workers and a coordinator talking gRPC."""

@@ -1,0 +1,79 @@
+"""A Python client for the coordinator's inference service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import torch
+
+from distree.runtime.proto import distree_pb2 as pb
+from distree.runtime.proto import distree_pb2_grpc as pb_grpc
+from distree.runtime.security import TLSFiles, call_metadata, message_options
+from distree.runtime.tensors import to_proto
+
+
+class InferenceError(RuntimeError):
+    """The coordinator refused or failed a call; ``code`` is the gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        hint = " (check --token)" if code == grpc.StatusCode.UNAUTHENTICATED else ""
+        super().__init__(f"{code.name}: {details}{hint}")
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One input's answer."""
+
+    prediction: int
+    probabilities: list[float]
+    exit: int
+    branches: list[int]
+    stage_ms: list[float]
+    stop_reason: str
+
+
+class DistreeClient:
+    """Blocking client: ``DistreeClient("host:port").infer(images_uint8_nchw)``."""
+
+    def __init__(self, address: str, token: str | None = None, tls: TLSFiles = TLSFiles(), timeout_s: float = 60.0):
+        opts = message_options()
+        self._channel = (
+            grpc.secure_channel(address, tls.channel_credentials(), options=opts)
+            if tls.enabled
+            else grpc.insecure_channel(address, options=opts)
+        )
+        self._stub = pb_grpc.CoordinatorStub(self._channel)
+        self._metadata = call_metadata(token)
+        self.timeout_s = timeout_s
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=self.timeout_s, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise InferenceError(err.code(), err.details()) from None
+
+    def model_info(self) -> pb.ModelInfoReply:
+        """What the coordinator serves."""
+        return self._call(self._stub.ModelInfo, pb.ModelInfoRequest())
+
+    def infer(self, images: torch.Tensor | np.ndarray, deadline_ms: float = 0.0) -> list[Answer]:
+        """Classify uint8 images (B, C, H, W); one Answer per image."""
+        t = torch.as_tensor(images)
+        reply = self._call(self._stub.Infer, pb.InferRequest(images=to_proto(t), deadline_ms=deadline_ms))
+        return [
+            Answer(r.prediction, list(r.probabilities), r.exit, list(r.branches), list(r.stage_ms), r.stop_reason)
+            for r in reply.results
+        ]
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> DistreeClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,110 @@
+"""Start workers and coordinators as separate local processes, and stop them all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def free_port() -> int:
+    """A TCP port that is free on loopback now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_serving(address: str, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    """Block until the gRPC health service at ``address`` says SERVING."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"process for {address} exited with status {proc.returncode}")
+            try:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise TimeoutError(f"{address} did not become healthy within {timeout_s:.0f}s")
+
+
+class LocalCluster:
+    """N workers and one or more coordinators on loopback, each its own OS process."""
+
+    def __init__(self, run_dir: str | Path, log_dir: Path | None = None, token: str | None = None):
+        self.run_dir = str(run_dir)
+        self.token = token
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.worker_addresses: list[str] = []
+
+    def _spawn(self, name: str, args: Sequence[str]) -> subprocess.Popen:
+        out = open(self.log_dir / f"{name}.log", "w") if self.log_dir else subprocess.DEVNULL  # noqa: SIM115
+        cmd = [sys.executable, "-m", "distree", *args] + (["--token", self.token] if self.token else [])
+        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("DISTREE_WORKER_THREADS", "1"))
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def start_worker(self, branch: int, port: int | None = None, extra: Sequence[str] = ()) -> str:
+        """Start (or restart) the worker of ``branch``; returns its address once healthy."""
+        if port is None:
+            port = free_port()
+        address = f"127.0.0.1:{port}"
+        proc = self._spawn(
+            f"worker{branch}", ["worker", self.run_dir, "--branch", str(branch), "--listen", address, *extra]
+        )
+        wait_serving(address, proc=proc)
+        return address
+
+    def start_workers(self, n: int, extra: Sequence[str] = ()) -> list[str]:
+        """Start ``n`` workers (branches 0..n-1)."""
+        self.worker_addresses = [self.start_worker(b, extra=extra) for b in range(n)]
+        return self.worker_addresses
+
+    def start_coordinator(self, name: str = "coordinator", extra: Sequence[str] = ()) -> str:
+        """Start a coordinator over the workers; returns its address once healthy."""
+        address = f"127.0.0.1:{free_port()}"
+        args = ["serve", self.run_dir, "--workers", ",".join(self.worker_addresses), "--listen", address, *extra]
+        proc = self._spawn(name, args)
+        wait_serving(address, proc=proc)
+        return address
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one process (a device dying)."""
+        proc = self.procs[name]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def stop(self) -> None:
+        """Terminate every process, then kill what is left after a grace period."""
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+        deadline = time.monotonic() + 5
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,36 @@
+"""Prometheus metrics of workers and coordinators (one endpoint per process)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
+
+# Worker side.
+STAGES_RUN = Counter("distree_worker_stages_total", "Stages run, per request", ["device", "stage"])
+STAGE_SECONDS = Histogram(
+    "distree_worker_stage_seconds", "Compute time of one batched stage", ["device", "stage"], buckets=LATENCY_BUCKETS
+)
+BATCH_SIZE = Histogram(
+    "distree_worker_batch_size", "Requests per batched stage", ["device"], buckets=(1, 2, 4, 8, 16, 32)
+)
+STATES_DROPPED = Counter(
+    "distree_worker_dropped_states_total", "Request states dropped", ["device", "reason"]
+)  # reason: stop, cancel, expired
+ACTIVE_STATES = Gauge("distree_worker_active_states", "Requests holding state on this worker", ["device"])
+
+# Coordinator side.
+REQUESTS = Counter("distree_requests_total", "Inputs answered or failed", ["status"])
+EXITS = Counter("distree_exits_total", "Inputs answered per exit", ["exit"])
+REQUEST_SECONDS = Histogram("distree_request_seconds", "Wall time per input", buckets=LATENCY_BUCKETS)
+COORD_STAGE_SECONDS = Histogram(
+    "distree_stage_seconds", "Wall time of one stage at the coordinator", ["exit"], buckets=LATENCY_BUCKETS
+)
+WORKER_FAILURES = Counter("distree_worker_failures_total", "Stage calls a worker failed or missed", ["device"])
+WORKER_UP = Gauge("distree_worker_up", "1 when the coordinator uses the worker", ["device"])
+
+
+def serve_metrics(port: int | None) -> None:
+    """Expose this process's metrics on ``port`` (nothing when None)."""
+    if port is not None:
+        start_http_server(port)

@@ -1,0 +1,1 @@
+"""Generated protobuf/gRPC code (``make proto`` regenerates it from distree.proto)."""

@@ -1,0 +1,125 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Tensor(_message.Message):
+    __slots__ = ("dtype", "shape", "data")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class StageRequest(_message.Message):
+    __slots__ = ("request_id", "stage", "input")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    stage: int
+    input: Tensor
+    def __init__(self, request_id: _Optional[str] = ..., stage: _Optional[int] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class StageReply(_message.Message):
+    __slots__ = ("stage", "pooled", "compute_ms")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    POOLED_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    stage: int
+    pooled: Tensor
+    compute_ms: float
+    def __init__(self, stage: _Optional[int] = ..., pooled: _Optional[_Union[Tensor, _Mapping]] = ..., compute_ms: _Optional[float] = ...) -> None: ...
+
+class DropRequest(_message.Message):
+    __slots__ = ("request_id",)
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
+class DropReply(_message.Message):
+    __slots__ = ("dropped",)
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    dropped: bool
+    def __init__(self, dropped: _Optional[bool] = ...) -> None: ...
+
+class InfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InfoReply(_message.Message):
+    __slots__ = ("branch", "num_stages", "stages_run", "states_dropped", "states_expired", "active_states")
+    BRANCH_FIELD_NUMBER: _ClassVar[int]
+    NUM_STAGES_FIELD_NUMBER: _ClassVar[int]
+    STAGES_RUN_FIELD_NUMBER: _ClassVar[int]
+    STATES_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    STATES_EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_STATES_FIELD_NUMBER: _ClassVar[int]
+    branch: int
+    num_stages: int
+    stages_run: int
+    states_dropped: int
+    states_expired: int
+    active_states: int
+    def __init__(self, branch: _Optional[int] = ..., num_stages: _Optional[int] = ..., stages_run: _Optional[int] = ..., states_dropped: _Optional[int] = ..., states_expired: _Optional[int] = ..., active_states: _Optional[int] = ...) -> None: ...
+
+class InferRequest(_message.Message):
+    __slots__ = ("images", "deadline_ms")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    images: Tensor
+    deadline_ms: float
+    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., deadline_ms: _Optional[float] = ...) -> None: ...
+
+class InferResult(_message.Message):
+    __slots__ = ("prediction", "probabilities", "exit", "branches", "stage_ms", "stop_reason")
+    PREDICTION_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    EXIT_FIELD_NUMBER: _ClassVar[int]
+    BRANCHES_FIELD_NUMBER: _ClassVar[int]
+    STAGE_MS_FIELD_NUMBER: _ClassVar[int]
+    STOP_REASON_FIELD_NUMBER: _ClassVar[int]
+    prediction: int
+    probabilities: _containers.RepeatedScalarFieldContainer[float]
+    exit: int
+    branches: _containers.RepeatedScalarFieldContainer[int]
+    stage_ms: _containers.RepeatedScalarFieldContainer[float]
+    stop_reason: str
+    def __init__(self, prediction: _Optional[int] = ..., probabilities: _Optional[_Iterable[float]] = ..., exit: _Optional[int] = ..., branches: _Optional[_Iterable[int]] = ..., stage_ms: _Optional[_Iterable[float]] = ..., stop_reason: _Optional[str] = ...) -> None: ...
+
+class InferReply(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[InferResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[InferResult, _Mapping]]] = ...) -> None: ...
+
+class ModelInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelInfoReply(_message.Message):
+    __slots__ = ("in_channels", "image_size", "classes", "num_exits", "num_branches", "policy", "mode", "exit_macs", "full_macs")
+    IN_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    NUM_EXITS_FIELD_NUMBER: _ClassVar[int]
+    NUM_BRANCHES_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    EXIT_MACS_FIELD_NUMBER: _ClassVar[int]
+    FULL_MACS_FIELD_NUMBER: _ClassVar[int]
+    in_channels: int
+    image_size: int
+    classes: _containers.RepeatedScalarFieldContainer[str]
+    num_exits: int
+    num_branches: int
+    policy: str
+    mode: str
+    exit_macs: _containers.RepeatedScalarFieldContainer[int]
+    full_macs: int
+    def __init__(self, in_channels: _Optional[int] = ..., image_size: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., num_exits: _Optional[int] = ..., num_branches: _Optional[int] = ..., policy: _Optional[str] = ..., mode: _Optional[str] = ..., exit_macs: _Optional[_Iterable[int]] = ..., full_macs: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,291 @@
+"""``distree worker``: one device, one branch, stages run on request.
+
+Each request's feature map stays here between stages. Requests waiting at the same
+stage are batched (bounded size and wait). A state is dropped at once on Drop or when
+its call is cancelled, and after a time-to-live when the coordinator went silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import grpc
+import torch
+from grpc_health.v1 import health_pb2_grpc
+
+from distree.models import Branch
+from distree.run import RunDir
+from distree.runtime import metrics
+from distree.runtime.health import NOT_SERVING, SERVING, HealthServicer, set_health
+from distree.runtime.proto import distree_pb2 as pb
+from distree.runtime.proto import distree_pb2_grpc as pb_grpc
+from distree.runtime.security import TLSFiles, add_port, make_server
+from distree.runtime.tensors import InvalidTensor, from_proto, to_proto
+from distree.training.checkpoint import load_weights
+
+log = logging.getLogger("distree.worker")
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker serves its branch."""
+
+    max_batch: int = 8
+    max_wait_ms: float = 2.0
+    state_ttl_s: float = 30.0
+
+
+@dataclass
+class _State:
+    next_stage: int
+    activation: torch.Tensor
+    touched: float = field(default_factory=time.monotonic)
+
+
+class _StageBatcher:
+    """Collects requests waiting at one stage and runs them as one batch."""
+
+    def __init__(self, run_batch, max_batch: int, max_wait_s: float):
+        self._run_batch = run_batch
+        self._max_batch = max_batch
+        self._max_wait = max_wait_s
+        self._queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future]] = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def submit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the stage on ``x`` (1, ...) as part of some batch; returns (state, pooled)."""
+        fut = asyncio.get_running_loop().create_future()
+        await self._queue.put((x, fut))
+        return await fut
+
+    async def _loop(self) -> None:
+        while True:
+            items = [await self._queue.get()]
+            deadline = time.monotonic() + self._max_wait
+            while len(items) < self._max_batch:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    break
+                try:
+                    items.append(await asyncio.wait_for(self._queue.get(), timeout))
+                except TimeoutError:
+                    break
+            items = [(x, f) for x, f in items if not f.cancelled()]
+            if not items:
+                continue
+            try:
+                hs, vs = await self._run_batch(torch.cat([x for x, _ in items]))
+            except Exception as err:  # noqa: BLE001 - every waiter gets the error
+                for _, f in items:
+                    if not f.done():
+                        f.set_exception(err)
+                continue
+            for i, (_, f) in enumerate(items):
+                if not f.done():
+                    f.set_result((hs[i : i + 1], vs[i : i + 1]))
+
+    def close(self) -> None:
+        """Stop the batching loop."""
+        self._task.cancel()
+
+
+class BranchWorker(pb_grpc.WorkerServicer):
+    """Serves one branch of a trained student."""
+
+    def __init__(self, run: RunDir, branch: int, options: WorkerOptions, device: torch.device):
+        meta = run.read_meta()
+        n = len(meta.config.student.branches)
+        if not 0 <= branch < n:
+            raise ValueError(f"--branch must be in 0..{n - 1} for {run.path}, got {branch}")
+        self.run = run
+        self.ready = False
+        self.branch_index = branch
+        self.label = str(branch)
+        self.device = device
+        self.options = options
+        self.norm = meta.data.normalization
+        self.input_shape = (1, meta.data.in_channels, meta.data.image_size, meta.data.image_size)
+        self.model = Branch(
+            meta.config.student.branches[branch], meta.config.student.exit_points, meta.data.in_channels
+        )
+        self.states: dict[str, _State] = {}
+        self.stages_run = 0
+        self.dropped = 0
+        self.expired = 0
+        # One compute thread: torch already uses every core inside an op, and one
+        # thread keeps batches from competing with each other.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage")
+        self._batchers: list[_StageBatcher] = []
+
+    @property
+    def num_stages(self) -> int:
+        """Stages of the branch."""
+        return self.model.num_stages
+
+    def load(self) -> None:
+        """Load this branch's weights (only its own) and run every stage once, so the
+        first request does not pay for initialisation."""
+        load_weights(self.model, self.run.student_file, prefix=f"branches.{self.branch_index}.")
+        self.model.eval().to(self.device, memory_format=torch.channels_last)
+        with torch.no_grad():
+            h = self.norm(torch.zeros(self.input_shape, dtype=torch.uint8, device=self.device))
+            for k in range(self.num_stages):
+                h, _ = self.model.run_stage(k, h.contiguous(memory_format=torch.channels_last))
+
+    def start(self) -> None:
+        """Create the per-stage batchers and the expiry task (inside the event loop)."""
+        wait = self.options.max_wait_ms / 1000
+        self._batchers = [
+            _StageBatcher(lambda x, k=k: self._run_in_thread(k, x), self.options.max_batch, wait)
+            for k in range(self.num_stages)
+        ]
+        self._expiry = asyncio.get_running_loop().create_task(self._expire_loop())
+
+    def stop(self) -> None:
+        """Stop background tasks and the compute thread."""
+        for b in self._batchers:
+            b.close()
+        self._expiry.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _run_in_thread(self, k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._compute, k, x)
+
+    @torch.no_grad()
+    def _compute(self, k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t0 = time.perf_counter()
+        x = x.to(self.device)
+        if k == 0:
+            x = self.norm(x)
+        h, v = self.model.run_stage(k, x.contiguous(memory_format=torch.channels_last))
+        metrics.STAGE_SECONDS.labels(self.label, str(k)).observe(time.perf_counter() - t0)
+        metrics.BATCH_SIZE.labels(self.label).observe(x.shape[0])
+        return h, v.float().cpu()
+
+    def _drop(self, request_id: str, reason: str) -> bool:
+        if self.states.pop(request_id, None) is None:
+            return False
+        if reason == "expired":
+            self.expired += 1
+        else:
+            self.dropped += 1
+        metrics.STATES_DROPPED.labels(self.label, reason).inc()
+        metrics.ACTIVE_STATES.labels(self.label).set(len(self.states))
+        return True
+
+    async def _expire_loop(self) -> None:
+        ttl = self.options.state_ttl_s
+        while True:
+            await asyncio.sleep(max(0.05, ttl / 4))
+            cutoff = time.monotonic() - ttl
+            for rid in [r for r, s in self.states.items() if s.touched < cutoff]:
+                log.info("state expired", extra={"request_id": rid})
+                self._drop(rid, "expired")
+
+    async def _stage(self, request: pb.StageRequest, stage: int, context: grpc.aio.ServicerContext) -> pb.StageReply:
+        rid = request.request_id
+        if not self.ready:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "worker is still loading its weights")
+        if not rid:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request_id is empty")
+        if not 0 <= stage < self.num_stages:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"stage {stage} not in 0..{self.num_stages - 1}")
+        if stage == 0:
+            if rid in self.states:
+                await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"request {rid} already started")
+            try:
+                x = from_proto(request.input, "input", ("uint8",), self.input_shape)
+            except InvalidTensor as err:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            self.states[rid] = _State(0, x)
+            metrics.ACTIVE_STATES.labels(self.label).set(len(self.states))
+        state = self.states.get(rid)
+        if state is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"no state for request {rid} (dropped or expired)")
+        if state.next_stage != stage:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"request {rid} is at stage {state.next_stage}, not {stage}"
+            )
+        t0 = time.perf_counter()
+        try:
+            h, v = await self._batchers[stage].submit(state.activation)
+        except asyncio.CancelledError:
+            self._drop(rid, "cancel")
+            raise
+        self.stages_run += 1
+        metrics.STAGES_RUN.labels(self.label, str(stage)).inc()
+        if rid in self.states:  # a Drop may have arrived meanwhile
+            if stage == self.num_stages - 1:
+                del self.states[rid]
+                metrics.ACTIVE_STATES.labels(self.label).set(len(self.states))
+            else:
+                state.activation, state.next_stage, state.touched = h, stage + 1, time.monotonic()
+        return pb.StageReply(stage=stage, pooled=to_proto(v), compute_ms=(time.perf_counter() - t0) * 1000)
+
+    async def RunStage(self, request, context):  # noqa: N802 - gRPC method name
+        """Run one stage of one request (lockstep mode)."""
+        return await self._stage(request, request.stage, context)
+
+    async def RunAll(self, request, context):  # noqa: N802
+        """Run every stage from 0 and stream each vector (eager mode); cancel to stop."""
+        if request.stage != 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "RunAll starts at stage 0")
+        try:
+            for k in range(self.num_stages):
+                yield await self._stage(request, k, context)
+        except asyncio.CancelledError:
+            self._drop(request.request_id, "cancel")
+            raise
+
+    async def Drop(self, request, context):  # noqa: N802
+        """Forget a request's state."""
+        return pb.DropReply(dropped=self._drop(request.request_id, "stop"))
+
+    async def Info(self, request, context):  # noqa: N802
+        """Branch index and counters."""
+        return pb.InfoReply(
+            branch=self.branch_index,
+            num_stages=self.num_stages,
+            stages_run=self.stages_run,
+            states_dropped=self.dropped,
+            states_expired=self.expired,
+            active_states=len(self.states),
+        )
+
+
+async def serve_worker(
+    run: RunDir,
+    branch: int,
+    listen: str,
+    options: WorkerOptions,
+    device: torch.device,
+    token: str | None = None,
+    tls: TLSFiles = TLSFiles(),
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Serve until cancelled; health is NOT_SERVING until the weights are loaded and warm."""
+    worker = BranchWorker(run, branch, options, device)
+    server = make_server(token)
+    health_servicer = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    pb_grpc.add_WorkerServicer_to_server(worker, server)
+    await set_health(health_servicer, NOT_SERVING)
+    port = add_port(server, listen, tls)
+    await server.start()
+    log.info("listening", extra={"address": listen, "port": port, "branch": branch})
+    await asyncio.to_thread(worker.load)
+    worker.start()
+    worker.ready = True
+    await set_health(health_servicer, SERVING)
+    log.info("serving", extra={"branch": branch, "stages": worker.num_stages})
+    if ready is not None:
+        ready.set()
+    try:
+        await server.wait_for_termination()
+    finally:
+        worker.stop()
+        await server.stop(grace=1)
