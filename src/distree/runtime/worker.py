@@ -234,12 +234,15 @@ class BranchWorker(pb_grpc.WorkerServicer):
         """Run every stage from 0 and stream each vector (eager mode); cancel to stop."""
         if request.stage != 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "RunAll starts at stage 0")
+        rid = request.request_id
+        # A cancelled stream may end at an await (CancelledError) or at a yield (the
+        # generator is closed): either way the request's state goes at once.
+        context.add_done_callback(lambda _: self._drop(rid, "cancel"))
         try:
             for k in range(self.num_stages):
                 yield await self._stage(request, k, context)
-        except asyncio.CancelledError:
-            self._drop(request.request_id, "cancel")
-            raise
+        finally:
+            self._drop(rid, "cancel")
 
     async def Drop(self, request, context):  # noqa: N802
         """Forget a request's state."""

@@ -1,0 +1,194 @@
+"""The runtime with real processes on loopback: workers and coordinators via `python -m distree`."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+import torch
+
+from conftest import tiny_run_config, write_image_folder
+from distree.data import load_data
+from distree.evaluation.offline import calibrate_run
+from distree.evaluation.policies import load_calibration, thresholds_for
+from distree.evaluation.predict import student_exits
+from distree.policies import decide_exits, exit_scores, make_policy
+from distree.run import RunDir
+from distree.runtime.client import DistreeClient, InferenceError
+from distree.runtime.cluster import LocalCluster
+from distree.runtime.proto import distree_pb2 as pb
+from distree.runtime.proto import distree_pb2_grpc as pb_grpc
+from distree.runtime.security import call_metadata
+from distree.training.pipeline import train_run
+
+N_BRANCHES = 3
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny 3-branch run, calibrated so that early exits happen."""
+    root = tmp_path_factory.mktemp("rt")
+    data = write_image_folder(root / "data", n_train=90, n_test=60)
+    splits = load_data(str(data), val_fraction=0.2)
+    cfg = tiny_run_config(epochs=2)
+    cfg = cfg.model_copy(update={"student": cfg.student.model_copy(update={"branches": cfg.student.branches[:1] * N_BRANCHES})})
+    run = train_run(root / "run", splits, cfg, torch.device("cpu"), log=lambda m: None)
+    calibrate_run(run, splits, torch.device("cpu"), budget=0.6)
+    return run, splits
+
+
+def _info(address: str, token: str | None = None) -> pb.InfoReply:
+    with grpc.insecure_channel(address) as ch:
+        return pb_grpc.WorkerStub(ch).Info(pb.InfoRequest(), timeout=5, metadata=call_metadata(token))
+
+
+def _offline(run: RunDir, splits, policy: str):
+    student = run.load_student()
+    meta = run.read_meta()
+    rec = student_exits(student, splits.test.images, meta.data.normalization, 64, torch.device("cpu"))
+    t = thresholds_for(policy, student.num_exits, load_calibration(run))
+    exits = decide_exits(exit_scores(make_policy(policy), rec.logits, rec.embeddings), t)
+    preds = rec.logits[exits, torch.arange(len(exits))].argmax(-1)
+    return preds, exits
+
+
+@pytest.mark.parametrize("mode", ["lockstep", "eager"])
+def test_runtime_equals_offline_and_stops_workers(trained, mode, tmp_path):
+    run, splits = trained
+    preds, exits = _offline(run, splits, "feature-diff")
+    assert 0 < int((exits < exits.max()).sum()), "the fixture should exit early on some inputs"
+    with LocalCluster(run.path, log_dir=tmp_path) as cluster:
+        workers = cluster.start_workers(N_BRANCHES)
+        coord = cluster.start_coordinator(extra=["--mode", mode, "--policy", "feature-diff"])
+        with DistreeClient(coord) as client:
+            answers = client.infer(splits.test.images)
+        assert [a.prediction for a in answers] == preds.tolist()
+        assert [a.exit for a in answers] == exits.tolist()
+        assert all(a.branches == [0, 1, 2] for a in answers)
+        time.sleep(0.5)  # drops are sent after the answer
+        infos = [_info(w) for w in workers]
+        assert all(i.active_states == 0 for i in infos)
+        ran = sum(int(e) + 1 for e in exits)
+        if mode == "lockstep":
+            # Every worker ran exactly the stages up to each input's exit, and no more.
+            assert all(i.stages_run == ran for i in infos), [i.stages_run for i in infos]
+        else:
+            # Eager workers run ahead, but are cancelled: never all stages for every input.
+            total = len(exits) * run.read_meta().config.student.exit_points.__len__()
+            assert all(ran <= i.stages_run <= total for i in infos)
+
+
+def test_kill_worker_mid_run_and_restart(trained, tmp_path):
+    run, splits = trained
+    images = splits.test.images
+    with LocalCluster(run.path, log_dir=tmp_path) as cluster:
+        workers = cluster.start_workers(N_BRANCHES)
+        coord = cluster.start_coordinator(extra=["--stage-timeout-ms", "2000"])
+        answers, errors, stop = [], [], threading.Event()
+
+        def load():
+            with DistreeClient(coord, timeout_s=30) as client:
+                i = 0
+                while not stop.is_set():
+                    try:
+                        answers.append(client.infer(images[i % len(images) : i % len(images) + 1])[0])
+                    except InferenceError as err:  # pragma: no cover - reported below
+                        errors.append(err)
+                    i += 1
+
+        threads = [threading.Thread(target=load) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        cluster.kill("worker1")
+        killed_at = len(answers)
+        time.sleep(1.5)
+        port = int(workers[1].rsplit(":", 1)[1])
+        cluster.start_worker(1, port=port)
+        time.sleep(2.0)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        assert not errors
+        assert any(a.branches == [0, 2] for a in answers[killed_at:]), "requests went on with the other branches"
+        with DistreeClient(coord) as client:
+            assert all(a.branches == [0, 1, 2] for a in client.infer(images[:8])), "restarted worker used again"
+
+
+def test_no_branch_left_is_a_clear_error(trained, tmp_path):
+    run, splits = trained
+    with LocalCluster(run.path, log_dir=tmp_path) as cluster:
+        cluster.start_workers(N_BRANCHES)
+        coord = cluster.start_coordinator()
+        for b in range(N_BRANCHES):
+            cluster.kill(f"worker{b}")
+        with DistreeClient(coord, timeout_s=20) as client:
+            t0 = time.monotonic()
+            with pytest.raises(InferenceError) as err:
+                client.infer(splits.test.images[:2])
+            assert err.value.code == grpc.StatusCode.UNAVAILABLE and "branch" in str(err.value)
+            assert time.monotonic() - t0 < 10
+
+
+def test_token_and_malformed_inputs(trained, tmp_path):
+    run, splits = trained
+    with LocalCluster(run.path, log_dir=tmp_path, token="s3cret") as cluster:
+        workers = cluster.start_workers(N_BRANCHES)
+        coord = cluster.start_coordinator()
+        with DistreeClient(coord) as client:
+            with pytest.raises(InferenceError, match="UNAUTHENTICATED.*token"):
+                client.infer(splits.test.images[:1])
+        with DistreeClient(coord, token="wrong") as client:
+            with pytest.raises(InferenceError, match="UNAUTHENTICATED"):
+                client.infer(splits.test.images[:1])
+        with pytest.raises(grpc.RpcError) as err:
+            _info(workers[0])
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+        good = splits.test.images[:2]
+        md = call_metadata("s3cret")
+        bad = {
+            "dtype": pb.Tensor(dtype="int64", shape=list(good.shape), data=good.long().numpy().tobytes()),
+            "shape": pb.Tensor(dtype="uint8", shape=[2, 3, 9, 8], data=bytes(2 * 3 * 9 * 8)),
+            "bytes": pb.Tensor(dtype="uint8", shape=list(good.shape), data=good.numpy().tobytes()[:-1]),
+            "float32": pb.Tensor(dtype="float32", shape=list(good.shape), data=good.float().numpy().tobytes()),
+        }
+        with grpc.insecure_channel(coord) as ch:
+            stub = pb_grpc.CoordinatorStub(ch)
+            for what, tensor in bad.items():
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.Infer(pb.InferRequest(images=tensor), timeout=10, metadata=md)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, what
+                assert "images" in err.value.details()
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Infer(pb.InferRequest(images=bad["shape"], deadline_ms=float("nan")), timeout=10, metadata=md)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        nan = pb.StageRequest(request_id="x", stage=0, input=pb.Tensor(dtype="float32", shape=[1, 3, 8, 8], data=bytes(192 * 4)))
+        with grpc.insecure_channel(workers[0]) as ch:
+            with pytest.raises(grpc.RpcError) as err:
+                pb_grpc.WorkerStub(ch).RunStage(nan, timeout=5, metadata=md)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            with pytest.raises(grpc.RpcError) as err:
+                pb_grpc.WorkerStub(ch).RunStage(pb.StageRequest(request_id="y", stage=1), timeout=5, metadata=md)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        # ...and everything still serves.
+        with DistreeClient(coord, token="s3cret") as client:
+            assert len(client.infer(good)) == 2
+
+
+def test_no_state_left_after_1000_requests(trained, tmp_path):
+    run, splits = trained
+    images = splits.test.images
+    with LocalCluster(run.path, log_dir=tmp_path) as cluster:
+        workers = cluster.start_workers(N_BRANCHES)
+        coord = cluster.start_coordinator()
+        with DistreeClient(coord) as client:
+            done = 0
+            while done < 1000:
+                batch = images[: min(50, 1000 - done)]
+                assert len(client.infer(batch)) == len(batch)
+                done += len(batch)
+        time.sleep(0.5)
+        assert all(_info(w).active_states == 0 for w in workers)
