@@ -8,6 +8,9 @@ import torch
 from PIL import Image
 
 from distree.config import RunConfig, StudentConfig, WideResNetConfig
+from distree.data import load_data
+from distree.evaluation.offline import calibrate_run
+from distree.training.pipeline import train_run
 
 
 @pytest.fixture(autouse=True)
@@ -25,13 +28,13 @@ def tiny_student_config(branches: int = 2, exits: list[int] | None = None, depth
     )
 
 
-def tiny_run_config(epochs: int = 2) -> RunConfig:
+def tiny_run_config(epochs: int = 2, branches: int = 2) -> RunConfig:
     """A whole run configuration that trains in seconds on a few hundred 8x8 images."""
     return RunConfig.model_validate(
         {
             "data": {"val_fraction": 0.2, "crop_padding": 1},
             "teacher": {"depth": 10, "width": 0.5},
-            "student": tiny_student_config().model_dump(),
+            "student": tiny_student_config(branches=branches).model_dump(),
             "teacher_optim": {"epochs": epochs, "batch_size": 32, "lr": 0.05},
             "student_optim": {"epochs": epochs, "batch_size": 32, "lr": 0.05},
             "eval_batch_size": 64,
@@ -64,3 +67,18 @@ def write_image_folder(root, n_train=60, n_test=30, size=8, classes=3, ext="png"
 def image_folder(tmp_path):
     """A tiny PNG image-folder data set."""
     return write_image_folder(tmp_path / "imgs")
+
+
+RUNTIME_BRANCHES = 3
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny 3-branch run, calibrated so that early exits happen."""
+    root = tmp_path_factory.mktemp("rt")
+    data = write_image_folder(root / "data", n_train=90, n_test=60)
+    splits = load_data(str(data), val_fraction=0.2)
+    cfg = tiny_run_config(epochs=2, branches=RUNTIME_BRANCHES)
+    run = train_run(root / "run", splits, cfg, torch.device("cpu"), log=lambda m: None)
+    calibrate_run(run, splits, torch.device("cpu"), budget=0.6)
+    return run, splits

@@ -8,10 +8,8 @@ import time
 import grpc
 import pytest
 import torch
+from conftest import RUNTIME_BRANCHES
 
-from conftest import tiny_run_config, write_image_folder
-from distree.data import load_data
-from distree.evaluation.offline import calibrate_run
 from distree.evaluation.policies import load_calibration, thresholds_for
 from distree.evaluation.predict import student_exits
 from distree.policies import decide_exits, exit_scores, make_policy
@@ -21,22 +19,8 @@ from distree.runtime.cluster import LocalCluster
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
 from distree.runtime.security import call_metadata
-from distree.training.pipeline import train_run
 
-N_BRANCHES = 3
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny 3-branch run, calibrated so that early exits happen."""
-    root = tmp_path_factory.mktemp("rt")
-    data = write_image_folder(root / "data", n_train=90, n_test=60)
-    splits = load_data(str(data), val_fraction=0.2)
-    cfg = tiny_run_config(epochs=2)
-    cfg = cfg.model_copy(update={"student": cfg.student.model_copy(update={"branches": cfg.student.branches[:1] * N_BRANCHES})})
-    run = train_run(root / "run", splits, cfg, torch.device("cpu"), log=lambda m: None)
-    calibrate_run(run, splits, torch.device("cpu"), budget=0.6)
-    return run, splits
+N_BRANCHES = RUNTIME_BRANCHES
 
 
 def _info(address: str, token: str | None = None) -> pb.InfoReply:
@@ -165,10 +149,11 @@ def test_token_and_malformed_inputs(trained, tmp_path):
             with pytest.raises(grpc.RpcError) as err:
                 stub.Infer(pb.InferRequest(images=bad["shape"], deadline_ms=float("nan")), timeout=10, metadata=md)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        nan = pb.StageRequest(request_id="x", stage=0, input=pb.Tensor(dtype="float32", shape=[1, 3, 8, 8], data=bytes(192 * 4)))
+        floats = pb.Tensor(dtype="float32", shape=[1, 3, 8, 8], data=bytes(192 * 4))
+        float_input = pb.StageRequest(request_id="x", stage=0, input=floats)
         with grpc.insecure_channel(workers[0]) as ch:
             with pytest.raises(grpc.RpcError) as err:
-                pb_grpc.WorkerStub(ch).RunStage(nan, timeout=5, metadata=md)
+                pb_grpc.WorkerStub(ch).RunStage(float_input, timeout=5, metadata=md)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             with pytest.raises(grpc.RpcError) as err:
                 pb_grpc.WorkerStub(ch).RunStage(pb.StageRequest(request_id="y", stage=1), timeout=5, metadata=md)

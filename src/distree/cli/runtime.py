@@ -201,7 +201,7 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.add_argument("--branch", type=int, required=True, help="which branch this device runs (0-based)")
     p.add_argument("--listen", default="127.0.0.1:50061", help="HOST:PORT to listen on")
     p.add_argument("--max-batch", type=int, default=8, help="most requests batched at one stage")
-    p.add_argument("--max-wait-ms", type=float, default=1.0, help="longest wait to fill a batch")
+    p.add_argument("--max-wait-ms", type=float, default=0.0, help="extra wait to fill a batch (0: what is queued)")
     p.add_argument("--state-ttl-s", type=float, default=30.0, help="drop a request's state after this silence")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--device", help="torch device (default: cuda when present, else cpu)")

@@ -14,6 +14,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from distree.runtime.security import TLSFiles
+
 
 def free_port() -> int:
     """A TCP port that is free on loopback now."""
@@ -22,10 +24,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_serving(address: str, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+def wait_serving(
+    address: str, timeout_s: float = 60.0, proc: subprocess.Popen | None = None, tls: TLSFiles = TLSFiles()
+) -> None:
     """Block until the gRPC health service at ``address`` says SERVING."""
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as ch:
+    ch = grpc.secure_channel(address, tls.channel_credentials()) if tls.enabled else grpc.insecure_channel(address)
+    with ch:
         stub = health_pb2_grpc.HealthStub(ch)
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
@@ -45,8 +50,11 @@ def wait_serving(address: str, timeout_s: float = 60.0, proc: subprocess.Popen |
 class LocalCluster:
     """N workers and one or more coordinators on loopback, each its own OS process."""
 
-    def __init__(self, run_dir: str | Path, log_dir: Path | None = None, token: str | None = None):
+    def __init__(
+        self, run_dir: str | Path, log_dir: Path | None = None, token: str | None = None, tls: TLSFiles = TLSFiles()
+    ):
         self.run_dir = str(run_dir)
+        self.tls = tls  # how this process reaches the servers (health checks)
         self.token = token
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen] = {}
@@ -68,7 +76,7 @@ class LocalCluster:
         proc = self._spawn(
             f"worker{branch}", ["worker", self.run_dir, "--branch", str(branch), "--listen", address, *extra]
         )
-        wait_serving(address, proc=proc)
+        wait_serving(address, proc=proc, tls=self.tls)
         return address
 
     def start_workers(self, n: int, extra: Sequence[str] = ()) -> list[str]:
@@ -81,7 +89,7 @@ class LocalCluster:
         address = f"127.0.0.1:{free_port()}"
         args = ["serve", self.run_dir, "--workers", ",".join(self.worker_addresses), "--listen", address, *extra]
         proc = self._spawn(name, args)
-        wait_serving(address, proc=proc)
+        wait_serving(address, proc=proc, tls=self.tls)
         return address
 
     def kill(self, name: str) -> None:

@@ -35,7 +35,7 @@ class WorkerOptions:
     """How a worker serves its branch."""
 
     max_batch: int = 8
-    max_wait_ms: float = 2.0
+    max_wait_ms: float = 0.0
     state_ttl_s: float = 30.0
 
 
@@ -65,8 +65,13 @@ class _StageBatcher:
     async def _loop(self) -> None:
         while True:
             items = [await self._queue.get()]
+            # Take whatever is already waiting (greedy batching: no added latency when
+            # idle, big batches under load); optionally wait a little for more.
             deadline = time.monotonic() + self._max_wait
             while len(items) < self._max_batch:
+                if not self._queue.empty():
+                    items.append(self._queue.get_nowait())
+                    continue
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
                     break

@@ -1,0 +1,111 @@
+"""Runtime benchmark: the distributed runtime on loopback against the same model and
+policy in one process.
+
+Prints, on this machine:
+  latency at batch 1 (one request in flight): runtime vs in-process, p50/p95;
+  per-stage runtime overhead (coordinator + transport): per input, (runtime latency -
+    in-process latency) / stages run, p50;
+  throughput at saturation: runtime (many requests in flight) vs in-process (batched).
+
+Usage: python bench/runtime.py RUN_DIR --data PATH [--n 300] [--policy feature-diff] [--mode lockstep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distree.cli.runtime import run_infer
+from distree.data import load_data
+from distree.evaluation.policies import load_calibration, thresholds_for
+from distree.policies import make_policy
+from distree.run import RunDir
+from distree.runtime.cluster import LocalCluster
+from distree.runtime.inprocess import early_exit_batch
+from distree.runtime.security import TLSFiles
+
+
+def main() -> None:
+    """Run both sides and print the comparison (and JSON with --json)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir")
+    ap.add_argument("--data")
+    ap.add_argument("--n", type=int, default=300, help="test images per measurement")
+    ap.add_argument("--policy", default="feature-diff")
+    ap.add_argument("--mode", default="lockstep", choices=["lockstep", "eager"])
+    ap.add_argument("--concurrency", type=int, default=32, help="requests in flight at saturation")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+
+    run = RunDir(args.run_dir)
+    meta = run.read_meta()
+    test = load_data(args.data, None, meta.config.data.val_fraction, meta.config.data.split_seed).test
+    images, labels = test.images[: args.n], test.labels[: args.n]
+    student = run.load_student()
+    policy = make_policy(args.policy)
+    thresholds = thresholds_for(args.policy, student.num_exits, load_calibration(run))
+    norm = meta.data.normalization
+
+    # In-process, batch 1.
+    early_exit_batch(student, policy, thresholds, images[:8], norm)  # warm-up
+    inproc_ms, inproc_exit = [], []
+    for i in range(len(images)):
+        t0 = time.perf_counter()
+        _, e = early_exit_batch(student, policy, thresholds, images[i : i + 1], norm)
+        inproc_ms.append((time.perf_counter() - t0) * 1000)
+        inproc_exit.append(int(e))
+    # In-process, saturated: batches of `concurrency`.
+    t0 = time.perf_counter()
+    for i in range(0, len(images), args.concurrency):
+        early_exit_batch(student, policy, thresholds, images[i : i + args.concurrency], norm)
+    inproc_tput = len(images) / (time.perf_counter() - t0)
+
+    with LocalCluster(run.path, log_dir=Path(tempfile.mkdtemp(prefix="distree-bench-"))) as cluster:
+        cluster.start_workers(student.num_branches)
+        coord = cluster.start_coordinator(extra=["--policy", args.policy, "--mode", args.mode])
+        run_infer(coord, images[:16], labels[:16], None, TLSFiles(), 1)  # warm-up
+        single = run_infer(coord, images, labels, None, TLSFiles(), 1)
+        sat = run_infer(coord, images, labels, None, TLSFiles(), args.concurrency)
+
+    rt_ms = [r["latency_ms"] for r in single["requests"]]
+    same_exit = [r["exit"] == e for r, e in zip(single["requests"], inproc_exit)]
+    per_stage = [
+        (r - p) / (e + 1) for r, p, e, ok in zip(rt_ms, inproc_ms, inproc_exit, same_exit) if ok
+    ]
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {platform.processor()}",
+        "run": str(run.path),
+        "policy": args.policy,
+        "mode": args.mode,
+        "inputs": len(images),
+        "batch1_latency_ms": {
+            "runtime": {"p50": float(np.percentile(rt_ms, 50)), "p95": float(np.percentile(rt_ms, 95))},
+            "in_process": {"p50": float(np.percentile(inproc_ms, 50)), "p95": float(np.percentile(inproc_ms, 95))},
+        },
+        "per_stage_overhead_ms_p50": float(np.percentile(per_stage, 50)),
+        "same_exit_fraction": sum(same_exit) / len(same_exit),
+        "throughput_per_s": {"runtime": sat["throughput_per_s"], "in_process": round(inproc_tput, 1)},
+        "throughput_ratio": round(sat["throughput_per_s"] / inproc_tput, 3),
+    }
+    lat = result["batch1_latency_ms"]
+    print(f"machine: {result['machine']}")
+    print(f"model: {run.path}, policy {args.policy}, mode {args.mode}, {len(images)} test inputs")
+    print(f"batch-1 latency p50/p95: runtime {lat['runtime']['p50']:.2f}/{lat['runtime']['p95']:.2f} ms, "
+          f"in-process {lat['in_process']['p50']:.2f}/{lat['in_process']['p95']:.2f} ms")
+    print(f"per-stage runtime overhead p50: {result['per_stage_overhead_ms_p50']:.3f} ms")
+    print(f"throughput at saturation: runtime {sat['throughput_per_s']:.0f}/s (concurrency {args.concurrency}), "
+          f"in-process {inproc_tput:.0f}/s (batch {args.concurrency}); ratio {result['throughput_ratio']:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
