@@ -10,8 +10,11 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
-.PHONY: demo test
+.PHONY: demo quickstart test
 demo: $(VENV)/.installed
+	$(VENV)/bin/distree demo --data $(DATA)
+
+quickstart: $(VENV)/.installed
 	$(VENV)/bin/distree quickstart --data $(DATA)
 
 test: $(VENV)/.installed
@@ -19,4 +22,5 @@ test: $(VENV)/.installed
 
 .PHONY: proto
 proto: $(VENV)/.installed  # regenerate the committed gRPC code from distree.proto
+	$(VENV)/bin/pip install --quiet -e ".[dev]"
 	cd src && ../$(VENV)/bin/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. distree/runtime/proto/distree.proto

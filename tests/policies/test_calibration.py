@@ -16,15 +16,20 @@ def _synthetic(n=2000, seed=0):
 
 
 @pytest.mark.parametrize("drop", [0.0, 0.5, 2.0, 10.0])
-def test_max_drop_constraint_holds_on_fit_set(drop):
+@pytest.mark.parametrize("z", [0.0, 1.0])
+def test_max_drop_constraint_holds_on_fit_set(drop, z):
     scores, correct, macs = _synthetic()
-    cal = calibrate(scores, correct, macs, full_macs=3.0, max_drop_pp=drop)
+    cal = calibrate(scores, correct, macs, full_macs=3.0, max_drop_pp=drop, z=z)
     assert cal.met
     o = outcome(scores, correct, macs, cal.thresholds)
     full_acc = correct[-1].float().mean().item()
-    assert (full_acc - o.accuracy) * 100 <= drop + 1e-9
+    assert (full_acc - o.accuracy) * 100 + z * o.drop_se_pp <= drop + 1e-9
+    if z:
+        assert o.drop_se_pp > 0 or o.accuracy == pytest.approx(full_acc)
+        loose = calibrate(scores, correct, macs, full_macs=3.0, max_drop_pp=drop, z=0.0)
+        assert loose.macs_per_sample <= cal.macs_per_sample
     assert o.macs_per_sample == pytest.approx(cal.macs_per_sample)
-    if drop >= 2.0:
+    if drop >= 10.0:
         assert cal.saving > 0.2  # the search found real savings, not "never exit"
 
 

@@ -93,7 +93,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     run, _, splits, device = _open_run(args)
     policies = [args.policy] if args.policy else None
-    cal = calibrate_run(run, splits, device, max_drop_pp=args.max_drop, budget=args.budget, policies=policies)
+    cal = calibrate_run(
+        run, splits, device, max_drop_pp=args.max_drop, budget=args.budget, policies=policies, z=args.z
+    )
     print(f"calibrated on {cal['samples']} validation samples; saved to {run.path / 'calibration.json'}")
     for name, c in cal["policies"].items():
         status = "ok" if c["met"] else "NOT MET: " + c["message"]
@@ -151,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--max-drop", type=float, help="least computation with at most this accuracy drop (points)")
     target.add_argument("--budget", type=float, help="best accuracy within this fraction of full computation")
     p.add_argument("--policy", choices=POLICIES, help="calibrate only this policy (default: all)")
+    p.add_argument(
+        "--z",
+        type=float,
+        default=1.0,
+        help="with --max-drop: keep the drop plus z standard errors within the target (default 1; 0 = none)",
+    )
     p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("quickstart", help="train on a slice of the data for one epoch, then evaluate")
     _add_data_args(p)

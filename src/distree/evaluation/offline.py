@@ -109,6 +109,7 @@ def calibrate_run(
     max_drop_pp: float | None = None,
     budget: float | None = None,
     policies: list[str] | None = None,
+    z: float = 1.0,
 ) -> dict:
     """Fit the policies' thresholds on the validation split and save them in the run."""
     check_compatible(run, splits.val)
@@ -116,7 +117,7 @@ def calibrate_run(
     student = run.load_student().to(device)
     vectors = branch_vectors(student, splits.val.images, meta.data.normalization, meta.config.eval_batch_size, device)
     cal = calibrate_policies(
-        student, fuse_exits(student, vectors), splits.val.labels, max_drop_pp, budget, policies or POLICIES
+        student, fuse_exits(student, vectors), splits.val.labels, max_drop_pp, budget, policies or POLICIES, z
     )
     save_calibration(run, cal)
     return cal
@@ -161,7 +162,10 @@ def evaluate_policies(run: RunDir, splits: DataSplits, device: torch.device, out
 def format_policies(r: dict) -> str:
     """Human-readable table of ``evaluate_policies``' result."""
     t = r["target"]
-    target = f"max drop {t['max_drop_pp']} pp" if t.get("max_drop_pp") is not None else f"budget {t['budget']:.0%}"
+    if t.get("max_drop_pp") is not None:
+        target = f"max drop {t['max_drop_pp']} pp with a {t.get('z', 0)}-standard-error margin"
+    else:
+        target = f"budget {t['budget']:.0%}"
     lines = [
         f"policies at their calibrated point ({target}, fitted on the validation split), test split:",
         f"  {'policy':<13}{'accuracy':>9}{'drop pp':>9}{'saving':>8}  exits",

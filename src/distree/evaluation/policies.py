@@ -54,11 +54,12 @@ def calibrate_policies(
     max_drop_pp: float | None,
     budget: float | None,
     policies: Sequence[str],
+    z: float = 1.0,
 ) -> dict:
     """Fit every calibrated policy in ``policies`` on validation records; JSON-ready."""
     full = float(model.macs.full())
     out: dict = {
-        "target": {"max_drop_pp": max_drop_pp, "budget": budget},
+        "target": {"max_drop_pp": max_drop_pp, "budget": budget, "z": z},
         "split": "validation",
         "samples": int(val_labels.numel()),
         "policies": {},
@@ -67,7 +68,7 @@ def calibrate_policies(
         if not make_policy(name, val_labels).calibrated:
             continue
         scores, correct = scores_and_correct(name, val, val_labels)
-        cal = calibrate(scores, correct, exit_costs(model, name), full, max_drop_pp=max_drop_pp, budget=budget)
+        cal = calibrate(scores, correct, exit_costs(model, name), full, max_drop_pp=max_drop_pp, budget=budget, z=z)
         out["policies"][name] = cal.to_json()
     return out
 

@@ -68,20 +68,23 @@ class LocalCluster:
         self.procs[name] = proc
         return proc
 
+    def _launch_worker(self, branch: int, port: int | None, extra: Sequence[str]) -> tuple[str, subprocess.Popen]:
+        address = f"127.0.0.1:{port or free_port()}"
+        args = ["worker", self.run_dir, "--branch", str(branch), "--listen", address, *extra]
+        return address, self._spawn(f"worker{branch}", args)
+
     def start_worker(self, branch: int, port: int | None = None, extra: Sequence[str] = ()) -> str:
         """Start (or restart) the worker of ``branch``; returns its address once healthy."""
-        if port is None:
-            port = free_port()
-        address = f"127.0.0.1:{port}"
-        proc = self._spawn(
-            f"worker{branch}", ["worker", self.run_dir, "--branch", str(branch), "--listen", address, *extra]
-        )
+        address, proc = self._launch_worker(branch, port, extra)
         wait_serving(address, proc=proc, tls=self.tls)
         return address
 
     def start_workers(self, n: int, extra: Sequence[str] = ()) -> list[str]:
-        """Start ``n`` workers (branches 0..n-1)."""
-        self.worker_addresses = [self.start_worker(b, extra=extra) for b in range(n)]
+        """Start ``n`` workers (branches 0..n-1) at once; returns their addresses once healthy."""
+        launched = [self._launch_worker(b, None, extra) for b in range(n)]
+        for address, proc in launched:
+            wait_serving(address, proc=proc, tls=self.tls)
+        self.worker_addresses = [a for a, _ in launched]
         return self.worker_addresses
 
     def start_coordinator(self, name: str = "coordinator", extra: Sequence[str] = ()) -> str:
