@@ -55,3 +55,15 @@ def test_target_arguments_are_checked():
         calibrate(scores, correct, macs, 3.0)
     with pytest.raises(ValueError, match="budget"):
         calibrate(scores, correct, macs, 3.0, budget=1.5)
+
+
+def test_many_exits_use_coordinate_descent_and_hold_the_constraint():
+    g = torch.Generator().manual_seed(1)
+    n, exits = 1500, 6
+    difficulty = torch.rand(n, generator=g)
+    correct = torch.stack([difficulty < 0.4 + 0.1 * e for e in range(exits)])
+    scores = correct.float() + 0.3 * torch.randn(exits, n, generator=g)
+    macs = torch.arange(1, exits + 1, dtype=torch.float32)
+    cal = calibrate(scores, correct, macs, full_macs=float(exits), max_drop_pp=1.0, z=0.0)
+    assert cal.met and cal.drop_pp <= 1.0 + 1e-9 and cal.saving > 0.1
+    assert len(cal.thresholds) == exits - 1

@@ -93,9 +93,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     run, _, splits, device = _open_run(args)
     policies = [args.policy] if args.policy else None
-    cal = calibrate_run(
-        run, splits, device, max_drop_pp=args.max_drop, budget=args.budget, policies=policies, z=args.z
-    )
+    cal = calibrate_run(run, splits, device, max_drop_pp=args.max_drop, budget=args.budget, policies=policies, z=args.z)
     print(f"calibrated on {cal['samples']} validation samples; saved to {run.path / 'calibration.json'}")
     for name, c in cal["policies"].items():
         status = "ok" if c["met"] else "NOT MET: " + c["message"]

@@ -9,6 +9,7 @@ of the one-parameter family "the same quantile at every exit".
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass
 
@@ -18,6 +19,7 @@ import torch
 from distree.policies.base import first_passing
 
 GRID = 96
+EXHAUSTIVE_LIMIT = 12_000
 
 
 @dataclass(frozen=True)
@@ -143,13 +145,8 @@ def calibrate(
 
     cands = candidate_thresholds(scores)
     rec = _Recorded(scores, correct, exit_macs)
-    best_t: list[float] | None = None
-    best: Outcome | None = None
-    for t in quantile_family(cands):
-        o = rec.outcome(t)
-        if feasible(o) and (best is None or key(o) < key(best)):
-            best_t, best = t, o
-    if best is None:
+    found = [(t, o) for t in quantile_family(cands) if feasible(o := rec.outcome(t))]
+    if not found:
         cheapest = [c[0] for c in cands]
         o = rec.outcome(cheapest)
         return _result(
@@ -161,6 +158,21 @@ def calibrate(
             f"target cannot be met: even the earliest exits cost {o.macs_per_sample / full_macs:.1%} "
             f"of full execution, above the budget of {budget:.1%}",
         )
+    if math.prod(len(c) for c in cands) <= EXHAUSTIVE_LIMIT:
+        # Few exits: try every combination of the grid, which finds the grid optimum.
+        found += [(list(t), o) for t in itertools.product(*cands) if feasible(o := rec.outcome(list(t)))]
+        best_t, best = min(found, key=lambda to: key(to[1]))
+    else:
+        # Many exits: coordinate descent from the best few points of the family.
+        starts = sorted(found, key=lambda to: key(to[1]))[:3]
+        best_t, best = min(
+            (_descend(rec, cands, t, o, feasible, key, passes) for t, o in starts), key=lambda to: key(to[1])
+        )
+    return _result(best_t, best, full_acc, full_macs, True, "target met on the calibration split")
+
+
+def _descend(rec, cands, best_t, best, feasible, key, passes):
+    """Improve one exit's threshold at a time while any change helps."""
     for _ in range(passes):
         improved = False
         for e in range(len(cands)):
@@ -172,7 +184,7 @@ def calibrate(
                     best_t, best, improved = t, o, True
         if not improved:
             break
-    return _result(best_t, best, full_acc, full_macs, True, "target met on the calibration split")
+    return best_t, best
 
 
 def _result(t: list[float], o: Outcome, full_acc: float, full_macs: float, met: bool, msg: str) -> Calibration:
