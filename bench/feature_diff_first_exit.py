@@ -38,7 +38,10 @@ def main() -> None:
     splits = load_data(args.data, None, meta.config.data.val_fraction, meta.config.data.split_seed)
     student = run.load_student()
     norm, bs, dev = meta.data.normalization, meta.config.eval_batch_size, torch.device("cpu")
-    recs = {name: student_exits(student, s.images, norm, bs, dev) for name, s in (("val", splits.val), ("test", splits.test))}
+    recs = {
+        name: student_exits(student, s.images, norm, bs, dev)
+        for name, s in (("val", splits.val), ("test", splits.test))
+    }
     labels = {"val": splits.val.labels, "test": splits.test.labels}
     costs = exit_costs(student, "feature-diff")
     full = float(student.macs.full())

@@ -19,7 +19,8 @@ def main() -> None:
     for name, r in runs:
         t, full = r["teacher"], r["full"]
         print(f"| {name} | teacher (one device) | {t['accuracy']:.2%} | | {t['macs_per_sample'] / 1e6:.2f} M | |")
-        print(f"| {name} | DistrEE full execution | {full['accuracy']:.2%} | 0 | {full['macs_per_sample'] / 1e6:.2f} M | 0 |")
+        full_m = full["macs_per_sample"] / 1e6
+        print(f"| {name} | DistrEE full execution | {full['accuracy']:.2%} | 0 | {full_m:.2f} M | 0 |")
         for pol, p in r["policies"].items():
             if pol == "full":
                 continue
@@ -37,7 +38,9 @@ def main() -> None:
         print()
         print("| branches present | " + " | ".join(r["devices_present"]) + " |")
         print("|---|" + "---:|" * len(r["devices_present"]))
-        print("| accuracy (mean over subsets) | " + " | ".join(f"{a:.2%}" for a in r["devices_present"].values()) + " |")
+        print(
+            "| accuracy (mean over subsets) | " + " | ".join(f"{a:.2%}" for a in r["devices_present"].values()) + " |"
+        )
         fd = r["branches_present"]["feature-diff"]
         print("| `feature-diff` accuracy | " + " | ".join(f"{v['accuracy']:.2%}" for v in fd.values()) + " |")
         print("| `feature-diff` saving | " + " | ".join(f"{v['saving']:.1%}" for v in fd.values()) + " |")

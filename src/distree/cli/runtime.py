@@ -103,6 +103,8 @@ def run_infer(server: str, images: torch.Tensor, labels: torch.Tensor, token: st
                 "branches": a.branches,
                 "latency_ms": round((time.perf_counter() - t0) * 1000, 3),
                 "stop_reason": a.stop_reason,
+                "stage_ms": [round(v, 3) for v in a.stage_ms],
+                "worker_ms": [round(v, 3) for v in a.worker_ms],
             }
 
         t0 = time.perf_counter()

@@ -31,8 +31,9 @@ class Answer:
     probabilities: list[float]
     exit: int
     branches: list[int]
-    stage_ms: list[float]
+    stage_ms: list[float]  # wall time of each stage at the coordinator
     stop_reason: str
+    worker_ms: list[float]  # the slowest answering worker's own time per stage
 
 
 class DistreeClient:
@@ -64,7 +65,15 @@ class DistreeClient:
         t = torch.as_tensor(images)
         reply = self._call(self._stub.Infer, pb.InferRequest(images=to_proto(t), deadline_ms=deadline_ms))
         return [
-            Answer(r.prediction, list(r.probabilities), r.exit, list(r.branches), list(r.stage_ms), r.stop_reason)
+            Answer(
+                r.prediction,
+                list(r.probabilities),
+                r.exit,
+                list(r.branches),
+                list(r.stage_ms),
+                r.stop_reason,
+                list(r.worker_ms),
+            )
             for r in reply.results
         ]
 

@@ -136,12 +136,17 @@ class Coordinator(pb_grpc.CoordinatorServicer):
 
     # -- the stage loop ------------------------------------------------------------------
 
-    async def _gather(self, calls: dict[WorkerLink, asyncio.Future], k: int) -> dict[WorkerLink, torch.Tensor]:
-        """Wait for stage ``k`` from every call until the stage deadline; drop the rest."""
+    async def _gather(
+        self, calls: dict[WorkerLink, asyncio.Future], k: int
+    ) -> tuple[dict[WorkerLink, torch.Tensor], float]:
+        """Wait for stage ``k`` from every call until the stage deadline; drop the rest.
+
+        Returns the vectors that arrived and the slowest worker's own stage time (ms)."""
         done, pending = await asyncio.wait(calls.values(), timeout=self.options.stage_timeout_ms / 1000)
         for t in pending:
             t.cancel()
         got = {}
+        worker_ms = 0.0
         for w, t in calls.items():
             if t not in done:
                 w.failed(f"missed the stage {k} deadline")
@@ -158,9 +163,10 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                 continue
             try:
                 got[w] = from_proto(reply.pooled, f"branch {w.branch} vector", ("float32",))
+                worker_ms = max(worker_ms, reply.compute_ms)
             except InvalidTensor as bad:
                 w.failed(str(bad))
-        return got
+        return got, worker_ms
 
     async def infer_one(self, image: torch.Tensor, deadline_ms: float | None) -> pb.InferResult:
         """Run one input (uint8 (1, C, H, W)) through the stage loop."""
@@ -175,7 +181,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         if self.options.mode == "eager":
             timeout = self.options.stage_timeout_ms / 1000 * E
             streams = {w: w.stub.RunAll(first, timeout=timeout, metadata=w.metadata) for w in active}
-        logits, embeddings, stage_ms = [], [], []
+        logits, embeddings, stage_ms, worker_ms = [], [], [], []
         reason = "last-exit"
         try:
             for k in range(E):
@@ -189,7 +195,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                         w: asyncio.ensure_future(w.stub.RunStage(req, timeout=timeout, metadata=w.metadata))
                         for w in active
                     }
-                got = await self._gather(calls, k)
+                got, slowest = await self._gather(calls, k)
                 active = [w for w in active if w in got]
                 if not got:
                     raise NoBranchError(f"no branch answered stage {k}")
@@ -203,6 +209,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                 embeddings.append(out.embedding)
                 dt = (time.perf_counter() - t0) * 1000
                 stage_ms.append(dt)
+                worker_ms.append(slowest)
                 metrics.COORD_STAGE_SECONDS.labels(str(k)).observe(dt / 1000)
                 for w in active:
                     w.stage_ms_ema = dt if w.stage_ms_ema is None else 0.9 * w.stage_ms_ema + 0.1 * dt
@@ -233,6 +240,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             branches=sorted(w.branch for w in active),
             stage_ms=stage_ms,
             stop_reason=reason,
+            worker_ms=worker_ms,
         )
 
     def _drop_later(self, rid: str, links: list[WorkerLink]) -> None:
