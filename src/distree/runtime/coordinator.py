@@ -75,6 +75,52 @@ class WorkerLink:
         self._backoff = opts.retry_initial_s
         self.next_try = 0.0
         self.stage_ms_ema: float | None = None
+        self._pending: list[tuple[pb.StageRequest, asyncio.Future]] = []
+        self._drops: list[str] = []
+        self._flush_scheduled = False
+
+    # Under load many requests reach the same point in one turn of the event loop; their
+    # stages (and drops) go to the worker in one RunStages call instead of one call each,
+    # which is what keeps the per-call cost of gRPC off the per-request path.
+    def run_stage(self, request: pb.StageRequest, timeout: float) -> asyncio.Future:
+        """Queue one request's stage for this worker; the future gets its StageReply."""
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((request, fut))
+        self._schedule_flush(timeout)
+        return fut
+
+    def drop(self, request_id: str) -> None:
+        """Queue a request for the worker to forget (sent with the next batch)."""
+        self._drops.append(request_id)
+        self._schedule_flush(1.0)
+
+    def _schedule_flush(self, timeout: float) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush, timeout)
+
+    def _flush(self, timeout: float) -> None:
+        self._flush_scheduled = False
+        items, self._pending = self._pending, []
+        drops, self._drops = self._drops, []
+        if items or drops:
+            asyncio.ensure_future(self._send(items, drops, timeout))
+
+    async def _send(self, items: list[tuple[pb.StageRequest, asyncio.Future]], drops: list[str], timeout: float):
+        batch = pb.StageBatch(items=[r for r, _ in items], drop=drops)
+        try:
+            reply = await self.stub.RunStages(batch, timeout=timeout, metadata=self.metadata)
+        except grpc.aio.AioRpcError as err:
+            for _, f in items:
+                if not f.done():
+                    f.set_exception(err)
+            return
+        for (_, f), r in zip(items, reply.items):
+            if not f.done():
+                if r.error:
+                    f.set_exception(RuntimeError(r.error))
+                else:
+                    f.set_result(r)
 
     def failed(self, why: str) -> None:
         """Stop using the worker until a health check passes."""
@@ -190,11 +236,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                     calls = {w: asyncio.ensure_future(_next(streams[w])) for w in active}
                 else:
                     req = first if k == 0 else pb.StageRequest(request_id=rid, stage=k)
-                    timeout = self.options.stage_timeout_ms / 1000
-                    calls = {
-                        w: asyncio.ensure_future(w.stub.RunStage(req, timeout=timeout, metadata=w.metadata))
-                        for w in active
-                    }
+                    calls = {w: w.run_stage(req, self.options.stage_timeout_ms / 1000) for w in active}
                 got, slowest = await self._gather(calls, k)
                 active = [w for w in active if w in got]
                 if not got:
@@ -244,16 +286,10 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         )
 
     def _drop_later(self, rid: str, links: list[WorkerLink]) -> None:
-        """Tell workers to drop a request, without making the answer wait for it."""
-
-        async def drop(w: WorkerLink) -> None:
-            try:
-                await w.stub.Drop(pb.DropRequest(request_id=rid), timeout=1.0, metadata=w.metadata)
-            except grpc.aio.AioRpcError:
-                pass  # a dead worker holds nothing; a live one expires the state
-
+        """Tell workers to drop a request, without making the answer wait for it (a dead
+        worker holds nothing; a live one that misses the message expires the state)."""
         for w in links:
-            asyncio.ensure_future(drop(w))
+            w.drop(rid)
 
     # -- RPCs --------------------------------------------------------------------------
 

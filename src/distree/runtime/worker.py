@@ -30,6 +30,15 @@ from distree.training.checkpoint import load_weights
 log = logging.getLogger("distree.worker")
 
 
+class StageError(Exception):
+    """A request's stage cannot run; carries the gRPC status to answer with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 @dataclass(frozen=True)
 class WorkerOptions:
     """How a worker serves its branch."""
@@ -191,28 +200,29 @@ class BranchWorker(pb_grpc.WorkerServicer):
                 log.info("state expired", extra={"request_id": rid})
                 self._drop(rid, "expired")
 
-    async def _stage(self, request: pb.StageRequest, stage: int, context: grpc.aio.ServicerContext) -> pb.StageReply:
+    async def _stage(self, request: pb.StageRequest, stage: int) -> pb.StageReply:
+        """Run one stage of one request; raises StageError for a request it cannot run."""
         rid = request.request_id
         if not self.ready:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "worker is still loading its weights")
+            raise StageError(grpc.StatusCode.UNAVAILABLE, "worker is still loading its weights")
         if not rid:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request_id is empty")
+            raise StageError(grpc.StatusCode.INVALID_ARGUMENT, "request_id is empty")
         if not 0 <= stage < self.num_stages:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"stage {stage} not in 0..{self.num_stages - 1}")
+            raise StageError(grpc.StatusCode.INVALID_ARGUMENT, f"stage {stage} not in 0..{self.num_stages - 1}")
         if stage == 0:
             if rid in self.states:
-                await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"request {rid} already started")
+                raise StageError(grpc.StatusCode.ALREADY_EXISTS, f"request {rid} already started")
             try:
                 x = from_proto(request.input, "input", ("uint8",), self.input_shape)
             except InvalidTensor as err:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+                raise StageError(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
             self.states[rid] = _State(0, x)
             metrics.ACTIVE_STATES.labels(self.label).set(len(self.states))
         state = self.states.get(rid)
         if state is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"no state for request {rid} (dropped or expired)")
+            raise StageError(grpc.StatusCode.FAILED_PRECONDITION, f"no state for request {rid} (dropped or expired)")
         if state.next_stage != stage:
-            await context.abort(
+            raise StageError(
                 grpc.StatusCode.FAILED_PRECONDITION, f"request {rid} is at stage {state.next_stage}, not {stage}"
             )
         t0 = time.perf_counter()
@@ -229,11 +239,30 @@ class BranchWorker(pb_grpc.WorkerServicer):
                 metrics.ACTIVE_STATES.labels(self.label).set(len(self.states))
             else:
                 state.activation, state.next_stage, state.touched = h, stage + 1, time.monotonic()
-        return pb.StageReply(stage=stage, pooled=to_proto(v), compute_ms=(time.perf_counter() - t0) * 1000)
+        return pb.StageReply(
+            stage=stage, pooled=to_proto(v), compute_ms=(time.perf_counter() - t0) * 1000, request_id=rid
+        )
 
     async def RunStage(self, request, context):  # noqa: N802 - gRPC method name
         """Run one stage of one request (lockstep mode)."""
-        return await self._stage(request, request.stage, context)
+        try:
+            return await self._stage(request, request.stage)
+        except StageError as err:
+            await context.abort(err.code, err.message)
+
+    async def RunStages(self, request, context):  # noqa: N802
+        """Drop the listed requests, then run one stage of each listed request, batched
+        (lockstep mode under load); a request that cannot run gets its own error."""
+        for rid in request.drop:
+            self._drop(rid, "stop")
+
+        async def one(item: pb.StageRequest) -> pb.StageReply:
+            try:
+                return await self._stage(item, item.stage)
+            except StageError as err:
+                return pb.StageReply(stage=item.stage, request_id=item.request_id, error=err.message)
+
+        return pb.StageBatchReply(items=await asyncio.gather(*(one(i) for i in request.items)))
 
     async def RunAll(self, request, context):  # noqa: N802
         """Run every stage from 0 and stream each vector (eager mode); cancel to stop."""
@@ -245,7 +274,11 @@ class BranchWorker(pb_grpc.WorkerServicer):
         context.add_done_callback(lambda _: self._drop(rid, "cancel"))
         try:
             for k in range(self.num_stages):
-                yield await self._stage(request, k, context)
+                try:
+                    reply = await self._stage(request, k)
+                except StageError as err:
+                    await context.abort(err.code, err.message)
+                yield reply
         finally:
             self._drop(rid, "cancel")
 

@@ -27,14 +27,32 @@ class StageRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., stage: _Optional[int] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class StageReply(_message.Message):
-    __slots__ = ("stage", "pooled", "compute_ms")
+    __slots__ = ("stage", "pooled", "compute_ms", "request_id", "error")
     STAGE_FIELD_NUMBER: _ClassVar[int]
     POOLED_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     stage: int
     pooled: Tensor
     compute_ms: float
-    def __init__(self, stage: _Optional[int] = ..., pooled: _Optional[_Union[Tensor, _Mapping]] = ..., compute_ms: _Optional[float] = ...) -> None: ...
+    request_id: str
+    error: str
+    def __init__(self, stage: _Optional[int] = ..., pooled: _Optional[_Union[Tensor, _Mapping]] = ..., compute_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class StageBatch(_message.Message):
+    __slots__ = ("items", "drop")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    DROP_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[StageRequest]
+    drop: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, items: _Optional[_Iterable[_Union[StageRequest, _Mapping]]] = ..., drop: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StageBatchReply(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[StageReply]
+    def __init__(self, items: _Optional[_Iterable[_Union[StageReply, _Mapping]]] = ...) -> None: ...
 
 class DropRequest(_message.Message):
     __slots__ = ("request_id",)

@@ -39,6 +39,11 @@ class WorkerStub:
                 request_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageRequest.SerializeToString,
                 response_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageReply.FromString,
                 _registered_method=True)
+        self.RunStages = channel.unary_unary(
+                '/distree.v1.Worker/RunStages',
+                request_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatch.SerializeToString,
+                response_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatchReply.FromString,
+                _registered_method=True)
         self.RunAll = channel.unary_stream(
                 '/distree.v1.Worker/RunAll',
                 request_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageRequest.SerializeToString,
@@ -61,6 +66,13 @@ class WorkerServicer:
 
     def RunStage(self, request, context):
         """Lockstep: run one stage of a request (stage 0 creates its state).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunStages(self, request, context):
+        """Lockstep, batched: one stage of each listed request (and drops), one reply each.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -93,6 +105,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.RunStage,
                     request_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageRequest.FromString,
                     response_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageReply.SerializeToString,
+            ),
+            'RunStages': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunStages,
+                    request_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatch.FromString,
+                    response_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatchReply.SerializeToString,
             ),
             'RunAll': grpc.unary_stream_rpc_method_handler(
                     servicer.RunAll,
@@ -137,6 +154,33 @@ class Worker:
             '/distree.v1.Worker/RunStage',
             distree_dot_runtime_dot_proto_dot_distree__pb2.StageRequest.SerializeToString,
             distree_dot_runtime_dot_proto_dot_distree__pb2.StageReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunStages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distree.v1.Worker/RunStages',
+            distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatch.SerializeToString,
+            distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatchReply.FromString,
             options,
             channel_credentials,
             insecure,
