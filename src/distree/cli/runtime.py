@@ -81,8 +81,15 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
 
 
-def run_infer(server: str, images: torch.Tensor, labels: torch.Tensor, token: str | None, tls, concurrency: int,
-              deadline_ms: float = 0.0) -> dict:  # fmt: skip
+def run_infer(
+    server: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    token: str | None,
+    tls,
+    concurrency: int,
+    deadline_ms: float = 0.0,
+) -> dict:
     """Send every image (one per call, ``concurrency`` calls in flight) and summarise."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -147,8 +154,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
     splits = load_data(args.data, args.format)
     test = splits.test
     n = min(args.limit or len(test), len(test))
-    result = run_infer(args.server, test.images[:n], test.labels[:n], args.token, _tls(args), args.concurrency,
-                       args.deadline_ms)  # fmt: skip
+    result = run_infer(
+        args.server, test.images[:n], test.labels[:n], args.token, _tls(args), args.concurrency, args.deadline_ms
+    )
     print(format_infer(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -99,7 +99,7 @@ def evaluate_policy(
     full_macs = float(model.macs.full(present))
     return {
         "accuracy": round(o.accuracy, 4),
-        "drop_pp": round((full_acc - o.accuracy) * 100, 2),
+        "drop_pp": round((full_acc - o.accuracy) * 100, 2) + 0.0,  # no "-0.0"
         "macs_per_sample": round(o.macs_per_sample),
         "saving": round(1 - o.macs_per_sample / full_macs, 4),
         "exit_histogram": o.exit_histogram,

@@ -59,9 +59,13 @@ class LocalCluster:
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen] = {}
         self.worker_addresses: list[str] = []
+        self._logs: list = []
 
     def _spawn(self, name: str, args: Sequence[str]) -> subprocess.Popen:
-        out = open(self.log_dir / f"{name}.log", "w") if self.log_dir else subprocess.DEVNULL  # noqa: SIM115
+        out = subprocess.DEVNULL
+        if self.log_dir:
+            out = open(self.log_dir / f"{name}.log", "a")  # noqa: SIM115 - closed in stop()
+            self._logs.append(out)
         cmd = [sys.executable, "-m", "distree", *args] + (["--token", self.token] if self.token else [])
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("DISTREE_WORKER_THREADS", "1"))
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -113,6 +117,8 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        for f in self._logs:
+            f.close()
 
     def __enter__(self) -> LocalCluster:
         return self

@@ -24,10 +24,10 @@ from distree.evaluation.policies import exit_costs, load_calibration, thresholds
 from distree.policies import make_policy, should_stop_for_deadline
 from distree.run import RunDir
 from distree.runtime import metrics
-from distree.runtime.health import NOT_SERVING, SERVING, HealthServicer, set_health
+from distree.runtime.health import SERVING, set_health, start_server
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
-from distree.runtime.security import TLSFiles, add_port, call_metadata, make_channel, make_server
+from distree.runtime.security import TLSFiles, call_metadata, make_channel
 from distree.runtime.tensors import InvalidTensor, from_proto, to_proto
 from distree.training.checkpoint import load_weights
 
@@ -347,13 +347,9 @@ async def serve_coordinator(
 ) -> None:
     """Serve until cancelled; SERVING once at least one worker is usable."""
     coord = Coordinator(run, workers, options, worker_tls, token)
-    server = make_server(token)
-    health_servicer = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    pb_grpc.add_CoordinatorServicer_to_server(coord, server)
-    await set_health(health_servicer, NOT_SERVING)
-    port = add_port(server, listen, tls)
-    await server.start()
+    server, health_servicer, port = await start_server(
+        lambda srv: pb_grpc.add_CoordinatorServicer_to_server(coord, srv), listen, token, tls
+    )
     watcher = asyncio.ensure_future(coord.watch_workers())
     log.info("listening", extra={"address": listen, "port": port, "mode": options.mode, "policy": options.policy})
     try:

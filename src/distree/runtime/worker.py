@@ -15,15 +15,14 @@ from dataclasses import dataclass, field
 
 import grpc
 import torch
-from grpc_health.v1 import health_pb2_grpc
 
 from distree.models import Branch
 from distree.run import RunDir
 from distree.runtime import metrics
-from distree.runtime.health import NOT_SERVING, SERVING, HealthServicer, set_health
+from distree.runtime.health import SERVING, set_health, start_server
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
-from distree.runtime.security import TLSFiles, add_port, make_server
+from distree.runtime.security import TLSFiles
 from distree.runtime.tensors import InvalidTensor, from_proto, to_proto
 from distree.training.checkpoint import load_weights
 
@@ -310,13 +309,9 @@ async def serve_worker(
 ) -> None:
     """Serve until cancelled; health is NOT_SERVING until the weights are loaded and warm."""
     worker = BranchWorker(run, branch, options, device)
-    server = make_server(token)
-    health_servicer = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    pb_grpc.add_WorkerServicer_to_server(worker, server)
-    await set_health(health_servicer, NOT_SERVING)
-    port = add_port(server, listen, tls)
-    await server.start()
+    server, health_servicer, port = await start_server(
+        lambda srv: pb_grpc.add_WorkerServicer_to_server(worker, srv), listen, token, tls
+    )
     log.info("listening", extra={"address": listen, "port": port, "branch": branch})
     await asyncio.to_thread(worker.load)
     worker.start()
