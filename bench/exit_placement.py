@@ -1,0 +1,69 @@
+"""Where should exits sit? Compare exit sets of one trained student on the same samples.
+
+A student trained with an exit after every residual block (e.g. configs/cifar10-cpu.yaml)
+is evaluated as if only a subset of its exits existed: exits at the end of each residual
+group only, versus every block. Each policy is calibrated on the validation split for the
+same target and measured on the test split; computation counts only the heads of the
+exits in use.
+
+Usage: python bench/exit_placement.py RUN_DIR --data PATH [--max-drop 0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from distree.data import load_data
+from distree.evaluation.predict import student_exits
+from distree.policies import exit_scores, make_policy
+from distree.policies.calibration import calibrate, outcome
+from distree.run import RunDir
+
+
+def main() -> None:
+    """Print one row per (exit set, policy)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir")
+    ap.add_argument("--data")
+    ap.add_argument("--max-drop", type=float, default=0.5)
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    run = RunDir(args.run_dir)
+    meta = run.read_meta()
+    splits = load_data(args.data, None, meta.config.data.val_fraction, meta.config.data.split_seed)
+    student = run.load_student()
+    norm, bs, dev = meta.data.normalization, meta.config.eval_batch_size, torch.device("cpu")
+    recs = {k: student_exits(student, s.images, norm, bs, dev) for k, s in (("val", splits.val), ("test", splits.test))}
+    labels = {"val": splits.val.labels, "test": splits.test.labels}
+    points = meta.config.student.exit_points
+    n = meta.config.student.branches[0].blocks_per_group
+    sets = {"every block": list(range(len(points))), "group ends": [i for i, p in enumerate(points) if p % n == 0]}
+    macs = student.macs
+    stage = [sum(macs.stage[b][e] for b in range(student.num_branches)) for e in range(len(points))]
+    full = float(sum(stage) + macs.head[-1])
+    print(f"run {run.path}: exit points {points}; target drop <= {args.max_drop} pp (z = 1)")
+    print(f"{'exits':<12}{'policy':<14}{'test acc':>9}{'test drop':>10}{'test saving':>12}")
+    for name, keep in sets.items():
+        # Stopping at kept exit j costs the stages up to it plus the kept heads on the way.
+        costs = torch.tensor(
+            [sum(stage[: e + 1]) + sum(macs.head[i] for i in keep if i <= e) for e in keep], dtype=torch.float64
+        )
+        for pol in ("feature-diff", "max-prob", "entropy"):
+            policy = make_policy(pol)
+            sc, ok = {}, {}
+            for k, r in recs.items():
+                sub_logits, sub_emb = r.logits[keep], r.embeddings[keep]
+                sc[k] = exit_scores(policy, sub_logits, sub_emb)
+                ok[k] = sub_logits.argmax(-1) == labels[k]
+            cal = calibrate(sc["val"], ok["val"], costs, full, max_drop_pp=args.max_drop)
+            o = outcome(sc["test"], ok["test"], costs, cal.thresholds)
+            drop = (float(ok["test"][-1].float().mean()) - o.accuracy) * 100
+            print(f"{name:<12}{pol:<14}{o.accuracy:>9.2%}{drop:>10.2f}{1 - o.macs_per_sample / full:>12.1%}")
+    print(f"({time.perf_counter() - t0:.0f}s)")
+
+
+if __name__ == "__main__":
+    main()
