@@ -16,8 +16,7 @@ import time
 
 import torch
 
-from distree.data import load_data
-from distree.evaluation.predict import student_exits
+from distree.evaluation.offline import record_val_test
 from distree.policies import exit_scores, make_policy
 from distree.policies.calibration import calibrate, outcome
 from distree.run import RunDir
@@ -33,11 +32,7 @@ def main() -> None:
     t0 = time.perf_counter()
     run = RunDir(args.run_dir)
     meta = run.read_meta()
-    splits = load_data(args.data, None, meta.config.data.val_fraction, meta.config.data.split_seed)
-    student = run.load_student()
-    norm, bs, dev = meta.data.normalization, meta.config.eval_batch_size, torch.device("cpu")
-    recs = {k: student_exits(student, s.images, norm, bs, dev) for k, s in (("val", splits.val), ("test", splits.test))}
-    labels = {"val": splits.val.labels, "test": splits.test.labels}
+    student, recs, labels = record_val_test(run, args.data, torch.device("cpu"))
     points = meta.config.student.exit_points
     n = meta.config.student.branches[0].blocks_per_group
     sets = {"every block": list(range(len(points))), "group ends": [i for i, p in enumerate(points) if p % n == 0]}

@@ -16,9 +16,8 @@ import time
 
 import torch
 
-from distree.data import load_data
+from distree.evaluation.offline import record_val_test
 from distree.evaluation.policies import exit_costs
-from distree.evaluation.predict import student_exits
 from distree.policies import exit_scores
 from distree.policies.calibration import calibrate, outcome
 from distree.policies.scores import FeatureDiff
@@ -34,15 +33,7 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     run = RunDir(args.run_dir)
-    meta = run.read_meta()
-    splits = load_data(args.data, None, meta.config.data.val_fraction, meta.config.data.split_seed)
-    student = run.load_student()
-    norm, bs, dev = meta.data.normalization, meta.config.eval_batch_size, torch.device("cpu")
-    recs = {
-        name: student_exits(student, s.images, norm, bs, dev)
-        for name, s in (("val", splits.val), ("test", splits.test))
-    }
-    labels = {"val": splits.val.labels, "test": splits.test.labels}
+    student, recs, labels = record_val_test(run, args.data, torch.device("cpu"))
     costs = exit_costs(student, "feature-diff")
     full = float(student.macs.full())
     print(f"run {run.path}, target: drop <= {args.max_drop} pp; machine: {platform.processor() or platform.machine()}")

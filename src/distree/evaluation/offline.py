@@ -9,6 +9,7 @@ from statistics import mean
 
 import torch
 
+from distree.data import load_data
 from distree.data.dataset import DataSplits, ImageSet
 from distree.evaluation.plots import plot_policy_curves
 from distree.evaluation.policies import (
@@ -22,7 +23,7 @@ from distree.evaluation.policies import (
     sweep_policy,
     thresholds_for,
 )
-from distree.evaluation.predict import accuracy, branch_vectors, fuse_exits, teacher_logits
+from distree.evaluation.predict import accuracy, branch_vectors, fuse_exits, student_exits, teacher_logits
 from distree.models.macs import count_macs
 from distree.run import RunDir
 
@@ -177,3 +178,18 @@ def format_policies(r: dict) -> str:
         )
     lines.append(f"curves: {r['curves']['csv']}, {r['curves']['png']}")
     return "\n".join(lines)
+
+
+def record_val_test(run: RunDir, data: str | None, device: torch.device) -> tuple:
+    """Load a run's data and record every exit's outputs on its validation and test splits.
+
+    Returns (student, {"val": ExitRecords, "test": ExitRecords}, {"val": labels, "test": labels}).
+    """
+    meta = run.read_meta()
+    splits = load_data(data, None, meta.config.data.val_fraction, meta.config.data.split_seed)
+    student = run.load_student().to(device)
+    norm, bs = meta.data.normalization, meta.config.eval_batch_size
+    recs = {
+        k: student_exits(student, s.images, norm, bs, device) for k, s in (("val", splits.val), ("test", splits.test))
+    }
+    return student, recs, {"val": splits.val.labels, "test": splits.test.labels}
