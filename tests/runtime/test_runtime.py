@@ -195,3 +195,16 @@ def test_token_and_malformed_inputs(trained, tmp_path):
         # ...and everything still serves.
         with DistreeClient(coord, token="s3cret") as client:
             assert len(client.infer(good)) == 2
+
+
+def test_deadline_stops_at_the_exit_in_hand(trained, shared_cluster):
+    _, splits = trained
+    _, coords = shared_cluster
+    with DistreeClient(coords["lockstep"]) as client:
+        answers = client.infer(splits.test.images[:10], deadline_ms=0.001)
+        relaxed = client.infer(splits.test.images[:10], deadline_ms=60_000)
+    # The first stage alone outlasts a microsecond: every input stops there, by the deadline
+    # unless the policy stopped it anyway.
+    assert all(a.exit == 0 and a.stop_reason in ("deadline", "policy") for a in answers)
+    assert any(a.stop_reason == "deadline" for a in answers)
+    assert all(a.stop_reason != "deadline" for a in relaxed)

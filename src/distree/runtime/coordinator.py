@@ -74,7 +74,6 @@ class WorkerLink:
         self._opts = opts
         self._backoff = opts.retry_initial_s
         self.next_try = 0.0
-        self.stage_ms_ema: float | None = None
         self._pending: list[tuple[pb.StageRequest, asyncio.Future]] = []
         self._drops: list[str] = []
         self._flush_scheduled = False
@@ -253,8 +252,6 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                 stage_ms.append(dt)
                 worker_ms.append(slowest)
                 metrics.COORD_STAGE_SECONDS.labels(str(k)).observe(dt / 1000)
-                for w in active:
-                    w.stage_ms_ema = dt if w.stage_ms_ema is None else 0.9 * w.stage_ms_ema + 0.1 * dt
                 if k == E - 1:
                     break
                 if bool(self.policy.should_exit(k, logits, embeddings, self.thresholds)):
