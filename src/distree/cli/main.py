@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -48,9 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.limit < 1:
             raise DataError(f"--limit must be at least 1, got {args.limit}")
         pick = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(config.data.split_seed))
-        splits = type(splits)(
-            splits.train.subset(pick[: args.limit].sort().values), splits.val, splits.test, splits.source, splits.format
-        )
+        splits = dataclasses.replace(splits, train=splits.train.subset(pick[: args.limit].sort().values))
     _log(
         f"data: {splits.source} ({splits.format}), {len(splits.train)} train / {len(splits.val)} val / "
         f"{len(splits.test)} test, {splits.image_size}x{splits.image_size}x{splits.in_channels}, "
