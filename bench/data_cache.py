@@ -24,9 +24,8 @@ def main() -> None:
         splits = load_data(sys.argv[1])
         times.append(time.perf_counter() - t0)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs")
-    print(
-        f"{splits.source} ({splits.format}): {len(splits.train) + len(splits.val)} train + {len(splits.test)} test images"
-    )
+    n_train = len(splits.train) + len(splits.val)
+    print(f"{splits.source} ({splits.format}): {n_train} train + {len(splits.test)} test images")
     print(f"first load (decode): {times[0]:.1f} s; second load (cache): {times[1]:.2f} s")
 
 
