@@ -32,18 +32,18 @@ def test_second_load_comes_from_the_cache(image_folder, monkeypatch):
 
 def test_crop_flip_keeps_shape_and_content():
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
-    same = random_crop_flip(x, padding=0, flip=False)
-    assert torch.equal(same, x)
+    same, mirror = random_crop_flip(x, padding=0, flip=False)
+    assert torch.equal(same, x) and not mirror.any()
     g = torch.Generator().manual_seed(0)
-    out = random_crop_flip(x, padding=2, flip=True, generator=g)
+    out, _ = random_crop_flip(x, padding=2, flip=True, generator=g)
     assert out.shape == x.shape
     # Every output pixel is an input pixel of the same image and channel, or padding.
     for b in range(2):
         for c in range(3):
             assert set(out[b, c].flatten().tolist()) <= set(x[b, c].flatten().tolist()) | {0.0}
-    flipped = random_crop_flip(x, padding=0, flip=True, generator=torch.Generator().manual_seed(1))
+    flipped, mirror = random_crop_flip(x, padding=0, flip=True, generator=torch.Generator().manual_seed(1))
     for b in range(2):
-        assert torch.equal(flipped[b], x[b]) or torch.equal(flipped[b], x[b].flip(2))
+        assert torch.equal(flipped[b], x[b].flip(2) if mirror[b] else x[b])
 
 
 def test_normalization_roundtrip():

@@ -58,3 +58,29 @@ def test_terms_vanish_when_student_matches_teacher():
     obj._teacher[0] = lambda _: mirror
     _, terms = obj(x, y)
     assert terms["kd"].abs() < 1e-5 and terms["ft"].abs() < 1e-5 and terms["ce"] > 0
+
+
+def test_precomputed_teacher_targets_equal_the_live_teacher():
+    """The cached teacher outputs of a (sample, mirror) view give the loss the teacher gives."""
+    from distree.data.augment import Normalization
+    from distree.training.objectives import TeacherTargets
+
+    obj = _objective(branch_dropout=0.0)
+    obj.eval()
+    images = torch.randint(0, 256, (7, 3, 8, 8), dtype=torch.uint8)
+    norm = Normalization.fit(images)
+    targets = TeacherTargets(obj._teacher[0], images, norm, batch_size=3, device=torch.device("cpu"))
+    assert targets.logits.shape == (14, 4)
+    sample = torch.tensor([5, 0, 3, 3])
+    mirror = torch.tensor([True, False, False, True])
+    x = norm(images[sample])
+    x = torch.where(mirror[:, None, None, None], x.flip(3), x)
+    y = torch.randint(0, 4, (4,))
+    live_loss, live = obj(x, y)
+    obj.targets = targets
+    cached_loss, cached = obj(x, y, sample, mirror)
+    torch.testing.assert_close(cached_loss, live_loss, rtol=1e-5, atol=1e-5)
+    assert cached["kd"] > 0
+    # A wrong view (the other mirror) gives a different loss: the lookup is not a no-op.
+    other_loss, _ = obj(x, y, sample, ~mirror)
+    assert (other_loss - live_loss).abs() > 1e-4

@@ -30,10 +30,11 @@ class Normalization:
 
 def random_crop_flip(
     x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator | None = None
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-pad by ``padding``, crop back at a random offset per image, flip half the images.
 
-    (B, C, H, W) -> (B, C, H, W). Random draws come from ``generator`` (on x's device).
+    (B, C, H, W) -> ((B, C, H, W), mirror (B,) bool: which images were flipped). Random
+    draws come from ``generator`` (on x's device).
     """
     b, c, h, w = x.shape
     if padding:
@@ -45,7 +46,8 @@ def random_crop_flip(
         batch = torch.arange(b, device=x.device)[:, None, None, None]
         chan = torch.arange(c, device=x.device)[None, :, None, None]
         x = padded[batch, chan, rows, cols]
+    mirror = torch.zeros(b, dtype=torch.bool, device=x.device)
     if flip:
         mirror = torch.rand(b, device=x.device, generator=generator) < 0.5
         x = torch.where(mirror[:, None, None, None], x.flip(3), x)
-    return x
+    return x, mirror

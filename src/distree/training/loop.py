@@ -25,7 +25,7 @@ class Phase:
     """One training phase: an objective module and how to validate it."""
 
     name: str
-    objective: nn.Module  # forward(x, y) -> (loss, {term: tensor}); .trained is the result
+    objective: nn.Module  # forward(x, y, sample, mirror) -> (loss, {term: tensor}); .trained is the result
     optim: OptimConfig
     validate: Callable[[], dict[str, object]]
 
@@ -88,10 +88,10 @@ def train_phase(
             for g in opt.param_groups:
                 g["lr"] = lr
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            x = random_crop_flip(norm(images[idx]), data_cfg.crop_padding, data_cfg.flip)
+            x, mirror = random_crop_flip(norm(images[idx]), data_cfg.crop_padding, data_cfg.flip)
             x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device):
-                loss, terms = obj(x, labels[idx])
+                loss, terms = obj(x, labels[idx], idx, mirror)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"{phase.name}: loss became {loss.item()} at epoch {epoch + 1}, step {i}; lower the learning rate"

@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from distree.config import DistillConfig
-from distree.models import DistrEEStudent, WideResNet
+from distree.data.augment import Normalization
+from distree.hardware import autocast
+from distree.models import DistrEEStudent, TeacherOutput, WideResNet
 from distree.training.losses import branch_dropout_mask, distillation_loss, feature_transfer_loss
 
 
@@ -23,10 +25,42 @@ class TeacherObjective(nn.Module):
         """The module whose weights are the phase's result."""
         return self.teacher
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, sample: torch.Tensor | None = None, mirror: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Normalised batch (B, C, H, W), labels (B,) -> (loss, terms to log)."""
         loss = F.cross_entropy(self.teacher(x).logits, y)
         return loss, {"ce": loss.detach()}
+
+
+class TeacherTargets:
+    """The frozen teacher's outputs on every view of every training image, computed once.
+
+    Possible when augmentation has two views per image (flip or not, no crop): the
+    teacher's forward pass, about a fifth of a student step on a CPU, then leaves the
+    epoch loop. Row ``sample * 2 + mirror`` holds one view.
+    """
+
+    def __init__(
+        self, teacher: WideResNet, images: torch.Tensor, norm: Normalization, batch_size: int, device: torch.device
+    ):
+        logits, features = [], []
+        teacher.eval()
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                x = norm(images[start : start + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
+                with autocast(device):
+                    views = [teacher(x), teacher(x.flip(3))]
+                # Interleave so that row 2*i + m is image i, mirrored when m == 1.
+                logits.append(torch.stack([v.logits for v in views], 1).flatten(0, 1))
+                features.append(torch.stack([v.features for v in views], 1).flatten(0, 1))
+        self.logits = torch.cat(logits)
+        self.features = torch.cat(features)
+
+    def lookup(self, sample: torch.Tensor, mirror: torch.Tensor) -> TeacherOutput:
+        """Outputs for (B,) training indices and (B,) bool mirror flags."""
+        rows = sample * 2 + mirror.long()
+        return TeacherOutput(self.logits[rows], self.features[rows])
 
 
 class StudentObjective(nn.Module):
@@ -39,10 +73,17 @@ class StudentObjective(nn.Module):
     exit, which the feature-difference exit policy relies on.
     """
 
-    def __init__(self, student: DistrEEStudent, teacher: WideResNet, cfg: DistillConfig):
+    def __init__(
+        self,
+        student: DistrEEStudent,
+        teacher: WideResNet,
+        cfg: DistillConfig,
+        targets: TeacherTargets | None = None,
+    ):
         super().__init__()
         self.student = student
         self.cfg = cfg
+        self.targets = targets
         self.projection = nn.Linear(student.config.embed_dim, teacher.feature_dim)
         # Kept out of the module tree: the teacher is frozen and not part of the checkpoint.
         self._teacher = [teacher.eval().requires_grad_(False)]
@@ -52,10 +93,19 @@ class StudentObjective(nn.Module):
         """The module whose weights are the phase's result."""
         return self.student
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Normalised batch (B, C, H, W), labels (B,) -> (loss, terms to log)."""
-        with torch.no_grad():
-            t = self._teacher[0](x)
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, sample: torch.Tensor | None = None, mirror: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Normalised batch (B, C, H, W), labels (B,) -> (loss, terms to log).
+
+        ``sample`` (B,) and ``mirror`` (B,) say which training view x is; with precomputed
+        ``targets`` they replace the teacher's forward pass.
+        """
+        if self.targets is not None and sample is not None and mirror is not None:
+            t = self.targets.lookup(sample, mirror)
+        else:
+            with torch.no_grad():
+                t = self._teacher[0](x)
         mask = None
         if self.cfg.branch_dropout > 0 and self.student.num_branches > 1:
             mask = branch_dropout_mask(x.shape[0], self.student.num_branches, self.cfg.branch_dropout, x.device)

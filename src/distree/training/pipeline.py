@@ -15,7 +15,7 @@ from distree.evaluation.predict import accuracy, student_exits, teacher_logits
 from distree.run import DataInfo, RunDir, RunMeta
 from distree.training.checkpoint import load_weights
 from distree.training.loop import Phase, train_phase
-from distree.training.objectives import StudentObjective, TeacherObjective
+from distree.training.objectives import StudentObjective, TeacherObjective, TeacherTargets
 
 
 class RunExistsError(RuntimeError):
@@ -107,7 +107,11 @@ def train_run(
         rec = student_exits(student, val.images, norm, config.eval_batch_size, device)
         return {"exit_accuracy": [round(a, 4) for a in accuracy(rec.logits, val.labels)]}
 
-    objective = StudentObjective(student, teacher, config.distill)
+    targets = None
+    if config.data.crop_padding == 0:
+        log("student: computing the teacher's outputs on every training view once (no crop augmentation)")
+        targets = TeacherTargets(teacher, splits.train.images, norm, config.eval_batch_size, device)
+    objective = StudentObjective(student, teacher, config.distill, targets)
     phase = Phase("student", objective, config.student_optim, validate_student)
     train_phase(phase, final_weights=run.student_file, **common)
     if run.resume_dir.is_dir() and not any(run.resume_dir.iterdir()):
