@@ -14,6 +14,7 @@ import torch
 
 from distree import __version__
 from distree.cli.runtime import add_runtime_commands
+from distree.cli.simulation import add_simulation_commands
 from distree.config import ConfigError, load_run_config
 from distree.data import ENV_VAR, DataError, load_data
 from distree.data.loading import FORMATS
@@ -166,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_quickstart)
 
     add_runtime_commands(sub, _add_data_args)
+    add_simulation_commands(sub, _add_data_args)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""The edge-cluster simulator: recorded model outputs replayed on a SimPy cluster."""

@@ -1,0 +1,232 @@
+"""Running a scenario: every system over the same requests, samples, arrivals and outages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import simpy
+import torch
+
+from distree.evaluation.policies import load_calibration, thresholds_for
+from distree.models import DistrEEStudent
+from distree.policies import POLICIES
+from distree.run import RunDir
+from distree.simulation.cluster import Health, Network, SimDevice
+from distree.simulation.outcomes import ExitTables
+from distree.simulation.scenario import Scenario
+from distree.simulation.systems import (
+    Cluster,
+    DistrEE,
+    Done,
+    pipeline_partition,
+    pipeline_request,
+    single_device_exits,
+    single_device_request,
+    teacher_request,
+)
+from distree.simulation.trace import TRACE_FILE, Trace, record_trace
+
+BASELINES = ("teacher", "pipeline", "single-device-exit")
+
+
+class Model:
+    """The recorded model a simulation replays: trace, exit heads and calibrated thresholds."""
+
+    def __init__(self, trace: Trace, student: DistrEEStudent, calibration: dict | None):
+        if len(trace.vectors) != student.num_branches or len(trace.vectors[0]) != student.num_exits:
+            raise ValueError("the trace was recorded from another model; run 'distree record' again")
+        self.trace = trace
+        self.tables = ExitTables(student, trace.vectors, trace.labels)
+        self.calibration = calibration
+        self.num_exits = student.num_exits
+        self.single_exits = single_device_exits(trace)
+
+    @classmethod
+    def from_run(cls, run: RunDir, trace: Trace) -> Model:
+        """The model of a run directory with its recorded trace."""
+        return cls(trace, run.load_student(), load_calibration(run))
+
+    def calibrated_policies(self) -> list[str]:
+        """Policies with thresholds in the run's calibration, in registry order."""
+        saved = (self.calibration or {}).get("policies", {})
+        return [p for p in POLICIES if p in saved]
+
+    def thresholds(self, policy: str) -> list[float]:
+        """Per-exit thresholds of ``policy``."""
+        return thresholds_for(policy, self.num_exits, self.calibration)
+
+
+def systems_for(scenario: Scenario, model: Model) -> list[str]:
+    """Every system a scenario compares: the baselines, DistrEE full, DistrEE per policy."""
+    policies = scenario.policies if scenario.policies is not None else model.calibrated_policies()
+    unknown = [p for p in policies if p not in POLICIES or p == "full"]
+    if unknown:
+        raise ValueError(f"scenario policies: unknown {unknown}; choose from {[p for p in POLICIES if p != 'full']}")
+    return [*BASELINES, "distree-full", *(f"distree-{p}" for p in policies)]
+
+
+def _arrival_times(scenario: Scenario, rng: np.random.Generator) -> np.ndarray:
+    a = scenario.arrivals
+    if a.trace is not None:
+        if len(a.trace) < scenario.requests:
+            raise ValueError(f"arrivals.trace has {len(a.trace)} times for {scenario.requests} requests")
+        return np.asarray(a.trace[: scenario.requests], dtype=float)
+    return np.cumsum(rng.exponential(1 / a.rate_per_s, scenario.requests))
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float | None]:
+    if not values:
+        return {"mean": None, "p50": None, "p95": None, "p99": None}
+    v = np.asarray(values) * 1000
+    return {"mean": float(v.mean()), **{f"p{q}": float(np.percentile(v, q)) for q in (50, 95, 99)}}
+
+
+@dataclass
+class SystemRun:
+    """The outcome of every request of one system, and the simulated hardware afterwards."""
+
+    system: str
+    done: list[Done]
+    devices: list[SimDevice]
+    network: Network
+    end_s: float
+    num_exits: int | None  # systems that exit early
+
+
+def simulate_system(scenario: Scenario, model: Model, system: str) -> dict:
+    """Run ``scenario``'s requests through one system; returns its measures (JSON-ready)."""
+    return _measures(scenario, run_system(scenario, model, system))
+
+
+def run_system(scenario: Scenario, model: Model, system: str) -> SystemRun:
+    """Run ``scenario``'s requests through one system and keep every request's record."""
+    env = simpy.Environment()
+    # Separate streams, seeded alike for every system: all systems see the same arrivals,
+    # samples and outages, so their differences are the systems' own.
+    streams = np.random.SeedSequence(scenario.seed).spawn(3 + len(scenario.devices))
+    arrival_rng, sample_rng, net_rng = (np.random.default_rng(s) for s in streams[:3])
+    devices = [
+        SimDevice(env, spec, np.random.default_rng(s)) for spec, s in zip(scenario.devices, streams[3:], strict=True)
+    ]
+    network = Network(env, scenario, net_rng)
+    cluster = Cluster(env, scenario, devices, network, Health(env, devices, network), model.trace)
+    n = model.trace.meta.samples
+    samples = sample_rng.permutation(n)[np.arange(scenario.requests) % n]
+    times = _arrival_times(scenario, arrival_rng)
+
+    start_request: Callable[[int], Generator]
+    if system == "teacher":
+        start_request = lambda s: teacher_request(cluster, s)  # noqa: E731
+    elif system == "pipeline":
+        cuts = pipeline_partition(model.trace.meta.teacher_block_macs, len(devices))
+        start_request = lambda s: pipeline_request(cluster, s, cuts)  # noqa: E731
+    elif system == "single-device-exit":
+        start_request = lambda s: single_device_request(cluster, s, int(model.single_exits[s]))  # noqa: E731
+    elif system.startswith("distree-"):
+        policy = system.removeprefix("distree-")
+        start_request = DistrEE(cluster, model.tables, policy, model.thresholds(policy)).request
+    else:
+        raise ValueError(f"unknown system {system!r}")
+
+    done: list[Done] = []
+    finished = env.event()
+
+    def one(i: int) -> Generator:
+        record = yield env.process(start_request(int(samples[i])))
+        record.request = i
+        done.append(record)
+        if len(done) == scenario.requests:
+            finished.succeed()
+
+    def arrivals() -> Generator:
+        for i, t in enumerate(times):
+            yield env.timeout(t - env.now)
+            env.process(one(i))
+
+    env.process(arrivals())
+    env.run(until=finished)
+    done.sort(key=lambda d: d.request)
+    exits = {"single-device-exit": len(model.trace.meta.teacher_exit_blocks)}.get(system)
+    if system.startswith("distree-") and system != "distree-full":
+        exits = model.num_exits
+    return SystemRun(system, done, devices, network, env.now, exits)
+
+
+def _measures(scenario: Scenario, run: SystemRun) -> dict:
+    done, devices, end = run.done, run.devices, run.end_s
+    answered = [d for d in done if d.latency_s is not None]
+    latencies = [d.latency_s for d in answered]
+    macs = sum(dev.macs for dev in devices) + sum(d.coordinator_macs for d in done)
+    out = {
+        "requests": len(done),
+        "failed": len(done) - len(answered),
+        # A failed request has no answer: it counts as wrong.
+        "accuracy": sum(d.correct for d in done) / len(done),
+        "macs_per_sample": macs / len(done),
+        "latency_ms": _percentiles(latencies),
+        "deadline_hit_rate": (
+            None
+            if scenario.deadline_ms is None
+            else sum(lat * 1000 <= scenario.deadline_ms for lat in latencies) / len(done)
+        ),
+        "utilisation": {dev.spec.name: dev.busy_s / end for dev in devices},
+        "bytes_per_request": run.network.bytes / len(done),
+        "simulated_s": end,
+    }
+    if run.num_exits is not None:
+        exits = [d.exit for d in answered]
+        out["exit_histogram"] = np.bincount(exits, minlength=run.num_exits).astype(int).tolist()
+    if run.system.startswith("distree-"):
+        out["mean_branches"] = float(np.mean([len(d.branches) for d in answered])) if answered else 0.0
+    return out
+
+
+def simulate(
+    scenario: Scenario,
+    model: Model,
+    systems: Sequence[str] | None = None,
+    log: Callable[[str], None] | None = None,
+    keep: dict[str, SystemRun] | None = None,
+) -> dict:
+    """Every system of ``scenario``; returns {"scenario": ..., "results": {system: measures}}.
+
+    ``keep``, when given, receives each system's per-request records.
+    """
+    systems = list(systems) if systems is not None else systems_for(scenario, model)
+    results = {}
+    for system in systems:
+        run = run_system(scenario, model, system)
+        results[system] = _measures(scenario, run)
+        if keep is not None:
+            keep[system] = run
+        if log:
+            log(f"  {system}: done")
+    return {"scenario": scenario.name, "mode": scenario.mode, "requests": scenario.requests, "results": results}
+
+
+def format_results(report: dict) -> str:
+    """The results as an aligned text table."""
+    cols = ("accuracy", "MMACs", "mean ms", "p50", "p95", "p99", "deadline")
+    head = f"{'system':<24} " + " ".join(f"{c:>8}" for c in cols) + f" {'failed':>6}"
+    lines = [f"scenario {report['scenario']} ({report['mode']}, {report['requests']} requests)", head]
+    for name, r in report["results"].items():
+        lat = r["latency_ms"]
+
+        def ms(v: float | None) -> str:
+            return "-" if v is None else f"{v:.1f}"
+
+        hit = "-" if r["deadline_hit_rate"] is None else f"{100 * r['deadline_hit_rate']:.1f}%"
+        lines.append(
+            f"{name:<24} {100 * r['accuracy']:>7.2f}% {r['macs_per_sample'] / 1e6:>8.2f} {ms(lat['mean']):>8} "
+            f"{ms(lat['p50']):>8} {ms(lat['p95']):>8} {ms(lat['p99']):>8} {hit:>8} {r['failed']:>6}"
+        )
+    return "\n".join(lines)
+
+
+def load_model(run: RunDir, data: str | None, device: torch.device, log: Callable[[str], None] = print) -> Model:
+    """The run's model with its trace, recording the trace first when there is none."""
+    path = run.path / TRACE_FILE
+    trace = Trace.load(path) if path.is_file() else record_trace(run, data, device, log=log)
+    return Model.from_run(run, trace)

@@ -1,0 +1,224 @@
+"""How one request runs in each simulated system: DistrEE (lockstep or eager) and the baselines.
+
+Each function is a SimPy process for one request; it returns a ``Done`` record. Costs come
+from the trace (MACs, bytes), answers from the trace's real outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, field
+
+import numpy as np
+import simpy
+
+from distree.policies.base import first_passing
+from distree.policies.deadline import should_stop_for_deadline
+from distree.simulation.cluster import Health, Network, SimDevice
+from distree.simulation.outcomes import ExitTables, mask_of
+from distree.simulation.scenario import Scenario
+from distree.simulation.trace import Trace
+
+#: Bytes of a control message (go, stop, cancel) without framing.
+CONTROL_BYTES = 16
+
+
+@dataclass
+class Done:
+    """What happened to one request."""
+
+    sample: int
+    latency_s: float | None  # None: failed (no device could answer)
+    correct: bool
+    exit: int | None = None
+    branches: list[int] = field(default_factory=list)
+    coordinator_macs: float = 0.0
+    request: int = -1  # arrival order, set by the engine
+
+
+@dataclass
+class Cluster:
+    """Everything a request process needs: simulated hardware plus the recorded model."""
+
+    env: simpy.Environment
+    scenario: Scenario
+    devices: list[SimDevice]
+    network: Network
+    health: Health
+    trace: Trace
+
+
+def _coordinator_time(c: Cluster, macs: float) -> simpy.Timeout:
+    spec = c.scenario.coordinator
+    return c.env.timeout(spec.overhead_ms / 1000 + macs / spec.macs_per_s)
+
+
+def _failed(sample: int) -> Done:
+    return Done(sample, None, False)
+
+
+# -- DistrEE ----------------------------------------------------------------------------
+
+
+class DistrEE:
+    """DistrEE with one exit policy: branches on their devices, fusion and decisions here."""
+
+    def __init__(self, cluster: Cluster, tables: ExitTables, policy: str, thresholds: list[float]):
+        self.c = cluster
+        self.tables = tables
+        self.policy = policy
+        self.thresholds = thresholds
+
+    def _stage(self, b: int, e: int, message: int) -> Generator:
+        """Lockstep: message down (input or go), run stage e, vector up. Value: success."""
+        c = self.c
+        yield from c.network.transfer(b, "down", message)
+        ok = yield c.env.process(c.devices[b].compute(c.trace.meta.stage_macs[b][e]))
+        if not ok:
+            return False
+        yield from c.network.transfer(b, "up", c.trace.meta.vector_bytes[b][e])
+        return True
+
+    def _eager_worker(self, b: int, arrived: list[simpy.Event], cancelled: list[bool]) -> Generator:
+        """Eager: input down, then every stage back to back, each vector sent as it is ready."""
+        c = self.c
+        yield from c.network.transfer(b, "down", c.trace.meta.input_bytes)
+        for e, ev in enumerate(arrived):
+            if cancelled[0]:
+                return
+            ok = yield c.env.process(c.devices[b].compute(c.trace.meta.stage_macs[b][e]))
+            if not ok:
+                ev.succeed(False)
+                return
+            c.env.process(self._send_vector(b, e, ev))
+
+    def _send_vector(self, b: int, e: int, ev: simpy.Event) -> Generator:
+        yield from self.c.network.transfer(b, "up", self.c.trace.meta.vector_bytes[b][e])
+        ev.succeed(True)
+
+    def _cancel(self, b: int, cancelled: list[bool]) -> Generator:
+        yield from self.c.network.transfer(b, "down", CONTROL_BYTES)
+        cancelled[0] = True
+
+    def request(self, sample: int) -> Generator:
+        """One request through the stage loop; value: Done."""
+        c, env, meta = self.c, self.c.env, self.c.trace.meta
+        start = env.now
+        # With fewer devices than branches, the first len(devices) branches are deployed.
+        deployed = min(len(meta.stage_macs), len(c.devices))
+        active = [b for b in range(deployed) if c.health.usable[b]]
+        if not active:
+            return _failed(sample)
+        eager = c.scenario.mode == "eager"
+        num_exits = len(meta.head_macs)
+        if eager:
+            arrivals = {b: [env.event() for _ in range(num_exits)] for b in active}
+            flags = {b: [False] for b in active}
+            for b in active:
+                env.process(self._eager_worker(b, arrivals[b], flags[b]))
+        masks: list[int] = []
+        slowest_stage_s, head_macs = 0.0, 0.0
+        for e in range(num_exits):
+            stage_start = env.now
+            if eager:
+                pending = {b: arrivals[b][e] for b in active}
+            else:
+                message = meta.input_bytes if e == 0 else CONTROL_BYTES
+                pending = {b: env.process(self._stage(b, e, message)) for b in active}
+            yield simpy.AnyOf(
+                env, [simpy.AllOf(env, pending.values()), env.timeout(c.scenario.stage_timeout_ms / 1000)]
+            )
+            answered = [b for b in active if pending[b].triggered and pending[b].value]
+            for b in set(active) - set(answered):
+                c.health.failed(b)
+                if eager:
+                    flags[b][0] = True
+            active = answered
+            if not active:
+                return _failed(sample)
+            slowest_stage_s = max(slowest_stage_s, env.now - stage_start)
+            masks.append(mask_of(active))
+            last = e == num_exits - 1
+            if self.policy != "full" or last:
+                head_macs += meta.head_macs[e]
+                yield _coordinator_time(c, meta.head_macs[e])
+            stop = last or (
+                self.policy != "full" and self.tables.score(self.policy, masks, sample) >= self.thresholds[e]
+            )
+            deadline = c.scenario.deadline_ms
+            if not stop and deadline is not None:
+                stop = should_stop_for_deadline((env.now - start) * 1000, slowest_stage_s * 1000, deadline)
+            if stop:
+                for b in active:
+                    if eager:
+                        env.process(self._cancel(b, flags[b]))
+                    elif not last:
+                        env.process(c.network.transfer(b, "down", CONTROL_BYTES))
+                pred = self.tables.prediction(masks[-1], e, sample)
+                correct = pred == int(c.trace.labels[sample])
+                return Done(sample, env.now - start, correct, e, active, head_macs)
+        raise AssertionError("the last exit always stops")
+
+
+# -- Baselines --------------------------------------------------------------------------
+
+
+def teacher_request(c: Cluster, sample: int) -> Generator:
+    """The whole teacher on device 0: input down, compute, logits up."""
+    start, meta = c.env.now, c.trace.meta
+    yield from c.network.transfer(0, "down", meta.input_bytes)
+    ok = yield c.env.process(c.devices[0].compute(sum(meta.teacher_block_macs)))
+    if not ok:
+        return _failed(sample)
+    yield from c.network.transfer(0, "up", meta.num_classes * 4)
+    correct = int(c.trace.teacher_logits[sample].argmax()) == int(c.trace.labels[sample])
+    return Done(sample, c.env.now - start, correct)
+
+
+def pipeline_partition(block_macs: list[int], parts: int) -> list[int]:
+    """Cut points: block counts ending each of ``parts`` contiguous segments of about equal MACs."""
+    parts = min(parts, len(block_macs))
+    cum = np.cumsum(block_macs)
+    cuts = []
+    for k in range(1, parts):
+        cut = int(np.searchsorted(cum, cum[-1] * k / parts)) + 1
+        lo = cuts[-1] + 1 if cuts else 1
+        cuts.append(min(max(cut, lo), len(block_macs) - (parts - k)))
+    return [*cuts, len(block_macs)]
+
+
+def pipeline_request(c: Cluster, sample: int, cuts: list[int]) -> Generator:
+    """The teacher split layer-wise over the devices: activations hop device to device."""
+    start, meta = c.env.now, c.trace.meta
+    yield from c.network.transfer(0, "down", meta.input_bytes)
+    begin = 0
+    for d, end in enumerate(cuts):
+        ok = yield c.env.process(c.devices[d].compute(sum(meta.teacher_block_macs[begin:end])))
+        if not ok:
+            return _failed(sample)
+        if d + 1 < len(cuts):
+            yield from c.network.device_to_device(d, d + 1, meta.teacher_block_bytes[end - 1])
+        begin = end
+    yield from c.network.transfer(len(cuts) - 1, "up", meta.num_classes * 4)
+    correct = int(c.trace.teacher_logits[sample].argmax()) == int(c.trace.labels[sample])
+    return Done(sample, c.env.now - start, correct)
+
+
+def single_device_exits(trace: Trace) -> np.ndarray:
+    """The exit (N,) the single-device baseline takes for each sample (max-prob, calibrated)."""
+    probs = trace.teacher_exit_logits.float().softmax(-1).amax(-1).numpy()
+    return first_passing(probs, trace.meta.teacher_exit_thresholds)
+
+
+def single_device_request(c: Cluster, sample: int, exit_index: int) -> Generator:
+    """The teacher with exit heads on device 0, stopping at the sample's recorded exit."""
+    start, meta = c.env.now, c.trace.meta
+    yield from c.network.transfer(0, "down", meta.input_bytes)
+    end = meta.teacher_exit_blocks[exit_index]
+    macs = sum(meta.teacher_block_macs[:end]) + sum(meta.teacher_exit_macs[: exit_index + 1])
+    ok = yield c.env.process(c.devices[0].compute(macs))
+    if not ok:
+        return _failed(sample)
+    yield from c.network.transfer(0, "up", meta.num_classes * 4)
+    pred = int(c.trace.teacher_exit_logits[exit_index, sample].argmax())
+    return Done(sample, c.env.now - start, pred == int(c.trace.labels[sample]), exit_index)
