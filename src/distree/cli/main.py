@@ -64,12 +64,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a run on the test split."""
-    from distree.evaluation.offline import evaluate_policies, evaluate_run, format_policies, format_report
+    from distree.evaluation.offline import (
+        check_compatible,
+        evaluate_policies,
+        evaluate_run,
+        format_policies,
+        format_report,
+    )
+    from distree.evaluation.predict import branch_vectors
 
     run, meta, splits, device = _open_run(args)
-    report = evaluate_run(run, splits.test, device, meta.config.eval_batch_size)
+    check_compatible(run, splits.test)
+    bs = meta.config.eval_batch_size
+    # The test split's branch vectors serve both reports: record them once.
+    vectors = branch_vectors(run.load_student().to(device), splits.test.images, meta.data.normalization, bs, device)
+    report = evaluate_run(run, splits.test, device, bs, vectors)
     print(format_report(report))
-    report.update(evaluate_policies(run, splits, device, Path(args.out_dir) if args.out_dir else run.path))
+    out_dir = Path(args.out_dir) if args.out_dir else run.path
+    report.update(evaluate_policies(run, splits, device, out_dir, vectors))
     print(format_policies(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -40,11 +40,18 @@ def check_compatible(run: RunDir, data: ImageSet) -> None:
         raise ValueError(f"the data set has {len(data.classes)} classes, the run {len(meta.data.classes)}")
 
 
-def evaluate_run(run: RunDir, test: ImageSet, device: torch.device, batch_size: int = 512) -> dict:
+def evaluate_run(
+    run: RunDir,
+    test: ImageSet,
+    device: torch.device,
+    batch_size: int = 512,
+    vectors: list[list[torch.Tensor]] | None = None,
+) -> dict:
     """Teacher, per-exit, full-execution and k-of-N-branches results as a JSON-ready dict.
 
     Computation is MACs per sample (FlopCounterMode FLOPs / 2), cumulative per exit: the
-    stages of every branch up to that exit plus every exit head on the way.
+    stages of every branch up to that exit plus every exit head on the way. ``vectors``:
+    the test split's branch vectors when already recorded.
     """
     check_compatible(run, test)
     meta = run.read_meta()
@@ -54,7 +61,8 @@ def evaluate_run(run: RunDir, test: ImageSet, device: torch.device, batch_size: 
     x1 = torch.zeros(1, meta.data.in_channels, meta.data.image_size, meta.data.image_size, device=device)
     teacher_macs = count_macs(lambda: teacher(x1))
     t_logits = teacher_logits(teacher, test.images, norm, batch_size, device)
-    vectors = branch_vectors(student, test.images, norm, batch_size, device)
+    if vectors is None:
+        vectors = branch_vectors(student, test.images, norm, batch_size, device)
     all_exits = fuse_exits(student, vectors)
     exit_acc = accuracy(all_exits.logits, test.labels)
     macs = student.macs
@@ -124,7 +132,13 @@ def calibrate_run(
     return cal
 
 
-def evaluate_policies(run: RunDir, splits: DataSplits, device: torch.device, out_dir: Path) -> dict:
+def evaluate_policies(
+    run: RunDir,
+    splits: DataSplits,
+    device: torch.device,
+    out_dir: Path,
+    test_vectors: list[list[torch.Tensor]] | None = None,
+) -> dict:
     """Every policy at its calibrated point on the test split, the sweep curves (CSV + PNG)
     and the same with k of N branches present. Calibrates first (δ = 0.5) when needed."""
     check_compatible(run, splits.test)
@@ -134,7 +148,7 @@ def evaluate_policies(run: RunDir, splits: DataSplits, device: torch.device, out
     meta = run.read_meta()
     student = run.load_student().to(device)
     bs, norm = meta.config.eval_batch_size, meta.data.normalization
-    test_vec = branch_vectors(student, splits.test.images, norm, bs, device)
+    test_vec = test_vectors or branch_vectors(student, splits.test.images, norm, bs, device)
     val_rec = fuse_exits(student, branch_vectors(student, splits.val.images, norm, bs, device))
     test_rec = fuse_exits(student, test_vec)
     y = splits.test.labels

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -51,9 +51,16 @@ class LocalCluster:
     """N workers and one or more coordinators on loopback, each its own OS process."""
 
     def __init__(
-        self, run_dir: str | Path, log_dir: Path | None = None, token: str | None = None, tls: TLSFiles = TLSFiles()
+        self,
+        run_dir: str | Path,
+        log_dir: Path | None = None,
+        token: str | None = None,
+        tls: TLSFiles = TLSFiles(),
+        placement: Callable[[int], tuple[str, Sequence[str]]] | None = None,
     ):
         self.run_dir = str(run_dir)
+        # Where worker i runs: (host to listen on, command prefix), e.g. a network namespace.
+        self.placement = placement
         self.tls = tls  # how this process reaches the servers (health checks)
         self.token = token
         self.log_dir = log_dir
@@ -61,21 +68,22 @@ class LocalCluster:
         self.worker_addresses: list[str] = []
         self._logs: list = []
 
-    def _spawn(self, name: str, args: Sequence[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, args: Sequence[str], prefix: Sequence[str] = ()) -> subprocess.Popen:
         out = subprocess.DEVNULL
         if self.log_dir:
             out = open(self.log_dir / f"{name}.log", "a")  # noqa: SIM115 - closed in stop()
             self._logs.append(out)
-        cmd = [sys.executable, "-m", "distree", *args] + (["--token", self.token] if self.token else [])
+        cmd = [*prefix, sys.executable, "-m", "distree", *args] + (["--token", self.token] if self.token else [])
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("DISTREE_WORKER_THREADS", "1"))
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.procs[name] = proc
         return proc
 
     def _launch_worker(self, branch: int, port: int | None, extra: Sequence[str]) -> tuple[str, subprocess.Popen]:
-        address = f"127.0.0.1:{port or free_port()}"
+        host, prefix = self.placement(branch) if self.placement else ("127.0.0.1", ())
+        address = f"{host}:{port or free_port()}"
         args = ["worker", self.run_dir, "--branch", str(branch), "--listen", address, *extra]
-        return address, self._spawn(f"worker{branch}", args)
+        return address, self._spawn(f"worker{branch}", args, prefix)
 
     def start_worker(self, branch: int, port: int | None = None, extra: Sequence[str] = ()) -> str:
         """Start (or restart) the worker of ``branch``; returns its address once healthy."""

@@ -66,6 +66,7 @@ class Coordinator(_Strict):
 
     macs_per_s: float = Field(1e10, gt=0)
     overhead_ms: float = Field(0.0, ge=0, description="per fusion and decision")
+    request_overhead_ms: float = Field(0.0, ge=0, description="per request: receiving it and answering, any system")
 
 
 class Arrivals(_Strict):

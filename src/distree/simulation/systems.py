@@ -57,6 +57,11 @@ def _failed(sample: int) -> Done:
     return Done(sample, None, False)
 
 
+def _admit(c: Cluster) -> simpy.Timeout:
+    """The coordinator's fixed cost of taking a request in and answering it."""
+    return c.env.timeout(c.scenario.coordinator.request_overhead_ms / 1000)
+
+
 # -- DistrEE ----------------------------------------------------------------------------
 
 
@@ -104,6 +109,7 @@ class DistrEE:
         """One request through the stage loop; value: Done."""
         c, env, meta = self.c, self.c.env, self.c.trace.meta
         start = env.now
+        yield _admit(c)
         # With fewer devices than branches, the first len(devices) branches are deployed.
         deployed = min(len(meta.stage_macs), len(c.devices))
         active = [b for b in range(deployed) if c.health.usable[b]]
@@ -166,6 +172,7 @@ class DistrEE:
 def teacher_request(c: Cluster, sample: int) -> Generator:
     """The whole teacher on device 0: input down, compute, logits up."""
     start, meta = c.env.now, c.trace.meta
+    yield _admit(c)
     yield from c.network.transfer(0, "down", meta.input_bytes)
     ok = yield c.env.process(c.devices[0].compute(sum(meta.teacher_block_macs)))
     if not ok:
@@ -190,6 +197,7 @@ def pipeline_partition(block_macs: list[int], parts: int) -> list[int]:
 def pipeline_request(c: Cluster, sample: int, cuts: list[int]) -> Generator:
     """The teacher split layer-wise over the devices: activations hop device to device."""
     start, meta = c.env.now, c.trace.meta
+    yield _admit(c)
     yield from c.network.transfer(0, "down", meta.input_bytes)
     begin = 0
     for d, end in enumerate(cuts):
@@ -213,6 +221,7 @@ def single_device_exits(trace: Trace) -> np.ndarray:
 def single_device_request(c: Cluster, sample: int, exit_index: int) -> Generator:
     """The teacher with exit heads on device 0, stopping at the sample's recorded exit."""
     start, meta = c.env.now, c.trace.meta
+    yield _admit(c)
     yield from c.network.transfer(0, "down", meta.input_bytes)
     end = meta.teacher_exit_blocks[exit_index]
     macs = sum(meta.teacher_block_macs[:end]) + sum(meta.teacher_exit_macs[: exit_index + 1])

@@ -1,0 +1,152 @@
+"""Emulated testbed vs simulator: the real runtime over shaped links against the simulator's prediction.
+
+Four workers run in their own network namespaces behind veth links, the coordinator and the
+client in the root namespace (distree.runtime.testbed). Requests are sent one at a time.
+
+1. Unshaped links: measure each request's latency and its exit; fit the runtime's fixed
+   costs to them by least squares, latency = per_request + per_stage * stages_run. These
+   two numbers become the simulated coordinator's request_overhead_ms and the simulated
+   devices' overhead_ms (compute is folded in; devices run 4 per 2 cores here).
+2. For each scenario: shape every link as the scenario says, measure again, and simulate
+   the scenario (fitted costs, the scenario's links, the same samples); print measured vs
+   predicted p50/p95 and the error.
+
+Needs root and iproute2; link delay needs the netem qdisc (else only bandwidth, with tbf).
+Prints SKIPPED and why when the machine cannot run it.
+
+Usage: python bench/testbed_vs_sim.py RUN_DIR --data PATH [--requests 150]
+           [--scenario bench/scenarios/testbed-1mbit.yaml ...] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distree.data import load_data
+from distree.run import RunDir
+from distree.runtime.client import DistreeClient
+from distree.runtime.cluster import LocalCluster
+from distree.runtime.testbed import Testbed, TestbedUnavailable, capabilities
+from distree.simulation.engine import Model, load_model, run_system
+from distree.simulation.scenario import Link, load_scenario
+
+HERE = Path(__file__).parent
+DEFAULT_SCENARIOS = [HERE / "scenarios/testbed-1mbit.yaml", HERE / "scenarios/testbed-4mbit.yaml"]
+
+
+def measure(address: str, images, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Latency (ms) and exit of ``n`` requests sent one at a time."""
+    lat, exits = [], []
+    with DistreeClient(address, timeout_s=30) as client:
+        client.infer(images[:1])  # warm the channel
+        for i in range(n):
+            t0 = time.perf_counter()
+            answer = client.infer(images[i : i + 1])[0]
+            lat.append((time.perf_counter() - t0) * 1000)
+            exits.append(answer.exit)
+    return np.asarray(lat), np.asarray(exits)
+
+
+def predict(model: Model, scenario, per_request_ms: float, per_stage_ms: float, n: int) -> np.ndarray:
+    """Simulated latencies (ms) of ``n`` requests, one at a time, with the fitted costs."""
+    devices = [d.model_copy(update={"overhead_ms": per_stage_ms, "macs_per_s": 1e15}) for d in scenario.devices]
+    coordinator = scenario.coordinator.model_copy(update={"request_overhead_ms": per_request_ms, "overhead_ms": 0.0})
+    sc = scenario.model_copy(
+        update={
+            "devices": devices,
+            "coordinator": coordinator,
+            "requests": n,
+            "arrivals": scenario.arrivals.model_copy(
+                update={"trace": [10.0 * i for i in range(n)], "rate_per_s": None}
+            ),
+            "deadline_ms": None,
+        }
+    )
+    run = run_system(sc, model, "distree-feature-diff")
+    return np.asarray([d.latency_s * 1000 for d in run.done])
+
+
+def main() -> None:
+    """Fit on the unshaped testbed, then compare shaped scenarios with the simulator."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir")
+    ap.add_argument("--data")
+    ap.add_argument("--requests", type=int, default=150)
+    ap.add_argument("--scenario", action="append", help="scenario YAML (repeatable)")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    try:
+        caps = capabilities()
+    except TestbedUnavailable as err:
+        print(f"SKIPPED: {err}")
+        return
+    scenarios = [load_scenario(p) for p in (args.scenario or DEFAULT_SCENARIOS)]
+    run = RunDir(args.run_dir)
+    meta = run.read_meta()
+    test = load_data(args.data, None, meta.config.data.val_fraction, meta.config.data.split_seed).test
+    n = args.requests
+    full = load_model(run, args.data, torch.device("cpu"))
+    model = Model(full.trace.subset(n), run.load_student(), full.calibration)
+    branches = len(model.trace.vectors)
+    print(f"link emulation: {'netem' if caps['netem'] else 'tbf (bandwidth only; no netem in this kernel)'}")
+
+    results = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"}
+    with (
+        Testbed(branches, caps) as tb,
+        LocalCluster(run.path, placement=lambda i: (tb.host(i), tb.command_prefix(i))) as cl,
+    ):
+        cl.start_workers(branches)
+        coord = cl.start_coordinator(
+            extra=["--policy", "feature-diff", "--mode", "lockstep", "--stage-timeout-ms", "5000"]
+        )
+        lat, exits = measure(coord, test.images, n)
+        per_stage, per_request = np.polyfit(exits + 1, lat, 1)
+        per_stage, per_request = max(0.0, float(per_stage)), max(0.0, float(per_request))
+        fast = Link(bandwidth_mbps=10_000, rtt_ms=0, header_bytes=0)
+        base = scenarios[0].model_copy(
+            update={"link": fast, "devices": [d.model_copy(update={"link": None}) for d in scenarios[0].devices]}
+        )
+        fit_pred = predict(model, base, per_request, per_stage, n)
+        results["fit"] = {
+            "per_request_ms": round(per_request, 3),
+            "per_stage_ms": round(per_stage, 3),
+            "measured_p50_ms": round(float(np.percentile(lat, 50)), 2),
+            "simulated_p50_ms": round(float(np.percentile(fit_pred, 50)), 2),
+        }
+        print(
+            f"fitted on unshaped links: {per_request:.2f} ms per request + {per_stage:.2f} ms per stage "
+            f"(p50 measured {results['fit']['measured_p50_ms']} ms, simulated {results['fit']['simulated_p50_ms']} ms)"
+        )
+        cols = ("measured p50", "sim p50", "error", "measured p95", "sim p95", "error")
+        print(f"{'scenario':<16} " + " ".join(f"{c:>12}" for c in cols))
+        results["scenarios"] = {}
+        for sc in scenarios:
+            tb.shape([sc.link_of(i) for i in range(branches)])
+            lat, _ = measure(coord, test.images, n)
+            tb.shape([None] * branches)
+            pred = predict(model, sc, per_request, per_stage, n)
+            row = {}
+            for q in (50, 95):
+                m, p = float(np.percentile(lat, q)), float(np.percentile(pred, q))
+                row[f"p{q}"] = {"measured_ms": round(m, 2), "simulated_ms": round(p, 2), "error": round((p - m) / m, 4)}
+            results["scenarios"][sc.name] = row
+            cells = [
+                f"{row[q][k]:.1f}" if k != "error" else f"{100 * row[q][k]:.1f}%"
+                for q in ("p50", "p95")
+                for k in ("measured_ms", "simulated_ms", "error")
+            ]
+            print(f"{sc.name:<16} " + " ".join(f"{c:>12}" for c in cells))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
