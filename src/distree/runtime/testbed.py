@@ -24,6 +24,8 @@ MTU = 1500
 class TestbedUnavailable(RuntimeError):
     """This machine cannot run the emulated testbed; the message says why."""
 
+    __test__ = False  # not a pytest test class, despite the name
+
 
 def _run(cmd: Sequence[str], ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
     full = (["ip", "netns", "exec", ns] if ns else []) + list(cmd)
@@ -82,6 +84,8 @@ def shaping_args(link: Link, caps: dict[str, bool]) -> list[str]:
 
 class Testbed:
     """``n`` namespaces with shaped links; ``host(i)`` is device i's address from the root namespace."""
+
+    __test__ = False  # not a pytest test class, despite the name
 
     def __init__(self, n: int, caps: dict[str, bool] | None = None):
         self.n = n
