@@ -15,7 +15,7 @@ def test_shaping_args_netem_and_tbf():
     with pytest.raises(TestbedUnavailable, match="no netem.*delay and jitter cannot be emulated"):
         shaping_args(link, {"netem": False, "tbf": True})
     args = shaping_args(Link(bandwidth_mbps=2, rtt_ms=0), {"netem": False, "tbf": True})
-    assert args[:3] == ["tbf", "rate", "2000kbit"] and "peakrate" in args
+    assert args[:5] == ["tbf", "rate", "2000kbit", "burst", "1600"]
 
 
 def test_namespaces_connect_and_are_removed():

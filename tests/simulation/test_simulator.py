@@ -158,3 +158,14 @@ def test_shipped_scenarios_load():
     for f in files:
         sc = load_scenario(f)
         assert math.isfinite(sc.devices[0].macs_per_s)
+
+
+def test_token_bucket_burst_then_rate():
+    from distree.simulation.cluster import TokenBucket
+
+    fluid = TokenBucket(1000.0, 0)
+    assert fluid.serialisation_s(500, 0.0) == pytest.approx(0.5)
+    bucket = TokenBucket(1000.0, 600)
+    assert bucket.serialisation_s(500, 0.0) == 0.0  # an idle link sends up to the burst at once
+    assert bucket.serialisation_s(500, 0.0) == pytest.approx(0.4)  # 100 tokens left, 400 bytes at the rate
+    assert bucket.serialisation_s(300, 0.4 + 0.3) == pytest.approx(0.0)  # refilled 300 in 0.3 s

@@ -76,10 +76,14 @@ def shaping_args(link: Link, caps: dict[str, bool]) -> list[str]:
             "this kernel has no netem queueing discipline, so link delay and jitter cannot be emulated; "
             "only bandwidth (tbf): use a scenario with rtt_ms: 0 and jitter_ms: 0"
         )
-    # peakrate bounds the instantaneous rate too, so an idle bucket's burst does not let a
-    # whole small message through at line rate.
-    peak = f"{link.bandwidth_mbps * 1000 * 1.01:.0f}kbit"
-    return ["tbf", "rate", rate, "burst", f"{MTU + 100}", "peakrate", peak, "mtu", f"{MTU + 100}", "latency", "2s"]
+    # tbf needs a bucket of at least one packet; an idle link sends that much at once, which
+    # the simulator models with the link's burst_bytes (min_burst_bytes() here).
+    return ["tbf", "rate", rate, "burst", str(max(link.burst_bytes, min_burst_bytes())), "latency", "2s"]
+
+
+def min_burst_bytes() -> int:
+    """The smallest token bucket tbf accepts on the testbed's links: one full packet."""
+    return MTU + 100
 
 
 class Testbed:

@@ -66,11 +66,36 @@ class SimDevice:
         return self.generation == generation and self.up
 
 
+class TokenBucket:
+    """Serialisation time of a link direction; with a burst, an idle link sends up to
+    ``burst`` bytes at once (as a token-bucket shaper does), else every byte at the rate."""
+
+    def __init__(self, bytes_per_s: float, burst: int):
+        self.rate = bytes_per_s
+        self.burst = burst
+        self.tokens = float(burst)
+        self.last = 0.0
+
+    def serialisation_s(self, size: int, now: float) -> float:
+        """Time to put ``size`` bytes on the wire starting at ``now`` (the caller holds the link)."""
+        if not self.burst:
+            return size / self.rate
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        if size <= self.tokens:
+            self.tokens -= size
+            self.last = now
+            return 0.0
+        wait = (size - self.tokens) / self.rate
+        self.tokens, self.last = 0.0, now + wait
+        return wait
+
+
 class Network:
     """Star network: each device has a link to the coordinator's switch or access point.
 
     A transfer of B bytes occupies the sender's direction of the link (or the one shared
-    medium) for (B + header) * 8 / bandwidth, then takes rtt/2 plus jitter to arrive.
+    medium) for (B + header) * 8 / bandwidth (less what a shaper's burst lets through at
+    once), then takes rtt/2 plus jitter to arrive.
     Device-to-device traffic crosses two links (up, then down).
     """
 
@@ -79,6 +104,12 @@ class Network:
         self.links = [scenario.link_of(i) for i in range(len(scenario.devices))]
         shared = simpy.Resource(env, 1) if scenario.shared_medium else None
         self._channels = [{d: shared or simpy.Resource(env, 1) for d in ("up", "down")} for _ in scenario.devices]
+        # One bucket per channel: the shared medium has one, at the scenario link's rate.
+        common = TokenBucket(scenario.link.bandwidth_mbps * 1e6 / 8, scenario.link.burst_bytes) if shared else None
+        self._buckets = [
+            {d: common or TokenBucket(link.bandwidth_mbps * 1e6 / 8, link.burst_bytes) for d in ("up", "down")}
+            for link in self.links
+        ]
         self.bytes = 0
         self._rng = rng
 
@@ -93,7 +124,7 @@ class Network:
         size = nbytes + link.header_bytes
         with self._channels[device][direction].request() as req:
             yield req
-            yield self.env.timeout(size * 8 / (link.bandwidth_mbps * 1e6))
+            yield self.env.timeout(self._buckets[device][direction].serialisation_s(size, self.env.now))
         self.bytes += size
         yield self.env.timeout(self.one_way_s(link))
 

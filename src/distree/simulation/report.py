@@ -58,15 +58,13 @@ def plot_accuracy_vs_macs(run: RunDir, model: Model, report: dict, path: Path) -
         # curve; it tunes nothing (calibration uses the validation split).
         rows = sweep_policy(student, policy, rec, labels, rec, labels)
         ax.plot([r["macs_per_sample"] / 1e6 for r in rows], [100 * r["accuracy"] for r in rows], label=policy, lw=1.2)
+    # Systems at the same point (the teacher and the pipeline compute the same) share a label.
+    points: dict[tuple[float, float], list[str]] = {}
     for name, r in report["results"].items():
-        ax.scatter(r["macs_per_sample"] / 1e6, 100 * r["accuracy"], marker="x" if name.startswith("distree") else "o")
-        ax.annotate(
-            name,
-            (r["macs_per_sample"] / 1e6, 100 * r["accuracy"]),
-            fontsize=7,
-            xytext=(3, 3),
-            textcoords="offset points",
-        )
+        points.setdefault((round(r["macs_per_sample"] / 1e6, 2), round(100 * r["accuracy"], 2)), []).append(name)
+    for (x, y), names in points.items():
+        ax.scatter(x, y, marker="x" if names[0].startswith("distree") else "o", color="black", zorder=3)
+        ax.annotate(", ".join(names), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("MMACs per sample (all devices)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"Accuracy vs computation ({report['scenario']})")
@@ -106,7 +104,16 @@ def plot_exits(report: dict, path: Path) -> str:
     return _save(fig, path)
 
 
-def plot_sweep(rows: list[dict], column: str, xlabel: str, ylabel: str, title: str, path: Path, logx=False) -> str:
+def plot_sweep(
+    rows: list[dict],
+    column: str,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    path: Path,
+    logx: bool = False,
+    logy: bool = False,
+) -> str:
     """One line per system of ``column`` against the swept value."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for system in dict.fromkeys(r["system"] for r in rows):
@@ -117,6 +124,9 @@ def plot_sweep(rows: list[dict], column: str, xlabel: str, ylabel: str, title: s
             ax.plot(x, y, marker="o", ms=3, label=system, lw=1.2)
     if logx:
         ax.set_xscale("log")
+    if logy:
+        # A system whose link saturates has an unbounded queue: only a log axis shows both.
+        ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -192,6 +202,7 @@ def write_report(
                 f"Latency vs bandwidth ({main.name})",
                 out / "latency_vs_bandwidth.png",
                 logx=True,
+                logy=True,
             ),
         )
     )

@@ -49,6 +49,9 @@ class Link(_Strict):
     rtt_ms: float = Field(1.0, ge=0, description="round-trip time")
     jitter_ms: float = Field(0.0, ge=0, description="standard deviation of the one-way delay")
     header_bytes: int = Field(100, ge=0, description="per-message framing (gRPC, HTTP/2, TCP/IP)")
+    burst_bytes: int = Field(
+        0, ge=0, description="token-bucket depth of a shaped link (bytes sent at once after idle); 0: none"
+    )
 
 
 class Device(_Strict):
