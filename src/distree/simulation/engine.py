@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import simpy
@@ -118,12 +119,12 @@ def run_system(scenario: Scenario, model: Model, system: str) -> SystemRun:
 
     start_request: Callable[[int], Generator]
     if system == "teacher":
-        start_request = lambda s: teacher_request(cluster, s)  # noqa: E731
+        start_request = partial(teacher_request, cluster)
     elif system == "pipeline":
         cuts = pipeline_partition(model.trace.meta.teacher_block_macs, len(devices))
-        start_request = lambda s: pipeline_request(cluster, s, cuts)  # noqa: E731
+        start_request = partial(pipeline_request, cluster, cuts=cuts)
     elif system == "single-device-exit":
-        start_request = lambda s: single_device_request(cluster, s, int(model.single_exits[s]))  # noqa: E731
+        start_request = partial(single_device_request, cluster, exits=model.single_exits)
     elif system.startswith("distree-"):
         policy = system.removeprefix("distree-")
         start_request = DistrEE(cluster, model.tables, policy, model.thresholds(policy)).request

@@ -84,12 +84,12 @@ class DistrEE:
         yield from c.network.transfer(b, "up", c.trace.meta.vector_bytes[b][e])
         return True
 
-    def _eager_worker(self, b: int, arrived: list[simpy.Event], cancelled: list[bool]) -> Generator:
+    def _eager_worker(self, b: int, arrived: list[simpy.Event], cancelled: dict[int, bool]) -> Generator:
         """Eager: input down, then every stage back to back, each vector sent as it is ready."""
         c = self.c
         yield from c.network.transfer(b, "down", c.trace.meta.input_bytes)
         for e, ev in enumerate(arrived):
-            if cancelled[0]:
+            if cancelled[b]:
                 return
             ok = yield c.env.process(c.devices[b].compute(c.trace.meta.stage_macs[b][e]))
             if not ok:
@@ -101,9 +101,9 @@ class DistrEE:
         yield from self.c.network.transfer(b, "up", self.c.trace.meta.vector_bytes[b][e])
         ev.succeed(True)
 
-    def _cancel(self, b: int, cancelled: list[bool]) -> Generator:
+    def _cancel(self, b: int, cancelled: dict[int, bool]) -> Generator:
         yield from self.c.network.transfer(b, "down", CONTROL_BYTES)
-        cancelled[0] = True
+        cancelled[b] = True
 
     def request(self, sample: int) -> Generator:
         """One request through the stage loop; value: Done."""
@@ -119,9 +119,9 @@ class DistrEE:
         num_exits = len(meta.head_macs)
         if eager:
             arrivals = {b: [env.event() for _ in range(num_exits)] for b in active}
-            flags = {b: [False] for b in active}
+            cancelled = dict.fromkeys(active, False)
             for b in active:
-                env.process(self._eager_worker(b, arrivals[b], flags[b]))
+                env.process(self._eager_worker(b, arrivals[b], cancelled))
         masks: list[int] = []
         slowest_stage_s, head_macs = 0.0, 0.0
         for e in range(num_exits):
@@ -138,7 +138,7 @@ class DistrEE:
             for b in set(active) - set(answered):
                 c.health.failed(b)
                 if eager:
-                    flags[b][0] = True
+                    cancelled[b] = True
             active = answered
             if not active:
                 return _failed(sample)
@@ -157,7 +157,7 @@ class DistrEE:
             if stop:
                 for b in active:
                     if eager:
-                        env.process(self._cancel(b, flags[b]))
+                        env.process(self._cancel(b, cancelled))
                     elif not last:
                         env.process(c.network.transfer(b, "down", CONTROL_BYTES))
                 pred = self.tables.prediction(masks[-1], e, sample)
@@ -218,9 +218,10 @@ def single_device_exits(trace: Trace) -> np.ndarray:
     return first_passing(probs, trace.meta.teacher_exit_thresholds)
 
 
-def single_device_request(c: Cluster, sample: int, exit_index: int) -> Generator:
-    """The teacher with exit heads on device 0, stopping at the sample's recorded exit."""
+def single_device_request(c: Cluster, sample: int, exits: np.ndarray) -> Generator:
+    """The teacher with exit heads on device 0, stopping at the sample's exit (``exits[sample]``)."""
     start, meta = c.env.now, c.trace.meta
+    exit_index = int(exits[sample])
     yield _admit(c)
     yield from c.network.transfer(0, "down", meta.input_bytes)
     end = meta.teacher_exit_blocks[exit_index]
