@@ -207,22 +207,28 @@ def simulate(
     return {"scenario": scenario.name, "mode": scenario.mode, "requests": scenario.requests, "results": results}
 
 
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
 def format_results(report: dict) -> str:
-    """The results as an aligned text table."""
-    cols = ("accuracy", "MMACs", "mean ms", "p50", "p95", "p99", "deadline")
-    head = f"{'system':<24} " + " ".join(f"{c:>8}" for c in cols) + f" {'failed':>6}"
+    """The results as an aligned text table (busiest device's utilisation, kB on the wire per request)."""
+    cols = ("accuracy", "MMACs", "mean ms", "p50", "p95", "p99", "deadline", "failed", "max util", "kB/req")
+    head = f"{'system':<24} " + " ".join(f"{c:>8}" for c in cols)
     lines = [f"scenario {report['scenario']} ({report['mode']}, {report['requests']} requests)", head]
     for name, r in report["results"].items():
         lat = r["latency_ms"]
-
-        def ms(v: float | None) -> str:
-            return "-" if v is None else f"{v:.1f}"
-
         hit = "-" if r["deadline_hit_rate"] is None else f"{100 * r['deadline_hit_rate']:.1f}%"
-        lines.append(
-            f"{name:<24} {100 * r['accuracy']:>7.2f}% {r['macs_per_sample'] / 1e6:>8.2f} {ms(lat['mean']):>8} "
-            f"{ms(lat['p50']):>8} {ms(lat['p95']):>8} {ms(lat['p99']):>8} {hit:>8} {r['failed']:>6}"
-        )
+        cells = [
+            f"{100 * r['accuracy']:.2f}%",
+            f"{r['macs_per_sample'] / 1e6:.2f}",
+            *(_ms(lat[k]) for k in ("mean", "p50", "p95", "p99")),
+            hit,
+            str(r["failed"]),
+            f"{100 * max(r['utilisation'].values()):.0f}%",
+            f"{r['bytes_per_request'] / 1000:.1f}",
+        ]
+        lines.append(f"{name:<24} " + " ".join(f"{c:>8}" for c in cells))
     return "\n".join(lines)
 
 
