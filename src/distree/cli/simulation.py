@@ -45,18 +45,22 @@ def cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scenario(path: str, requests: int | None):
+def _scenario(path: str, requests: int | None, mode: str | None = None):
     from distree.simulation.scenario import load_scenario
 
     sc = load_scenario(path)
-    return sc if requests is None else sc.model_copy(update={"requests": requests})
+    if requests is not None:
+        if requests < 1:
+            raise ValueError(f"--requests must be at least 1, got {requests}")
+        sc = sc.model_copy(update={"requests": requests})
+    return sc if mode is None else sc.model_copy(update={"mode": mode})
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Simulate every system of a scenario and print the table."""
     from distree.simulation.engine import format_results, simulate
 
-    scenario = _scenario(args.scenario, args.requests)
+    scenario = _scenario(args.scenario, args.requests, args.mode)
     model = _model(args)
     t0 = time.perf_counter()
     report = simulate(scenario, model, args.systems.split(",") if args.systems else None)
@@ -72,7 +76,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     """Simulate a scenario over values of one parameter; write CSV."""
     from distree.simulation.sweep import sweep, write_csv
 
-    scenario = _scenario(args.scenario, args.requests)
+    scenario = _scenario(args.scenario, args.requests, args.mode)
     rows = sweep(
         scenario, _model(args), args.param, args.values, args.systems.split(",") if args.systems else None, _log
     )
@@ -106,6 +110,7 @@ def add_simulation_commands(sub, add_data_args) -> None:
         add_data_args(p)
         p.add_argument("--requests", type=int, help="override the scenario's number of requests")
         p.add_argument("--systems", help="comma-separated systems (default: all the scenario compares)")
+        p.add_argument("--mode", choices=["lockstep", "eager"], help="override the scenario's runtime mode")
 
     p = sub.add_parser("simulate", help="simulate a scenario: every system, one table")
     p.add_argument("scenario", help="scenario YAML file (see scenarios/)")
