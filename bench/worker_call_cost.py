@@ -1,0 +1,82 @@
+"""What one call to a worker costs: wall time at the caller and CPU time in the worker.
+
+Starts one worker of RUN_DIR as its own process, then calls it from a blocking client for a
+few seconds per call kind: RunStage (one stage of one request), RunStages (the same, in a
+batch message) and Info (no work: the bare cost of a gRPC call). Worker CPU comes from
+/proc (Linux). Compare with the in-process compute time of a stage to see the runtime's
+own cost per stage.
+
+Usage: python bench/worker_call_cost.py RUN_DIR [--seconds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import uuid
+
+import grpc
+import torch
+
+from distree.run import RunDir
+from distree.runtime.cluster import LocalCluster
+from distree.runtime.proto import distree_pb2 as pb
+from distree.runtime.proto import distree_pb2_grpc as pb_grpc
+from distree.runtime.tensors import to_proto
+from distree.runtime.worker import BranchWorker, WorkerOptions
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100
+
+
+def main() -> None:
+    """Measure each call kind and the in-process stage compute."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir")
+    ap.add_argument("--seconds", type=float, default=4.0)
+    args = ap.parse_args()
+    run = RunDir(args.run_dir)
+    meta = run.read_meta()
+    image = torch.zeros(1, meta.data.in_channels, meta.data.image_size, meta.data.image_size, dtype=torch.uint8)
+
+    local = BranchWorker(run, 0, WorkerOptions(), torch.device("cpu"))
+    local.load()
+    stages = local.num_stages
+    t0, n = time.process_time(), 0
+    while time.process_time() - t0 < args.seconds:
+        h = image
+        for k in range(stages):
+            h, _ = local._compute(k, h)
+        n += 1
+    print(
+        f"in-process stage compute (batch 1): {(time.process_time() - t0) / (n * stages) * 1000:.3f} ms CPU per stage"
+    )
+
+    with LocalCluster(run.path) as cluster:
+        address = cluster.start_workers(1)[0]
+        pid = cluster.procs["worker0"].pid
+        with grpc.insecure_channel(address) as channel:
+            stub = pb_grpc.WorkerStub(channel)
+            for kind in ("RunStage", "RunStages", "Info"):
+                calls, cpu0, t0 = 0, process_cpu_s(pid), time.perf_counter()
+                while time.perf_counter() - t0 < args.seconds:
+                    rid = uuid.uuid4().hex
+                    for k in range(stages):
+                        req = pb.StageRequest(request_id=rid, stage=k, input=to_proto(image) if k == 0 else None)
+                        if kind == "RunStage":
+                            stub.RunStage(req, timeout=5)
+                        elif kind == "RunStages":
+                            stub.RunStages(pb.StageBatch(items=[req]), timeout=5)
+                        else:
+                            stub.Info(pb.InfoRequest(), timeout=5)
+                        calls += 1
+                wall = (time.perf_counter() - t0) / calls * 1000
+                cpu = (process_cpu_s(pid) - cpu0) / calls * 1000
+                print(f"{kind:<10} {calls:>6} calls: {wall:.3f} ms wall per call, {cpu:.3f} ms worker CPU per call")
+
+
+if __name__ == "__main__":
+    main()
