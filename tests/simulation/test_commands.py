@@ -54,3 +54,11 @@ def test_bad_sweep_values_are_rejected(trained, tmp_path, capsys):
     code = main(["sweep", str(sc), str(run.path), "--param", "devices", "--values", "9", "--csv", str(tmp_path / "x")])
     assert code == 2
     assert "devices: 9 is outside 1..3" in capsys.readouterr().err
+
+
+def test_bad_request_count_is_rejected(trained, tmp_path, capsys):
+    run, _ = trained
+    sc = tmp_path / "tiny.yaml"
+    sc.write_text(SCENARIO)
+    assert main(["simulate", str(sc), str(run.path), "--requests", "0"]) == 2
+    assert "--requests must be at least 1" in capsys.readouterr().err
