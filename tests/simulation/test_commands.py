@@ -62,3 +62,17 @@ def test_bad_request_count_is_rejected(trained, tmp_path, capsys):
     sc.write_text(SCENARIO)
     assert main(["simulate", str(sc), str(run.path), "--requests", "0"]) == 2
     assert "--requests must be at least 1" in capsys.readouterr().err
+
+
+def test_missing_trace_without_data_says_what_to_run(trained, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    run, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run.path, copy)
+    (copy / "trace.safetensors").unlink(missing_ok=True)
+    monkeypatch.delenv("DISTREE_DATA", raising=False)
+    sc = tmp_path / "tiny.yaml"
+    sc.write_text(SCENARIO)
+    assert main(["simulate", str(sc), str(copy)]) == 2
+    assert f"run 'distree record {copy} --data PATH'" in capsys.readouterr().err

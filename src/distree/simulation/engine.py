@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -10,6 +11,7 @@ import numpy as np
 import simpy
 import torch
 
+from distree.data import ENV_VAR
 from distree.evaluation.policies import load_calibration, thresholds_for
 from distree.models import DistrEEStudent
 from distree.policies import POLICIES
@@ -235,5 +237,10 @@ def format_results(report: dict) -> str:
 def load_model(run: RunDir, data: str | None, device: torch.device, log: Callable[[str], None] = print) -> Model:
     """The run's model with its trace, recording the trace first when there is none."""
     path = run.path / TRACE_FILE
+    if not path.is_file() and data is None and not os.environ.get(ENV_VAR):
+        raise FileNotFoundError(
+            f"{run.path} has no recorded trace ({TRACE_FILE}); run 'distree record {run.path} --data PATH', "
+            f"or pass --data (or set {ENV_VAR}) and it is recorded first"
+        )
     trace = Trace.load(path) if path.is_file() else record_trace(run, data, device, log=log)
     return Model.from_run(run, trace)
