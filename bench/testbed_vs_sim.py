@@ -6,8 +6,10 @@ client in the root namespace (distree.runtime.testbed). Requests are sent one at
 For each scenario:
 1. Unshaped links: measure each request's latency and its exit; fit the runtime's fixed
    costs to them by least squares, latency = per_request + per_stage * stages_run. These
-   two numbers become the simulated coordinator's request_overhead_ms and the simulated
-   devices' overhead_ms (compute is folded in; devices run 4 per 2 cores here).
+   become the simulated coordinator's request_overhead_ms and the simulated devices'
+   overhead_ms (compute is folded in; devices run 4 per 2 cores here). Then fit the
+   devices' stage_time_cv (and rescale per_stage) so that the simulated unshaped p50 and
+   p95 match the measured ones.
 2. Shape every link as the scenario says, measure again, and simulate the scenario
    (fitted costs, the scenario's links, the same samples); print measured vs predicted
    p50/p95 and the error.
@@ -37,7 +39,7 @@ from distree.runtime.client import DistreeClient
 from distree.runtime.cluster import LocalCluster
 from distree.runtime.testbed import Testbed, TestbedUnavailable, capabilities
 from distree.simulation.engine import Model, load_model, run_system
-from distree.simulation.scenario import load_scenario
+from distree.simulation.scenario import Link, load_scenario
 
 HERE = Path(__file__).parent
 DEFAULT_SCENARIOS = [HERE / "scenarios/testbed-05mbit.yaml", HERE / "scenarios/testbed-2mbit.yaml"]
@@ -65,9 +67,12 @@ def fit_costs(lat: np.ndarray, exits: np.ndarray) -> tuple[float, float]:
     return max(0.0, float(per_request)), max(0.0, float(per_stage))
 
 
-def predict(model: Model, scenario, per_request_ms: float, per_stage_ms: float, n: int) -> np.ndarray:
+def predict(model: Model, scenario, per_request_ms: float, per_stage_ms: float, n: int, cv: float = 0.0) -> np.ndarray:
     """Simulated latencies (ms) of ``n`` requests, one at a time, with the fitted costs."""
-    devices = [d.model_copy(update={"overhead_ms": per_stage_ms, "macs_per_s": 1e15}) for d in scenario.devices]
+    devices = [
+        d.model_copy(update={"overhead_ms": per_stage_ms, "macs_per_s": 1e15, "stage_time_cv": cv})
+        for d in scenario.devices
+    ]
     coordinator = scenario.coordinator.model_copy(update={"request_overhead_ms": per_request_ms, "overhead_ms": 0.0})
     sc = scenario.model_copy(
         update={
@@ -82,6 +87,32 @@ def predict(model: Model, scenario, per_request_ms: float, per_stage_ms: float, 
     )
     run = run_system(sc, model, "distree-feature-diff")
     return np.asarray([d.latency_s * 1000 for d in run.done])
+
+
+def fit_variability(
+    model: Model, scenario, lat: np.ndarray, per_request: float, per_stage: float, n: int
+) -> tuple[float, float]:
+    """(per-stage ms, stage-time CV) whose simulation on unshaped links matches the measured
+    p50 and p95. A stage ends with the slowest of the workers, so variability also raises
+    the mean: for each CV the per-stage cost is rescaled to keep p50, then the CV whose p95
+    comes closest wins."""
+    unshaped = scenario.model_copy(
+        update={
+            "link": Link(bandwidth_mbps=100_000, rtt_ms=0, header_bytes=0),
+            "devices": [d.model_copy(update={"link": None}) for d in scenario.devices],
+        }
+    )
+    p50, p95 = np.percentile(lat, 50), np.percentile(lat, 95)
+    best = (per_stage, 0.0, float("inf"))
+    for cv in np.arange(0.0, 1.51, 0.1):
+        stage = per_stage
+        for _ in range(2):
+            sim50 = np.percentile(predict(model, unshaped, per_request, stage, n, cv), 50)
+            stage *= (p50 - per_request) / max(1e-6, sim50 - per_request)
+        miss = abs(np.percentile(predict(model, unshaped, per_request, stage, n, cv), 95) - p95)
+        if miss < best[2]:
+            best = (float(stage), float(cv), miss)
+    return best[0], best[1]
 
 
 def main() -> None:
@@ -123,17 +154,21 @@ def main() -> None:
         for sc in scenarios:
             # Fit right before each shaped run: this shared machine's speed drifts.
             tb.shape([None] * branches)
-            per_request, per_stage = fit_costs(*measure(coord, test.images, n))
+            base_lat, base_exits = measure(coord, test.images, n)
+            per_request, per_stage = fit_costs(base_lat, base_exits)
+            per_stage, cv = fit_variability(model, sc, base_lat, per_request, per_stage, n)
             tb.shape([sc.link_of(i) for i in range(branches)])
             lat, _ = measure(coord, test.images, n)
             tb.shape([None] * branches)
-            pred = predict(model, sc, per_request, per_stage, n)
-            row = {"fit": {"per_request_ms": round(per_request, 3), "per_stage_ms": round(per_stage, 3)}}
+            pred = predict(model, sc, per_request, per_stage, n, cv)
+            row = {
+                "fit": {"per_request_ms": round(per_request, 3), "per_stage_ms": round(per_stage, 3), "stage_cv": cv}
+            }
             for q in (50, 95):
                 m, p = float(np.percentile(lat, q)), float(np.percentile(pred, q))
                 row[f"p{q}"] = {"measured_ms": round(m, 2), "simulated_ms": round(p, 2), "error": round((p - m) / m, 4)}
             results["scenarios"][sc.name] = row
-            cells = [f"{per_request:.1f}+{per_stage:.1f}/st"] + [
+            cells = [f"{per_request:.1f}+{per_stage:.1f}/st cv{cv:.1f}"] + [
                 f"{row[q][k]:.1f}" if k != "error" else f"{100 * row[q][k]:.1f}%"
                 for q in ("p50", "p95")
                 for k in ("measured_ms", "simulated_ms", "error")

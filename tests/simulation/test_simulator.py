@@ -169,3 +169,15 @@ def test_token_bucket_burst_then_rate():
     assert bucket.serialisation_s(500, 0.0) == 0.0  # an idle link sends up to the burst at once
     assert bucket.serialisation_s(500, 0.0) == pytest.approx(0.4)  # 100 tokens left, 400 bytes at the rate
     assert bucket.serialisation_s(300, 0.4 + 0.3) == pytest.approx(0.0)  # refilled 300 in 0.3 s
+
+
+def test_stage_time_variability_keeps_the_mean(model):
+    meta = model.trace.meta
+    sc = scenario(
+        devices=1, link={"bandwidth_mbps": 1e12, "rtt_ms": 0, "header_bytes": 0}, arrivals=spaced(4000), requests=4000
+    )
+    service_ms = 1000 * (sc.devices[0].overhead_ms / 1000 + sum(meta.teacher_block_macs) / sc.devices[0].macs_per_s)
+    varied = sc.model_copy(update={"devices": [sc.devices[0].model_copy(update={"stage_time_cv": 0.5})]})
+    lat = np.asarray([d.latency_s * 1000 for d in run_system(varied, model, "teacher").done])
+    assert lat.mean() == pytest.approx(service_ms, rel=0.03)
+    assert lat.std() / lat.mean() == pytest.approx(0.5, rel=0.1)

@@ -60,6 +60,10 @@ class SimDevice:
             if self.generation != generation or not self.up:
                 return False
             dt = self.spec.overhead_ms / 1000 + macs / self.spec.macs_per_s
+            cv = self.spec.stage_time_cv
+            if cv:
+                # A busy or shared device does not take the same time twice; gamma keeps it positive.
+                dt *= self._rng.gamma(1 / cv**2, cv**2)
             yield self.env.timeout(dt)
             self.busy_s += dt
             self.macs += macs

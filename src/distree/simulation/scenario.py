@@ -60,6 +60,9 @@ class Device(_Strict):
     name: str
     macs_per_s: float = Field(gt=0, description="sustained multiply-accumulates per second")
     overhead_ms: float = Field(0.0, ge=0, description="fixed cost of every stage it runs")
+    stage_time_cv: float = Field(
+        0.0, ge=0, le=3, description="coefficient of variation of each stage's time (gamma, mean as given)"
+    )
     link: Link | None = Field(None, description="default: the scenario's link")
     availability: Availability = Availability()
 
