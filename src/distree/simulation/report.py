@@ -57,19 +57,31 @@ def plot_accuracy_vs_macs(run: RunDir, model: Model, report: dict, path: Path) -
         # Thresholds from score quantiles of the same samples: this draws the trade-off
         # curve; it tunes nothing (calibration uses the validation split).
         rows = sweep_policy(student, policy, rec, labels, rec, labels)
-        ax.plot([r["macs_per_sample"] / 1e6 for r in rows], [100 * r["accuracy"] for r in rows], label=policy, lw=1.2)
-    # Systems at the same point (the teacher and the pipeline compute the same) share a label.
-    points: dict[tuple[float, float], list[str]] = {}
-    for name, r in report["results"].items():
-        points.setdefault((round(r["macs_per_sample"] / 1e6, 2), round(100 * r["accuracy"], 2)), []).append(name)
-    for (x, y), names in points.items():
-        ax.scatter(x, y, marker="x" if names[0].startswith("distree") else "o", color="black", zorder=3)
-        ax.annotate(", ".join(names), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.plot(
+            [r["macs_per_sample"] / 1e6 for r in rows],
+            [100 * r["accuracy"] for r in rows],
+            label=f"{policy}: threshold sweep",
+            lw=1.2,
+        )
+    # Systems sit close together (full execution and patience, the teacher and the
+    # pipeline): one marker each, named in the legend rather than next to the point.
+    markers = "osD^vPX*<>"
+    for i, (name, r) in enumerate(report["results"].items()):
+        ax.scatter(
+            r["macs_per_sample"] / 1e6,
+            100 * r["accuracy"],
+            marker=markers[i % len(markers)],
+            facecolors="none",
+            edgecolors="black",
+            s=45,
+            zorder=3,
+            label=name,
+        )
     ax.set_xlabel("MMACs per sample (all devices)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"Accuracy vs computation ({report['scenario']})")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
     return _save(fig, path)
 
 
