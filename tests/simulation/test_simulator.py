@@ -181,3 +181,17 @@ def test_stage_time_variability_keeps_the_mean(model):
     lat = np.asarray([d.latency_s * 1000 for d in run_system(varied, model, "teacher").done])
     assert lat.mean() == pytest.approx(service_ms, rel=0.03)
     assert lat.std() / lat.mean() == pytest.approx(0.5, rel=0.1)
+
+
+def test_shorter_back_off_finds_brief_up_periods(model):
+    """Devices up a tenth of the time: probing more often uses them in more of their up periods."""
+    flapping = Availability(mean_up_s=0.5, mean_down_s=4.5)
+    sc = scenario(arrivals={"rate_per_s": 20}, requests=600)
+    sc = sc.model_copy(update={"devices": [d.model_copy(update={"availability": flapping}) for d in sc.devices]})
+
+    def failed(max_s: float) -> int:
+        coordinator = sc.coordinator.model_copy(update={"retry_initial_s": 0.05, "retry_max_s": max_s})
+        return simulate_system(sc.model_copy(update={"coordinator": coordinator}), model, "distree-full")["failed"]
+
+    short, long = failed(0.05), failed(5.0)
+    assert short < long, (short, long)

@@ -9,10 +9,6 @@ import simpy
 
 from distree.simulation.scenario import Device, Link, Scenario
 
-#: The runtime's retry back-off for a worker that failed (CoordinatorOptions defaults).
-RETRY_INITIAL_S = 0.2
-RETRY_MAX_S = 5.0
-
 
 class SimDevice:
     """One device: a FIFO processor (one stage at a time) with an availability process.
@@ -141,12 +137,15 @@ class Network:
 class Health:
     """The coordinator's view of which devices to use, with the runtime's retry back-off."""
 
-    def __init__(self, env: simpy.Environment, devices: list[SimDevice], network: Network):
+    def __init__(
+        self, env: simpy.Environment, devices: list[SimDevice], network: Network, initial_s: float, max_s: float
+    ):
         self.env = env
         self.devices = devices
         self.network = network
         self.usable = [True] * len(devices)
-        self._backoff = [RETRY_INITIAL_S] * len(devices)
+        self._initial, self._max = initial_s, max_s
+        self._backoff = [initial_s] * len(devices)
 
     def failed(self, device: int) -> None:
         """Stop using ``device`` until a probe finds it up again."""
@@ -157,9 +156,9 @@ class Health:
     def _probe(self, device: int) -> Generator:
         while True:
             yield self.env.timeout(self._backoff[device])
-            self._backoff[device] = min(self._backoff[device] * 2, RETRY_MAX_S)
+            self._backoff[device] = min(self._backoff[device] * 2, self._max)
             yield self.env.timeout(self.network.one_way_s(self.network.links[device]) * 2)
             if self.devices[device].up:
                 self.usable[device] = True
-                self._backoff[device] = RETRY_INITIAL_S
+                self._backoff[device] = self._initial
                 return

@@ -114,7 +114,9 @@ def run_system(scenario: Scenario, model: Model, system: str) -> SystemRun:
         SimDevice(env, spec, np.random.default_rng(s)) for spec, s in zip(scenario.devices, streams[3:], strict=True)
     ]
     network = Network(env, scenario, net_rng)
-    cluster = Cluster(env, scenario, devices, network, Health(env, devices, network), model.trace)
+    coord = scenario.coordinator
+    health = Health(env, devices, network, coord.retry_initial_s, coord.retry_max_s)
+    cluster = Cluster(env, scenario, devices, network, health, model.trace)
     n = model.trace.meta.samples
     samples = sample_rng.permutation(n)[np.arange(scenario.requests) % n]
     times = _arrival_times(scenario, arrival_rng)
