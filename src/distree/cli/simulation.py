@@ -63,7 +63,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     scenario = _scenario(args.scenario, args.requests, args.mode)
     model = _model(args)
     t0 = time.perf_counter()
-    report = simulate(scenario, model, args.systems.split(",") if args.systems else None)
+    report = simulate(scenario, model, args.systems.split(",") if args.systems else None, log=_log)
     report["wall_s"] = round(time.perf_counter() - t0, 2)
     print(format_results(report))
     _log(f"simulated in {report['wall_s']}s")

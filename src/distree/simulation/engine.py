@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -201,13 +202,14 @@ def simulate(
     """
     systems = list(systems) if systems is not None else systems_for(scenario, model)
     results = {}
-    for system in systems:
+    for i, system in enumerate(systems):
+        t0 = time.perf_counter()
         run = run_system(scenario, model, system)
         results[system] = _measures(scenario, run)
         if keep is not None:
             keep[system] = run
         if log:
-            log(f"  {system}: done")
+            log(f"[{i + 1}/{len(systems)}] {system}: {time.perf_counter() - t0:.1f}s")
     return {"scenario": scenario.name, "mode": scenario.mode, "requests": scenario.requests, "results": results}
 
 
