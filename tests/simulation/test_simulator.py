@@ -195,3 +195,25 @@ def test_shorter_back_off_finds_brief_up_periods(model):
 
     short, long = failed(0.05), failed(5.0)
     assert short < long, (short, long)
+
+
+def test_trace_files_are_read_relative_to_the_scenario(tmp_path):
+    (tmp_path / "traces").mkdir()
+    (tmp_path / "traces" / "up.csv").write_text("time_s,up\n0,1\n2.5,0\n4,1\n")
+    (tmp_path / "traces" / "arrivals.csv").write_text("0.1\n0.2\n0.7\n")
+    sc = tmp_path / "s.yaml"
+    sc.write_text(
+        "name: t\n"
+        "devices: [{name: a, macs_per_s: 1.0e9, availability: {trace_file: traces/up.csv}}]\n"
+        "arrivals: {trace_file: traces/arrivals.csv}\n"
+        "requests: 3\n"
+    )
+    loaded = load_scenario(sc)
+    assert loaded.devices[0].availability.trace == [(0.0, True), (2.5, False), (4.0, True)]
+    assert loaded.arrivals.trace == [0.1, 0.2, 0.7]
+    (tmp_path / "traces" / "arrivals.csv").write_text("0.1\nsoon\n")
+    with pytest.raises(ConfigError, match=r"arrivals.csv:2: expected 1 number"):
+        load_scenario(sc)
+    sc.write_text(sc.read_text().replace("traces/up.csv", "traces/missing.csv"))
+    with pytest.raises(ConfigError, match=r"devices.0.availability: trace file not found"):
+        load_scenario(sc)

@@ -114,6 +114,41 @@ class Scenario(_Strict):
         return self.devices[device].link or self.link
 
 
+def _read_rows(path: Path, columns: int, where: str) -> list[list[float]]:
+    """Numeric rows of a CSV file (a header line is skipped)."""
+    if not path.is_file():
+        raise ConfigError(f"{where}: trace file not found: {path}")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        cells = [c.strip() for c in line.split(",") if c.strip()]
+        if not cells:
+            continue
+        try:
+            values = [float(c) for c in cells]
+        except ValueError:
+            if n == 1:
+                continue  # header
+            raise ConfigError(f"{path}:{n}: expected {columns} number(s), got {line!r}") from None
+        if len(values) != columns:
+            raise ConfigError(f"{path}:{n}: expected {columns} number(s), got {line!r}")
+        rows.append(values)
+    return rows
+
+
+def _inline_trace_files(raw: dict, base: Path) -> dict:
+    """Replace each ``trace_file`` by the ``trace`` it holds (paths relative to ``base``):
+    availability as CSV rows ``time_s,up`` (up 1 or 0), arrivals as one time per line."""
+    for i, device in enumerate(raw.get("devices") or []):
+        a = device.get("availability") if isinstance(device, dict) else None
+        if isinstance(a, dict) and a.get("trace_file") is not None:
+            rows = _read_rows(base / a.pop("trace_file"), 2, f"devices.{i}.availability")
+            a["trace"] = [[t, bool(up)] for t, up in rows]
+    arrivals = raw.get("arrivals")
+    if isinstance(arrivals, dict) and arrivals.get("trace_file") is not None:
+        arrivals["trace"] = [t for (t,) in _read_rows(base / arrivals.pop("trace_file"), 1, "arrivals")]
+    return raw
+
+
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file; errors name the bad field."""
     p = Path(path)
@@ -123,4 +158,6 @@ def load_scenario(path: str | Path) -> Scenario:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"cannot parse {p}: {err}") from None
+    if isinstance(raw, dict):
+        raw = _inline_trace_files(raw, p.parent)
     return parse_config(Scenario, raw, str(p))
