@@ -50,6 +50,14 @@ class TeacherExits(nn.Module):
         """(B, C, H, W) normalised input -> pooled features (B, C_i) at each head."""
         return [h.mean(dim=(2, 3)) for h in teacher_segments(teacher, x, self.exit_blocks)]
 
+    @torch.no_grad()
+    def all_logits(self, teacher: WideResNet, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, C, H, W) normalised input -> logits (B, K) of every head, then the teacher's
+        own, from one pass through the teacher."""
+        maps = teacher_segments(teacher, x, [*self.exit_blocks, len(teacher.blocks)])
+        heads = self([h.mean(dim=(2, 3)) for h in maps[:-1]])
+        return [*heads, teacher.fc(teacher.tap(maps[-1]))]
+
     def head_macs(self) -> list[int]:
         """MACs per sample of each head."""
         return [count_macs(lambda h=h: h(torch.zeros(1, h[0].normalized_shape[0]))) for h in self.heads]

@@ -47,9 +47,9 @@ def _table(report: dict) -> list[str]:
     return lines
 
 
-def plot_accuracy_vs_macs(run: RunDir, model: Model, report: dict, path: Path) -> str:
+def plot_accuracy_vs_macs(model: Model, report: dict, path: Path) -> str:
     """Each policy's threshold sweep on the recorded samples, with the simulated systems as points."""
-    student = run.load_student()
+    student = model.tables.student
     rec = fuse_exits(student, model.trace.vectors)
     labels = model.trace.labels
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -175,7 +175,7 @@ def write_report(
 
     lines += ["## Plots", f"For scenario `{main.name}`.", ""]
     plots = [
-        ("Accuracy vs computation", plot_accuracy_vs_macs(run, model, main_report, out / "accuracy_vs_macs.png")),
+        ("Accuracy vs computation", plot_accuracy_vs_macs(model, main_report, out / "accuracy_vs_macs.png")),
         (
             "Latency CDF per system",
             plot_latency_cdfs(

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
+from distree.policies import exit_scores, make_policy
 from distree.policies.base import first_passing
 from distree.policies.deadline import should_stop_for_deadline
 from distree.simulation.cluster import Health, Network, SimDevice
@@ -214,8 +215,9 @@ def pipeline_request(c: Cluster, sample: int, cuts: list[int]) -> Generator:
 
 def single_device_exits(trace: Trace) -> np.ndarray:
     """The exit (N,) the single-device baseline takes for each sample (max-prob, calibrated)."""
-    probs = trace.teacher_exit_logits.float().softmax(-1).amax(-1).numpy()
-    return first_passing(probs, trace.meta.teacher_exit_thresholds)
+    logits = trace.teacher_exit_logits.float()
+    scores = exit_scores(make_policy("max-prob"), logits, logits)
+    return first_passing(scores.double().numpy(), trace.meta.teacher_exit_thresholds)
 
 
 def single_device_request(c: Cluster, sample: int, exits: np.ndarray) -> Generator:

@@ -126,10 +126,9 @@ def record_trace(
     )
 
     def baseline_logits(images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            heads = exits(pooled_features(exits, teacher, images, norm, bs))
-            final = torch.cat([teacher(norm(images[i : i + bs])).logits for i in range(0, len(images), bs)])
-        return torch.stack([*heads, final])
+        """(G, N, K): every exit of the baseline, one teacher pass per batch."""
+        parts = [exits.all_logits(teacher, norm(images[i : i + bs])) for i in range(0, len(images), bs)]
+        return torch.stack([torch.cat(per_exit) for per_exit in zip(*parts, strict=True)])
 
     block_macs, block_bytes = teacher_block_costs(teacher, meta.data.in_channels, meta.data.image_size)
     ends = [*exits.exit_blocks, len(block_macs)]
