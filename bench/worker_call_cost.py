@@ -6,7 +6,7 @@ batch message) and Info (no work: the bare cost of a gRPC call). Worker CPU come
 /proc (Linux). Compare with the in-process compute time of a stage to see the runtime's
 own cost per stage.
 
-Usage: python bench/worker_call_cost.py RUN_DIR [--seconds 4]
+Usage: python bench/worker_call_cost.py RUN_DIR [--seconds 4] [--rows 1]
 """
 
 from __future__ import annotations
@@ -37,10 +37,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir")
     ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--rows", type=int, default=1, help="inputs per request")
     args = ap.parse_args()
+    # Workers started by LocalCluster compute on one thread; so does this reference.
+    torch.set_num_threads(1)
     run = RunDir(args.run_dir)
     meta = run.read_meta()
-    image = torch.zeros(1, meta.data.in_channels, meta.data.image_size, meta.data.image_size, dtype=torch.uint8)
+    image = torch.zeros(args.rows, meta.data.in_channels, meta.data.image_size, meta.data.image_size, dtype=torch.uint8)
 
     local = BranchWorker(run, 0, WorkerOptions(), torch.device("cpu"))
     local.load()
@@ -52,7 +55,8 @@ def main() -> None:
             h, _ = local._compute(k, h)
         n += 1
     print(
-        f"in-process stage compute (batch 1): {(time.process_time() - t0) / (n * stages) * 1000:.3f} ms CPU per stage"
+        f"in-process stage compute (batch {args.rows}, one thread): "
+        f"{(time.process_time() - t0) / (n * stages) * 1000:.3f} ms CPU per stage"
     )
 
     with LocalCluster(run.path) as cluster:

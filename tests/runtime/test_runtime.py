@@ -86,6 +86,21 @@ def test_runtime_equals_offline_and_stops_workers(trained, shared_cluster, mode)
         assert all(expected <= r <= total for r in ran), ran
 
 
+def test_concurrent_one_input_calls_grouped_equal_offline(trained, shared_cluster):
+    """Calls that wait together start as one group; each still gets its own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    run, splits = trained
+    _, coords = shared_cluster
+    preds, exits = _offline(run, splits, "feature-diff")
+    images = splits.test.images
+    with DistreeClient(coords["lockstep"]) as client, ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: client.infer(images[i : i + 1])[0], range(len(images))))
+    assert [a.prediction for a in answers] == preds.tolist()
+    assert [a.exit for a in answers] == exits.tolist()
+    assert all(len(a.stage_ms) == a.exit + 1 for a in answers)
+
+
 def test_no_state_left_after_1000_requests(trained, shared_cluster):
     """500 inputs through each coordinator (lockstep and eager): 1,000 requests in all."""
     _, splits = trained
@@ -192,6 +207,17 @@ def test_token_and_malformed_inputs(trained, tmp_path):
             with pytest.raises(grpc.RpcError) as err:
                 pb_grpc.WorkerStub(ch).RunStage(pb.StageRequest(request_id="y", stage=1), timeout=5, metadata=md)
             assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            # A group of two inputs, then a stage that keeps a row it does not have.
+            stub = pb_grpc.WorkerStub(ch)
+            two = pb.Tensor(dtype="uint8", shape=list(good.shape), data=good.numpy().tobytes())
+            stub.RunStage(pb.StageRequest(request_id="z", stage=0, input=two), timeout=5, metadata=md)
+            for keep in ([2], [1, 0], [-1]):
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.RunStage(pb.StageRequest(request_id="z", stage=1, keep=keep), timeout=5, metadata=md)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "keep" in err.value.details()
+            one = stub.RunStage(pb.StageRequest(request_id="z", stage=1, keep=[1]), timeout=5, metadata=md)
+            assert list(one.pooled.shape)[0] == 1
+            stub.Drop(pb.DropRequest(request_id="z"), timeout=5, metadata=md)
         # ...and everything still serves.
         with DistreeClient(coord, token="s3cret") as client:
             assert len(client.infer(good)) == 2

@@ -68,7 +68,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level)
     serve_metrics(args.metrics_port)
-    opts = CoordinatorOptions(mode=args.mode, policy=args.policy, stage_timeout_ms=args.stage_timeout_ms)
+    opts = CoordinatorOptions(
+        mode=args.mode,
+        policy=args.policy,
+        stage_timeout_ms=args.stage_timeout_ms,
+        max_group_inputs=args.max_group_inputs,
+        max_groups=args.max_groups,
+    )
     worker_tls = TLSFiles(args.worker_tls_cert, args.worker_tls_key, args.worker_tls_ca)
     workers = [w.strip() for w in args.workers.split(",") if w.strip()]
     return _serve_forever(
@@ -89,35 +95,45 @@ def run_infer(
     tls,
     concurrency: int,
     deadline_ms: float = 0.0,
+    batch: int = 1,
 ) -> dict:
-    """Send every image (one per call, ``concurrency`` calls in flight) and summarise."""
+    """Send every image (``batch`` per call, ``concurrency`` calls in flight) and summarise;
+    an input's latency is that of its call."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
 
     from distree.runtime.client import DistreeClient
 
+    if batch < 1 or concurrency < 1:
+        raise ValueError("batch and concurrency must be at least 1")
     with DistreeClient(server, token=token, tls=tls) as client:
         info = client.model_info()
 
-        def one(i: int) -> dict:
+        def call(start: int) -> list[dict]:
             t0 = time.perf_counter()
-            a = client.infer(images[i : i + 1], deadline_ms)[0]
-            return {
-                "label": int(labels[i]),
-                "prediction": a.prediction,
-                "exit": a.exit,
-                "branches": a.branches,
-                "latency_ms": round((time.perf_counter() - t0) * 1000, 3),
-                "stop_reason": a.stop_reason,
-                "stage_ms": [round(v, 3) for v in a.stage_ms],
-                "worker_ms": [round(v, 3) for v in a.worker_ms],
-            }
+            answers = client.infer(images[start : start + batch], deadline_ms)
+            ms = round((time.perf_counter() - t0) * 1000, 3)
+            return [
+                {
+                    "label": int(labels[start + j]),
+                    "prediction": a.prediction,
+                    "exit": a.exit,
+                    "branches": a.branches,
+                    "latency_ms": ms,
+                    "stop_reason": a.stop_reason,
+                    "stage_ms": [round(v, 3) for v in a.stage_ms],
+                    "worker_ms": [round(v, 3) for v in a.worker_ms],
+                }
+                for j, a in enumerate(answers)
+            ]
 
+        starts = range(0, len(images), batch)
         t0 = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
-            requests = list(tqdm(pool.map(one, range(len(images))), total=len(images), disable=None, leave=False))
+            calls = list(tqdm(pool.map(call, starts), total=len(starts), disable=None, leave=False))
         wall = time.perf_counter() - t0
+    requests = [r for c in calls for r in c]
     lat = [r["latency_ms"] for r in requests]
     hist = [0] * info.num_exits
     for r in requests:
@@ -128,6 +144,8 @@ def run_infer(
         "policy": info.policy,
         "mode": info.mode,
         "samples": len(requests),
+        "batch": batch,
+        "concurrency": concurrency,
         "accuracy": round(sum(r["label"] == r["prediction"] for r in requests) / len(requests), 4),
         "saving": round(1 - macs / info.full_macs, 4),
         "macs_per_sample": round(macs),
@@ -155,7 +173,14 @@ def cmd_infer(args: argparse.Namespace) -> int:
     test = splits.test
     n = min(args.limit or len(test), len(test))
     result = run_infer(
-        args.server, test.images[:n], test.labels[:n], args.token, _tls(args), args.concurrency, args.deadline_ms
+        args.server,
+        test.images[:n],
+        test.labels[:n],
+        args.token,
+        _tls(args),
+        args.concurrency,
+        args.deadline_ms,
+        args.batch,
     )
     print(format_infer(result))
     if args.json:
@@ -210,7 +235,7 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.add_argument("run_dir")
     p.add_argument("--branch", type=int, required=True, help="which branch this device runs (0-based)")
     p.add_argument("--listen", default="127.0.0.1:50061", help="HOST:PORT to listen on")
-    p.add_argument("--max-batch", type=int, default=8, help="most requests batched at one stage")
+    p.add_argument("--max-batch", type=int, default=64, help="most inputs batched into one stage's forward pass")
     p.add_argument("--max-wait-ms", type=float, default=0.0, help="extra wait to fill a batch (0: what is queued)")
     p.add_argument("--state-ttl-s", type=float, default=30.0, help="drop a request's state after this silence")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
@@ -227,6 +252,8 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.add_argument("--mode", choices=["lockstep", "eager"], default="lockstep")
     p.add_argument("--policy", choices=[p_ for p_ in POLICIES if p_ != "oracle"], default="feature-diff")
     p.add_argument("--stage-timeout-ms", type=float, default=1000.0, help="per-stage deadline for worker answers")
+    p.add_argument("--max-group-inputs", type=int, default=64, help="inputs of waiting calls that start as one group")
+    p.add_argument("--max-groups", type=int, default=4, help="groups in flight at once")
     p.add_argument("--metrics-port", type=int)
     p.add_argument("--log-level", default="info")
     _tls_args(p, "coordinator")
@@ -240,6 +267,7 @@ def add_runtime_commands(sub, add_data_args) -> None:
     add_data_args(p)
     p.add_argument("--limit", type=int, help="send only the first N test images")
     p.add_argument("--concurrency", type=int, default=4, help="calls in flight")
+    p.add_argument("--batch", type=int, default=1, help="inputs per call")
     p.add_argument("--deadline-ms", type=float, default=0.0, help="per-input deadline (0 = none)")
     p.add_argument("--json", help="write the summary and every request to this file")
     _tls_args(p, "client")

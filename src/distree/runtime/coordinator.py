@@ -24,6 +24,8 @@ from distree.evaluation.policies import exit_costs, load_calibration, thresholds
 from distree.policies import make_policy, should_stop_for_deadline
 from distree.run import RunDir
 from distree.runtime import metrics
+from distree.runtime.batching import RowQueue
+from distree.runtime.exit_loop import ExitLoop
 from distree.runtime.health import SERVING, set_health, start_server
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
@@ -50,6 +52,8 @@ class CoordinatorOptions:
     stage_timeout_ms: float = 1000.0
     retry_initial_s: float = 0.2
     retry_max_s: float = 5.0
+    max_group_inputs: int = 64  # inputs of waiting calls that start together
+    max_groups: int = 4  # groups in flight at once
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -58,6 +62,18 @@ class CoordinatorOptions:
             raise ValueError("the oracle policy needs labels; it exists for offline evaluation only")
         if self.stage_timeout_ms <= 0:
             raise ValueError("the stage timeout must be positive")
+        if self.max_group_inputs < 1 or self.max_groups < 1:
+            raise ValueError("max_group_inputs and max_groups must be at least 1")
+
+
+@dataclass
+class _Call:
+    """An Infer call waiting for its group."""
+
+    images: torch.Tensor
+    arrived: float  # perf_counter seconds
+    deadline_ms: float  # inf for none
+    future: asyncio.Future
 
 
 class WorkerLink:
@@ -169,6 +185,8 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         if len(workers) != n:
             raise ValueError(f"{run.path} has {n} branches but {len(workers)} worker addresses were given")
         self.links = [WorkerLink(a, i, tls, token, options) for i, a in enumerate(workers)]
+        self._queue: RowQueue[_Call] = RowQueue()
+        self._slots = asyncio.Semaphore(options.max_groups)
 
     async def watch_workers(self) -> None:
         """Probe workers that are down, each on its back-off schedule."""
@@ -182,9 +200,10 @@ class Coordinator(pb_grpc.CoordinatorServicer):
     # -- the stage loop ------------------------------------------------------------------
 
     async def _gather(
-        self, calls: dict[WorkerLink, asyncio.Future], k: int
+        self, calls: dict[WorkerLink, asyncio.Future], k: int, rows: int
     ) -> tuple[dict[WorkerLink, torch.Tensor], float]:
-        """Wait for stage ``k`` from every call until the stage deadline; drop the rest.
+        """Wait for stage ``k`` (``rows`` vectors) from every call until the stage deadline;
+        drop the rest.
 
         Returns the vectors that arrived and the slowest worker's own stage time (ms)."""
         done, pending = await asyncio.wait(calls.values(), timeout=self.options.stage_timeout_ms / 1000)
@@ -207,60 +226,72 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                 w.failed(f"stream ended before stage {k}")
                 continue
             try:
-                got[w] = from_proto(reply.pooled, f"branch {w.branch} vector", ("float32",))
+                got[w] = from_proto(reply.pooled, f"branch {w.branch} vectors", ("float32",), (rows, None))
                 worker_ms = max(worker_ms, reply.compute_ms)
             except InvalidTensor as bad:
                 w.failed(str(bad))
         return got, worker_ms
 
-    async def infer_one(self, image: torch.Tensor, deadline_ms: float | None) -> pb.InferResult:
-        """Run one input (uint8 (1, C, H, W)) through the stage loop."""
-        t_start = time.perf_counter()
+    async def run_group(
+        self, images: torch.Tensor, arrived: torch.Tensor, deadline_ms: torch.Tensor
+    ) -> list[pb.InferResult]:
+        """Run a group of inputs (uint8 (B, C, H, W)) through the stage loop together.
+
+        ``arrived`` (B,) is each input's arrival (perf_counter seconds) and ``deadline_ms``
+        (B,) its deadline from arrival (inf for none). Rows leave the group as they exit;
+        the workers are told which rows go on with every stage."""
         rid = uuid.uuid4().hex
+        rows = images.shape[0]
         active = started = [w for w in self.links if w.up]
         if not active:
             raise NoBranchError("no branch is available (all workers are down)")
         n, E = self.student.num_branches, self.student.num_exits
-        first = pb.StageRequest(request_id=rid, stage=0, input=to_proto(image))
+        loop = ExitLoop(self.student.heads, self.policy, self.thresholds, rows)
+        branches: list[list[int]] = [[] for _ in range(rows)]
+        first = pb.StageRequest(request_id=rid, stage=0, input=to_proto(images))
         streams: dict[WorkerLink, grpc.aio.UnaryStreamCall] = {}
         if self.options.mode == "eager":
             timeout = self.options.stage_timeout_ms / 1000 * E
             streams = {w: w.stub.RunAll(first, timeout=timeout, metadata=w.metadata) for w in active}
-        logits, embeddings, stage_ms, worker_ms = [], [], [], []
-        reason = "last-exit"
+        stage_ms, worker_ms = [], []
+        keep: list[int] = []
         try:
             for k in range(E):
                 t0 = time.perf_counter()
                 if streams:
                     calls = {w: asyncio.ensure_future(_next(streams[w])) for w in active}
                 else:
-                    req = first if k == 0 else pb.StageRequest(request_id=rid, stage=k)
+                    req = first if k == 0 else pb.StageRequest(request_id=rid, stage=k, keep=keep)
                     calls = {w: w.run_stage(req, self.options.stage_timeout_ms / 1000) for w in active}
-                got, slowest = await self._gather(calls, k)
+                # Eager workers run every row; lockstep ones only the rows still running.
+                got, slowest = await self._gather(calls, k, rows if streams else loop.alive.numel())
                 active = [w for w in active if w in got]
                 if not got:
                     raise NoBranchError(f"no branch answered stage {k}")
                 vectors: list[torch.Tensor | None] = [None] * n
                 for w, v in got.items():
-                    vectors[w.branch] = v
-                # The heads are a few thousand MACs: cheaper inline than a thread hop.
-                with torch.no_grad():
-                    out = self.student.heads[k](vectors)
-                logits.append(out.logits)
-                embeddings.append(out.embedding)
+                    vectors[w.branch] = v[loop.alive] if streams else v
                 dt = (time.perf_counter() - t0) * 1000
                 stage_ms.append(dt)
                 worker_ms.append(slowest)
+                now, slowest_ms = time.perf_counter(), max(stage_ms)
+                late = torch.tensor(
+                    [
+                        should_stop_for_deadline((now - a) * 1000, slowest_ms, d if math.isfinite(d) else None)
+                        for a, d in zip(arrived[loop.alive].tolist(), deadline_ms[loop.alive].tolist())
+                    ],
+                    dtype=torch.bool,
+                )
+                leaving = loop.alive
+                # The heads are a few thousand MACs: cheaper inline than a thread hop.
+                go_on = loop.step(k, vectors, late)
+                used = sorted(w.branch for w in active)
+                for r in leaving[~go_on].tolist():
+                    branches[r] = used
                 metrics.COORD_STAGE_SECONDS.labels(str(k)).observe(dt / 1000)
-                if k == E - 1:
+                if loop.done:
                     break
-                if bool(self.policy.should_exit(k, logits, embeddings, self.thresholds)):
-                    reason = "policy"
-                    break
-                elapsed = (time.perf_counter() - t_start) * 1000
-                if deadline_ms and should_stop_for_deadline(elapsed, max(stage_ms), deadline_ms):
-                    reason = "deadline"
-                    break
+                keep = go_on.nonzero().flatten().tolist() if not bool(go_on.all()) else []
         finally:
             stopped_early = len(stage_ms) < E
             for call in streams.values():
@@ -269,18 +300,22 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                 # Workers that answered the last stage freed the state themselves.
                 finished = [] if stopped_early else active
                 self._drop_later(rid, [w for w in started if w not in finished])
-        probs = torch.softmax(logits[-1].float(), dim=-1)[0]
-        exit_index = len(logits) - 1
-        metrics.EXITS.labels(str(exit_index)).inc()
-        return pb.InferResult(
-            prediction=int(probs.argmax()),
-            probabilities=probs.tolist(),
-            exit=exit_index,
-            branches=sorted(w.branch for w in active),
-            stage_ms=stage_ms,
-            stop_reason=reason,
-            worker_ms=worker_ms,
-        )
+        probs = torch.softmax(loop.logits, dim=-1)
+        results = []
+        for r, (e, p) in enumerate(zip(loop.exit.tolist(), probs.tolist())):
+            metrics.EXITS.labels(str(e)).inc()
+            results.append(
+                pb.InferResult(
+                    prediction=max(range(len(p)), key=p.__getitem__),
+                    probabilities=p,
+                    exit=e,
+                    branches=branches[r],
+                    stage_ms=stage_ms[: e + 1],
+                    stop_reason=loop.reason[r],
+                    worker_ms=worker_ms[: e + 1],
+                )
+            )
+        return results
 
     def _drop_later(self, rid: str, links: list[WorkerLink]) -> None:
         """Tell workers to drop a request, without making the answer wait for it (a dead
@@ -288,10 +323,42 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         for w in links:
             w.drop(rid)
 
+    async def _run_calls(self, calls: list[_Call]) -> None:
+        """Run the Infer calls taken together as one group and answer each."""
+        try:
+            images = torch.cat([c.images for c in calls]) if len(calls) > 1 else calls[0].images
+            arrived = torch.cat([torch.full((len(c.images),), c.arrived, dtype=torch.float64) for c in calls])
+            deadline = torch.cat([torch.full((len(c.images),), c.deadline_ms, dtype=torch.float64) for c in calls])
+            results = await self.run_group(images, arrived, deadline)
+        except Exception as err:  # noqa: BLE001 - every caller gets the error
+            for c in calls:
+                if not c.future.done():
+                    c.future.set_exception(err)
+            return
+        finally:
+            self._slots.release()
+        start = 0
+        for c in calls:
+            if not c.future.done():
+                c.future.set_result(results[start : start + len(c.images)])
+            start += len(c.images)
+
+    async def admit(self) -> None:
+        """Start groups: the Infer calls that wait are taken together, with at most
+        ``max_groups`` groups in flight (while they run, the next group fills up)."""
+        while True:
+            await self._slots.acquire()
+            try:
+                calls = await self._queue.take(self.options.max_group_inputs)
+            except asyncio.CancelledError:
+                self._slots.release()
+                raise
+            asyncio.ensure_future(self._run_calls(calls))
+
     # -- RPCs --------------------------------------------------------------------------
 
     async def Infer(self, request, context):  # noqa: N802 - gRPC method name
-        """Answer a batch of inputs; each runs its own stage loop concurrently."""
+        """Answer a batch of inputs; they run with the other calls waiting at the time."""
         try:
             images = from_proto(request.images, "images", ("uint8",), (None, *self.input_shape), MAX_INPUTS * 4096 * 3)
         except InvalidTensor as err:
@@ -299,12 +366,13 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         if images.shape[0] > MAX_INPUTS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_INPUTS} inputs per call")
-        deadline = request.deadline_ms if request.deadline_ms > 0 else None
         if request.deadline_ms < 0 or not math.isfinite(request.deadline_ms):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "deadline_ms must be a finite number >= 0")
         t0 = time.perf_counter()
+        call = _Call(images, t0, request.deadline_ms or math.inf, asyncio.get_running_loop().create_future())
+        self._queue.put(call, len(images))
         try:
-            results = await asyncio.gather(*(self.infer_one(images[i : i + 1], deadline) for i in range(len(images))))
+            results = await call.future
         except NoBranchError as err:
             metrics.REQUESTS.labels("no-branch").inc(len(images))
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
@@ -348,6 +416,7 @@ async def serve_coordinator(
         lambda srv: pb_grpc.add_CoordinatorServicer_to_server(coord, srv), listen, token, tls
     )
     watcher = asyncio.ensure_future(coord.watch_workers())
+    admission = asyncio.ensure_future(coord.admit())
     log.info("listening", extra={"address": listen, "port": port, "mode": options.mode, "policy": options.policy})
     try:
         while not any(w.up for w in coord.links):
@@ -357,4 +426,5 @@ async def serve_coordinator(
         await server.wait_for_termination()
     finally:
         watcher.cancel()
+        admission.cancel()
         await server.stop(grace=1)

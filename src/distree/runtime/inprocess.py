@@ -12,6 +12,7 @@ import torch
 from distree.data.augment import Normalization
 from distree.models import DistrEEStudent
 from distree.policies import ExitPolicy
+from distree.runtime.exit_loop import ExitLoop
 
 
 @torch.no_grad()
@@ -20,30 +21,16 @@ def early_exit_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images (B, C, H, W) -> (predictions (B,), exit indices (B,))."""
     model.eval()
-    b = images.shape[0]
-    preds = torch.empty(b, dtype=torch.long)
-    exits = torch.empty(b, dtype=torch.long)
-    alive = torch.arange(b)
+    loop = ExitLoop(model.heads, policy, thresholds, images.shape[0])
     x = norm(images).contiguous(memory_format=torch.channels_last)
     state = [x] * model.num_branches
-    logits: list[torch.Tensor] = []
-    embeddings: list[torch.Tensor] = []
     for k in range(model.num_exits):
         vectors = []
         for i, branch in enumerate(model.branches):
             state[i], v = branch.run_stage(k, state[i])
             vectors.append(v)
-        out = model.heads[k](vectors)
-        logits.append(out.logits)
-        embeddings.append(out.embedding)
-        stop = policy.should_exit(k, logits, embeddings, thresholds)
-        preds[alive[stop]] = out.logits[stop].argmax(-1)
-        exits[alive[stop]] = k
-        keep = ~stop
-        if not keep.any():
+        keep = loop.step(k, vectors)
+        if loop.done:
             break
-        alive = alive[keep]
         state = [s[keep] for s in state]
-        logits = [t[keep] for t in logits]
-        embeddings = [t[keep] for t in embeddings]
-    return preds, exits
+    return loop.predictions(), loop.exit

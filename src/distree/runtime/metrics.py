@@ -7,12 +7,12 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
 
 # Worker side.
-STAGES_RUN = Counter("distree_worker_stages_total", "Stages run, per request", ["device", "stage"])
+STAGES_RUN = Counter("distree_worker_stages_total", "Stages run, one per input", ["device", "stage"])
 STAGE_SECONDS = Histogram(
     "distree_worker_stage_seconds", "Compute time of one batched stage", ["device", "stage"], buckets=LATENCY_BUCKETS
 )
 BATCH_SIZE = Histogram(
-    "distree_worker_batch_size", "Requests per batched stage", ["device"], buckets=(1, 2, 4, 8, 16, 32)
+    "distree_worker_batch_size", "Inputs per batched stage", ["device"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
 )
 STATES_DROPPED = Counter(
     "distree_worker_dropped_states_total", "Request states dropped", ["device", "reason"]

@@ -19,6 +19,7 @@ import torch
 from distree.models import Branch
 from distree.run import RunDir
 from distree.runtime import metrics
+from distree.runtime.batching import RowQueue
 from distree.runtime.health import SERVING, set_health, start_server
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
@@ -27,6 +28,9 @@ from distree.runtime.tensors import InvalidTensor, from_proto, to_proto
 from distree.training.checkpoint import load_weights
 
 log = logging.getLogger("distree.worker")
+
+
+MAX_ROWS = 4096  # inputs per request
 
 
 class StageError(Exception):
@@ -38,11 +42,21 @@ class StageError(Exception):
         self.message = message
 
 
+def _rows_to_keep(keep, rows: int) -> torch.Tensor:
+    """The ``keep`` list of a StageRequest as an index, checked against ``rows``."""
+    idx = torch.tensor(list(keep), dtype=torch.long)
+    if int(idx.min()) < 0 or int(idx.max()) >= rows or (idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all())):
+        raise StageError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"keep must list distinct rows in 0..{rows - 1} in ascending order"
+        )
+    return idx
+
+
 @dataclass(frozen=True)
 class WorkerOptions:
     """How a worker serves its branch."""
 
-    max_batch: int = 8
+    max_batch: int = 64  # most inputs (rows) in one forward pass
     max_wait_ms: float = 0.0
     state_ttl_s: float = 30.0
 
@@ -55,51 +69,39 @@ class _State:
 
 
 class _StageBatcher:
-    """Collects requests waiting at one stage and runs them as one batch."""
+    """Collects the requests waiting at one stage and runs their rows as one batch."""
 
-    def __init__(self, run_batch, max_batch: int, max_wait_s: float):
+    def __init__(self, run_batch, max_rows: int, max_wait_s: float):
         self._run_batch = run_batch
-        self._max_batch = max_batch
+        self._max_rows = max_rows
         self._max_wait = max_wait_s
-        self._queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future]] = asyncio.Queue()
+        self._queue: RowQueue[tuple[torch.Tensor, asyncio.Future]] = RowQueue()
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def submit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the stage on ``x`` (1, ...) as part of some batch; returns (state, pooled)."""
+        """Run the stage on ``x`` (rows, ...) as part of some batch; returns (state, pooled)."""
         fut = asyncio.get_running_loop().create_future()
-        await self._queue.put((x, fut))
+        self._queue.put((x, fut), x.shape[0])
         return await fut
 
     async def _loop(self) -> None:
         while True:
-            items = [await self._queue.get()]
-            # Take whatever is already waiting (greedy batching: no added latency when
-            # idle, big batches under load); optionally wait a little for more.
-            deadline = time.monotonic() + self._max_wait
-            while len(items) < self._max_batch:
-                if not self._queue.empty():
-                    items.append(self._queue.get_nowait())
-                    continue
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
-                    break
-                try:
-                    items.append(await asyncio.wait_for(self._queue.get(), timeout))
-                except TimeoutError:
-                    break
+            items = await self._queue.take(self._max_rows, self._max_wait)
             items = [(x, f) for x, f in items if not f.cancelled()]
             if not items:
                 continue
+            sizes = [x.shape[0] for x, _ in items]
             try:
-                hs, vs = await self._run_batch(torch.cat([x for x, _ in items]))
+                x = items[0][0] if len(items) == 1 else torch.cat([x for x, _ in items])
+                hs, vs = await self._run_batch(x)
             except Exception as err:  # noqa: BLE001 - every waiter gets the error
                 for _, f in items:
                     if not f.done():
                         f.set_exception(err)
                 continue
-            for i, (_, f) in enumerate(items):
+            for (_, f), h, v in zip(items, hs.split(sizes), vs.split(sizes)):
                 if not f.done():
-                    f.set_result((hs[i : i + 1], vs[i : i + 1]))
+                    f.set_result((h, v))
 
     def close(self) -> None:
         """Stop the batching loop."""
@@ -121,7 +123,7 @@ class BranchWorker(pb_grpc.WorkerServicer):
         self.device = device
         self.options = options
         self.norm = meta.data.normalization
-        self.input_shape = (1, meta.data.in_channels, meta.data.image_size, meta.data.image_size)
+        self.input_shape = (meta.data.in_channels, meta.data.image_size, meta.data.image_size)
         self.model = Branch(
             meta.config.student.branches[branch], meta.config.student.exit_points, meta.data.in_channels
         )
@@ -145,7 +147,7 @@ class BranchWorker(pb_grpc.WorkerServicer):
         load_weights(self.model, self.run.student_file, prefix=f"branches.{self.branch_index}.")
         self.model.eval().to(self.device, memory_format=torch.channels_last)
         with torch.no_grad():
-            h = self.norm(torch.zeros(self.input_shape, dtype=torch.uint8, device=self.device))
+            h = self.norm(torch.zeros((1, *self.input_shape), dtype=torch.uint8, device=self.device))
             for k in range(self.num_stages):
                 h, _ = self.model.run_stage(k, h.contiguous(memory_format=torch.channels_last))
 
@@ -212,9 +214,11 @@ class BranchWorker(pb_grpc.WorkerServicer):
             if rid in self.states:
                 raise StageError(grpc.StatusCode.ALREADY_EXISTS, f"request {rid} already started")
             try:
-                x = from_proto(request.input, "input", ("uint8",), self.input_shape)
+                x = from_proto(request.input, "input", ("uint8",), (None, *self.input_shape), MAX_ROWS * 4096 * 3)
             except InvalidTensor as err:
                 raise StageError(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
+            if x.shape[0] > MAX_ROWS:
+                raise StageError(grpc.StatusCode.INVALID_ARGUMENT, f"input: at most {MAX_ROWS} rows per request")
             self.states[rid] = _State(0, x)
             metrics.ACTIVE_STATES.labels(self.label).set(len(self.states))
         state = self.states.get(rid)
@@ -224,14 +228,17 @@ class BranchWorker(pb_grpc.WorkerServicer):
             raise StageError(
                 grpc.StatusCode.FAILED_PRECONDITION, f"request {rid} is at stage {state.next_stage}, not {stage}"
             )
+        x = state.activation
+        if request.keep:
+            x = x[_rows_to_keep(request.keep, x.shape[0])]
         t0 = time.perf_counter()
         try:
-            h, v = await self._batchers[stage].submit(state.activation)
+            h, v = await self._batchers[stage].submit(x)
         except asyncio.CancelledError:
             self._drop(rid, "cancel")
             raise
-        self.stages_run += 1
-        metrics.STAGES_RUN.labels(self.label, str(stage)).inc()
+        self.stages_run += x.shape[0]
+        metrics.STAGES_RUN.labels(self.label, str(stage)).inc(x.shape[0])
         if rid in self.states:  # a Drop may have arrived meanwhile
             if stage == self.num_stages - 1:
                 del self.states[rid]

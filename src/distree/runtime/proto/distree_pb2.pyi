@@ -17,14 +17,16 @@ class Tensor(_message.Message):
     def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class StageRequest(_message.Message):
-    __slots__ = ("request_id", "stage", "input")
+    __slots__ = ("request_id", "stage", "input", "keep")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     stage: int
     input: Tensor
-    def __init__(self, request_id: _Optional[str] = ..., stage: _Optional[int] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    keep: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, request_id: _Optional[str] = ..., stage: _Optional[int] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., keep: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StageReply(_message.Message):
     __slots__ = ("stage", "pooled", "compute_ms", "request_id", "error")
