@@ -2,16 +2,17 @@
 policy in one process.
 
 Prints, on this machine:
-  latency at batch 1 (one request in flight): runtime vs in-process, p50/p95;
+  latency at batch 1 (one request in flight): runtime vs in-process (the faster of one
+    torch thread and torch's default), p50/p95;
   per-stage runtime overhead, p50, two ways: end to end, per input (runtime latency -
     in-process latency) / stages run; and coordinator + transport, per stage (wall time at
     the coordinator - the slowest worker's own time for the stage);
   throughput at saturation: runtime (calls of --batch inputs, --calls in flight) vs
-    in-process (the best of batch --batch and 4 x --batch); and the runtime with one input
+    in-process (the best of batch 32, 64, 128 and 256); and the runtime with one input
     per call (--concurrency calls in flight), where the coordinator groups waiting calls.
 
-Usage: python bench/runtime.py RUN_DIR --data PATH [--n 300] [--n-sat 1000] [--policy feature-diff]
-       [--mode lockstep] [--batch 32] [--calls 4] [--concurrency 32]
+Usage: python bench/runtime.py RUN_DIR --data PATH [--n 300] [--n-sat 2000] [--policy feature-diff]
+       [--mode lockstep] [--batch 128] [--calls 4] [--concurrency 32]
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=300, help="test images per measurement")
     ap.add_argument("--policy", default="feature-diff")
     ap.add_argument("--mode", default="lockstep", choices=["lockstep", "eager"])
-    ap.add_argument("--n-sat", type=int, default=1000, help="test images per throughput measurement")
-    ap.add_argument("--batch", type=int, default=32, help="inputs per call at saturation")
+    ap.add_argument("--n-sat", type=int, default=2000, help="test images per throughput measurement")
+    ap.add_argument("--batch", type=int, default=128, help="inputs per call at saturation")
     ap.add_argument("--calls", type=int, default=4, help="calls of --batch inputs in flight at saturation")
     ap.add_argument(
         "--concurrency", type=int, default=32, help="one-input calls in flight (saturation without client batching)"
@@ -63,18 +64,26 @@ def main() -> None:
     thresholds = thresholds_for(args.policy, student.num_exits, load_calibration(run))
     norm = meta.data.normalization
 
-    # In-process, batch 1.
+    # In-process, batch 1, on one thread and on torch's default; the faster is the reference.
     early_exit_batch(student, policy, thresholds, images[:8], norm)  # warm-up
-    inproc_ms, inproc_exit = [], []
-    for i in range(len(images)):
-        t0 = time.perf_counter()
-        _, e = early_exit_batch(student, policy, thresholds, images[i : i + 1], norm)
-        inproc_ms.append((time.perf_counter() - t0) * 1000)
-        inproc_exit.append(int(e))
-    # In-process, saturated: the best of a few batch sizes, over --n-sat inputs.
+    default_threads = torch.get_num_threads()
+    by_threads = {}
+    for threads in sorted({1, default_threads}):
+        torch.set_num_threads(threads)
+        ms, exits = [], []
+        for i in range(len(images)):
+            t0 = time.perf_counter()
+            _, e = early_exit_batch(student, policy, thresholds, images[i : i + 1], norm)
+            ms.append((time.perf_counter() - t0) * 1000)
+            exits.append(int(e))
+        by_threads[threads] = (ms, exits)
+    torch.set_num_threads(default_threads)
+    inproc_threads = min(by_threads, key=lambda t: np.percentile(by_threads[t][0], 50))
+    inproc_ms, inproc_exit = by_threads[inproc_threads]
+    # In-process, saturated: the best of several batch sizes (torch's threads), over --n-sat inputs.
     sat_images, sat_labels = test.images[: args.n_sat], test.labels[: args.n_sat]
     inproc_tput = {}
-    for b in (args.batch, 4 * args.batch):
+    for b in (32, 64, 128, 256):
         t0 = time.perf_counter()
         for i in range(0, len(sat_images), b):
             early_exit_batch(student, policy, thresholds, sat_images[i : i + b], norm)
@@ -103,7 +112,11 @@ def main() -> None:
         "inputs": len(images),
         "batch1_latency_ms": {
             "runtime": {"p50": float(np.percentile(rt_ms, 50)), "p95": float(np.percentile(rt_ms, 95))},
-            "in_process": {"p50": float(np.percentile(inproc_ms, 50)), "p95": float(np.percentile(inproc_ms, 95))},
+            "in_process": {
+                "p50": float(np.percentile(inproc_ms, 50)),
+                "p95": float(np.percentile(inproc_ms, 95)),
+                "torch_threads": inproc_threads,
+            },
         },
         "per_stage_overhead_ms_p50": float(np.percentile(per_stage, 50)),
         "per_stage_coordinator_transport_ms_p50": float(np.percentile(transport, 50)),
@@ -122,7 +135,7 @@ def main() -> None:
     print(f"model: {run.path}, policy {args.policy}, mode {args.mode}, {len(images)} test inputs")
     print(
         f"batch-1 latency p50/p95: runtime {lat['runtime']['p50']:.2f}/{lat['runtime']['p95']:.2f} ms, "
-        f"in-process {lat['in_process']['p50']:.2f}/{lat['in_process']['p95']:.2f} ms"
+        f"in-process {lat['in_process']['p50']:.2f}/{lat['in_process']['p95']:.2f} ms ({inproc_threads} torch threads)"
     )
     print(
         f"per-stage overhead p50, end to end ((runtime - in-process) / stages): "
@@ -135,7 +148,7 @@ def main() -> None:
     best_b = max(inproc_tput, key=inproc_tput.get)
     print(
         f"throughput at saturation: runtime {sat['throughput_per_s']:.0f}/s ({args.calls} calls of {args.batch} "
-        f"in flight), in-process {inproc_best:.0f}/s (best of batch {' and '.join(map(str, inproc_tput))}: "
+        f"in flight), in-process {inproc_best:.0f}/s (best of batch {', '.join(map(str, inproc_tput))}: "
         f"batch {best_b}); ratio {result['throughput_ratio']:.2f}"
     )
     print(

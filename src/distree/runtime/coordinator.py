@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import grpc
 import torch
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from distree.evaluation.policies import exit_costs, load_calibration, thresholds_for
 from distree.policies import make_policy, should_stop_for_deadline
@@ -29,8 +28,9 @@ from distree.runtime.exit_loop import ExitLoop
 from distree.runtime.health import SERVING, set_health, start_server
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
-from distree.runtime.security import TLSFiles, call_metadata, make_channel
+from distree.runtime.security import TLSFiles
 from distree.runtime.tensors import InvalidTensor, from_proto, to_proto
+from distree.runtime.worker_link import LinkOptions, WorkerLink
 from distree.training.checkpoint import load_weights
 
 log = logging.getLogger("distree.coordinator")
@@ -52,7 +52,7 @@ class CoordinatorOptions:
     stage_timeout_ms: float = 1000.0
     retry_initial_s: float = 0.2
     retry_max_s: float = 5.0
-    max_group_inputs: int = 64  # inputs of waiting calls that start together
+    max_group_inputs: int = 128  # inputs of waiting calls that start together
     max_groups: int = 4  # groups in flight at once
 
     def __post_init__(self) -> None:
@@ -76,96 +76,6 @@ class _Call:
     future: asyncio.Future
 
 
-class WorkerLink:
-    """One connection to one worker, with its health and retry back-off."""
-
-    def __init__(self, address: str, position: int, tls: TLSFiles, token: str | None, opts: CoordinatorOptions):
-        self.address = address
-        self.branch = position  # confirmed by Info once reachable
-        self.channel = make_channel(address, tls)
-        self.stub = pb_grpc.WorkerStub(self.channel)
-        self.health = health_pb2_grpc.HealthStub(self.channel)
-        self.metadata = call_metadata(token)
-        self.up = False
-        self._opts = opts
-        self._backoff = opts.retry_initial_s
-        self.next_try = 0.0
-        self._pending: list[tuple[pb.StageRequest, asyncio.Future]] = []
-        self._drops: list[str] = []
-        self._flush_scheduled = False
-
-    # Under load many requests reach the same point in one turn of the event loop; their
-    # stages (and drops) go to the worker in one RunStages call instead of one call each,
-    # which is what keeps the per-call cost of gRPC off the per-request path.
-    def run_stage(self, request: pb.StageRequest, timeout: float) -> asyncio.Future:
-        """Queue one request's stage for this worker; the future gets its StageReply."""
-        fut = asyncio.get_running_loop().create_future()
-        self._pending.append((request, fut))
-        self._schedule_flush(timeout)
-        return fut
-
-    def drop(self, request_id: str) -> None:
-        """Queue a request for the worker to forget (sent with the next batch)."""
-        self._drops.append(request_id)
-        self._schedule_flush(1.0)
-
-    def _schedule_flush(self, timeout: float) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush, timeout)
-
-    def _flush(self, timeout: float) -> None:
-        self._flush_scheduled = False
-        items, self._pending = self._pending, []
-        drops, self._drops = self._drops, []
-        if items or drops:
-            asyncio.ensure_future(self._send(items, drops, timeout))
-
-    async def _send(self, items: list[tuple[pb.StageRequest, asyncio.Future]], drops: list[str], timeout: float):
-        batch = pb.StageBatch(items=[r for r, _ in items], drop=drops)
-        try:
-            reply = await self.stub.RunStages(batch, timeout=timeout, metadata=self.metadata)
-        except grpc.aio.AioRpcError as err:
-            for _, f in items:
-                if not f.done():
-                    f.set_exception(err)
-            return
-        for (_, f), r in zip(items, reply.items):
-            if not f.done():
-                if r.error:
-                    f.set_exception(RuntimeError(r.error))
-                else:
-                    f.set_result(r)
-
-    def failed(self, why: str) -> None:
-        """Stop using the worker until a health check passes."""
-        if self.up:
-            log.warning("worker down", extra={"device": self.branch, "address": self.address, "why": why})
-        metrics.WORKER_FAILURES.labels(str(self.branch)).inc()
-        metrics.WORKER_UP.labels(str(self.branch)).set(0)
-        self.up = False
-        self.next_try = time.monotonic() + self._backoff
-        self._backoff = min(self._backoff * 2, self._opts.retry_max_s)
-
-    async def probe(self, num_stages: int) -> None:
-        """Health-check a worker that is down; use it again once it serves."""
-        try:
-            h = await self.health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-            if h.status != health_pb2.HealthCheckResponse.SERVING:
-                raise RuntimeError("not serving yet")
-            info = await self.stub.Info(pb.InfoRequest(), timeout=1.0, metadata=self.metadata)
-            if info.num_stages != num_stages:
-                raise RuntimeError(f"worker has {info.num_stages} stages, the model {num_stages}")
-            self.branch = info.branch
-        except (grpc.aio.AioRpcError, RuntimeError) as err:
-            self.failed(str(err.details() if isinstance(err, grpc.aio.AioRpcError) else err))
-            return
-        self.up = True
-        self._backoff = self._opts.retry_initial_s
-        metrics.WORKER_UP.labels(str(self.branch)).set(1)
-        log.info("worker up", extra={"device": self.branch, "address": self.address})
-
-
 class Coordinator(pb_grpc.CoordinatorServicer):
     """The application-facing inference service."""
 
@@ -184,7 +94,8 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         n = self.student.num_branches
         if len(workers) != n:
             raise ValueError(f"{run.path} has {n} branches but {len(workers)} worker addresses were given")
-        self.links = [WorkerLink(a, i, tls, token, options) for i, a in enumerate(workers)]
+        backoff = LinkOptions(options.retry_initial_s, options.retry_max_s)
+        self.links = [WorkerLink(a, i, tls, token, backoff) for i, a in enumerate(workers)]
         self._queue: RowQueue[_Call] = RowQueue()
         self._slots = asyncio.Semaphore(options.max_groups)
 
@@ -262,7 +173,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                     calls = {w: asyncio.ensure_future(_next(streams[w])) for w in active}
                 else:
                     req = first if k == 0 else pb.StageRequest(request_id=rid, stage=k, keep=keep)
-                    calls = {w: w.run_stage(req, self.options.stage_timeout_ms / 1000) for w in active}
+                    calls = {w: w.run_stage(req) for w in active}
                 # Eager workers run every row; lockstep ones only the rows still running.
                 got, slowest = await self._gather(calls, k, rows if streams else loop.alive.numel())
                 active = [w for w in active if w in got]

@@ -80,6 +80,8 @@ def _deny(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, msg)
         yield  # pragma: no cover - makes this an async generator
 
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(stream, handler.request_deserializer, handler.response_serializer)
     if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(stream, handler.request_deserializer, handler.response_serializer)
     return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)

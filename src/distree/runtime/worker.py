@@ -56,7 +56,7 @@ def _rows_to_keep(keep, rows: int) -> torch.Tensor:
 class WorkerOptions:
     """How a worker serves its branch."""
 
-    max_batch: int = 64  # most inputs (rows) in one forward pass
+    max_batch: int = 128  # most inputs (rows) in one forward pass
     max_wait_ms: float = 0.0
     state_ttl_s: float = 30.0
 
@@ -65,6 +65,7 @@ class WorkerOptions:
 class _State:
     next_stage: int
     activation: torch.Tensor
+    session: object = None  # the Session stream that started the request, if any
     touched: float = field(default_factory=time.monotonic)
 
 
@@ -201,7 +202,7 @@ class BranchWorker(pb_grpc.WorkerServicer):
                 log.info("state expired", extra={"request_id": rid})
                 self._drop(rid, "expired")
 
-    async def _stage(self, request: pb.StageRequest, stage: int) -> pb.StageReply:
+    async def _stage(self, request: pb.StageRequest, stage: int, session: object = None) -> pb.StageReply:
         """Run one stage of one request; raises StageError for a request it cannot run."""
         rid = request.request_id
         if not self.ready:
@@ -219,7 +220,7 @@ class BranchWorker(pb_grpc.WorkerServicer):
                 raise StageError(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
             if x.shape[0] > MAX_ROWS:
                 raise StageError(grpc.StatusCode.INVALID_ARGUMENT, f"input: at most {MAX_ROWS} rows per request")
-            self.states[rid] = _State(0, x)
+            self.states[rid] = _State(0, x, session)
             metrics.ACTIVE_STATES.labels(self.label).set(len(self.states))
         state = self.states.get(rid)
         if state is None:
@@ -256,19 +257,60 @@ class BranchWorker(pb_grpc.WorkerServicer):
         except StageError as err:
             await context.abort(err.code, err.message)
 
-    async def RunStages(self, request, context):  # noqa: N802
-        """Drop the listed requests, then run one stage of each listed request, batched
-        (lockstep mode under load); a request that cannot run gets its own error."""
-        for rid in request.drop:
+    async def _run_batch(self, batch: pb.StageBatch, session: object = None) -> pb.StageBatchReply:
+        """Drop the listed requests, then run one stage of each listed request, batched;
+        a request that cannot run gets its own error."""
+        for rid in batch.drop:
             self._drop(rid, "stop")
 
         async def one(item: pb.StageRequest) -> pb.StageReply:
             try:
-                return await self._stage(item, item.stage)
+                return await self._stage(item, item.stage, session)
             except StageError as err:
                 return pb.StageReply(stage=item.stage, request_id=item.request_id, error=err.message)
 
-        return pb.StageBatchReply(items=await asyncio.gather(*(one(i) for i in request.items)))
+        return pb.StageBatchReply(items=await asyncio.gather(*(one(i) for i in batch.items)), seq=batch.seq)
+
+    async def RunStages(self, request, context):  # noqa: N802
+        """One StageBatch in one unary call."""
+        return await self._run_batch(request)
+
+    async def Session(self, request_iterator, context):  # noqa: N802
+        """Lockstep over one stream: every StageBatch gets its reply as soon as it is done
+        (batches run concurrently); the requests it started are dropped when it ends."""
+        session = object()
+        replies: asyncio.Queue[pb.StageBatchReply | None] = asyncio.Queue()
+        running: set[asyncio.Task] = set()
+
+        async def run(batch: pb.StageBatch) -> None:
+            try:
+                replies.put_nowait(await self._run_batch(batch, session))
+            except Exception as err:  # noqa: BLE001 - the batch is answered, the stream lives
+                log.exception("stage batch failed")
+                items = [pb.StageReply(stage=i.stage, request_id=i.request_id, error=str(err)) for i in batch.items]
+                replies.put_nowait(pb.StageBatchReply(items=items, seq=batch.seq))
+
+        async def read() -> None:
+            try:
+                async for batch in request_iterator:
+                    task = asyncio.ensure_future(run(batch))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if running:
+                    await asyncio.wait(set(running))
+            finally:
+                replies.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (reply := await replies.get()) is not None:
+                yield reply
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
+            for rid in [r for r, s in self.states.items() if s.session is session]:
+                self._drop(rid, "cancel")
 
     async def RunAll(self, request, context):  # noqa: N802
         """Run every stage from 0 and stream each vector (eager mode); cancel to stop."""

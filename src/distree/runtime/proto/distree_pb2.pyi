@@ -43,18 +43,22 @@ class StageReply(_message.Message):
     def __init__(self, stage: _Optional[int] = ..., pooled: _Optional[_Union[Tensor, _Mapping]] = ..., compute_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class StageBatch(_message.Message):
-    __slots__ = ("items", "drop")
+    __slots__ = ("items", "drop", "seq")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     DROP_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[StageRequest]
     drop: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, items: _Optional[_Iterable[_Union[StageRequest, _Mapping]]] = ..., drop: _Optional[_Iterable[str]] = ...) -> None: ...
+    seq: int
+    def __init__(self, items: _Optional[_Iterable[_Union[StageRequest, _Mapping]]] = ..., drop: _Optional[_Iterable[str]] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class StageBatchReply(_message.Message):
-    __slots__ = ("items",)
+    __slots__ = ("items", "seq")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[StageReply]
-    def __init__(self, items: _Optional[_Iterable[_Union[StageReply, _Mapping]]] = ...) -> None: ...
+    seq: int
+    def __init__(self, items: _Optional[_Iterable[_Union[StageReply, _Mapping]]] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class DropRequest(_message.Message):
     __slots__ = ("request_id",)

@@ -44,6 +44,11 @@ class WorkerStub:
                 request_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatch.SerializeToString,
                 response_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatchReply.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/distree.v1.Worker/Session',
+                request_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatch.SerializeToString,
+                response_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatchReply.FromString,
+                _registered_method=True)
         self.RunAll = channel.unary_stream(
                 '/distree.v1.Worker/RunAll',
                 request_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageRequest.SerializeToString,
@@ -73,6 +78,15 @@ class WorkerServicer:
 
     def RunStages(self, request, context):
         """Lockstep, batched: one stage of each listed request (and drops), one reply each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Session(self, request_iterator, context):
+        """Lockstep over one long-lived stream (what the coordinator uses): one reply per batch,
+        with its seq, in the order they finish. Requests started on a session are dropped
+        when it ends.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -108,6 +122,11 @@ def add_WorkerServicer_to_server(servicer, server):
             ),
             'RunStages': grpc.unary_unary_rpc_method_handler(
                     servicer.RunStages,
+                    request_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatch.FromString,
+                    response_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatchReply.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
                     request_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatch.FromString,
                     response_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatchReply.SerializeToString,
             ),
@@ -179,6 +198,33 @@ class Worker:
             request,
             target,
             '/distree.v1.Worker/RunStages',
+            distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatch.SerializeToString,
+            distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatchReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/distree.v1.Worker/Session',
             distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatch.SerializeToString,
             distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatchReply.FromString,
             options,
