@@ -26,12 +26,6 @@ from distree.runtime.tensors import to_proto
 from distree.runtime.worker import BranchWorker, WorkerOptions
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100
-
-
 def main() -> None:
     """Measure each call kind and the in-process stage compute."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -61,11 +55,10 @@ def main() -> None:
 
     with LocalCluster(run.path) as cluster:
         address = cluster.start_workers(1)[0]
-        pid = cluster.procs["worker0"].pid
         with grpc.insecure_channel(address) as channel:
             stub = pb_grpc.WorkerStub(channel)
             for kind in ("RunStage", "RunStages", "Info"):
-                calls, cpu0, t0 = 0, process_cpu_s(pid), time.perf_counter()
+                calls, cpu0, t0 = 0, cluster.cpu_seconds()["worker0"], time.perf_counter()
                 while time.perf_counter() - t0 < args.seconds:
                     rid = uuid.uuid4().hex
                     for k in range(stages):
@@ -78,7 +71,7 @@ def main() -> None:
                             stub.Info(pb.InfoRequest(), timeout=5)
                         calls += 1
                 wall = (time.perf_counter() - t0) / calls * 1000
-                cpu = (process_cpu_s(pid) - cpu0) / calls * 1000
+                cpu = (cluster.cpu_seconds()["worker0"] - cpu0) / calls * 1000
                 print(f"{kind:<10} {calls:>6} calls: {wall:.3f} ms wall per call, {cpu:.3f} ms worker CPU per call")
 
 

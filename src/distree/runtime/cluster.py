@@ -107,6 +107,16 @@ class LocalCluster:
         wait_serving(address, proc=proc, tls=self.tls)
         return address
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """User + system CPU time each running process has used so far (Linux /proc)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        out = {}
+        for name, proc in self.procs.items():
+            if proc.poll() is None:
+                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                out[name] = (int(fields[11]) + int(fields[12])) / tick
+        return out
+
     def kill(self, name: str) -> None:
         """SIGKILL one process (a device dying)."""
         proc = self.procs[name]

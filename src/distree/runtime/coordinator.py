@@ -240,6 +240,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             images = torch.cat([c.images for c in calls]) if len(calls) > 1 else calls[0].images
             arrived = torch.cat([torch.full((len(c.images),), c.arrived, dtype=torch.float64) for c in calls])
             deadline = torch.cat([torch.full((len(c.images),), c.deadline_ms, dtype=torch.float64) for c in calls])
+            metrics.GROUP_INPUTS.observe(len(images))
             results = await self.run_group(images, arrived, deadline)
         except Exception as err:  # noqa: BLE001 - every caller gets the error
             for c in calls:

@@ -26,6 +26,9 @@ REQUEST_SECONDS = Histogram("distree_request_seconds", "Wall time per input", bu
 COORD_STAGE_SECONDS = Histogram(
     "distree_stage_seconds", "Wall time of one stage at the coordinator", ["exit"], buckets=LATENCY_BUCKETS
 )
+GROUP_INPUTS = Histogram(
+    "distree_group_inputs", "Inputs per group (calls started together)", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
+)
 WORKER_FAILURES = Counter("distree_worker_failures_total", "Stage calls a worker failed or missed", ["device"])
 WORKER_UP = Gauge("distree_worker_up", "1 when the coordinator uses the worker", ["device"])
 
