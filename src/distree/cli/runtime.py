@@ -74,6 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stage_timeout_ms=args.stage_timeout_ms,
         max_group_inputs=args.max_group_inputs,
         max_groups=args.max_groups,
+        min_group_inputs=args.min_group_inputs,
     )
     worker_tls = TLSFiles(args.worker_tls_cert, args.worker_tls_key, args.worker_tls_ca)
     workers = [w.strip() for w in args.workers.split(",") if w.strip()]
@@ -254,6 +255,9 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.add_argument("--stage-timeout-ms", type=float, default=1000.0, help="per-stage deadline for worker answers")
     p.add_argument("--max-group-inputs", type=int, default=128, help="inputs of waiting calls that start as one group")
     p.add_argument("--max-groups", type=int, default=4, help="groups in flight at once")
+    p.add_argument(
+        "--min-group-inputs", type=int, default=32, help="inputs a group needs to start while other groups run"
+    )
     p.add_argument("--metrics-port", type=int)
     p.add_argument("--log-level", default="info")
     _tls_args(p, "coordinator")

@@ -21,10 +21,12 @@ class RowQueue(Generic[T]):
     def __init__(self) -> None:
         self._items: deque[tuple[T, int]] = deque()
         self._wake = asyncio.Event()
+        self.rows = 0  # inputs queued
 
     def put(self, item: T, rows: int) -> None:
         """Queue ``item`` holding ``rows`` inputs."""
         self._items.append((item, rows))
+        self.rows += rows
         self._wake.set()
 
     async def take(self, max_rows: int, max_wait_s: float = 0.0) -> list[T]:
@@ -35,11 +37,13 @@ class RowQueue(Generic[T]):
             self._wake.clear()
             await self._wake.wait()
         item, rows = self._items.popleft()
+        self.rows -= rows
         batch = [item]
         deadline = time.monotonic() + max_wait_s
         while True:
             while self._items and rows + self._items[0][1] <= max_rows:
                 item, n = self._items.popleft()
+                self.rows -= n
                 batch.append(item)
                 rows += n
             timeout = deadline - time.monotonic()

@@ -54,6 +54,7 @@ class CoordinatorOptions:
     retry_max_s: float = 5.0
     max_group_inputs: int = 128  # inputs of waiting calls that start together
     max_groups: int = 4  # groups in flight at once
+    min_group_inputs: int = 32  # inputs a group needs to start while others run
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -62,8 +63,8 @@ class CoordinatorOptions:
             raise ValueError("the oracle policy needs labels; it exists for offline evaluation only")
         if self.stage_timeout_ms <= 0:
             raise ValueError("the stage timeout must be positive")
-        if self.max_group_inputs < 1 or self.max_groups < 1:
-            raise ValueError("max_group_inputs and max_groups must be at least 1")
+        if self.max_group_inputs < 1 or self.max_groups < 1 or self.min_group_inputs < 1:
+            raise ValueError("max_group_inputs, min_group_inputs and max_groups must be at least 1")
 
 
 @dataclass
@@ -98,6 +99,8 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         self.links = [WorkerLink(a, i, tls, token, backoff) for i, a in enumerate(workers)]
         self._queue: RowQueue[_Call] = RowQueue()
         self._slots = asyncio.Semaphore(options.max_groups)
+        self._running = 0  # groups in flight
+        self._admission = asyncio.Event()  # a call arrived or a group ended
 
     async def watch_workers(self) -> None:
         """Probe workers that are down, each on its back-off schedule."""
@@ -248,6 +251,8 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                     c.future.set_exception(err)
             return
         finally:
+            self._running -= 1
+            self._admission.set()
             self._slots.release()
         start = 0
         for c in calls:
@@ -257,14 +262,22 @@ class Coordinator(pb_grpc.CoordinatorServicer):
 
     async def admit(self) -> None:
         """Start groups: the Infer calls that wait are taken together, with at most
-        ``max_groups`` groups in flight (while they run, the next group fills up)."""
+        ``max_groups`` groups in flight (while they run, the next group fills up).
+
+        An idle coordinator starts a call at once. While groups run, a new one starts only
+        with ``min_group_inputs`` inputs waiting: calls that trickle in one by one then ride
+        together in the next group instead of each paying a whole stage loop."""
         while True:
             await self._slots.acquire()
             try:
+                while self._running and self._queue.rows < self.options.min_group_inputs:
+                    self._admission.clear()
+                    await self._admission.wait()
                 calls = await self._queue.take(self.options.max_group_inputs)
             except asyncio.CancelledError:
                 self._slots.release()
                 raise
+            self._running += 1
             asyncio.ensure_future(self._run_calls(calls))
 
     # -- RPCs --------------------------------------------------------------------------
@@ -283,6 +296,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         t0 = time.perf_counter()
         call = _Call(images, t0, request.deadline_ms or math.inf, asyncio.get_running_loop().create_future())
         self._queue.put(call, len(images))
+        self._admission.set()
         try:
             results = await call.future
         except NoBranchError as err:
