@@ -277,8 +277,11 @@ class BranchWorker(pb_grpc.WorkerServicer):
 
     async def Session(self, request_iterator, context):  # noqa: N802
         """Lockstep over one stream: every StageBatch gets its reply as soon as it is done
-        (batches run concurrently); the requests it started are dropped when it ends."""
+        (batches run concurrently). When it ends, the requests it started are dropped at
+        once (the coordinator died or cancelled it), unless a batch said ``handover``: then
+        they live on, reached through the coordinator's next session."""
         session = object()
+        handover = False
         replies: asyncio.Queue[pb.StageBatchReply | None] = asyncio.Queue()
         running: set[asyncio.Task] = set()
 
@@ -291,8 +294,10 @@ class BranchWorker(pb_grpc.WorkerServicer):
                 replies.put_nowait(pb.StageBatchReply(items=items, seq=batch.seq))
 
         async def read() -> None:
+            nonlocal handover
             try:
                 async for batch in request_iterator:
+                    handover = handover or batch.handover
                     task = asyncio.ensure_future(run(batch))
                     running.add(task)
                     task.add_done_callback(running.discard)
@@ -309,8 +314,11 @@ class BranchWorker(pb_grpc.WorkerServicer):
             reader.cancel()
             for task in list(running):
                 task.cancel()
-            for rid in [r for r, s in self.states.items() if s.session is session]:
-                self._drop(rid, "cancel")
+            # (A cancelled stream ends the request iterator like a closed one: only the
+            # handover flag tells the two apart.)
+            if not handover:
+                for rid in [r for r, s in self.states.items() if s.session is session]:
+                    self._drop(rid, "cancel")
 
     async def RunAll(self, request, context):  # noqa: N802
         """Run every stage from 0 and stream each vector (eager mode); cancel to stop."""

@@ -25,6 +25,7 @@ from distree.runtime.security import TLSFiles, call_metadata, make_channel
 log = logging.getLogger("distree.coordinator")
 
 SESSION_ROTATE_S = 600.0  # a session takes new batches this long, then drains and ends
+SESSION_DRAIN_S = 600.0  # ...within this much more time (the stream's gRPC deadline)
 
 
 class SessionEnded(RuntimeError):
@@ -49,7 +50,7 @@ class _Session:
         self._seq = itertools.count(1)
         self._closing = False
         # The deadline bounds the stream's life; the link rotates to a new session well before.
-        self._call = stub.Session(self._requests(), timeout=2 * SESSION_ROTATE_S, metadata=metadata)
+        self._call = stub.Session(self._requests(), timeout=SESSION_ROTATE_S + SESSION_DRAIN_S, metadata=metadata)
         self._reader = asyncio.ensure_future(self._read(on_end))
 
     @property
@@ -64,8 +65,10 @@ class _Session:
         self._out.put_nowait(batch)
 
     def close(self) -> None:
-        """Take no more batches; the stream ends once the pending ones are answered."""
+        """Take no more batches; the stream ends once the pending ones are answered, and
+        the worker keeps what it started (the next session carries on with it)."""
         self._closing = True
+        self._out.put_nowait(pb.StageBatch(handover=True, seq=next(self._seq)))
         if not self._waiting:
             self._out.put_nowait(None)
 

@@ -43,14 +43,16 @@ class StageReply(_message.Message):
     def __init__(self, stage: _Optional[int] = ..., pooled: _Optional[_Union[Tensor, _Mapping]] = ..., compute_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class StageBatch(_message.Message):
-    __slots__ = ("items", "drop", "seq")
+    __slots__ = ("items", "drop", "seq", "handover")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     DROP_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    HANDOVER_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[StageRequest]
     drop: _containers.RepeatedScalarFieldContainer[str]
     seq: int
-    def __init__(self, items: _Optional[_Iterable[_Union[StageRequest, _Mapping]]] = ..., drop: _Optional[_Iterable[str]] = ..., seq: _Optional[int] = ...) -> None: ...
+    handover: bool
+    def __init__(self, items: _Optional[_Iterable[_Union[StageRequest, _Mapping]]] = ..., drop: _Optional[_Iterable[str]] = ..., seq: _Optional[int] = ..., handover: _Optional[bool] = ...) -> None: ...
 
 class StageBatchReply(_message.Message):
     __slots__ = ("items", "seq")

@@ -86,7 +86,7 @@ class WorkerServicer:
     def Session(self, request_iterator, context):
         """Lockstep over one long-lived stream (what the coordinator uses): one reply per batch,
         with its seq, in the order they finish. Requests started on a session are dropped
-        when it ends.
+        when it ends, unless a batch said handover.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,92 @@
+"""The lockstep Session stream between the coordinator's link and a real worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+
+from distree.runtime import worker_link
+from distree.runtime.cluster import LocalCluster
+from distree.runtime.proto import distree_pb2 as pb
+from distree.runtime.proto import distree_pb2_grpc as pb_grpc
+from distree.runtime.security import TLSFiles
+from distree.runtime.tensors import to_proto
+
+
+@pytest.fixture(scope="module")
+def worker(trained, tmp_path_factory):
+    run, splits = trained
+    with LocalCluster(run.path, log_dir=tmp_path_factory.mktemp("session")) as cluster:
+        yield cluster.start_workers(1)[0], splits.test.images[:3]
+
+
+def _active(address: str) -> int:
+    with grpc.insecure_channel(address) as ch:
+        return pb_grpc.WorkerStub(ch).Info(pb.InfoRequest(), timeout=5).active_states
+
+
+def _wait_active(address: str, want: int, timeout_s: float = 5.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while (n := _active(address)) != want and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return n
+
+
+def test_rotating_sessions_keep_groups_and_rows(worker, monkeypatch):
+    """Every batch on a fresh session (the old one ends cleanly): a group started on one
+    session goes on through the next, with its rows narrowed by ``keep``."""
+    address, images = worker
+    monkeypatch.setattr(worker_link, "SESSION_ROTATE_S", 0.0)
+
+    async def go():
+        link = worker_link.WorkerLink(address, 0, TLSFiles(), None, worker_link.LinkOptions())
+        try:
+            first = await link.run_stage(pb.StageRequest(request_id="g", stage=0, input=to_proto(images)))
+            second = await link.run_stage(pb.StageRequest(request_id="g", stage=1, keep=[0, 2]))
+            with pytest.raises(RuntimeError, match="keep"):
+                await link.run_stage(pb.StageRequest(request_id="g", stage=2, keep=[5]))
+            link.drop("g")
+            await asyncio.sleep(0.2)  # the drop rides on the next message
+            return first, second
+        finally:
+            await link.channel.close()
+
+    first, second = asyncio.run(go())
+    assert list(first.pooled.shape)[0] == 3 and list(second.pooled.shape)[0] == 2
+    assert _wait_active(address, 0) == 0
+
+
+def test_broken_session_drops_its_groups_handover_does_not(worker):
+    address, images = worker
+    start = pb.StageBatch(items=[pb.StageRequest(request_id="a", stage=0, input=to_proto(images))], seq=1)
+
+    async def one_session(cancel: bool) -> None:
+        async with grpc.aio.insecure_channel(address) as ch:
+            q: asyncio.Queue = asyncio.Queue()
+
+            async def requests():
+                while (m := await q.get()) is not None:
+                    yield m
+
+            call = pb_grpc.WorkerStub(ch).Session(requests(), timeout=10)
+            q.put_nowait(start)
+            reply = await call.read()
+            assert reply.seq == 1 and not reply.items[0].error
+            if cancel:
+                call.cancel()  # as when the coordinator dies
+            else:
+                # The coordinator moves to a new session: handover, then half-close.
+                q.put_nowait(pb.StageBatch(handover=True, seq=2))
+                q.put_nowait(None)
+                assert (await call.read()).seq == 2
+                assert await call.read() is grpc.aio.EOF
+
+    asyncio.run(one_session(cancel=True))
+    assert _wait_active(address, 0) == 0
+    asyncio.run(one_session(cancel=False))
+    assert _wait_active(address, 1) == 1  # kept: its next stage may come on another session
+    with grpc.insecure_channel(address) as ch:
+        assert pb_grpc.WorkerStub(ch).Drop(pb.DropRequest(request_id="a"), timeout=5).dropped
