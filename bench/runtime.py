@@ -6,8 +6,9 @@ Prints, on this machine:
     torch thread and torch's default), p50/p95;
   per-stage runtime overhead, p50, two ways: end to end, per input (runtime latency -
     in-process latency) / stages run; and coordinator + transport, per stage (wall time at
-    the coordinator - the slowest worker's own time for the stage); CPU each process spends
-    per stage at batch 1 (Linux /proc);
+    the coordinator - the slowest worker's own time for the stage), also with only 2 and 1
+    workers up (fewer processes competing for the CPU); CPU each process spends per stage
+    at batch 1 (Linux /proc);
   throughput at saturation: runtime (calls of --batch inputs, --calls in flight) vs
     in-process (at its best of batch 32, 64, 128 and 256), in --rounds alternating rounds,
     median ratio; and the runtime with one input
@@ -38,6 +39,11 @@ from distree.run import RunDir
 from distree.runtime.cluster import LocalCluster
 from distree.runtime.inprocess import early_exit_batch
 from distree.runtime.security import TLSFiles
+
+
+def _transport(requests: list[dict]) -> list[float]:
+    """Per stage: wall time at the coordinator minus the slowest worker's own time."""
+    return [s - w for r in requests for s, w in zip(r["stage_ms"], r["worker_ms"])]
 
 
 def main() -> None:
@@ -117,6 +123,17 @@ def main() -> None:
             rt = run_infer(coord, sat_images, sat_labels, None, TLSFiles(), args.calls, batch=args.batch)
             rounds.append({"in_process": round(inproc, 1), "runtime": rt["throughput_per_s"]})
         sat1 = run_infer(coord, sat_images, sat_labels, None, TLSFiles(), args.concurrency)
+        # The same overhead with fewer processes competing for the CPU: stop workers from
+        # the last one down, so that 2 and then 1 branch answer every stage.
+        fewer = {}
+        for up in (2, 1):
+            for b in range(up, student.num_branches):
+                if cluster.procs[f"worker{b}"].poll() is None:
+                    cluster.kill(f"worker{b}")
+            run_infer(coord, images[:16], labels[:16], None, TLSFiles(), 1)  # the failures happen here
+            answers = run_infer(coord, images, labels, None, TLSFiles(), 1)["requests"]
+            got = [r for r in answers if len(r["branches"]) == up]
+            fewer[str(up)] = float(np.percentile(_transport(got), 50)) if got else None
     ratios = [r["runtime"] / r["in_process"] for r in rounds]
     median = sorted(range(len(rounds)), key=ratios.__getitem__)[len(rounds) // 2]
     inproc_best, sat = rounds[median]["in_process"], {"throughput_per_s": rounds[median]["runtime"]}
@@ -129,7 +146,7 @@ def main() -> None:
     per_stage = [(r - p) / (e + 1) for r, p, e, ok in zip(rt_ms, inproc_ms, inproc_exit, same_exit) if ok]
     # Coordinator + transport only: each stage's wall time at the coordinator minus the
     # slowest worker's own time for it (queueing, batching and compute on the device).
-    transport = [s - w for r in single["requests"] for s, w in zip(r["stage_ms"], r["worker_ms"])]
+    transport = _transport(single["requests"])
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {platform.processor()}",
         "run": str(run.path),
@@ -146,6 +163,7 @@ def main() -> None:
         },
         "per_stage_overhead_ms_p50": float(np.percentile(per_stage, 50)),
         "per_stage_coordinator_transport_ms_p50": float(np.percentile(transport, 50)),
+        "per_stage_coordinator_transport_ms_p50_by_workers_up": fewer,
         "same_exit_fraction": sum(same_exit) / len(same_exit),
         "batch1_cpu_ms_per_stage": cpu_per_stage | {"in_process_one_thread": round(stage_cpu_ms, 3)},
         "throughput_per_s": {
@@ -173,6 +191,10 @@ def main() -> None:
     print(
         f"per-stage overhead p50, coordinator + transport (stage wall - slowest worker's time): "
         f"{result['per_stage_coordinator_transport_ms_p50']:.3f} ms"
+    )
+    print(
+        "per-stage overhead p50, coordinator + transport, with fewer workers up: "
+        + ", ".join(f"{k} up {v:.3f} ms" for k, v in fewer.items() if v is not None)
     )
     workers = [v for n, v in cpu_per_stage.items() if n.startswith("worker")]
     print(
