@@ -1,0 +1,48 @@
+"""`distree demo` and `distree infer` end to end, with real processes on loopback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from distree.cli.main import main
+from distree.runtime.cluster import LocalCluster
+
+
+def _data_dir(run) -> Path:
+    return Path(run.path).parent / "data"  # where the `trained` fixture wrote its images
+
+
+def test_demo_writes_both_coordinators(trained, tmp_path, capsys):
+    run, splits = trained
+    out = tmp_path / "demo.json"
+    assert (
+        main(["demo", "--run-dir", str(run.path), "--data", str(_data_dir(run)), "--limit", "20", "--json", str(out)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "feature-diff" in printed and "full" in printed
+    r = json.loads(out.read_text())
+    for key in ("early_exit", "full"):
+        got = r[key]
+        assert got["samples"] == 20 and 0 <= got["accuracy"] <= 1
+        assert {"p50", "p95"} <= set(got["latency_ms"]) and got["latency_ms"]["p50"] > 0
+        assert sum(got["exit_histogram"]) == 20
+    assert r["full"]["saving"] == 0 and r["early_exit"]["saving"] > 0
+    assert r["full"]["exit_histogram"][:-1] == [0] * (len(r["full"]["exit_histogram"]) - 1)
+
+
+def test_infer_batched_calls_answer_every_input(trained, tmp_path):
+    run, splits = trained
+    out = tmp_path / "infer.json"
+    with LocalCluster(run.path, log_dir=tmp_path) as cluster:
+        cluster.start_workers(len(run.read_meta().config.student.branches))
+        coord = cluster.start_coordinator()
+        args = ["infer", "--server", coord, "--data", str(_data_dir(run)), "--limit", "12", "--batch", "5"]
+        assert main([*args, "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["batch"] == 5 and r["samples"] == 12
+    assert [q["label"] for q in r["requests"]] == splits.test.labels[:12].tolist()
+    for q in r["requests"]:
+        assert {"label", "prediction", "exit", "branches", "latency_ms"} <= set(q)
+        assert q["branches"] == [0, 1, 2] and q["latency_ms"] > 0
