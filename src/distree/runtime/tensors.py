@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import sys
+
 import numpy as np
 import torch
 
 from distree.runtime.proto import distree_pb2 as pb
 
 DTYPES = {"uint8": np.uint8, "float32": np.float32}
+_WIRE_DTYPE = {np.dtype(v): k for k, v in DTYPES.items()}  # torch hands out native order
+_LITTLE = {k: np.dtype(v).newbyteorder("<") for k, v in DTYPES.items()}
+_NATIVE_IS_LITTLE = sys.byteorder == "little"
 
 
 class InvalidTensor(ValueError):
@@ -17,10 +23,11 @@ class InvalidTensor(ValueError):
 def to_proto(t: torch.Tensor) -> pb.Tensor:
     """Encode a uint8 or float32 tensor."""
     arr = t.detach().cpu().contiguous().numpy()
-    name = arr.dtype.name
-    if name not in DTYPES:
-        raise InvalidTensor(f"cannot send dtype {name}; only {', '.join(DTYPES)}")
-    return pb.Tensor(dtype=name, shape=list(arr.shape), data=arr.astype(arr.dtype.newbyteorder("<")).tobytes())
+    name = _WIRE_DTYPE.get(arr.dtype)
+    if name is None:
+        raise InvalidTensor(f"cannot send dtype {arr.dtype.name}; only {', '.join(DTYPES)}")
+    data = arr.tobytes() if _NATIVE_IS_LITTLE else arr.astype(_LITTLE[name]).tobytes()
+    return pb.Tensor(dtype=name, shape=arr.shape, data=data)
 
 
 def from_proto(
@@ -34,24 +41,25 @@ def from_proto(
     at most ``max_elements`` elements, byte count consistent, finite values."""
     if msg.dtype not in dtypes:
         raise InvalidTensor(f"{what}: dtype {msg.dtype!r} not accepted (expected {' or '.join(dtypes)})")
-    dims = tuple(int(d) for d in msg.shape)
+    dims = tuple(msg.shape)
     if any(d < 0 for d in dims):
         raise InvalidTensor(f"{what}: negative dimension in shape {dims}")
     if shape is not None:
         if len(dims) != len(shape) or any(s is not None and s != d for s, d in zip(shape, dims)):
             want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
             raise InvalidTensor(f"{what}: shape {dims} does not match the expected {want}")
-    count = int(np.prod(dims)) if dims else 1
+    count = math.prod(dims)
     if count == 0:
         raise InvalidTensor(f"{what}: empty tensor of shape {dims}")
     if count > max_elements:
         raise InvalidTensor(f"{what}: {count} elements is over the limit of {max_elements}")
-    dt = np.dtype(DTYPES[msg.dtype]).newbyteorder("<")
+    dt = _LITTLE[msg.dtype]
     if len(msg.data) != count * dt.itemsize:
         raise InvalidTensor(
             f"{what}: {len(msg.data)} bytes for shape {dims} of {msg.dtype} (expected {count * dt.itemsize})"
         )
-    arr = np.frombuffer(msg.data, dtype=dt).reshape(dims).astype(DTYPES[msg.dtype])
+    arr = np.frombuffer(msg.data, dtype=dt).reshape(dims)
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise InvalidTensor(f"{what}: contains NaN or infinite values")
-    return torch.from_numpy(arr.copy())
+    # A copy in native byte order: the message's bytes are read-only.
+    return torch.from_numpy(arr.astype(DTYPES[msg.dtype]))

@@ -91,7 +91,6 @@ class _StageBatcher:
             items = [(x, f) for x, f in items if not f.cancelled()]
             if not items:
                 continue
-            sizes = [x.shape[0] for x, _ in items]
             try:
                 x = items[0][0] if len(items) == 1 else torch.cat([x for x, _ in items])
                 hs, vs = await self._run_batch(x)
@@ -100,9 +99,14 @@ class _StageBatcher:
                     if not f.done():
                         f.set_exception(err)
                 continue
-            for (_, f), h, v in zip(items, hs.split(sizes), vs.split(sizes)):
+            if len(items) == 1:
+                parts = [(hs, vs)]
+            else:
+                sizes = [x.shape[0] for x, _ in items]
+                parts = list(zip(hs.split(sizes), vs.split(sizes)))
+            for (_, f), part in zip(items, parts):
                 if not f.done():
-                    f.set_result((h, v))
+                    f.set_result(part)
 
     def close(self) -> None:
         """Stop the batching loop."""
@@ -128,6 +132,7 @@ class BranchWorker(pb_grpc.WorkerServicer):
         self.model = Branch(
             meta.config.student.branches[branch], meta.config.student.exit_points, meta.data.in_channels
         )
+        self.num_stages = self.model.num_stages
         self.states: dict[str, _State] = {}
         self.stages_run = 0
         self.dropped = 0
@@ -136,11 +141,6 @@ class BranchWorker(pb_grpc.WorkerServicer):
         # thread keeps batches from competing with each other.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage")
         self._batchers: list[_StageBatcher] = []
-
-    @property
-    def num_stages(self) -> int:
-        """Stages of the branch."""
-        return self.model.num_stages
 
     def load(self) -> None:
         """Load this branch's weights (only its own) and run every stage once, so the
@@ -269,6 +269,8 @@ class BranchWorker(pb_grpc.WorkerServicer):
             except StageError as err:
                 return pb.StageReply(stage=item.stage, request_id=item.request_id, error=err.message)
 
+        if len(batch.items) == 1:  # the common case at low load: no task per item
+            return pb.StageBatchReply(items=[await one(batch.items[0])], seq=batch.seq)
         return pb.StageBatchReply(items=await asyncio.gather(*(one(i) for i in batch.items)), seq=batch.seq)
 
     async def RunStages(self, request, context):  # noqa: N802
