@@ -251,7 +251,7 @@ class BranchWorker(pb_grpc.WorkerServicer):
         )
 
     async def RunStage(self, request, context):  # noqa: N802 - gRPC method name
-        """Run one stage of one request (lockstep mode)."""
+        """Run one stage of one request (group) in its own call; the coordinator uses Session."""
         try:
             return await self._stage(request, request.stage)
         except StageError as err:
