@@ -169,6 +169,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             streams = {w: w.stub.RunAll(first, timeout=timeout, metadata=w.metadata) for w in active}
         stage_ms, worker_ms = [], []
         keep: list[int] = []
+        any_deadline = bool(torch.isfinite(deadline_ms).any())
         try:
             for k in range(E):
                 t0 = time.perf_counter()
@@ -188,14 +189,16 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                 dt = (time.perf_counter() - t0) * 1000
                 stage_ms.append(dt)
                 worker_ms.append(slowest)
-                now, slowest_ms = time.perf_counter(), max(stage_ms)
-                late = torch.tensor(
-                    [
-                        should_stop_for_deadline((now - a) * 1000, slowest_ms, d if math.isfinite(d) else None)
-                        for a, d in zip(arrived[loop.alive].tolist(), deadline_ms[loop.alive].tolist())
-                    ],
-                    dtype=torch.bool,
-                )
+                late = None
+                if any_deadline:
+                    now, slowest_ms = time.perf_counter(), max(stage_ms)
+                    late = torch.tensor(
+                        [
+                            should_stop_for_deadline((now - a) * 1000, slowest_ms, d if math.isfinite(d) else None)
+                            for a, d in zip(arrived[loop.alive].tolist(), deadline_ms[loop.alive].tolist())
+                        ],
+                        dtype=torch.bool,
+                    )
                 leaving = loop.alive
                 # The heads are a few thousand MACs: cheaper inline than a thread hop.
                 go_on = loop.step(k, vectors, late)
