@@ -5,7 +5,8 @@ Prints, on this machine:
   latency at batch 1 (one request in flight): runtime vs in-process (the faster of one
     torch thread and torch's default), p50/p95;
   per-stage runtime overhead, p50, two ways: end to end, per input (runtime latency -
-    in-process latency) / stages run; and coordinator + transport, per stage (wall time at
+    in-process latency) / stages run (and that difference fitted as a cost per stage run
+    plus a fixed cost per request); and coordinator + transport, per stage (wall time at
     the coordinator - the slowest worker's own time for the stage), also with only 2 and 1
     workers up (fewer processes competing for the CPU); CPU each process spends per stage
     at batch 1 (Linux /proc);
@@ -141,6 +142,11 @@ def main() -> None:
     rt_ms = [r["latency_ms"] for r in single["requests"]]
     same_exit = [r["exit"] == e for r, e in zip(single["requests"], inproc_exit)]
     per_stage = [(r - p) / (e + 1) for r, p, e, ok in zip(rt_ms, inproc_ms, inproc_exit, same_exit) if ok]
+    # The same difference split into a cost per stage run and a fixed cost per request:
+    # a straight line through (stages run, runtime - in-process latency) over the inputs.
+    stages = [e + 1 for e, ok in zip(inproc_exit, same_exit) if ok]
+    diffs = [r - p for r, p, ok in zip(rt_ms, inproc_ms, same_exit) if ok]
+    slope, intercept = np.polyfit(stages, diffs, 1) if len(set(stages)) > 1 else (float("nan"), float("nan"))
     # Coordinator + transport only: each stage's wall time at the coordinator minus the
     # slowest worker's own time for it (queueing, batching and compute on the device).
     transport = _transport(single["requests"])
@@ -159,6 +165,7 @@ def main() -> None:
             },
         },
         "per_stage_overhead_ms_p50": float(np.percentile(per_stage, 50)),
+        "overhead_fit_ms": {"per_stage": float(slope), "per_request": float(intercept)},
         "per_stage_coordinator_transport_ms_p50": float(np.percentile(transport, 50)),
         "per_stage_coordinator_transport_ms_p50_by_workers_up": fewer,
         "same_exit_fraction": sum(same_exit) / len(same_exit),
@@ -185,6 +192,7 @@ def main() -> None:
         f"per-stage overhead p50, end to end ((runtime - in-process) / stages): "
         f"{result['per_stage_overhead_ms_p50']:.3f} ms"
     )
+    print(f"the same difference as a line over stages run: {slope:.3f} ms per stage + {intercept:.3f} ms per request")
     print(
         f"per-stage overhead p50, coordinator + transport (stage wall - slowest worker's time): "
         f"{result['per_stage_coordinator_transport_ms_p50']:.3f} ms"
