@@ -90,3 +90,29 @@ def test_broken_session_drops_its_groups_handover_does_not(worker):
     assert _wait_active(address, 1) == 1  # kept: its next stage may come on another session
     with grpc.insecure_channel(address) as ch:
         assert pb_grpc.WorkerStub(ch).Drop(pb.DropRequest(request_id="a"), timeout=5).dropped
+
+
+def test_a_stage_racing_itself_is_refused(worker):
+    """Two messages asking for the same group's same stage: one runs, one is refused."""
+    address, images = worker
+
+    async def go():
+        async with grpc.aio.insecure_channel(address) as ch:
+            q: asyncio.Queue = asyncio.Queue()
+
+            async def requests():
+                while (m := await q.get()) is not None:
+                    yield m
+
+            call = pb_grpc.WorkerStub(ch).Session(requests(), timeout=10)
+            q.put_nowait(pb.StageBatch(items=[pb.StageRequest(request_id="r", stage=0, input=to_proto(images))], seq=1))
+            await call.read()
+            for seq in (2, 3):
+                q.put_nowait(pb.StageBatch(items=[pb.StageRequest(request_id="r", stage=1)], seq=seq))
+            replies = [await call.read(), await call.read()]
+            call.cancel()
+            return sorted((r.seq, r.items[0].error) for r in replies)
+
+    (_, first), (_, second) = asyncio.run(go())
+    assert first == "" and "already running a stage" in second
+    assert _wait_active(address, 0) == 0

@@ -31,6 +31,7 @@ log = logging.getLogger("distree.worker")
 
 
 MAX_ROWS = 4096  # inputs per request
+_BUSY = -1  # a state's next_stage while one of its stages runs
 
 
 class StageError(Exception):
@@ -225,6 +226,8 @@ class BranchWorker(pb_grpc.WorkerServicer):
         state = self.states.get(rid)
         if state is None:
             raise StageError(grpc.StatusCode.FAILED_PRECONDITION, f"no state for request {rid} (dropped or expired)")
+        if state.next_stage == _BUSY:
+            raise StageError(grpc.StatusCode.FAILED_PRECONDITION, f"request {rid} is already running a stage")
         if state.next_stage != stage:
             raise StageError(
                 grpc.StatusCode.FAILED_PRECONDITION, f"request {rid} is at stage {state.next_stage}, not {stage}"
@@ -233,10 +236,14 @@ class BranchWorker(pb_grpc.WorkerServicer):
         if request.keep:
             x = x[_rows_to_keep(request.keep, x.shape[0])]
         t0 = time.perf_counter()
+        state.next_stage = _BUSY  # a second call for this stage, racing this one, is refused
         try:
             h, v = await self._batchers[stage].submit(x)
         except asyncio.CancelledError:
             self._drop(rid, "cancel")
+            raise
+        except Exception:
+            state.next_stage = stage
             raise
         self.stages_run += x.shape[0]
         metrics.STAGES_RUN.labels(self.label, str(stage)).inc(x.shape[0])
