@@ -35,6 +35,17 @@ def _wait_active(address: str, want: int, timeout_s: float = 5.0) -> int:
     return n
 
 
+def _raw_session(channel: grpc.aio.Channel):
+    """A Session call fed from a queue (put None to half-close): (call, queue)."""
+    q: asyncio.Queue = asyncio.Queue()
+
+    async def requests():
+        while (m := await q.get()) is not None:
+            yield m
+
+    return pb_grpc.WorkerStub(channel).Session(requests(), timeout=10), q
+
+
 def test_rotating_sessions_keep_groups_and_rows(worker, monkeypatch):
     """Every batch on a fresh session (the old one ends cleanly): a group started on one
     session goes on through the next, with its rows narrowed by ``keep``."""
@@ -65,13 +76,7 @@ def test_broken_session_drops_its_groups_handover_does_not(worker):
 
     async def one_session(cancel: bool) -> None:
         async with grpc.aio.insecure_channel(address) as ch:
-            q: asyncio.Queue = asyncio.Queue()
-
-            async def requests():
-                while (m := await q.get()) is not None:
-                    yield m
-
-            call = pb_grpc.WorkerStub(ch).Session(requests(), timeout=10)
+            call, q = _raw_session(ch)
             q.put_nowait(start)
             reply = await call.read()
             assert reply.seq == 1 and not reply.items[0].error
@@ -98,13 +103,7 @@ def test_a_stage_racing_itself_is_refused(worker):
 
     async def go():
         async with grpc.aio.insecure_channel(address) as ch:
-            q: asyncio.Queue = asyncio.Queue()
-
-            async def requests():
-                while (m := await q.get()) is not None:
-                    yield m
-
-            call = pb_grpc.WorkerStub(ch).Session(requests(), timeout=10)
+            call, q = _raw_session(ch)
             q.put_nowait(pb.StageBatch(items=[pb.StageRequest(request_id="r", stage=0, input=to_proto(images))], seq=1))
             await call.read()
             for seq in (2, 3):

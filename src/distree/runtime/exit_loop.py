@@ -14,8 +14,6 @@ from torch import nn
 
 from distree.policies import ExitPolicy
 
-STOP_REASONS = ("policy", "last-exit", "deadline")
-
 
 class ExitLoop:
     """The rows (inputs) of one batch on their way through the exits.

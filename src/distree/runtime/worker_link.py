@@ -103,10 +103,6 @@ class _Session:
             self._closing = True
             on_end(self)
 
-    def cancel(self) -> None:
-        """End the stream now (the worker drops what it started)."""
-        self._call.cancel()
-
 
 class WorkerLink:
     """One connection to one worker, with its health and retry back-off."""
