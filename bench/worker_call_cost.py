@@ -2,7 +2,8 @@
 
 Starts one worker of RUN_DIR as its own process, then calls it from a blocking client for a
 few seconds per call kind: RunStage (one stage of one request), RunStages (the same, in a
-batch message) and Info (no work: the bare cost of a gRPC call). Worker CPU comes from
+batch message), Session (the same batch as a message on one open stream, as the
+coordinator sends it) and Info (no work: the bare cost of a gRPC call). Worker CPU comes from
 /proc (Linux). Compare with the in-process compute time of a stage to see the runtime's
 own cost per stage.
 
@@ -12,6 +13,7 @@ Usage: python bench/worker_call_cost.py RUN_DIR [--seconds 4] [--rows 1]
 from __future__ import annotations
 
 import argparse
+import queue
 import time
 import uuid
 
@@ -57,7 +59,9 @@ def main() -> None:
         address = cluster.start_workers(1)[0]
         with grpc.insecure_channel(address) as channel:
             stub = pb_grpc.WorkerStub(channel)
-            for kind in ("RunStage", "RunStages", "Info"):
+            outbox: queue.Queue[pb.StageBatch | None] = queue.Queue()
+            replies = stub.Session(iter(outbox.get, None), timeout=600)
+            for kind in ("RunStage", "RunStages", "Session", "Info"):
                 calls, cpu0, t0 = 0, cluster.cpu_seconds()["worker0"], time.perf_counter()
                 while time.perf_counter() - t0 < args.seconds:
                     rid = uuid.uuid4().hex
@@ -67,12 +71,16 @@ def main() -> None:
                             stub.RunStage(req, timeout=5)
                         elif kind == "RunStages":
                             stub.RunStages(pb.StageBatch(items=[req]), timeout=5)
+                        elif kind == "Session":
+                            outbox.put(pb.StageBatch(items=[req], seq=calls + 1))
+                            next(replies)
                         else:
                             stub.Info(pb.InfoRequest(), timeout=5)
                         calls += 1
                 wall = (time.perf_counter() - t0) / calls * 1000
                 cpu = (cluster.cpu_seconds()["worker0"] - cpu0) / calls * 1000
                 print(f"{kind:<10} {calls:>6} calls: {wall:.3f} ms wall per call, {cpu:.3f} ms worker CPU per call")
+            outbox.put(None)
 
 
 if __name__ == "__main__":
