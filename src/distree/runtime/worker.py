@@ -160,8 +160,7 @@ class BranchWorker(pb_grpc.WorkerServicer):
         """Create the per-stage batchers and the expiry task (inside the event loop)."""
         wait = self.options.max_wait_ms / 1000
         self._batchers = [
-            _StageBatcher(lambda x, k=k: self._run(k, x), self.options.max_batch, wait)
-            for k in range(self.num_stages)
+            _StageBatcher(lambda x, k=k: self._run(k, x), self.options.max_batch, wait) for k in range(self.num_stages)
         ]
         self._expiry = asyncio.get_running_loop().create_task(self._expire_loop())
 
