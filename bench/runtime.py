@@ -8,8 +8,9 @@ Prints, on this machine:
     in-process latency) / stages run (and that difference fitted as a cost per stage run
     plus a fixed cost per request); and coordinator + transport, per stage (wall time at
     the coordinator - the slowest worker's own time for the stage), also with only 2 and 1
-    workers up (fewer processes competing for the CPU); CPU each process spends per stage
-    at batch 1 (Linux /proc);
+    workers up (fewer processes competing for the CPU); CPU each process (and the client)
+    spends per stage at batch 1 (Linux /proc), and the floor that puts under a stage's
+    wall time when every process shares this machine's cores;
   throughput at saturation: runtime (calls of --batch inputs, --calls in flight) vs
     in-process (at its best of batch 32, 64, 128 and 256), in --rounds alternating rounds,
     median ratio; and the runtime with one input
@@ -110,9 +111,9 @@ def main() -> None:
         cluster.start_workers(student.num_branches)
         coord = cluster.start_coordinator(extra=["--policy", args.policy, "--mode", args.mode])
         run_infer(coord, images[:16], labels[:16], None, TLSFiles(), 1)  # warm-up
-        cpu0 = cluster.cpu_seconds()
+        cpu0, client0 = cluster.cpu_seconds(), time.process_time()
         single = run_infer(coord, images, labels, None, TLSFiles(), 1)
-        cpu1 = cluster.cpu_seconds()
+        cpu1, client1 = cluster.cpu_seconds(), time.process_time()
         # Saturation in alternating rounds (in-process, then runtime), so that both sides
         # of each ratio saw the same machine; the median ratio is the figure.
         rounds = []
@@ -139,6 +140,13 @@ def main() -> None:
     # CPU each process spent per stage at batch 1, against one branch's compute in one process.
     stages_run = sum(r["exit"] + 1 for r in single["requests"])
     cpu_per_stage = {n: round((cpu1[n] - cpu0[n]) / stages_run * 1000, 3) for n in cpu1}
+    cpu_per_stage["client"] = round((client1 - client0) / stages_run * 1000, 3)
+    # Every process shares this machine's cores, so a stage takes at least all their CPU
+    # per stage spread over every core: the floor its wall time cannot go below here.
+    cores = len(os.sched_getaffinity(0))
+    stage_floor_ms = sum(cpu_per_stage.values()) / cores
+    stage_wall = [s for r in single["requests"] for s in r["stage_ms"]]
+    slowest_worker = [w for r in single["requests"] for w in r["worker_ms"]]
     rt_ms = [r["latency_ms"] for r in single["requests"]]
     same_exit = [r["exit"] == e for r, e in zip(single["requests"], inproc_exit)]
     per_stage = [(r - p) / (e + 1) for r, p, e, ok in zip(rt_ms, inproc_ms, inproc_exit, same_exit) if ok]
@@ -170,6 +178,11 @@ def main() -> None:
         "per_stage_coordinator_transport_ms_p50_by_workers_up": fewer,
         "same_exit_fraction": sum(same_exit) / len(same_exit),
         "batch1_cpu_ms_per_stage": cpu_per_stage | {"in_process_one_thread": round(stage_cpu_ms, 3)},
+        "batch1_stage_ms_p50": {
+            "wall": float(np.percentile(stage_wall, 50)),
+            "slowest_worker": float(np.percentile(slowest_worker, 50)),
+            "cpu_floor": round(stage_floor_ms, 3),
+        },
         "throughput_per_s": {
             "runtime": sat["throughput_per_s"],
             "runtime_one_input_calls": sat1["throughput_per_s"],
@@ -204,9 +217,15 @@ def main() -> None:
     workers = [v for n, v in cpu_per_stage.items() if n.startswith("worker")]
     print(
         f"CPU per stage at batch 1: coordinator {cpu_per_stage['coordinator']:.2f} ms, each worker "
-        f"{min(workers):.2f}-{max(workers):.2f} ms; the whole stage in one process on one thread: "
-        f"{stage_cpu_ms:.2f} ms"
+        f"{min(workers):.2f}-{max(workers):.2f} ms, client {cpu_per_stage['client']:.2f} ms; the whole "
+        f"stage in one process on one thread: {stage_cpu_ms:.2f} ms"
     )
+    if args.mode == "lockstep":  # (eager workers run ahead: their stages overlap)
+        print(
+            f"stage wall time p50 at batch 1: {np.percentile(stage_wall, 50):.2f} ms (slowest worker's own "
+            f"{np.percentile(slowest_worker, 50):.2f} ms); floor from CPU: {stage_floor_ms:.2f} ms (all "
+            f"processes' CPU per stage over {cores} cores)"
+        )
     print(
         f"throughput at saturation: runtime {sat['throughput_per_s']:.0f}/s ({args.calls} calls of {args.batch} "
         f"in flight), in-process {inproc_best:.0f}/s (batch {best_b}, the best of "

@@ -52,6 +52,8 @@ class ExitLoop:
             self.logits = torch.zeros(self.exit.numel(), out.logits.shape[-1])
         forced = torch.zeros_like(stop) if force is None else force & ~stop
         stop = stop | forced
+        if not bool(stop.any()):  # the common case: every row goes on, nothing to re-index
+            return ~stop
         rows = self.alive[stop]
         self.exit[rows] = k
         self.logits[rows] = out.logits[stop].float()
