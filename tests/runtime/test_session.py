@@ -117,3 +117,31 @@ def test_a_stage_racing_itself_is_refused(worker):
     first, second = asyncio.run(go())
     assert first == "" and "already running a stage" in second
     assert _wait_active(address, 0) == 0
+
+
+def test_run_on_streams_every_stage_then_frees_the_group(worker):
+    """Eager over the session: one message, then every stage's vectors as they are ready."""
+    address, images = worker
+
+    async def go():
+        link = worker_link.WorkerLink(address, 0, TLSFiles(), None, worker_link.LinkOptions())
+        try:
+            info = await link.stub.Info(pb.InfoRequest(), timeout=5)
+            futures = link.run_on(pb.StageRequest(request_id="e", stage=0, input=to_proto(images)), info.num_stages)
+            return await asyncio.wait_for(asyncio.gather(*futures), 10)
+        finally:
+            await link.channel.close()
+
+    replies = asyncio.run(go())
+    assert [r.stage for r in replies] == list(range(len(replies))) and len(replies) > 1
+    assert all(list(r.pooled.shape)[0] == len(images) for r in replies)
+    assert _wait_active(address, 0) == 0  # the last stage frees the group
+
+
+def test_run_on_needs_a_session(worker):
+    address, images = worker
+    item = pb.StageRequest(request_id="u", stage=0, input=to_proto(images), run_on=True)
+    with grpc.insecure_channel(address) as ch:
+        reply = pb_grpc.WorkerStub(ch).RunStages(pb.StageBatch(items=[item]), timeout=5)
+    assert "run_on needs a Session" in reply.items[0].error
+    assert _active(address) == 0

@@ -136,9 +136,6 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                 w.failed(str(err))
                 continue
             reply = t.result()
-            if reply is None or reply.stage != k:
-                w.failed(f"stream ended before stage {k}")
-                continue
             try:
                 got[w] = from_proto(reply.pooled, f"branch {w.branch} vectors", ("float32",), (rows, None))
                 worker_ms = max(worker_ms, reply.compute_ms)
@@ -163,29 +160,28 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         loop = ExitLoop(self.student.heads, self.policy, self.thresholds, rows)
         branches: list[list[int]] = [[] for _ in range(rows)]
         first = pb.StageRequest(request_id=rid, stage=0, input=to_proto(images))
-        streams: dict[WorkerLink, grpc.aio.UnaryStreamCall] = {}
-        if self.options.mode == "eager":
-            timeout = self.options.stage_timeout_ms / 1000 * E
-            streams = {w: w.stub.RunAll(first, timeout=timeout, metadata=w.metadata) for w in active}
+        eager = self.options.mode == "eager"
+        # Eager: every worker runs on through all stages; one future per stage each.
+        ahead = {w: w.run_on(first, E) for w in active} if eager else {}
         stage_ms, worker_ms = [], []
         keep: list[int] = []
         any_deadline = bool(torch.isfinite(deadline_ms).any())
         try:
             for k in range(E):
                 t0 = time.perf_counter()
-                if streams:
-                    calls = {w: asyncio.ensure_future(_next(streams[w])) for w in active}
+                if eager:
+                    calls = {w: ahead[w][k] for w in active}
                 else:
                     req = first if k == 0 else pb.StageRequest(request_id=rid, stage=k, keep=keep)
                     calls = {w: w.run_stage(req) for w in active}
                 # Eager workers run every row; lockstep ones only the rows still running.
-                got, slowest = await self._gather(calls, k, rows if streams else loop.alive.numel())
+                got, slowest = await self._gather(calls, k, rows if eager else loop.alive.numel())
                 active = [w for w in active if w in got]
                 if not got:
                     raise NoBranchError(f"no branch answered stage {k}")
                 vectors: list[torch.Tensor | None] = [None] * n
                 for w, v in got.items():
-                    vectors[w.branch] = v[loop.alive] if streams else v
+                    vectors[w.branch] = v[loop.alive] if eager else v
                 dt = (time.perf_counter() - t0) * 1000
                 stage_ms.append(dt)
                 worker_ms.append(slowest)
@@ -210,13 +206,14 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                     break
                 keep = go_on.nonzero().flatten().tolist() if not bool(go_on.all()) else []
         finally:
-            stopped_early = len(stage_ms) < E
-            for call in streams.values():
-                call.cancel()  # the worker drops the state when its stream is cancelled
-            if not streams:
-                # Workers that answered the last stage freed the state themselves.
-                finished = [] if stopped_early else active
-                self._drop_later(rid, [w for w in started if w not in finished])
+            for futures in ahead.values():
+                for f in futures:
+                    if not f.cancel() and not f.cancelled():
+                        f.exception()  # a stage that failed after the answer is no news
+            # Workers that answered the last stage freed the state themselves; the others
+            # drop it now (eager ones stop running on).
+            finished = [] if len(stage_ms) < E else active
+            self._drop_later(rid, [w for w in started if w not in finished])
         probs = torch.softmax(loop.logits, dim=-1)
         results = []
         for r, (e, p) in enumerate(zip(loop.exit.tolist(), probs.tolist())):
@@ -322,12 +319,6 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             exit_macs=self.exit_macs,
             full_macs=int(self.student.macs.full()),
         )
-
-
-async def _next(call: grpc.aio.UnaryStreamCall):
-    """The next message of a server stream, or None at its end."""
-    msg = await call.read()
-    return None if msg is grpc.aio.EOF else msg
 
 
 async def serve_coordinator(

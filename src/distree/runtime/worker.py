@@ -277,6 +277,8 @@ class BranchWorker(pb_grpc.WorkerServicer):
 
         async def one(item: pb.StageRequest) -> pb.StageReply:
             try:
+                if item.run_on and session is None:
+                    raise StageError(grpc.StatusCode.INVALID_ARGUMENT, "run_on needs a Session stream")
                 return await self._stage(item, item.stage, session)
             except StageError as err:
                 return pb.StageReply(stage=item.stage, request_id=item.request_id, error=err.message)
@@ -290,8 +292,9 @@ class BranchWorker(pb_grpc.WorkerServicer):
         return await self._run_batch(request)
 
     async def Session(self, request_iterator, context):  # noqa: N802
-        """Lockstep over one stream: every StageBatch gets its reply as soon as it is done
-        (batches run concurrently). When it ends, the requests it started are dropped at
+        """Both modes over one stream: every StageBatch gets its reply as soon as it is done
+        (batches run concurrently), and a ``run_on`` item (eager) one more reply per later
+        stage, until it is dropped. When it ends, the requests it started are dropped at
         once (the coordinator died or cancelled it), unless a batch said ``handover``: then
         they live on, reached through the coordinator's next session."""
         session = object()
@@ -301,21 +304,43 @@ class BranchWorker(pb_grpc.WorkerServicer):
 
         async def run(batch: pb.StageBatch) -> None:
             try:
-                replies.put_nowait(await self._run_batch(batch, session))
+                reply = await self._run_batch(batch, session)
             except Exception as err:  # noqa: BLE001 - the batch is answered, the stream lives
                 log.exception("stage batch failed")
                 items = [pb.StageReply(stage=i.stage, request_id=i.request_id, error=str(err)) for i in batch.items]
                 replies.put_nowait(pb.StageBatchReply(items=items, seq=batch.seq))
+                return
+            replies.put_nowait(reply)
+            for item, answer in zip(batch.items, reply.items):
+                if item.run_on and not answer.error:
+                    spawn(run_on(item.request_id, item.stage + 1, batch.seq))
+
+        async def run_on(rid: str, first: int, seq: int) -> None:
+            """Eager: the request's later stages, one reply each, until it is dropped."""
+            for k in range(first, self.num_stages):
+                try:
+                    answer = await self._stage(pb.StageRequest(request_id=rid, stage=k), k, session)
+                except StageError:
+                    return  # dropped (the coordinator has its answer) or expired
+                except Exception as err:  # noqa: BLE001 - the coordinator hears of it
+                    log.exception("stage failed")
+                    answer = pb.StageReply(stage=k, request_id=rid, error=str(err))
+                replies.put_nowait(pb.StageBatchReply(items=[answer], seq=seq))
+                if answer.error:
+                    return
+
+        def spawn(coro) -> None:
+            task = asyncio.ensure_future(coro)
+            running.add(task)
+            task.add_done_callback(running.discard)
 
         async def read() -> None:
             nonlocal handover
             try:
                 async for batch in request_iterator:
                     handover = handover or batch.handover
-                    task = asyncio.ensure_future(run(batch))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-                if running:
+                    spawn(run(batch))
+                while running:  # (eager followers may start while we wait)
                     await asyncio.wait(set(running))
             finally:
                 replies.put_nowait(None)
@@ -333,24 +358,6 @@ class BranchWorker(pb_grpc.WorkerServicer):
             if not handover:
                 for rid in [r for r, s in self.states.items() if s.session is session]:
                     self._drop(rid, "cancel")
-
-    async def RunAll(self, request, context):  # noqa: N802
-        """Run every stage from 0 and stream each vector (eager mode); cancel to stop."""
-        if request.stage != 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "RunAll starts at stage 0")
-        rid = request.request_id
-        # A cancelled stream may end at an await (CancelledError) or at a yield (the
-        # generator is closed): either way the request's state goes at once.
-        context.add_done_callback(lambda _: self._drop(rid, "cancel"))
-        try:
-            for k in range(self.num_stages):
-                try:
-                    reply = await self._stage(request, k)
-                except StageError as err:
-                    await context.abort(err.code, err.message)
-                yield reply
-        finally:
-            self._drop(rid, "cancel")
 
     async def Drop(self, request, context):  # noqa: N802
         """Forget a request's state."""

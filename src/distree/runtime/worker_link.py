@@ -1,7 +1,7 @@
 """The coordinator's connection to one worker: stage calls, drops, health and back-off.
 
-Lockstep stages travel on one long-lived ``Session`` stream per worker: a message on an
-open stream costs a fraction of a unary call (see ``bench/grpc_unary_vs_stream.py``).
+Stages travel on one long-lived ``Session`` stream per worker, in both modes: a message
+on an open stream costs a fraction of a call (see ``bench/grpc_unary_vs_stream.py``).
 Under load, the stages (and drops) that many groups send in one turn of the event loop
 go out as one message.
 """
@@ -40,15 +40,21 @@ class LinkOptions:
     retry_max_s: float = 5.0
 
 
+_Key = tuple[str, int]  # (request id, stage): what a reply answers
+
+
 class _Session:
-    """One open Session stream: writes StageBatches, routes each reply to its waiters."""
+    """One open Session stream: writes StageBatches, routes each reply to its waiter."""
 
     def __init__(self, stub: pb_grpc.WorkerStub, metadata, on_end):
         self.opened = time.monotonic()
         self._out: asyncio.Queue[pb.StageBatch | None] = asyncio.Queue()
-        self._waiting: dict[int, list[asyncio.Future]] = {}
+        # A waiter leaves when answered or cancelled (a stage deadline, or an eager
+        # request's later stages once it has exited).
+        self._waiting: dict[_Key, asyncio.Future] = {}
         self._seq = itertools.count(1)
         self._closing = False
+        self._ended = False  # the end of the request stream is queued
         # The deadline bounds the stream's life; the link rotates to a new session well before.
         self._call = stub.Session(self._requests(), timeout=SESSION_ROTATE_S + SESSION_DRAIN_S, metadata=metadata)
         self._reader = asyncio.ensure_future(self._read(on_end))
@@ -58,19 +64,30 @@ class _Session:
         """Takes new batches: open, and not yet due to rotate."""
         return not self._closing and time.monotonic() - self.opened < SESSION_ROTATE_S
 
-    def send(self, batch: pb.StageBatch, waiters: list[asyncio.Future]) -> None:
-        """Queue a batch; ``waiters`` (one per item) get the item's StageReply."""
+    def send(self, batch: pb.StageBatch, waiters: dict[_Key, asyncio.Future]) -> None:
+        """Queue a batch; each waiter gets the StageReply for its (request id, stage)."""
         batch.seq = next(self._seq)
-        self._waiting[batch.seq] = waiters
+        for key, f in waiters.items():
+            self._waiting[key] = f
+            f.add_done_callback(lambda f, key=key: self._forget(key, f))
         self._out.put_nowait(batch)
+
+    def _forget(self, key: _Key, f: asyncio.Future) -> None:
+        if self._waiting.get(key) is f:
+            del self._waiting[key]
+        self._end_if_drained()
+
+    def _end_if_drained(self) -> None:
+        if self._closing and not self._waiting and not self._ended:
+            self._ended = True
+            self._out.put_nowait(None)
 
     def close(self) -> None:
         """Take no more batches; the stream ends once the pending ones are answered, and
         the worker keeps what it started (the next session carries on with it)."""
         self._closing = True
         self._out.put_nowait(pb.StageBatch(handover=True, seq=next(self._seq)))
-        if not self._waiting:
-            self._out.put_nowait(None)
+        self._end_if_drained()
 
     async def _requests(self):
         while (batch := await self._out.get()) is not None:
@@ -80,26 +97,25 @@ class _Session:
         err: Exception = SessionEnded("the worker ended the stream")
         try:
             async for reply in self._call:
-                for f, item in zip(self._waiting.pop(reply.seq, []), reply.items):
-                    if f.done():
-                        continue  # the stage deadline passed; the coordinator moved on
+                for item in reply.items:
+                    f = self._waiting.pop((item.request_id, item.stage), None)
+                    if f is None or f.done():
+                        continue  # the coordinator moved on (a deadline, or an exit)
                     if item.error:
                         f.set_exception(RuntimeError(item.error))
                     else:
                         f.set_result(item)
-                if self._closing and not self._waiting:
-                    self._out.put_nowait(None)
+                self._end_if_drained()
         except grpc.aio.AioRpcError as rpc_err:
             err = rpc_err
         except asyncio.CancelledError:
             err = SessionEnded("the session was cancelled")
             raise
         finally:
-            for waiters in self._waiting.values():
-                for f in waiters:
-                    if not f.done():
-                        f.set_exception(err)
-            self._waiting.clear()
+            waiting, self._waiting = self._waiting, {}
+            for f in waiting.values():
+                if not f.done():
+                    f.set_exception(err)
             self._closing = True
             on_end(self)
 
@@ -119,16 +135,27 @@ class WorkerLink:
         self._backoff = opts.retry_initial_s
         self.next_try = 0.0
         self._session: _Session | None = None
-        self._pending: list[tuple[pb.StageRequest, asyncio.Future]] = []
+        self._pending: list[tuple[pb.StageRequest, dict[_Key, asyncio.Future]]] = []
         self._drops: list[str] = []
         self._flush_scheduled = False
 
     def run_stage(self, request: pb.StageRequest) -> asyncio.Future:
         """Queue one request's stage for this worker; the future gets its StageReply."""
-        fut = asyncio.get_running_loop().create_future()
-        self._pending.append((request, fut))
+        return self._queue(request, 1)[0]
+
+    def run_on(self, request: pb.StageRequest, num_stages: int) -> list[asyncio.Future]:
+        """Eager: queue a request's stage and have the worker run every later one too; one
+        future per stage from ``request.stage``. Cancel those not needed, and drop the
+        request to stop the worker."""
+        request.run_on = True
+        return self._queue(request, num_stages - request.stage)
+
+    def _queue(self, request: pb.StageRequest, stages: int) -> list[asyncio.Future]:
+        loop = asyncio.get_running_loop()
+        waiters = {(request.request_id, request.stage + i): loop.create_future() for i in range(stages)}
+        self._pending.append((request, waiters))
         self._schedule_flush()
-        return fut
+        return list(waiters.values())
 
     def drop(self, request_id: str) -> None:
         """Queue a request for the worker to forget (sent with the next batch)."""
@@ -150,7 +177,8 @@ class WorkerLink:
             if self._session is not None:
                 self._session.close()
             self._session = _Session(self.stub, self.metadata, self._session_ended)
-        self._session.send(pb.StageBatch(items=[r for r, _ in items], drop=drops), [f for _, f in items])
+        waiters = {key: f for _, ws in items for key, f in ws.items()}
+        self._session.send(pb.StageBatch(items=[r for r, _ in items], drop=drops), waiters)
 
     def _session_ended(self, session: _Session) -> None:
         if self._session is session:

@@ -17,16 +17,18 @@ class Tensor(_message.Message):
     def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class StageRequest(_message.Message):
-    __slots__ = ("request_id", "stage", "input", "keep")
+    __slots__ = ("request_id", "stage", "input", "keep", "run_on")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     KEEP_FIELD_NUMBER: _ClassVar[int]
+    RUN_ON_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     stage: int
     input: Tensor
     keep: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, request_id: _Optional[str] = ..., stage: _Optional[int] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., keep: _Optional[_Iterable[int]] = ...) -> None: ...
+    run_on: bool
+    def __init__(self, request_id: _Optional[str] = ..., stage: _Optional[int] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., keep: _Optional[_Iterable[int]] = ..., run_on: _Optional[bool] = ...) -> None: ...
 
 class StageReply(_message.Message):
     __slots__ = ("stage", "pooled", "compute_ms", "request_id", "error")

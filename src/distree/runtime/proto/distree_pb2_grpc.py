@@ -49,11 +49,6 @@ class WorkerStub:
                 request_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatch.SerializeToString,
                 response_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatchReply.FromString,
                 _registered_method=True)
-        self.RunAll = channel.unary_stream(
-                '/distree.v1.Worker/RunAll',
-                request_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageRequest.SerializeToString,
-                response_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageReply.FromString,
-                _registered_method=True)
         self.Drop = channel.unary_unary(
                 '/distree.v1.Worker/Drop',
                 request_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.DropRequest.SerializeToString,
@@ -84,16 +79,10 @@ class WorkerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Session(self, request_iterator, context):
-        """Lockstep over one long-lived stream (what the coordinator uses): one reply per batch,
-        with its seq, in the order they finish. Requests started on a session are dropped
-        when it ends, unless a batch said handover.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def RunAll(self, request, context):
-        """Eager: start at stage 0 and stream every stage's vector; cancel the call to stop.
+        """One long-lived stream (what the coordinator uses, in both modes): one reply per batch,
+        with its seq, in the order they finish, and one more per later stage of each run_on
+        item. Requests started on a session are dropped when it ends, unless a batch said
+        handover.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,11 +118,6 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Session,
                     request_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatch.FromString,
                     response_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatchReply.SerializeToString,
-            ),
-            'RunAll': grpc.unary_stream_rpc_method_handler(
-                    servicer.RunAll,
-                    request_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageRequest.FromString,
-                    response_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageReply.SerializeToString,
             ),
             'Drop': grpc.unary_unary_rpc_method_handler(
                     servicer.Drop,
@@ -227,33 +211,6 @@ class Worker:
             '/distree.v1.Worker/Session',
             distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatch.SerializeToString,
             distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatchReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def RunAll(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/distree.v1.Worker/RunAll',
-            distree_dot_runtime_dot_proto_dot_distree__pb2.StageRequest.SerializeToString,
-            distree_dot_runtime_dot_proto_dot_distree__pb2.StageReply.FromString,
             options,
             channel_credentials,
             insecure,
