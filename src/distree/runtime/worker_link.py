@@ -144,9 +144,9 @@ class WorkerLink:
         return self._queue(request, 1)[0]
 
     def run_on(self, request: pb.StageRequest, num_stages: int) -> list[asyncio.Future]:
-        """Eager: queue a request's stage and have the worker run every later one too; one
-        future per stage from ``request.stage``. Cancel those not needed, and drop the
-        request to stop the worker."""
+        """Eager: queue a request's stage and have the worker run every later one too (sets
+        ``request.run_on``); one future per stage from ``request.stage``. Cancel those not
+        needed, and drop the request to stop the worker."""
         request.run_on = True
         return self._queue(request, num_stages - request.stage)
 
