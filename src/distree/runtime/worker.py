@@ -141,8 +141,8 @@ class BranchWorker(pb_grpc.WorkerServicer):
         self.stages_run = 0
         self.dropped = 0
         self.expired = 0
-        # One compute thread: torch already uses every core inside an op, and one
-        # thread keeps batches from competing with each other.
+        # One compute thread for the larger batches: torch already uses every core inside
+        # an op, and one thread keeps them from competing with each other.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage")
         self._batchers: list[_StageBatcher] = []
 
