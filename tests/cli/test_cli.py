@@ -45,6 +45,17 @@ def test_train_then_eval_writes_every_field(tmp_path, image_folder, capsys):
     assert main(["calibrate", str(run), "--data", str(image_folder), "--max-drop", "1"]) == 0
 
 
+def test_train_time_limit_exits_3_and_says_how_to_continue(tmp_path, image_folder, capsys):
+    cfg = tmp_path / "cfg.json"
+    dump_json(tiny_run_config(epochs=1), cfg)
+    argv = ["train", "--data", str(image_folder), "--out", str(tmp_path / "run"), "--config", str(cfg)]
+    assert main([*argv, "--time-limit", "0.000001"]) == 3
+    assert "Run the same command again to continue" in capsys.readouterr().err
+    assert main([*argv, "--time-limit", "-1"]) == 2
+    assert "--time-limit must be a positive" in capsys.readouterr().err
+    assert main([*argv, "--time-limit", "60"]) == 0
+
+
 def test_bad_config_names_the_field(tmp_path, image_folder, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("student: {embed_dim: 0}\n")

@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 from distree.data import load_data
 from distree.run import RunDir
 from distree.training import loop
+from distree.training.loop import TimeLimitReached
 from distree.training.pipeline import RunExistsError, train_run
 
 
@@ -70,3 +71,41 @@ def test_resume_refuses_another_config(tmp_path, splits):
     train_run(tmp_path / "r", splits, tiny_run_config(epochs=1), torch.device("cpu"), log=lambda m: None)
     with pytest.raises(RunExistsError, match="different configuration"):
         train_run(tmp_path / "r", splits, tiny_run_config(epochs=2), torch.device("cpu"), log=lambda m: None)
+
+
+def test_time_limit_stops_at_an_epoch_boundary_and_the_run_continues(tmp_path, splits, monkeypatch):
+    cfg = tiny_run_config(epochs=3)
+    ref = train_run(tmp_path / "ref", splits, cfg, torch.device("cpu"), log=lambda m: None)
+
+    # No epoch timed yet: an epoch running at the deadline is abandoned, nothing is saved.
+    with pytest.raises(TimeLimitReached, match="during epoch 1/3"):
+        train_run(tmp_path / "cut", splits, cfg, torch.device("cpu"), log=lambda m: None, time_limit=0)
+    assert not (tmp_path / "cut" / "resume").exists()
+
+    real = loop.save_train_state
+    saved = []
+
+    def crash_after_second_teacher_epoch(path, *a, **k):
+        real(path, *a, **k)
+        saved.append(path)
+        if len(saved) == 2:  # saved, but killed before the epoch was logged
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_train_state", crash_after_second_teacher_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(tmp_path / "cut", splits, cfg, torch.device("cpu"), log=lambda m: None)
+    monkeypatch.setattr(loop, "save_train_state", real)
+
+    # One epoch is timed (in metrics.jsonl, by the earlier process), and the third cannot
+    # fit in a microsecond: the run stops before it, with its state kept.
+    with pytest.raises(TimeLimitReached, match="after epoch 2/3"):
+        train_run(tmp_path / "cut", splits, cfg, torch.device("cpu"), log=lambda m: None, time_limit=1e-6)
+    assert (tmp_path / "cut" / "resume" / "teacher.safetensors").is_file()
+    logs = []
+    resumed = train_run(tmp_path / "cut", splits, cfg, torch.device("cpu"), log=logs.append, time_limit=3600)
+    assert any("teacher: resuming after epoch 2/3" in m for m in logs)
+    a, b = load_file(str(ref.student_file)), load_file(str(resumed.student_file))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows = [json.loads(line) for line in resumed.metrics_file.read_text().splitlines()]
+    assert [(r["phase"], r["epoch"]) for r in rows] == [("teacher", e) for e in (1, 3)] + [("student", e) for e in (1, 2, 3)]

@@ -22,6 +22,10 @@ from distree.hardware import pick_device
 from distree.policies import POLICIES
 
 
+# `distree train --time-limit` stopped before the end: not an error, but not finished either.
+EXIT_TIME_LIMIT = 3
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -38,6 +42,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train teacher and student into --out."""
+    from distree.training.loop import TimeLimitReached
     from distree.training.pipeline import train_run
 
     config = load_run_config(args.config)
@@ -56,8 +61,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{len(splits.test)} test, {splits.image_size}x{splits.image_size}x{splits.in_channels}, "
         f"{splits.num_classes} classes; loaded in {time.perf_counter() - t0:.1f}s; device {device}"
     )
+    if args.time_limit is not None and args.time_limit <= 0:
+        raise ConfigError(f"--time-limit must be a positive number of minutes, got {args.time_limit}")
     teacher = Path(args.teacher) if args.teacher else None
-    run = train_run(Path(args.out), splits, config, device, teacher_from=teacher, log=_log)
+    limit = None if args.time_limit is None else args.time_limit * 60 - (time.perf_counter() - t0)
+    try:
+        run = train_run(Path(args.out), splits, config, device, teacher_from=teacher, log=_log, time_limit=limit)
+    except TimeLimitReached as stop:
+        _log(f"{stop}. Run the same command again to continue from there.")
+        return EXIT_TIME_LIMIT
     _log(f"done in {time.perf_counter() - t0:.0f}s: {run.path}")
     return 0
 
@@ -147,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="epochs of each phase (overrides the config)")
     p.add_argument("--limit", type=int, help="use only this many training samples (quick runs)")
     p.add_argument("--teacher", help="take the trained teacher from this run directory")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="MINUTES",
+        help=f"stop at the last epoch boundary that fits in MINUTES (exit status {EXIT_TIME_LIMIT}); "
+        "the same command run again continues",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run on the test split")

@@ -16,8 +16,15 @@ from tqdm import tqdm
 from distree.config import DataConfig, OptimConfig
 from distree.data.augment import Normalization, random_crop_flip
 from distree.data.dataset import ImageSet
-from distree.hardware import autocast
+from distree.hardware import autocast, training_memory_format
 from distree.training.checkpoint import load_train_state, save_train_state, save_weights
+
+
+class TimeLimitReached(Exception):
+    """Training stopped at an epoch boundary because the next epoch would pass the deadline.
+
+    The resume state of the last finished epoch is on disk: the same command continues.
+    """
 
 
 @dataclass
@@ -57,10 +64,16 @@ def train_phase(
     metrics_file: Path,
     final_weights: Path,
     log: Callable[[str], None] = print,
+    deadline: float | None = None,
 ) -> None:
-    """Train ``phase`` to its last epoch, resuming from ``resume_dir`` when a state is there."""
-    # channels_last runs convolutions 2-3x faster on CPU (oneDNN) and suits tensor cores.
-    obj = phase.objective.to(device, memory_format=torch.channels_last)
+    """Train ``phase`` to its last epoch, resuming from ``resume_dir`` when a state is there.
+
+    ``deadline`` (a ``time.monotonic()`` value): raise ``TimeLimitReached`` at the first
+    epoch boundary after which the next epoch, timed as the slowest one so far, would end
+    past it. An epoch still running at the deadline is abandoned, not saved.
+    """
+    memory_format = training_memory_format(device)
+    obj = phase.objective.to(device, memory_format=memory_format)
     opt = make_optimizer(obj, phase.optim)
     cfg = phase.optim
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
@@ -73,7 +86,13 @@ def train_phase(
         log(f"{phase.name}: resuming after epoch {start}/{cfg.epochs}")
     images = train.images.to(device)
     labels = train.labels.to(device)
+    epoch_seconds = _past_epoch_seconds(metrics_file, phase.name)
     for epoch in range(start, cfg.epochs):
+        if deadline is not None and epoch_seconds and time.monotonic() + max(epoch_seconds) > deadline:
+            raise TimeLimitReached(
+                f"{phase.name}: stopped after epoch {epoch}/{cfg.epochs}: the next one (about "
+                f"{max(epoch_seconds):.0f} s) would pass the time limit"
+            )
         # Seeding per epoch makes an epoch's shuffling, augmentation and drop-out the same
         # whether or not training was interrupted before it.
         torch.manual_seed(seed * 100_003 + epoch * 7919 + (phase.name == "student"))
@@ -89,7 +108,7 @@ def train_phase(
                 g["lr"] = lr
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             x, mirror = random_crop_flip(norm(images[idx]), data_cfg.crop_padding, data_cfg.flip)
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=memory_format)
             with autocast(device):
                 loss, terms = obj(x, labels[idx], idx, mirror)
             if not torch.isfinite(loss):
@@ -103,6 +122,11 @@ def train_phase(
                 sums[k] = sums.get(k, 0) + v.float() * len(idx)
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeLimitReached(
+                    f"{phase.name}: stopped during epoch {epoch + 1}/{cfg.epochs} at the time limit; "
+                    f"it starts again from epoch {epoch + 1}"
+                )
         train_terms = {k: round(float(v) / len(train), 5) for k, v in sums.items()}
         val = phase.validate()
         record = {
@@ -113,14 +137,33 @@ def train_phase(
             "val": val,
             "seconds": round(time.perf_counter() - t0, 1),
         }
-        with metrics_file.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        log(
-            f"{phase.name} epoch {epoch + 1}/{cfg.epochs}: "
-            f"loss {train_terms['loss']:.4f} val {val} ({record['seconds']}s)"
-        )
         resume_dir.mkdir(parents=True, exist_ok=True)
         save_train_state(state_file, obj, opt, {"epochs_done": epoch + 1})
+        # Written after the state, so that every epoch in the log can be resumed from.
+        with metrics_file.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        epoch_seconds.append(record["seconds"])
+        left = cfg.epochs - epoch - 1
+        eta = f", {phase.name} done in about {_duration(left * sum(epoch_seconds) / len(epoch_seconds))}" if left else ""
+        log(
+            f"{phase.name} epoch {epoch + 1}/{cfg.epochs}: "
+            f"loss {train_terms['loss']:.4f} val {val} ({record['seconds']}s{eta})"
+        )
     save_weights(phase.objective.trained, final_weights)
     state_file.unlink(missing_ok=True)
     state_file.with_suffix(".json").unlink(missing_ok=True)
+
+
+def _past_epoch_seconds(metrics_file: Path, phase: str) -> list[float]:
+    """Durations of this phase's epochs logged by earlier processes (for the time limit)."""
+    if not metrics_file.is_file():
+        return []
+    rows = (json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip())
+    return [r["seconds"] for r in rows if r.get("phase") == phase]
+
+
+def _duration(seconds: float) -> str:
+    """``3 h 05 min`` / ``12 min`` / ``40 s``."""
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"

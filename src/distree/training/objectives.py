@@ -48,7 +48,7 @@ class TeacherTargets:
         teacher.eval()
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
-                x = norm(images[start : start + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
+                x = norm(images[start : start + batch_size].to(device))
                 with autocast(device):
                     views = [teacher(x), teacher(x.flip(3))]
                 # Interleave so that row 2*i + m is image i, mirrored when m == 1.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from distree.data.dataset import DataSplits
 from distree.evaluation.predict import accuracy, student_exits, teacher_logits
 from distree.run import DataInfo, RunDir, RunMeta
 from distree.training.checkpoint import load_weights
-from distree.training.loop import Phase, train_phase
+from distree.training.loop import Phase, TimeLimitReached, train_phase
 from distree.training.objectives import StudentObjective, TeacherObjective, TeacherTargets
 
 
@@ -60,13 +61,19 @@ def train_run(
     device: torch.device,
     teacher_from: Path | None = None,
     log: Callable[[str], None] = print,
+    time_limit: float | None = None,
 ) -> RunDir:
-    """Train (or resume) the teacher and the student of one run; returns the run directory."""
+    """Train (or resume) the teacher and the student of one run; returns the run directory.
+
+    ``time_limit`` (seconds from now): stop cleanly with ``TimeLimitReached`` at the last
+    epoch boundary that fits; the same call on the same directory then continues.
+    """
     run = RunDir(out)
     meta = _prepare(run, config, splits, teacher_from)
     if run.student_file.is_file():
         raise RunExistsError(f"{run.path} is a finished run; evaluate it or use another --out")
     norm = meta.data.normalization
+    deadline = None if time_limit is None else time.monotonic() + time_limit
     torch.manual_seed(config.seed)
     val = splits.val
     common = dict(
@@ -78,6 +85,7 @@ def train_run(
         resume_dir=run.resume_dir,
         metrics_file=run.metrics_file,
         log=log,
+        deadline=deadline,
     )
 
     teacher = run.build_teacher(meta)
@@ -108,6 +116,8 @@ def train_run(
         return {"exit_accuracy": [round(a, 4) for a in accuracy(rec.logits, val.labels)]}
 
     targets = None
+    if deadline is not None and time.monotonic() > deadline:
+        raise TimeLimitReached("stopped after the teacher phase at the time limit; the student phase is next")
     if config.data.crop_padding == 0:
         log("student: computing the teacher's outputs on every training view once (no crop augmentation)")
         targets = TeacherTargets(teacher, splits.train.images, norm, config.eval_batch_size, device)
