@@ -103,6 +103,13 @@ class DistillConfig(_Strict):
     temperature: float = Field(4.0, gt=0)
     ft_weight: float = Field(1.0, ge=0, description="weight of the feature-transfer term")
     branch_dropout: float = Field(0.15, ge=0, lt=1, description="probability that a branch is dropped for a sample")
+    teacher_views: int = Field(
+        0,
+        ge=0,
+        description="with crop augmentation: compute the teacher's outputs once on this many random views "
+        "(crop + flip) of each training image and train the student on those views; 0 runs the teacher at "
+        "every step. Without crops the flip views are always computed once.",
+    )
 
 
 class DataConfig(_Strict):

@@ -56,6 +56,15 @@ def test_train_time_limit_exits_3_and_says_how_to_continue(tmp_path, image_folde
     assert main([*argv, "--time-limit", "60"]) == 0
 
 
+def test_train_sizes_an_unset_config_and_warns_of_a_short_schedule(tmp_path, image_folder, capsys):
+    # The time limit stops it at the first step: what matters is said before training starts.
+    argv = ["train", "--data", str(image_folder), "--out", str(tmp_path / "run"), "--epochs", "1"]
+    assert main([*argv, "--time-limit", "0.000001"]) == 3
+    err = capsys.readouterr().err
+    assert "sized for the data set" in err and "teacher WRN-16-2" in err
+    assert "warning: teacher: 2 optimizer steps (1 epoch of 2 batches of 32) are too few to learn from" in err
+
+
 def test_bad_config_names_the_field(tmp_path, image_folder, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("student: {embed_dim: 0}\n")

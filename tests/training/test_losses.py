@@ -1,3 +1,4 @@
+import pytest
 import torch
 from conftest import tiny_student_config
 
@@ -60,27 +61,35 @@ def test_terms_vanish_when_student_matches_teacher():
     assert terms["kd"].abs() < 1e-5 and terms["ft"].abs() < 1e-5 and terms["ce"] > 0
 
 
-def test_precomputed_teacher_targets_equal_the_live_teacher():
-    """The cached teacher outputs of a (sample, mirror) view give the loss the teacher gives."""
-    from distree.data.augment import Normalization
-    from distree.training.objectives import TeacherTargets
+@pytest.mark.parametrize("padding, views", [(0, 0), (2, 3)])
+def test_precomputed_teacher_targets_equal_the_live_teacher(padding, views):
+    """The cached teacher outputs of a view give the loss the teacher gives on that view:
+    the two flips without crops, and V seeded crop + flip views per image with crops."""
+    from distree.data.augment import Normalization, apply_views
+    from distree.training.objectives import TeacherTargets, ViewTable
 
     obj = _objective(branch_dropout=0.0)
     obj.eval()
     images = torch.randint(0, 256, (7, 3, 8, 8), dtype=torch.uint8)
     norm = Normalization.fit(images)
-    targets = TeacherTargets(obj._teacher[0], images, norm, batch_size=3, device=torch.device("cpu"))
-    assert targets.logits.shape == (14, 4)
-    sample = torch.tensor([5, 0, 3, 3])
-    mirror = torch.tensor([True, False, False, True])
-    x = norm(images[sample])
-    x = torch.where(mirror[:, None, None, None], x.flip(3), x)
-    y = torch.randint(0, 4, (4,))
+    table = ViewTable(len(images), padding, flip=True, views=views, seed=0)
+    assert table.per_image == (2 if padding == 0 else views)
+    targets = TeacherTargets(obj._teacher[0], images, norm, table, batch_size=4, device=torch.device("cpu"))
+    assert targets.logits.shape == (7 * table.per_image, 4)
+    sample = torch.tensor([5, 0, 3, 3, 6])
+    torch.manual_seed(1)
+    picked, rows = table.draw(sample)
+    assert torch.equal(rows // table.per_image, sample)
+    x = apply_views(norm(images[sample]), padding, picked)
+    y = torch.randint(0, 4, (5,))
     live_loss, live = obj(x, y)
     obj.targets = targets
-    cached_loss, cached = obj(x, y, sample, mirror)
+    cached_loss, cached = obj(x, y, rows)
     torch.testing.assert_close(cached_loss, live_loss, rtol=1e-5, atol=1e-5)
     assert cached["kd"] > 0
-    # A wrong view (the other mirror) gives a different loss: the lookup is not a no-op.
-    other_loss, _ = obj(x, y, sample, ~mirror)
+    # Another view of the same images gives a different loss: the lookup is not a no-op.
+    other = sample * table.per_image + (rows + 1) % table.per_image
+    other_loss, _ = obj(x, y, other)
     assert (other_loss - live_loss).abs() > 1e-4
+    with pytest.raises(ValueError, match="pass the view rows"):
+        obj(x, y)

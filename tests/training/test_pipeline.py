@@ -74,7 +74,9 @@ def test_resume_refuses_another_config(tmp_path, splits):
 
 
 def test_time_limit_stops_at_an_epoch_boundary_and_the_run_continues(tmp_path, splits, monkeypatch):
+    # With crops and teacher_views: the student trains on two precomputed views per image.
     cfg = tiny_run_config(epochs=3)
+    cfg = cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"teacher_views": 2})})
     ref = train_run(tmp_path / "ref", splits, cfg, torch.device("cpu"), log=lambda m: None)
 
     # No epoch timed yet: an epoch running at the deadline is abandoned, nothing is saved.
@@ -108,4 +110,6 @@ def test_time_limit_stops_at_an_epoch_boundary_and_the_run_continues(tmp_path, s
     for k in a:
         assert torch.equal(a[k], b[k]), k
     rows = [json.loads(line) for line in resumed.metrics_file.read_text().splitlines()]
-    assert [(r["phase"], r["epoch"]) for r in rows] == [("teacher", e) for e in (1, 3)] + [("student", e) for e in (1, 2, 3)]
+    assert [(r["phase"], r["epoch"]) for r in rows] == [("teacher", e) for e in (1, 3)] + [
+        ("student", e) for e in (1, 2, 3)
+    ]

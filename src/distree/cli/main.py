@@ -44,7 +44,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train teacher and student into --out."""
     from distree.training.loop import TimeLimitReached
     from distree.training.pipeline import train_run
+    from distree.training.sizing import fit_to_data, too_few_steps
 
+    if args.time_limit is not None and args.time_limit <= 0:
+        raise ConfigError(f"--time-limit must be a positive number of minutes, got {args.time_limit}")
     config = load_run_config(args.config)
     if args.epochs is not None:
         config = config.with_epochs(args.epochs)
@@ -61,8 +64,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{len(splits.test)} test, {splits.image_size}x{splits.image_size}x{splits.in_channels}, "
         f"{splits.num_classes} classes; loaded in {time.perf_counter() - t0:.1f}s; device {device}"
     )
-    if args.time_limit is not None and args.time_limit <= 0:
-        raise ConfigError(f"--time-limit must be a positive number of minutes, got {args.time_limit}")
+    config, sized = fit_to_data(config, len(splits.train))
+    if sized:
+        _log("sized for the data set (unset in the config): " + "; ".join(sized))
+    for warning in too_few_steps(config, len(splits.train)):
+        _log(f"warning: {warning}")
     teacher = Path(args.teacher) if args.teacher else None
     limit = None if args.time_limit is None else args.time_limit * 60 - (time.perf_counter() - t0)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,48 @@ class Normalization:
         return (images.float() / 255 - mean) / std
 
 
+class Views(NamedTuple):
+    """Augmentation parameters, one per image (or per image and view): crop offsets in
+    0..2*padding and horizontal mirroring."""
+
+    dy: torch.Tensor  # int64
+    dx: torch.Tensor  # int64
+    mirror: torch.Tensor  # bool
+
+
+def random_views(
+    shape: tuple[int, ...], padding: int, flip: bool, generator: torch.Generator | None = None, device=None
+) -> Views:
+    """Uniform crop offsets and fair-coin mirroring, each of ``shape``."""
+
+    def offsets() -> torch.Tensor:
+        if not padding:
+            return torch.zeros(shape, dtype=torch.long, device=device)
+        return torch.randint(0, 2 * padding + 1, shape, device=device, generator=generator)
+
+    dy, dx = offsets(), offsets()
+    mirror = torch.zeros(shape, dtype=torch.bool, device=device)
+    if flip:
+        mirror = torch.rand(shape, device=device, generator=generator) < 0.5
+    return Views(dy, dx, mirror)
+
+
+def apply_views(x: torch.Tensor, padding: int, views: Views) -> torch.Tensor:
+    """Zero-pad (B, C, H, W) by ``padding``, crop back at each image's offset, mirror the
+    images marked so; ``views`` has (B,) entries."""
+    b, c, h, w = x.shape
+    if padding:
+        padded = F.pad(x, (padding, padding, padding, padding))
+        rows = (views.dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (views.dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        batch = torch.arange(b, device=x.device)[:, None, None, None]
+        chan = torch.arange(c, device=x.device)[None, :, None, None]
+        x = padded[batch, chan, rows, cols]
+    if bool(views.mirror.any()):
+        x = torch.where(views.mirror[:, None, None, None], x.flip(3), x)
+    return x
+
+
 def random_crop_flip(
     x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,18 +79,5 @@ def random_crop_flip(
     (B, C, H, W) -> ((B, C, H, W), mirror (B,) bool: which images were flipped). Random
     draws come from ``generator`` (on x's device).
     """
-    b, c, h, w = x.shape
-    if padding:
-        padded = F.pad(x, (padding, padding, padding, padding))
-        dy = torch.randint(0, 2 * padding + 1, (b,), device=x.device, generator=generator)
-        dx = torch.randint(0, 2 * padding + 1, (b,), device=x.device, generator=generator)
-        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-        batch = torch.arange(b, device=x.device)[:, None, None, None]
-        chan = torch.arange(c, device=x.device)[None, :, None, None]
-        x = padded[batch, chan, rows, cols]
-    mirror = torch.zeros(b, dtype=torch.bool, device=x.device)
-    if flip:
-        mirror = torch.rand(b, device=x.device, generator=generator) < 0.5
-        x = torch.where(mirror[:, None, None, None], x.flip(3), x)
-    return x, mirror
+    views = random_views((x.shape[0],), padding, flip, generator, x.device)
+    return apply_views(x, padding, views), views.mirror

@@ -14,10 +14,11 @@ from torch import nn
 from tqdm import tqdm
 
 from distree.config import DataConfig, OptimConfig
-from distree.data.augment import Normalization, random_crop_flip
+from distree.data.augment import Normalization, apply_views, random_views
 from distree.data.dataset import ImageSet
 from distree.hardware import autocast, training_memory_format
 from distree.training.checkpoint import load_train_state, save_train_state, save_weights
+from distree.training.objectives import ViewTable
 
 
 class TimeLimitReached(Exception):
@@ -32,9 +33,11 @@ class Phase:
     """One training phase: an objective module and how to validate it."""
 
     name: str
-    objective: nn.Module  # forward(x, y, sample, mirror) -> (loss, {term: tensor}); .trained is the result
+    objective: nn.Module  # forward(x, y, view rows or None) -> (loss, {term: tensor}); .trained is the result
     optim: OptimConfig
     validate: Callable[[], dict[str, object]]
+    #: Train on these fixed views of each image (the objective's precomputed targets), not fresh random ones.
+    views: ViewTable | None = None
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -51,6 +54,26 @@ def make_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     return torch.optim.SGD(
         params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0
     )
+
+
+def train_step(
+    obj: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rows: torch.Tensor | None,
+    device: torch.device,
+    where: str = "",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimizer step of ``obj`` on an augmented, normalised batch; returns (loss, terms)."""
+    with autocast(device):
+        loss, terms = obj(x, y, rows)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss became {loss.item()} at {where}; lower the learning rate")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss, terms
 
 
 def train_phase(
@@ -107,17 +130,14 @@ def train_phase(
             for g in opt.param_groups:
                 g["lr"] = lr
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            x, mirror = random_crop_flip(norm(images[idx]), data_cfg.crop_padding, data_cfg.flip)
-            x = x.contiguous(memory_format=memory_format)
-            with autocast(device):
-                loss, terms = obj(x, labels[idx], idx, mirror)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"{phase.name}: loss became {loss.item()} at epoch {epoch + 1}, step {i}; lower the learning rate"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if phase.views is not None:
+                views, rows = phase.views.draw(idx)
+            else:
+                views, rows = random_views(idx.shape, data_cfg.crop_padding, data_cfg.flip, device=device), None
+            x = apply_views(norm(images[idx]), data_cfg.crop_padding, views).contiguous(memory_format=memory_format)
+            loss, terms = train_step(
+                obj, opt, x, labels[idx], rows, device, f"{phase.name} epoch {epoch + 1}, step {i}"
+            )
             for k, v in {"loss": loss.detach(), **terms}.items():
                 sums[k] = sums.get(k, 0) + v.float() * len(idx)
             if i % 20 == 0:
@@ -144,7 +164,9 @@ def train_phase(
             f.write(json.dumps(record) + "\n")
         epoch_seconds.append(record["seconds"])
         left = cfg.epochs - epoch - 1
-        eta = f", {phase.name} done in about {_duration(left * sum(epoch_seconds) / len(epoch_seconds))}" if left else ""
+        eta = (
+            f", {phase.name} done in about {_duration(left * sum(epoch_seconds) / len(epoch_seconds))}" if left else ""
+        )
         log(
             f"{phase.name} epoch {epoch + 1}/{cfg.epochs}: "
             f"loss {train_terms['loss']:.4f} val {val} ({record['seconds']}s{eta})"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from distree.config import DistillConfig
-from distree.data.augment import Normalization
+from distree.data.augment import Normalization, Views, apply_views, random_views
 from distree.hardware import autocast
 from distree.models import DistrEEStudent, TeacherOutput, WideResNet
 from distree.training.losses import branch_dropout_mask, distillation_loss, feature_transfer_loss
@@ -26,40 +29,93 @@ class TeacherObjective(nn.Module):
         return self.teacher
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor, sample: torch.Tensor | None = None, mirror: torch.Tensor | None = None
+        self, x: torch.Tensor, y: torch.Tensor, view: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Normalised batch (B, C, H, W), labels (B,) -> (loss, terms to log)."""
         loss = F.cross_entropy(self.teacher(x).logits, y)
         return loss, {"ce": loss.detach()}
 
 
-class TeacherTargets:
-    """The frozen teacher's outputs on every view of every training image, computed once.
+class ViewTable:
+    """A fixed set of augmented views of every training image: V per image.
 
-    Possible when augmentation has two views per image (flip or not, no crop): the
-    teacher's forward pass, about a fifth of a student step on a CPU, then leaves the
-    epoch loop. Row ``sample * 2 + mirror`` holds one view.
+    Without crops (``padding`` 0) the views are every mirroring the data config allows
+    (V = 2 with flips), so nothing of the augmentation is lost. With crops, V views per
+    image are drawn once (seeded): the student then sees V crops of each image in all,
+    against a fresh crop at every epoch when the teacher runs online.
+    """
+
+    def __init__(self, num_images: int, padding: int, flip: bool, views: int, seed: int):
+        self.padding = padding
+        if padding == 0:
+            mirror = torch.tensor([False, True] if flip else [False]).expand(num_images, -1)
+            zeros = torch.zeros(mirror.shape, dtype=torch.long)
+            self.views = Views(zeros, zeros, mirror.contiguous())
+        else:
+            if views < 1:
+                raise ValueError(f"a view table with crops needs at least one view per image, got {views}")
+            g = torch.Generator().manual_seed(seed)
+            self.views = random_views((num_images, views), padding, flip, generator=g)
+        self.per_image = self.views.dy.shape[1]
+
+    def draw(self, sample: torch.Tensor) -> tuple[Views, torch.Tensor]:
+        """One view at random (global RNG) for each of (B,) image indices: its parameters
+        and its row ``sample * V + v`` in the table."""
+        v = torch.randint(0, self.per_image, sample.shape, device=sample.device)
+        return self.pick(sample, v), sample * self.per_image + v
+
+    def pick(self, sample: torch.Tensor, v: torch.Tensor) -> Views:
+        """Parameters (B,) of view ``v`` of image ``sample``."""
+        s, v = sample.cpu(), v.cpu()
+        return Views(*(t[s, v].to(sample.device) for t in self.views))
+
+
+class TeacherTargets:
+    """The frozen teacher's outputs on every view of a ``ViewTable``, computed once.
+
+    The teacher's forward pass, about a third of a student step on a CPU, then leaves the
+    epoch loop. Row ``sample * V + v`` holds view v of image ``sample``.
     """
 
     def __init__(
-        self, teacher: WideResNet, images: torch.Tensor, norm: Normalization, batch_size: int, device: torch.device
+        self,
+        teacher: WideResNet,
+        images: torch.Tensor,
+        norm: Normalization,
+        table: ViewTable,
+        batch_size: int,
+        device: torch.device,
+        log: Callable[[str], None] | None = None,
     ):
-        logits, features = [], []
+        v_count = table.per_image
+        logits = torch.empty(len(images) * v_count, teacher.fc.out_features)
+        features = torch.empty(len(images) * v_count, teacher.feature_dim)
         teacher.eval()
+        rows_per_batch = max(1, batch_size // v_count)
+        t0 = time.perf_counter()
         with torch.no_grad():
-            for start in range(0, len(images), batch_size):
-                x = norm(images[start : start + batch_size].to(device))
+            for start in range(0, len(images), rows_per_batch):
+                sample = torch.arange(start, min(start + rows_per_batch, len(images)))
+                sample = sample.repeat_interleave(v_count)
+                v = torch.arange(v_count).repeat(len(sample) // v_count)
+                x = norm(images[sample].to(device))
+                x = apply_views(x, table.padding, table.pick(sample.to(device), v.to(device)))
                 with autocast(device):
-                    views = [teacher(x), teacher(x.flip(3))]
-                # Interleave so that row 2*i + m is image i, mirrored when m == 1.
-                logits.append(torch.stack([v.logits for v in views], 1).flatten(0, 1))
-                features.append(torch.stack([v.features for v in views], 1).flatten(0, 1))
-        self.logits = torch.cat(logits)
-        self.features = torch.cat(features)
+                    out = teacher(x)
+                rows = sample * v_count + v
+                logits[rows] = out.logits.float().cpu()
+                features[rows] = out.features.float().cpu()
+                if log is not None and start == 0:
+                    per_image = (time.perf_counter() - t0) / len(sample)
+                    log(
+                        f"student: the teacher's outputs on {v_count} views of each of {len(images)} training "
+                        f"images, about {per_image * len(images) * v_count / 60:.0f} min"
+                    )
+        self.logits = logits.to(device)
+        self.features = features.to(device)
 
-    def lookup(self, sample: torch.Tensor, mirror: torch.Tensor) -> TeacherOutput:
-        """Outputs for (B,) training indices and (B,) bool mirror flags."""
-        rows = sample * 2 + mirror.long()
+    def lookup(self, rows: torch.Tensor) -> TeacherOutput:
+        """Outputs for (B,) rows of the view table."""
         return TeacherOutput(self.logits[rows], self.features[rows])
 
 
@@ -94,15 +150,17 @@ class StudentObjective(nn.Module):
         return self.student
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor, sample: torch.Tensor | None = None, mirror: torch.Tensor | None = None
+        self, x: torch.Tensor, y: torch.Tensor, view: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Normalised batch (B, C, H, W), labels (B,) -> (loss, terms to log).
 
-        ``sample`` (B,) and ``mirror`` (B,) say which training view x is; with precomputed
-        ``targets`` they replace the teacher's forward pass.
+        ``view`` (B,): the rows of the view table that x holds; with precomputed ``targets``
+        they replace the teacher's forward pass.
         """
-        if self.targets is not None and sample is not None and mirror is not None:
-            t = self.targets.lookup(sample, mirror)
+        if self.targets is not None:
+            if view is None:
+                raise ValueError("the student objective has precomputed teacher targets: pass the view rows")
+            t = self.targets.lookup(view)
         else:
             with torch.no_grad():
                 t = self._teacher[0](x)

@@ -16,7 +16,7 @@ from distree.evaluation.predict import accuracy, student_exits, teacher_logits
 from distree.run import DataInfo, RunDir, RunMeta
 from distree.training.checkpoint import load_weights
 from distree.training.loop import Phase, TimeLimitReached, train_phase
-from distree.training.objectives import StudentObjective, TeacherObjective, TeacherTargets
+from distree.training.objectives import StudentObjective, TeacherObjective, TeacherTargets, ViewTable
 
 
 class RunExistsError(RuntimeError):
@@ -118,11 +118,13 @@ def train_run(
     targets = None
     if deadline is not None and time.monotonic() > deadline:
         raise TimeLimitReached("stopped after the teacher phase at the time limit; the student phase is next")
-    if config.data.crop_padding == 0:
-        log("student: computing the teacher's outputs on every training view once (no crop augmentation)")
-        targets = TeacherTargets(teacher, splits.train.images, norm, config.eval_batch_size, device)
+    table = None
+    if config.data.crop_padding == 0 or config.distill.teacher_views:
+        d = config.data
+        table = ViewTable(len(splits.train), d.crop_padding, d.flip, config.distill.teacher_views, config.seed)
+        targets = TeacherTargets(teacher, splits.train.images, norm, table, config.eval_batch_size, device, log)
     objective = StudentObjective(student, teacher, config.distill, targets)
-    phase = Phase("student", objective, config.student_optim, validate_student)
+    phase = Phase("student", objective, config.student_optim, validate_student, views=table)
     train_phase(phase, final_weights=run.student_file, **common)
     if run.resume_dir.is_dir() and not any(run.resume_dir.iterdir()):
         run.resume_dir.rmdir()
