@@ -39,14 +39,14 @@ def main() -> None:
     macs = student.macs
     stage = [sum(macs.stage[b][e] for b in range(student.num_branches)) for e in range(len(points))]
     full = float(sum(stage) + macs.head[-1])
-    print(f"run {run.path}: exit points {points}; target drop <= {args.max_drop} pp (z = 1)")
+    print(f"run {run.path}: exit points {points}; target drop <= {args.max_drop} pp at 90% confidence")
     print(f"{'exits':<12}{'policy':<14}{'test acc':>9}{'test drop':>10}{'test saving':>12}")
     for name, keep in sets.items():
         # Stopping at kept exit j costs the stages up to it plus the kept heads on the way.
         costs = torch.tensor(
             [sum(stage[: e + 1]) + sum(macs.head[i] for i in keep if i <= e) for e in keep], dtype=torch.float64
         )
-        for pol in ("feature-diff", "max-prob", "entropy"):
+        for pol in ("feature-diff", "conf-then-feature-diff", "max-prob", "entropy"):
             policy = make_policy(pol)
             sc, ok = {}, {}
             for k, r in recs.items():

@@ -1,9 +1,10 @@
-"""How should feature-diff decide at the first exit, where there is no previous embedding?
+"""How much of a feature-difference policy's saving comes from its first exit?
 
-Compares the two rules `FeatureDiff` offers, each calibrated on the validation split for
-the same target and measured on the test split:
-  max-prob  the first exit stops on softmax confidence (distree's default);
-  never     the first exit never stops, feature difference decides from exit 1 on.
+The first exit has no previous embedding to compare with. Two policies differ only there,
+each calibrated on the validation split for the same target (90% confidence) and
+measured on the test split:
+  conf-then-feature-diff  the first exit stops on softmax confidence;
+  feature-diff            the first exit never stops, feature difference decides from exit 1 on.
 
 Usage: python bench/feature_diff_first_exit.py RUN_DIR --data PATH [--max-drop 0.5]
 """
@@ -18,9 +19,8 @@ import torch
 
 from distree.evaluation.offline import record_val_test
 from distree.evaluation.policies import exit_costs
-from distree.policies import exit_scores
+from distree.policies import exit_scores, make_policy
 from distree.policies.calibration import calibrate, outcome
-from distree.policies.scores import FeatureDiff
 from distree.run import RunDir
 
 
@@ -37,16 +37,16 @@ def main() -> None:
     costs = exit_costs(student, "feature-diff")
     full = float(student.macs.full())
     print(f"run {run.path}, target: drop <= {args.max_drop} pp; machine: {platform.processor() or platform.machine()}")
-    print(f"{'first exit':<10}{'val drop':>10}{'val saving':>12}{'test drop':>11}{'test saving':>13}  test exits")
-    for first in ("max-prob", "never"):
-        pol = FeatureDiff(first=first)
+    print(f"{'policy':<24}{'val drop':>10}{'val saving':>12}{'test drop':>11}{'test saving':>13}  test exits")
+    for name in ("conf-then-feature-diff", "feature-diff"):
+        pol = make_policy(name)
         sc = {k: exit_scores(pol, r.logits, r.embeddings) for k, r in recs.items()}
         ok = {k: r.logits.argmax(-1) == labels[k] for k, r in recs.items()}
         cal = calibrate(sc["val"], ok["val"], costs, full, max_drop_pp=args.max_drop)
         o = outcome(sc["test"], ok["test"], costs, cal.thresholds)
         test_full = float(ok["test"][-1].float().mean())
         print(
-            f"{first:<10}{cal.drop_pp:>10.2f}{cal.saving:>12.1%}{(test_full - o.accuracy) * 100:>11.2f}"
+            f"{name:<24}{cal.drop_pp:>10.2f}{cal.saving:>12.1%}{(test_full - o.accuracy) * 100:>11.2f}"
             f"{1 - o.macs_per_sample / full:>13.1%}  {o.exit_histogram}"
         )
     print(f"({time.perf_counter() - t0:.0f}s)")

@@ -9,25 +9,49 @@ import json
 import sys
 
 PAPER_SAVING = 0.276  # DistrEE paper, CIFAR-10 with WideResNet
+CRITERION = {
+    "feature-diff": "feature difference (cosine of consecutive fused embeddings), no softmax",
+    "conf-then-feature-diff": "softmax confidence at exit 0, feature difference after",
+    "max-prob": "softmax confidence",
+    "entropy": "softmax entropy",
+    "patience": "consecutive exits agree on the class",
+    "oracle": "the labels (upper bound)",
+}
 
 
 def main() -> None:
     """Print the policy table and the per-exit / k-of-N tables of every evaluation."""
     runs = [(a.split("=", 1)[0], json.load(open(a.split("=", 1)[1]))) for a in sys.argv[1:]]
-    print("| data set | system | test accuracy | drop (pp) | MACs / sample | saving |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| data set | system | criterion | test accuracy | drop (pp) | MACs / sample | saving | AUROC per exit |")
+    print("|---|---|---|---:|---:|---:|---:|---|")
     for name, r in runs:
         t, full = r["teacher"], r["full"]
-        print(f"| {name} | teacher (one device) | {t['accuracy']:.2%} | | {t['macs_per_sample'] / 1e6:.2f} M | |")
+        print(f"| {name} | teacher (one device) | | {t['accuracy']:.2%} | | {t['macs_per_sample'] / 1e6:.2f} M | | |")
         full_m = full["macs_per_sample"] / 1e6
-        print(f"| {name} | DistrEE full execution | {full['accuracy']:.2%} | 0 | {full_m:.2f} M | 0 |")
+        print(f"| {name} | DistrEE full execution | | {full['accuracy']:.2%} | 0 | {full_m:.2f} M | 0 | |")
         for pol, p in r["policies"].items():
             if pol == "full":
                 continue
-            label = f"DistrEE `{pol}`" + (" (upper bound)" if pol == "oracle" else "")
-            print(f"| {name} | {label} | {p['accuracy']:.2%} | {p['drop_pp']:.2f} | "
-                  f"{p['macs_per_sample'] / 1e6:.2f} M | {p['saving']:.1%} |")  # fmt: skip
-    print(f"| CIFAR-10 (paper) | DistrEE, feature difference | comparable to full | | | {PAPER_SAVING:.1%} |")
+            auroc = " ".join("-" if a is None else f"{a:.2f}" for a in p["auroc"]) if pol != "oracle" else ""
+            print(f"| {name} | DistrEE `{pol}` | {CRITERION.get(pol, '')} | {p['accuracy']:.2%} | {p['drop_pp']:.2f} | "
+                  f"{p['macs_per_sample'] / 1e6:.2f} M | {p['saving']:.1%} | {auroc} |")  # fmt: skip
+    print(f"| CIFAR-10 (paper) | DistrEE | feature difference | comparable to full | | | {PAPER_SAVING:.1%} | |")
+    print("\nTest drop and saving when calibrated for each target (90% confidence), and the part of the")
+    print("saving each exit produced at the 0.5-point target:\n")
+    targets = list(next(iter(runs))[1]["policies"]["max-prob"]["at_targets"])
+    print(
+        "| data set | policy | "
+        + " | ".join(f"{t} pp: drop / saving" for t in targets)
+        + " | saving by exit (0.5 pp) |"
+    )
+    print("|---|---|" + "---:|" * len(targets) + "---|")
+    for name, r in runs:
+        for pol, p in r["policies"].items():
+            if "at_targets" not in p:
+                continue
+            cells = " | ".join(f"{v['drop_pp']:.2f} / {v['saving']:.1%}" for v in p["at_targets"].values())
+            by_exit = " ".join(f"{x:.1%}" for x in p["at_targets"][targets[0]]["saving_by_exit"])
+            print(f"| {name} | `{pol}` | {cells} | {by_exit} |")
     for name, r in runs:
         print(f"\n{name}: per exit (all branches present) and with k of N branches present (full execution)\n")
         print("| exit | accuracy | cumulative MACs | of full |")
@@ -41,9 +65,10 @@ def main() -> None:
         print(
             "| accuracy (mean over subsets) | " + " | ".join(f"{a:.2%}" for a in r["devices_present"].values()) + " |"
         )
-        fd = r["branches_present"]["feature-diff"]
-        print("| `feature-diff` accuracy | " + " | ".join(f"{v['accuracy']:.2%}" for v in fd.values()) + " |")
-        print("| `feature-diff` saving | " + " | ".join(f"{v['saving']:.1%}" for v in fd.values()) + " |")
+        for pol in ("feature-diff", "conf-then-feature-diff"):
+            fd = r["branches_present"][pol]
+            print(f"| `{pol}` accuracy | " + " | ".join(f"{v['accuracy']:.2%}" for v in fd.values()) + " |")
+            print(f"| `{pol}` saving | " + " | ".join(f"{v['saving']:.1%}" for v in fd.values()) + " |")
 
 
 if __name__ == "__main__":

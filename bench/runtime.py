@@ -16,7 +16,7 @@ Prints, on this machine:
     median ratio; and the runtime with one input
     per call (--concurrency calls in flight), where the coordinator groups waiting calls.
 
-Usage: python bench/runtime.py RUN_DIR --data PATH [--n 300] [--n-sat 2000] [--policy feature-diff]
+Usage: python bench/runtime.py RUN_DIR --data PATH [--n 300] [--n-sat 2000] [--policy conf-then-feature-diff]
        [--mode lockstep] [--batch 128] [--calls 4] [--concurrency 32] [--rounds 5]
 """
 
@@ -36,7 +36,7 @@ import torch
 from distree.cli.runtime import run_infer
 from distree.data import load_data
 from distree.evaluation.policies import load_calibration, thresholds_for
-from distree.policies import make_policy
+from distree.policies import DEFAULT_POLICY, make_policy
 from distree.run import RunDir
 from distree.runtime.cluster import LocalCluster
 from distree.runtime.inprocess import early_exit_batch
@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("run_dir")
     ap.add_argument("--data")
     ap.add_argument("--n", type=int, default=300, help="test images per measurement")
-    ap.add_argument("--policy", default="feature-diff")
+    ap.add_argument("--policy", default=DEFAULT_POLICY)
     ap.add_argument("--mode", default="lockstep", choices=["lockstep", "eager"])
     ap.add_argument("--n-sat", type=int, default=2000, help="test images per throughput measurement")
     ap.add_argument("--batch", type=int, default=128, help="inputs per call at saturation")

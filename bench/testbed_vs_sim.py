@@ -85,7 +85,7 @@ def predict(model: Model, scenario, per_request_ms: float, per_stage_ms: float, 
             "deadline_ms": None,
         }
     )
-    run = run_system(sc, model, "distree-feature-diff")
+    run = run_system(sc, model, "distree-conf-then-feature-diff")
     return np.asarray([d.latency_s * 1000 for d in run.done])
 
 
@@ -146,7 +146,7 @@ def main() -> None:
     ):
         cl.start_workers(branches)
         coord = cl.start_coordinator(
-            extra=["--policy", "feature-diff", "--mode", "lockstep", "--stage-timeout-ms", "5000"]
+            extra=["--policy", "conf-then-feature-diff", "--mode", "lockstep", "--stage-timeout-ms", "5000"]
         )
         cols = ("costs fitted", "measured p50", "sim p50", "error", "measured p95", "sim p95", "error")
         print(f"{'scenario':<16} " + " ".join(f"{c:>13}" for c in cols))

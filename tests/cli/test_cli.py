@@ -28,11 +28,24 @@ def test_train_then_eval_writes_every_field(tmp_path, image_folder, capsys):
     assert set(r["devices_present"]) == {"1", "2"}
     assert r["test_samples"] == 30
     # Policies at their calibrated point (calibrated on the fly at 0.5 points), curves, k of N.
-    assert r["target"]["max_drop_pp"] == 0.5 and (run / "calibration.json").is_file()
-    assert set(r["policies"]) == {"feature-diff", "max-prob", "entropy", "patience", "full", "oracle"}
-    for p in r["policies"].values():
-        assert {"accuracy", "drop_pp", "macs_per_sample", "saving", "exit_histogram"} <= set(p)
+    assert r["target"] == {"max_drop_pp": 0.5, "budget": None, "confidence": 0.9}
+    assert (run / "calibration.json").is_file()
+    assert set(r["policies"]) == {
+        "feature-diff",
+        "conf-then-feature-diff",
+        "max-prob",
+        "entropy",
+        "patience",
+        "full",
+        "oracle",
+    }
+    for name, p in r["policies"].items():
+        assert {"accuracy", "drop_pp", "macs_per_sample", "saving", "exit_histogram", "auroc"} <= set(p)
         assert sum(p["exit_histogram"]) == 30
+        assert len(p["auroc"]) == 2 and all(a is None or 0 <= a <= 1 for a in p["auroc"])
+        assert sum(p["saving_by_exit"]) == pytest.approx(p["saving"], abs=1e-3)
+        if name not in ("full", "oracle"):
+            assert set(p["at_targets"]) == {"0.5", "1.0", "2.0"}
     assert r["policies"]["full"]["saving"] == 0 and r["policies"]["full"]["drop_pp"] == 0
     assert r["policies"]["oracle"]["accuracy"] >= max(e["accuracy"] for e in r["exits"])
     assert (run / "policy_curves.png").stat().st_size > 0
@@ -42,7 +55,11 @@ def test_train_then_eval_writes_every_field(tmp_path, image_folder, capsys):
     # Calibrating for a budget below the cheapest exit is reported as not met (exit status 1).
     code = main(["calibrate", str(run), "--data", str(image_folder), "--budget", "0.01", "--policy", "max-prob"])
     assert code == 1 and "NOT MET" in capsys.readouterr().out
-    assert main(["calibrate", str(run), "--data", str(image_folder), "--max-drop", "1"]) == 0
+    # 12 validation samples cannot bound a 1-point drop at 90% confidence; with no margin they fit it.
+    assert main(["calibrate", str(run), "--data", str(image_folder), "--max-drop", "1"]) == 1
+    assert "more validation samples" in capsys.readouterr().out
+    assert main(["calibrate", str(run), "--data", str(image_folder), "--max-drop", "1", "--confidence", "0"]) == 0
+    assert main(["calibrate", str(run), "--data", str(image_folder), "--max-drop", "1", "--confidence", "1"]) == 2
 
 
 def test_train_time_limit_exits_3_and_says_how_to_continue(tmp_path, image_folder, capsys):

@@ -1,36 +1,70 @@
 import pytest
 import torch
 
-from distree.policies.calibration import calibrate, outcome
+from distree.policies.calibration import calibrate, drop_upper_bound, outcome
 
 
-def _synthetic(n=2000, seed=0):
+def _synthetic(n=2000, seed=0, noise=0.3):
     """Three exits; a sample's score at an exit is high exactly when that exit is right,
     plus noise, so early exits are worth taking on confident samples."""
     g = torch.Generator().manual_seed(seed)
     difficulty = torch.rand(n, generator=g)
     correct = torch.stack([difficulty < 0.5, difficulty < 0.8, difficulty < 0.9])
-    scores = correct.float() + 0.3 * torch.randn(3, n, generator=g)
+    scores = correct.float() + noise * torch.randn(3, n, generator=g)
     macs = torch.tensor([1.0, 2.0, 3.0])
     return scores, correct, macs
 
 
 @pytest.mark.parametrize("drop", [0.0, 0.5, 2.0, 10.0])
-@pytest.mark.parametrize("z", [0.0, 1.0])
-def test_max_drop_constraint_holds_on_fit_set(drop, z):
+def test_max_drop_constraint_holds_on_fit_set_without_confidence(drop):
     scores, correct, macs = _synthetic()
-    cal = calibrate(scores, correct, macs, full_macs=3.0, max_drop_pp=drop, z=z)
-    assert cal.met
+    cal = calibrate(scores, correct, macs, full_macs=3.0, max_drop_pp=drop, confidence=None)
+    assert cal.met and cal.drop_bound_pp is None
     o = outcome(scores, correct, macs, cal.thresholds)
     full_acc = correct[-1].float().mean().item()
-    assert (full_acc - o.accuracy) * 100 + z * o.drop_se_pp <= drop + 1e-9
-    if z:
-        assert o.drop_se_pp > 0 or o.accuracy == pytest.approx(full_acc)
-        loose = calibrate(scores, correct, macs, full_macs=3.0, max_drop_pp=drop, z=0.0)
-        assert loose.macs_per_sample <= cal.macs_per_sample
+    assert (full_acc - o.accuracy) * 100 <= drop + 1e-9
     assert o.macs_per_sample == pytest.approx(cal.macs_per_sample)
     if drop >= 10.0:
         assert cal.saving > 0.2  # the search found real savings, not "never exit"
+
+
+def test_drop_upper_bound_is_clopper_pearson_and_shrinks_with_more_samples():
+    # No loss and no gain in n samples: the one-sided Clopper-Pearson bound 1 - (a/2)^(1/n).
+    assert drop_upper_bound(0, 0, 100, 0.9) == pytest.approx(1 - 0.05 ** (1 / 100))
+    # Gains lower the bound; the bound is above the observed drop, and tighter with more samples.
+    assert drop_upper_bound(20, 10, 1000, 0.9) < drop_upper_bound(20, 0, 1000, 0.9)
+    assert drop_upper_bound(20, 10, 1000, 0.9) > 10 / 1000
+    assert drop_upper_bound(200, 100, 10_000, 0.9) < drop_upper_bound(20, 10, 1000, 0.9)
+    assert drop_upper_bound(1000, 0, 1000, 0.9) == 1.0
+
+
+def _population_drop(thresholds, pop):
+    scores, correct, macs = pop
+    o = outcome(scores, correct, macs, thresholds)
+    return (correct[-1].float().mean().item() - o.accuracy) * 100
+
+
+def test_confidence_bounds_the_drop_on_new_data():
+    """Calibrated on many independent draws, the drop on the population exceeds the target
+    in at most about 1 - confidence of them; fitted with no margin, in most of them."""
+    pop = _synthetic(200_000, seed=99, noise=0.6)
+    over = {0.9: 0, None: 0}
+    for trial in range(10):
+        scores, correct, macs = _synthetic(1500, seed=trial, noise=0.6)
+        for conf in over:
+            cal = calibrate(scores, correct, macs, full_macs=3.0, max_drop_pp=1.0, confidence=conf)
+            over[conf] += _population_drop(cal.thresholds, pop) > 1.0
+            if conf:
+                assert cal.met and cal.held_out == 1000 and 0 < cal.drop_bound_pp <= 1.0
+                assert "90% confidence" in cal.message
+    assert over[0.9] <= 2 and over[None] >= 6, over
+
+
+def test_unreachable_confidence_is_reported():
+    scores, correct, macs = _synthetic(40)
+    cal = calibrate(scores, correct, macs, full_macs=3.0, max_drop_pp=0.5, confidence=0.99)
+    assert not cal.met and cal.thresholds == [float("inf")] * 2
+    assert "more validation samples" in cal.message
 
 
 def test_looser_target_never_costs_more():
@@ -64,6 +98,17 @@ def test_many_exits_use_coordinate_descent_and_hold_the_constraint():
     correct = torch.stack([difficulty < 0.4 + 0.1 * e for e in range(exits)])
     scores = correct.float() + 0.3 * torch.randn(exits, n, generator=g)
     macs = torch.arange(1, exits + 1, dtype=torch.float32)
-    cal = calibrate(scores, correct, macs, full_macs=float(exits), max_drop_pp=1.0, z=0.0)
+    cal = calibrate(scores, correct, macs, full_macs=float(exits), max_drop_pp=1.0, confidence=None)
     assert cal.met and cal.drop_pp <= 1.0 + 1e-9 and cal.saving > 0.1
     assert len(cal.thresholds) == exits - 1
+
+
+def test_auroc_ranks_right_above_wrong_and_counts_ties_half():
+    from distree.evaluation.policies import auroc
+
+    right = torch.tensor([True, True, False, False])
+    assert auroc(torch.tensor([0.9, 0.8, 0.1, 0.2]), right) == 1.0
+    assert auroc(torch.tensor([0.1, 0.2, 0.9, 0.8]), right) == 0.0
+    assert auroc(torch.full((4,), float("-inf")), right) == 0.5
+    assert auroc(torch.tensor([0.9, 0.5, 0.5, 0.1]), right) == 0.875  # one tie of four pairs
+    assert auroc(torch.rand(3), torch.tensor([True, True, True])) is None

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from distree.policies import decide_exits, exit_scores, make_policy, should_stop_for_deadline
-from distree.policies.scores import FeatureDiff
 
 
 def _onehot(classes, confidence):
@@ -50,14 +49,15 @@ def test_patience_counts_agreeing_exits():
 
 
 def test_feature_diff_uses_embedding_change():
-    s = exit_scores(FeatureDiff(first="never"), LOGITS, EMB)
+    s = exit_scores(make_policy("feature-diff"), LOGITS, EMB)
     assert s[0].tolist() == [-math.inf, -math.inf]
     assert s[1, 0] == pytest.approx(-(1 - 1 / math.sqrt(1 + 1e-4)), abs=1e-6)
     assert s[1, 1] == pytest.approx(-1.0)
     assert decide_exits(s, [0.0, -0.01]).tolist() == [1, 2]
-    # With the default first-exit rule, exit 0 decides on softmax confidence.
-    s2 = exit_scores(make_policy("feature-diff"), LOGITS, EMB)
+    # The mixed rule decides exit 0 on softmax confidence, and later exits as feature-diff.
+    s2 = exit_scores(make_policy("conf-then-feature-diff"), LOGITS, EMB)
     assert decide_exits(s2, [0.9, -0.01]).tolist() == [0, 2]
+    assert torch.equal(s2[1:], s[1:])
 
 
 def test_full_and_oracle():
@@ -71,7 +71,7 @@ def test_full_and_oracle():
 
 
 def test_single_sample_equals_batch():
-    for name in ("max-prob", "entropy", "patience", "feature-diff"):
+    for name in ("max-prob", "entropy", "patience", "feature-diff", "conf-then-feature-diff"):
         pol = make_policy(name)
         batch = exit_scores(pol, LOGITS, EMB)
         for i in range(2):

@@ -45,7 +45,9 @@ def shared_cluster(trained, tmp_path_factory):
     with LocalCluster(run.path, log_dir=tmp_path_factory.mktemp("cluster")) as cluster:
         workers = cluster.start_workers(N_BRANCHES)
         coords = {
-            mode: cluster.start_coordinator(f"coordinator-{mode}", ["--mode", mode, "--policy", "feature-diff"])
+            mode: cluster.start_coordinator(
+                f"coordinator-{mode}", ["--mode", mode, "--policy", "conf-then-feature-diff"]
+            )
             for mode in ("lockstep", "eager")
         }
         yield workers, coords
@@ -65,7 +67,7 @@ def _wait_no_state(workers: list[str], timeout_s: float = 10.0) -> list[pb.InfoR
 def test_runtime_equals_offline_and_stops_workers(trained, shared_cluster, mode):
     run, splits = trained
     workers, coords = shared_cluster
-    preds, exits = _offline(run, splits, "feature-diff")
+    preds, exits = _offline(run, splits, "conf-then-feature-diff")
     assert 0 < int((exits < exits.max()).sum()), "the fixture should exit early on some inputs"
     before = [i.stages_run for i in _wait_no_state(workers)]
     with DistreeClient(coords[mode]) as client:
@@ -92,7 +94,7 @@ def test_concurrent_one_input_calls_grouped_equal_offline(trained, shared_cluste
 
     run, splits = trained
     _, coords = shared_cluster
-    preds, exits = _offline(run, splits, "feature-diff")
+    preds, exits = _offline(run, splits, "conf-then-feature-diff")
     images = splits.test.images
     with DistreeClient(coords["lockstep"]) as client, ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda i: client.infer(images[i : i + 1])[0], range(len(images))))

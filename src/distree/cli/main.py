@@ -121,9 +121,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     """Fit exit-policy thresholds on the validation split for a QoS target."""
     from distree.evaluation.offline import calibrate_run
 
+    if not 0 <= args.confidence < 1:
+        raise ConfigError(f"--confidence must be in [0, 1), got {args.confidence}")
     run, _, splits, device = _open_run(args)
     policies = [args.policy] if args.policy else None
-    cal = calibrate_run(run, splits, device, max_drop_pp=args.max_drop, budget=args.budget, policies=policies, z=args.z)
+    cal = calibrate_run(
+        run,
+        splits,
+        device,
+        max_drop_pp=args.max_drop,
+        budget=args.budget,
+        policies=policies,
+        confidence=args.confidence or None,
+    )
     print(f"calibrated on {cal['samples']} validation samples; saved to {run.path / 'calibration.json'}")
     for name, c in cal["policies"].items():
         status = "ok" if c["met"] else "NOT MET: " + c["message"]
@@ -189,10 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--budget", type=float, help="best accuracy within this fraction of full computation")
     p.add_argument("--policy", choices=POLICIES, help="calibrate only this policy (default: all)")
     p.add_argument(
-        "--z",
+        "--confidence",
         type=float,
-        default=1.0,
-        help="with --max-drop: keep the drop plus z standard errors within the target (default 1; 0 = none)",
+        default=0.9,
+        help="with --max-drop: the probability that the drop on new data stays within the target "
+        "(default 0.9; 0 fits the validation split exactly, with no margin)",
     )
     p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("quickstart", help="train on a slice of the data for one epoch, then evaluate")

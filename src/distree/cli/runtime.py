@@ -15,7 +15,7 @@ import torch
 
 from distree.data import load_data
 from distree.hardware import pick_device
-from distree.policies import POLICIES
+from distree.policies import DEFAULT_POLICY, POLICIES
 from distree.run import RunDir
 
 DEFAULT_DEMO_RUN = "models/cifar10"
@@ -251,7 +251,7 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.add_argument("--workers", required=True, help="HOST:PORT of each worker, comma-separated, in branch order")
     p.add_argument("--listen", default="127.0.0.1:50051")
     p.add_argument("--mode", choices=["lockstep", "eager"], default="lockstep")
-    p.add_argument("--policy", choices=[p_ for p_ in POLICIES if p_ != "oracle"], default="feature-diff")
+    p.add_argument("--policy", choices=[p_ for p_ in POLICIES if p_ != "oracle"], default=DEFAULT_POLICY)
     p.add_argument("--stage-timeout-ms", type=float, default=1000.0, help="per-stage deadline for worker answers")
     p.add_argument("--max-group-inputs", type=int, default=128, help="inputs of waiting calls that start as one group")
     p.add_argument("--max-groups", type=int, default=4, help="groups in flight at once")
@@ -281,7 +281,7 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.add_argument("--run-dir", default=DEFAULT_DEMO_RUN, help=f"trained run (default {DEFAULT_DEMO_RUN})")
     add_data_args(p)
     p.add_argument("--limit", type=int, default=1000, help="test images to send (default 1000)")
-    p.add_argument("--policy", default="feature-diff", choices=[p_ for p_ in POLICIES if p_ not in ("oracle", "full")])
+    p.add_argument("--policy", default=DEFAULT_POLICY, choices=[p_ for p_ in POLICIES if p_ not in ("oracle", "full")])
     p.add_argument("--mode", choices=["lockstep", "eager"], default="lockstep")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--json", help="write the results to this file")

@@ -13,11 +13,14 @@ from distree.data import load_data
 from distree.data.dataset import DataSplits, ImageSet
 from distree.evaluation.plots import plot_policy_curves
 from distree.evaluation.policies import (
+    DEFAULT_CONFIDENCE,
     DEFAULT_MAX_DROP_PP,
     POLICIES,
+    at_targets,
     branches_present_table,
     calibrate_policies,
     evaluate_policy,
+    exit_auroc,
     load_calibration,
     save_calibration,
     sweep_policy,
@@ -118,7 +121,7 @@ def calibrate_run(
     max_drop_pp: float | None = None,
     budget: float | None = None,
     policies: list[str] | None = None,
-    z: float = 1.0,
+    confidence: float | None = DEFAULT_CONFIDENCE,
 ) -> dict:
     """Fit the policies' thresholds on the validation split and save them in the run."""
     check_compatible(run, splits.val)
@@ -126,7 +129,7 @@ def calibrate_run(
     student = run.load_student().to(device)
     vectors = branch_vectors(student, splits.val.images, meta.data.normalization, meta.config.eval_batch_size, device)
     cal = calibrate_policies(
-        student, fuse_exits(student, vectors), splits.val.labels, max_drop_pp, budget, policies or POLICIES, z
+        student, fuse_exits(student, vectors), splits.val.labels, max_drop_pp, budget, policies or POLICIES, confidence
     )
     save_calibration(run, cal)
     return cal
@@ -155,8 +158,10 @@ def evaluate_policies(
     results = {}
     for name in POLICIES:
         r = evaluate_policy(student, name, thresholds_for(name, student.num_exits, saved), test_rec, y)
+        r["auroc"] = exit_auroc(name, test_rec, y)
         if name in saved["policies"]:
             r["calibration"] = saved["policies"][name]
+            r["at_targets"] = at_targets(student, name, val_rec, splits.val.labels, test_rec, y)
         results[name] = r
     rows = [row for name in POLICIES for row in sweep_policy(student, name, val_rec, splits.val.labels, test_rec, y)]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -178,7 +183,8 @@ def format_policies(r: dict) -> str:
     """Human-readable table of ``evaluate_policies``' result."""
     t = r["target"]
     if t.get("max_drop_pp") is not None:
-        target = f"max drop {t['max_drop_pp']} pp with a {t.get('z', 0)}-standard-error margin"
+        conf = t.get("confidence")
+        target = f"max drop {t['max_drop_pp']} pp" + (f" at {conf:.0%} confidence" if conf else ", no margin")
     else:
         target = f"budget {t['budget']:.0%}"
     lines = [
@@ -190,6 +196,14 @@ def format_policies(r: dict) -> str:
         lines.append(
             f"  {name:<13}{p['accuracy']:>9.2%}{p['drop_pp']:>9.2f}{p['saving']:>8.1%}  {p['exit_histogram']}{note}"
         )
+    lines.append("signal and targets (test split): AUROC of each exit's score for 'this exit is right';")
+    lines.append("  test drop / saving when calibrated for each target")
+    for name, p in r["policies"].items():
+        auroc = " ".join("  -  " if a is None else f"{a:.3f}" for a in p["auroc"])
+        targets = "  ".join(
+            f"{t} pp: {v['drop_pp']:.2f} / {v['saving']:.1%}" for t, v in p.get("at_targets", {}).items()
+        )
+        lines.append(f"  {name:<13}AUROC {auroc}   {targets}")
     lines.append(f"curves: {r['curves']['csv']}, {r['curves']['png']}")
     return "\n".join(lines)
 

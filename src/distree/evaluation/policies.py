@@ -7,12 +7,22 @@ import math
 from collections.abc import Sequence
 from itertools import combinations
 
+import numpy as np
 import torch
+from scipy.stats import mannwhitneyu
 
 from distree.evaluation.predict import ExitRecords, fuse_exits
 from distree.models import DistrEEStudent
 from distree.policies import POLICIES, exit_scores, make_policy
-from distree.policies.calibration import Calibration, calibrate, candidate_thresholds, outcome, quantile_family
+from distree.policies.calibration import (
+    DEFAULT_CONFIDENCE,
+    Calibration,
+    calibrate,
+    calibrate_targets,
+    candidate_thresholds,
+    outcome,
+    quantile_family,
+)
 from distree.run import RunDir
 
 CALIBRATION_FILE = "calibration.json"
@@ -54,12 +64,12 @@ def calibrate_policies(
     max_drop_pp: float | None,
     budget: float | None,
     policies: Sequence[str],
-    z: float = 1.0,
+    confidence: float | None = DEFAULT_CONFIDENCE,
 ) -> dict:
     """Fit every calibrated policy in ``policies`` on validation records; JSON-ready."""
     full = float(model.macs.full())
     out: dict = {
-        "target": {"max_drop_pp": max_drop_pp, "budget": budget, "z": z},
+        "target": {"max_drop_pp": max_drop_pp, "budget": budget, "confidence": confidence},
         "split": "validation",
         "samples": int(val_labels.numel()),
         "policies": {},
@@ -68,7 +78,15 @@ def calibrate_policies(
         if not make_policy(name, val_labels).calibrated:
             continue
         scores, correct = scores_and_correct(name, val, val_labels)
-        cal = calibrate(scores, correct, exit_costs(model, name), full, max_drop_pp=max_drop_pp, budget=budget, z=z)
+        cal = calibrate(
+            scores,
+            correct,
+            exit_costs(model, name),
+            full,
+            max_drop_pp=max_drop_pp,
+            budget=budget,
+            confidence=confidence,
+        )
         out["policies"][name] = cal.to_json()
     return out
 
@@ -92,18 +110,81 @@ def evaluate_policy(
     labels: torch.Tensor,
     present: Sequence[int] | None = None,
 ) -> dict:
-    """Accuracy, drop, MACs, saving and exit histogram of one policy on recorded outputs."""
+    """Accuracy, drop, MACs, saving and exit histogram of one policy on recorded outputs.
+
+    ``saving_by_exit[e]`` is the part of the saving produced by the requests that stopped
+    at exit e (what they did not compute, over all requests' full-execution cost); the
+    entries sum to ``saving``, and the last one is negative when the heads on the way cost
+    more than full execution's single head.
+    """
     scores, correct = scores_and_correct(policy, rec, labels)
-    o = outcome(scores, correct, exit_costs(model, policy, present), thresholds)
+    costs = exit_costs(model, policy, present)
+    o = outcome(scores, correct, costs, thresholds)
     full_acc = float(correct[-1].float().mean())
     full_macs = float(model.macs.full(present))
+    n = sum(o.exit_histogram)
+    by_exit = [(full_macs - float(c)) * k / (n * full_macs) for c, k in zip(costs, o.exit_histogram)]
     return {
         "accuracy": round(o.accuracy, 4),
         "drop_pp": round((full_acc - o.accuracy) * 100, 2) + 0.0,  # no "-0.0"
         "macs_per_sample": round(o.macs_per_sample),
         "saving": round(1 - o.macs_per_sample / full_macs, 4),
+        "saving_by_exit": [round(x, 4) + 0.0 for x in by_exit],
         "exit_histogram": o.exit_histogram,
     }
+
+
+REPORTED_TARGETS_PP = (0.5, 1.0, 2.0)
+
+
+def at_targets(
+    model: DistrEEStudent,
+    policy: str,
+    val: ExitRecords,
+    val_labels: torch.Tensor,
+    test: ExitRecords,
+    test_labels: torch.Tensor,
+    confidence: float | None = DEFAULT_CONFIDENCE,
+) -> dict:
+    """Calibrated on validation for each drop target in ``REPORTED_TARGETS_PP``, measured
+    on test: {target: {drop_pp, saving, saving_by_exit, bound_pp, met}}."""
+    scores, correct = scores_and_correct(policy, val, val_labels)
+    costs, full = exit_costs(model, policy), float(model.macs.full())
+    targets = list(REPORTED_TARGETS_PP)
+    if confidence is None:
+        cals = [calibrate(scores, correct, costs, full, max_drop_pp=t, confidence=None) for t in targets]
+    else:
+        cals = calibrate_targets(scores, correct, costs, full, targets, confidence)
+    out = {}
+    for target, cal in zip(targets, cals):
+        r = evaluate_policy(model, policy, cal.thresholds, test, test_labels)
+        out[str(target)] = {
+            "drop_pp": r["drop_pp"],
+            "saving": r["saving"],
+            "saving_by_exit": r["saving_by_exit"],
+            "bound_pp": None if cal.drop_bound_pp is None else round(cal.drop_bound_pp, 3),
+            "met": cal.met,
+        }
+    return out
+
+
+def auroc(score: torch.Tensor, right: torch.Tensor) -> float | None:
+    """AUROC (N,) scores for (N,) bool "right": the chance that a right sample scores above a
+    wrong one (0.5 = no signal; ties count half). None when all are right or all wrong."""
+    s, c = score.double().numpy(), right.numpy().astype(bool)
+    if c.all() or not c.any():
+        return None
+    # -inf (never stop here) ties with -inf; a finite floor keeps the ranking defined.
+    s = np.where(np.isneginf(s), np.finfo(np.float64).min, s)
+    u = mannwhitneyu(s[c], s[~c], alternative="two-sided").statistic
+    return float(u) / (c.sum() * (~c).sum())
+
+
+def exit_auroc(policy: str, rec: ExitRecords, labels: torch.Tensor) -> list[float | None]:
+    """Per exit but the last: AUROC of the policy's score for "this exit's prediction is right"."""
+    scores, correct = scores_and_correct(policy, rec, labels)
+    values = [auroc(scores[e], correct[e]) for e in range(scores.shape[0] - 1)]
+    return [None if a is None else round(a, 4) for a in values]
 
 
 def sweep_policy(
@@ -123,7 +204,7 @@ def sweep_policy(
     rows = []
     for i, t in enumerate(families):
         r = evaluate_policy(model, policy, t, test, test_labels)
-        del r["exit_histogram"]
+        del r["exit_histogram"], r["saving_by_exit"]
         rows.append({"policy": policy, "step": i, **r})
     return rows
 
@@ -151,4 +232,4 @@ def branches_present_table(
     return table
 
 
-__all__ = ["POLICIES", "DEFAULT_MAX_DROP_PP"]
+__all__ = ["DEFAULT_CONFIDENCE", "DEFAULT_MAX_DROP_PP", "POLICIES"]

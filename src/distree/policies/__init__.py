@@ -2,6 +2,14 @@
 
 from distree.policies.base import ExitPolicy, decide_exits, exit_scores
 from distree.policies.deadline import should_stop_for_deadline
-from distree.policies.registry import POLICIES, make_policy
+from distree.policies.registry import DEFAULT_POLICY, POLICIES, make_policy
 
-__all__ = ["POLICIES", "ExitPolicy", "decide_exits", "exit_scores", "make_policy", "should_stop_for_deadline"]
+__all__ = [
+    "DEFAULT_POLICY",
+    "POLICIES",
+    "ExitPolicy",
+    "decide_exits",
+    "exit_scores",
+    "make_policy",
+    "should_stop_for_deadline",
+]

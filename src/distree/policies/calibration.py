@@ -2,9 +2,19 @@
 
 Two targets: (a) the least mean computation whose accuracy is at most ``max_drop_pp``
 points below full execution, or (b) the best accuracy whose mean computation is at most
-``budget`` times that of full execution. The search is coordinate descent over each
-exit's threshold on a grid of that exit's score quantiles, started from the best point
-of the one-parameter family "the same quantile at every exit".
+``budget`` times that of full execution. The search is over a grid of each exit's score
+quantiles: every combination when there are few, else coordinate descent started from
+the best points of the family "the same quantile at every exit".
+
+A drop target holds on new data at a stated confidence (Learn then Test, Angelopoulos et
+al. 2021): the validation split is cut in two at random. A third gives a path of threshold
+settings, from full execution to ever cheaper ones (the most accurate setting within each
+of a ladder of computation budgets). The other two thirds test them in that order
+(fixed-sequence testing): a setting is accepted while an upper confidence bound on its
+paired drop stays within the target, and the last accepted one is the result. The bound is Clopper-Pearson's upper bound on the
+rate of "full execution right, policy wrong" minus its lower bound on "policy right, full
+execution wrong", each at (1 - confidence) / 2. Then P(drop on the population > target)
+<= 1 - confidence.
 """
 
 from __future__ import annotations
@@ -15,11 +25,17 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from scipy.stats import beta
 
 from distree.policies.base import first_passing
 
 GRID = 96
 EXHAUSTIVE_LIMIT = 12_000
+DEFAULT_CONFIDENCE = 0.9
+#: Share of the calibration samples that fit the path; the rest test it.
+FIT_SHARE = 1 / 3
+#: Spacing of the computation budgets along the path, as a fraction of full execution.
+PATH_BUDGET_STEP = 0.04
 
 
 @dataclass(frozen=True)
@@ -29,7 +45,8 @@ class Outcome:
     accuracy: float
     macs_per_sample: float
     exit_histogram: list[int]
-    drop_se_pp: float = 0.0  # standard error of the drop against full execution, in points
+    losses: int = 0  # samples right at full execution and wrong where the policy stopped
+    gains: int = 0  # samples wrong at full execution and right where the policy stopped
 
 
 @dataclass(frozen=True)
@@ -43,6 +60,10 @@ class Calibration:
     saving: float
     met: bool
     message: str
+    #: With a confidence: the upper bound on the drop (pp) on the held-out half, and that half's size.
+    drop_bound_pp: float | None = None
+    confidence: float | None = None
+    held_out: int | None = None
 
     def to_json(self) -> dict:
         """JSON-ready dict (infinite thresholds become null)."""
@@ -73,19 +94,37 @@ class _Recorded:
         self.macs = exit_macs.double().numpy()
         self.idx = np.arange(self.scores.shape[1])
 
+    def subset(self, idx: np.ndarray) -> _Recorded:
+        """The same records for the samples ``idx`` only."""
+        out = object.__new__(_Recorded)
+        out.scores, out.correct, out.macs = self.scores[:, idx], self.correct[:, idx], self.macs
+        out.idx = np.arange(len(idx))
+        return out
+
     def outcome(self, thresholds: list[float]) -> Outcome:
         exits = first_passing(self.scores, thresholds)
+        stopped, full = self.correct[exits, self.idx], self.correct[-1]
         return Outcome(
-            accuracy=float(self.correct[exits, self.idx].mean()),
+            accuracy=float(stopped.mean()),
             macs_per_sample=float(self.macs[exits].mean()),
             exit_histogram=np.bincount(exits, minlength=self.scores.shape[0]).tolist(),
-            drop_se_pp=float(self._diff_std(exits) / np.sqrt(len(exits)) * 100),
+            losses=int((full & ~stopped).sum()),
+            gains=int((stopped & ~full).sum()),
         )
 
-    def _diff_std(self, exits: np.ndarray) -> float:
-        # Paired per-sample difference: right at full execution minus right where it stopped.
-        d = self.correct[-1].astype(np.float64) - self.correct[exits, self.idx]
-        return float(d.std())
+
+def drop_upper_bound(losses: int, gains: int, n: int, confidence: float) -> float:
+    """Upper confidence bound (fraction) on the paired drop P(loss) - P(gain) from ``n`` samples.
+
+    Clopper-Pearson upper bound on the loss rate minus lower bound on the gain rate, each
+    at level (1 - confidence) / 2, so the difference holds at ``confidence`` (Bonferroni).
+    """
+    if n < 1:
+        raise ValueError("a bound needs at least one sample")
+    a = (1 - confidence) / 2
+    upper = 1.0 if losses >= n else float(beta.ppf(1 - a, losses + 1, n - losses))
+    lower = 0.0 if gains == 0 else float(beta.ppf(a, gains, n - gains + 1))
+    return upper - lower
 
 
 def candidate_thresholds(scores: torch.Tensor, grid: int = GRID) -> list[list[float]]:
@@ -116,14 +155,14 @@ def calibrate(
     max_drop_pp: float | None = None,
     budget: float | None = None,
     passes: int = 4,
-    z: float = 1.0,
+    confidence: float | None = DEFAULT_CONFIDENCE,
+    seed: int = 0,
 ) -> Calibration:
     """Fit per-exit thresholds for one target (exactly one of ``max_drop_pp``, ``budget``).
 
-    With ``max_drop_pp``, a setting qualifies when its drop plus ``z`` standard errors
-    (of the paired per-sample difference) stays within the target: the calibration split
-    is a sample, and a target met with no margin there is missed about half the time on
-    new data. ``z = 0`` fits the calibration split exactly.
+    With ``max_drop_pp`` and a ``confidence``, the drop target holds on new data from the
+    same distribution with that probability (module docstring); ``confidence=None`` fits
+    the given samples exactly, with no margin. A budget is met on the given samples.
     """
     if (max_drop_pp is None) == (budget is None):
         raise ValueError("give exactly one target: max_drop_pp or budget")
@@ -131,11 +170,22 @@ def calibrate(
         raise ValueError(f"max_drop_pp must be >= 0, got {max_drop_pp}")
     if budget is not None and not 0 < budget <= 1:
         raise ValueError(f"budget must be a fraction in (0, 1], got {budget}")
-    full_acc = float(correct[-1].float().mean())
+    if confidence is not None and not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    rec = _Recorded(scores, correct, exit_macs)
+    if budget is not None or confidence is None:
+        cands = candidate_thresholds(scores)
+        return _fit(rec, cands, full_macs, max_drop_pp, budget, passes, _grid(rec, cands))
+    return calibrate_targets(scores, correct, exit_macs, full_macs, [max_drop_pp], confidence, seed, passes)[0]
+
+
+def _fit(rec: _Recorded, cands, full_macs, max_drop_pp, budget, passes, grid=None) -> Calibration:
+    """The best setting on ``rec`` itself (no margin)."""
+    full_acc = float(rec.correct[-1].mean())
 
     def feasible(o: Outcome) -> bool:
         if max_drop_pp is not None:
-            return (full_acc - o.accuracy) * 100 + z * o.drop_se_pp <= max_drop_pp + 1e-9
+            return (full_acc - o.accuracy) * 100 <= max_drop_pp + 1e-9
         return o.macs_per_sample <= budget * full_macs * (1 + 1e-9)
 
     def key(o: Outcome) -> tuple[float, float]:
@@ -143,24 +193,18 @@ def calibrate(
             return (o.macs_per_sample, -o.accuracy)
         return (-o.accuracy, o.macs_per_sample)
 
-    cands = candidate_thresholds(scores)
-    rec = _Recorded(scores, correct, exit_macs)
-    found = [(t, o) for t in quantile_family(cands) if feasible(o := rec.outcome(t))]
+    found = [(t, o) for t, o in (grid or _family(rec, cands)) if feasible(o)]
     if not found:
         cheapest = [c[0] for c in cands]
         o = rec.outcome(cheapest)
-        return _result(
-            cheapest,
-            o,
-            full_acc,
-            full_macs,
-            False,
+        message = (
             f"target cannot be met: even the earliest exits cost {o.macs_per_sample / full_macs:.1%} "
-            f"of full execution, above the budget of {budget:.1%}",
+            f"of full execution, above the budget of {budget:.1%}"
+            if budget is not None
+            else "target cannot be met"
         )
-    if math.prod(len(c) for c in cands) <= EXHAUSTIVE_LIMIT:
-        # Few exits: try every combination of the grid, which finds the grid optimum.
-        found += [(list(t), o) for t in itertools.product(*cands) if feasible(o := rec.outcome(list(t)))]
+        return _result(cheapest, o, full_acc, full_macs, False, message)
+    if grid is not None:
         best_t, best = min(found, key=lambda to: key(to[1]))
     else:
         # Many exits: coordinate descent from the best few points of the family.
@@ -169,6 +213,87 @@ def calibrate(
             (_descend(rec, cands, t, o, feasible, key, passes) for t, o in starts), key=lambda to: key(to[1])
         )
     return _result(best_t, best, full_acc, full_macs, True, "target met on the calibration split")
+
+
+def _family(rec: _Recorded, cands) -> list[tuple[list[float], Outcome]]:
+    return [(t, rec.outcome(t)) for t in quantile_family(cands)]
+
+
+def _grid(rec: _Recorded, cands) -> list[tuple[list[float], Outcome]] | None:
+    """Every combination of the per-exit grids with its outcome, when there are few enough."""
+    if math.prod(len(c) for c in cands) > EXHAUSTIVE_LIMIT:
+        return None
+    return [(list(t), rec.outcome(list(t))) for t in itertools.product(*cands)] + _family(rec, cands)
+
+
+def calibration_path(
+    rec: _Recorded, full_macs: float, passes: int = 4, steps: float = PATH_BUDGET_STEP
+) -> list[list[float]]:
+    """Threshold settings from full execution to the cheapest, strict to loose: for each
+    of a ladder of computation budgets (100%, 96%, ... of full execution), the most
+    accurate setting on ``rec`` within it."""
+    cands = candidate_thresholds(torch.from_numpy(rec.scores))
+    grid = _grid(rec, cands)
+    path = [[math.inf] * len(cands)]
+    cheapest = rec.outcome([c[0] for c in cands]).macs_per_sample / full_macs
+    budget = 1.0 - steps
+    while budget > cheapest - steps:
+        c = _fit(rec, cands, full_macs, None, max(budget, cheapest), passes, grid)
+        if c.met and c.thresholds not in path:
+            path.append(c.thresholds)
+        budget -= steps
+    return path
+
+
+def calibrate_targets(
+    scores: torch.Tensor,
+    correct: torch.Tensor,
+    exit_macs: torch.Tensor,
+    full_macs: float,
+    targets_pp: list[float],
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = 0,
+    passes: int = 4,
+) -> list[Calibration]:
+    """``calibrate`` with a confidence for several drop targets, sharing one path."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    rec = _Recorded(scores, correct, exit_macs)
+    n = rec.scores.shape[1]
+    order = np.random.default_rng(seed).permutation(n)
+    cut = round(n * FIT_SHARE)
+    fit, held = rec.subset(np.sort(order[:cut])), rec.subset(np.sort(order[cut:]))
+    # The order of the tests comes from the fitting part alone (its score grid included).
+    path = calibration_path(fit, full_macs, min(passes, 2))
+    held_n = held.scores.shape[1]
+    bounds = []
+    for t in path:
+        o = held.outcome(t)
+        bounds.append(drop_upper_bound(o.losses, o.gains, held_n, confidence) * 100)
+    full_acc = float(rec.correct[-1].mean())
+    out = []
+    for target in targets_pp:
+        if target < 0:
+            raise ValueError(f"max_drop_pp must be >= 0, got {target}")
+        # Fixed-sequence testing: walk strict to loose, stop at the first setting whose bound fails.
+        chosen = None
+        for i, b in enumerate(bounds):
+            if b > target + 1e-9:
+                break
+            chosen = i
+        if chosen is None:
+            msg = (
+                f"target cannot be met at {confidence:.0%} confidence: even full execution's bound "
+                f"({bounds[0]:.2f} pp on {held_n} held-out samples) exceeds {target} pp; more validation "
+                "samples would narrow it"
+            )
+            o = rec.outcome(path[0])
+            out.append(_result(path[0], o, full_acc, full_macs, False, msg, None, confidence, held_n))
+            continue
+        msg = f"target met at {confidence:.0%} confidence (bound {bounds[chosen]:.2f} pp on {held_n} held-out samples)"
+        t = path[chosen]
+        out.append(_result(t, rec.outcome(t), full_acc, full_macs, True, msg, bounds[chosen], confidence, held_n))
+    return out
 
 
 def _descend(rec, cands, best_t, best, feasible, key, passes):
@@ -187,7 +312,17 @@ def _descend(rec, cands, best_t, best, feasible, key, passes):
     return best_t, best
 
 
-def _result(t: list[float], o: Outcome, full_acc: float, full_macs: float, met: bool, msg: str) -> Calibration:
+def _result(
+    t: list[float],
+    o: Outcome,
+    full_acc: float,
+    full_macs: float,
+    met: bool,
+    msg: str,
+    bound: float | None = None,
+    confidence: float | None = None,
+    held_out: int | None = None,
+) -> Calibration:
     return Calibration(
         thresholds=t,
         accuracy=o.accuracy,
@@ -196,4 +331,7 @@ def _result(t: list[float], o: Outcome, full_acc: float, full_macs: float, met: 
         saving=1 - o.macs_per_sample / full_macs,
         met=met,
         message=msg,
+        drop_bound_pp=bound,
+        confidence=confidence,
+        held_out=held_out,
     )

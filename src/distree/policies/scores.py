@@ -1,4 +1,5 @@
-"""The policies: confidence, entropy, patience, feature difference, full execution, oracle."""
+"""The policies: confidence, entropy, patience, feature difference (alone and after
+confidence at the first exit), full execution, oracle."""
 
 from __future__ import annotations
 
@@ -43,26 +44,34 @@ class Patience(ExitPolicy):
 
 
 class FeatureDiff(ExitPolicy):
-    """DistrEE: stop when the fused embedding stops changing between consecutive exits.
+    """Feature difference: stop when the fused embedding stops changing between exits.
 
-    Score at exit e >= 1 is minus the cosine distance between z_e and z_{e-1}. The first
-    exit has no predecessor; ``first`` says how it decides: ``"max-prob"`` (softmax
-    confidence, the default: measured in docs/policies.md) or ``"never"``.
+    Score at exit e >= 1 is cos(z_e, z_{e-1}) - 1 (0 when z did not move). It uses no
+    softmax and no classifier. The first exit has nothing to compare with, so it never
+    stops there.
     """
 
     name = "feature-diff"
 
-    def __init__(self, first: str = "max-prob"):
-        if first not in ("max-prob", "never"):
-            raise ValueError(f"feature-diff: first must be 'max-prob' or 'never', got {first!r}")
-        self.first = first
+    def score(self, e, logits, embeddings):  # noqa: D102
+        if e == 0:
+            return torch.full((logits[0].shape[0],), float("-inf"))
+        return F.cosine_similarity(embeddings[e].float(), embeddings[e - 1].float(), dim=-1) - 1.0
+
+
+class ConfThenFeatureDiff(FeatureDiff):
+    """Softmax confidence at the first exit, feature difference at every later one.
+
+    A mix of two criteria, named for both: on the shipped models most of its saving comes
+    from the first exit, that is from confidence (docs/policies.md has the split).
+    """
+
+    name = "conf-then-feature-diff"
 
     def score(self, e, logits, embeddings):  # noqa: D102
         if e == 0:
-            if self.first == "never":
-                return torch.full((logits[0].shape[0],), float("-inf"))
             return MaxProb().score(0, logits, embeddings)
-        return F.cosine_similarity(embeddings[e].float(), embeddings[e - 1].float(), dim=-1) - 1.0
+        return super().score(e, logits, embeddings)
 
 
 class Full(ExitPolicy):

@@ -20,7 +20,7 @@ import grpc
 import torch
 
 from distree.evaluation.policies import exit_costs, load_calibration, thresholds_for
-from distree.policies import make_policy, should_stop_for_deadline
+from distree.policies import DEFAULT_POLICY, make_policy, should_stop_for_deadline
 from distree.run import RunDir
 from distree.runtime import metrics
 from distree.runtime.batching import RowQueue
@@ -48,7 +48,7 @@ class CoordinatorOptions:
     """How the coordinator runs requests."""
 
     mode: str = "lockstep"
-    policy: str = "feature-diff"
+    policy: str = DEFAULT_POLICY
     stage_timeout_ms: float = 1000.0
     retry_initial_s: float = 0.2
     retry_max_s: float = 5.0

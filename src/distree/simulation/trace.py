@@ -35,7 +35,8 @@ PROBE_TRAIN_SAMPLES = 10_000
 class TraceMeta(BaseModel):
     """Costs (MACs per sample) and sizes (bytes) of everything a simulated request does."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # "Infinity" round-trips an exit that never stops (a calibration that could not be met).
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
     samples: int
     num_classes: int
     input_bytes: int  # one uint8 image, as the runtime sends it
