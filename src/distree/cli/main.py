@@ -21,7 +21,6 @@ from distree.data.loading import FORMATS
 from distree.hardware import pick_device
 from distree.policies import POLICIES
 
-
 # `distree train --time-limit` stopped before the end: not an error, but not finished either.
 EXIT_TIME_LIMIT = 3
 
