@@ -135,9 +135,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     )
     print(f"calibrated on {cal['samples']} validation samples; saved to {run.path / 'calibration.json'}")
     for name, c in cal["policies"].items():
-        status = "ok" if c["met"] else "NOT MET: " + c["message"]
+        status = ("ok: " if c["met"] else "NOT MET: ") + c["message"]
+        bound = "" if c.get("drop_bound_pp") is None else f" (bound {c['drop_bound_pp']:.2f} pp)"
         print(
-            f"  {name:<13} accuracy {c['accuracy']:.2%}  drop {c['drop_pp']:.2f} pp  saving {c['saving']:.1%}  {status}"
+            f"  {name:<23} accuracy {c['accuracy']:.2%}  drop {c['drop_pp']:.2f} pp{bound}  "
+            f"saving {c['saving']:.1%}  {status}"
         )
     return 0 if all(c["met"] for c in cal["policies"].values()) else 1
 
