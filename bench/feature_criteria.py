@@ -118,7 +118,7 @@ def main() -> None:
     sp = {k: Spaces(student, v, align) for k, v in vectors.items()}
     right = {k: sp[k].logits.argmax(-1) == sets[k][1] for k in sets}
     y_train = sets["train"][1]
-    protos = F.normalize(torch.stack([t_unit[y_train == c].mean(0) for c in range(len(splits.classes))]), dim=-1)
+    protos = F.normalize(torch.stack([t_unit[y_train == c].mean(0) for c in range(splits.num_classes)]), dim=-1)
     num_exits = student.num_exits
     scorers = [fit_scorer(diff_features(sp["train"], e), right["train"][e]) for e in range(num_exits - 1)]
 

@@ -189,12 +189,12 @@ def format_policies(r: dict) -> str:
         target = f"budget {t['budget']:.0%}"
     lines = [
         f"policies at their calibrated point ({target}, fitted on the validation split), test split:",
-        f"  {'policy':<13}{'accuracy':>9}{'drop pp':>9}{'saving':>8}  exits",
+        f"  {'policy':<24}{'accuracy':>9}{'drop pp':>9}{'saving':>8}  exits",
     ]
     for name, p in r["policies"].items():
         note = "" if p.get("calibration", {}).get("met", True) else "  (target not met on validation)"
         lines.append(
-            f"  {name:<13}{p['accuracy']:>9.2%}{p['drop_pp']:>9.2f}{p['saving']:>8.1%}  {p['exit_histogram']}{note}"
+            f"  {name:<24}{p['accuracy']:>9.2%}{p['drop_pp']:>9.2f}{p['saving']:>8.1%}  {p['exit_histogram']}{note}"
         )
     lines.append("signal and targets (test split): AUROC of each exit's score for 'this exit is right';")
     lines.append("  test drop / saving when calibrated for each target")
@@ -203,7 +203,7 @@ def format_policies(r: dict) -> str:
         targets = "  ".join(
             f"{t} pp: {v['drop_pp']:.2f} / {v['saving']:.1%}" for t, v in p.get("at_targets", {}).items()
         )
-        lines.append(f"  {name:<13}AUROC {auroc}   {targets}")
+        lines.append(f"  {name:<24}AUROC {auroc}   {targets}".rstrip())
     lines.append(f"curves: {r['curves']['csv']}, {r['curves']['png']}")
     return "\n".join(lines)
 
