@@ -158,7 +158,9 @@ def main() -> None:
         for t in REPORTED_TARGETS_PP:
             cal = calibrate(scores["val"][name], right["val"], costs, full, max_drop_pp=t)
             o = outcome(scores["test"][name], right["test"], costs, cal.thresholds)
-            cells.append(f"{(full_acc - o.accuracy) * 100:>15.2f} / {1 - o.macs_per_sample / full:>6.1%}")
+            cells.append(
+                f"{round((full_acc - o.accuracy) * 100, 2) + 0.0:>15.2f} / {1 - o.macs_per_sample / full:>6.1%}"
+            )
         print(f"{name:<15}" + "".join(f"{a:>9.3f}" for a in au) + "".join(cells))
     print(f"({time.perf_counter() - t0:.0f} s)")
 
