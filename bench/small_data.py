@@ -34,8 +34,8 @@ def write_folder(source: str, root: Path, n_train: int, n_test: int) -> None:
         ("train", splits.train.images, splits.train.labels, n_train),
         ("test", splits.test.images, splits.test.labels, n_test),
     ):
-        per_class = n // len(splits.classes)
-        for c, name in enumerate(splits.classes):
+        per_class = n // len(splits.train.classes)
+        for c, name in enumerate(splits.train.classes):
             idx = rng.choice(np.flatnonzero(labels.numpy() == c), per_class, replace=False)
             d = root / split / f"{c}-{name.replace('/', '-')}"
             d.mkdir(parents=True, exist_ok=True)
@@ -56,7 +56,7 @@ def main() -> None:
     data, run = work / "data", work / "run"
     write_folder(args.fashion_mnist, data, args.train, args.test)
     env = {**os.environ, "DISTREE_CACHE": str(work / "cache")}
-    cli = [sys.executable, "-m", "distree.cli.main"]
+    cli = [str(Path(sys.executable).parent / "distree")]
     t0 = time.perf_counter()
     train = subprocess.run(
         [*cli, "train", "--data", str(data), "--out", str(run)], env=env, text=True, stderr=subprocess.PIPE

@@ -162,7 +162,7 @@ def format_infer(r: dict) -> str:
     """One summary line block of ``run_infer``."""
     lat = r["latency_ms"]
     return (
-        f"{r['policy']:<13} ({r['mode']}): accuracy {r['accuracy']:.2%}  saving {r['saving']:.1%}  "
+        f"{r['policy']:<23} ({r['mode']}): accuracy {r['accuracy']:.2%}  saving {r['saving']:.1%}  "
         f"latency p50 {lat['p50']:.1f} ms  p95 {lat['p95']:.1f} ms  {r['throughput_per_s']:.0f}/s  "
         f"exits {r['exit_histogram']}"
     )

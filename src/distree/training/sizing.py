@@ -67,7 +67,8 @@ def fit_to_data(config: RunConfig, num_images: int) -> tuple[RunConfig, list[str
         if name in update:
             o = update[name]
             notes.append(
-                f"{name.split('_')[0]}: {o.epochs} epochs at batch {o.batch_size} ({steps(o, num_images):,} steps)"
+                f"{name.split('_')[0]}: {o.epochs} epoch{'s' * (o.epochs != 1)} at batch {o.batch_size} "
+                f"({steps(o, num_images):,} steps)"
             )
     return config.model_copy(update=update), notes
 
