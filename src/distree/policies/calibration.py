@@ -12,10 +12,10 @@ settings, from full execution to ever cheaper ones (the cheapest setting with at
 losses, for a ladder of k). The other two thirds test them in that order
 (fixed-sequence testing): a setting is accepted while an upper confidence bound on its
 paired drop stays within the target, and the last accepted one is the result (full
-execution, first on the path, has no drop and needs no test). The bound is Clopper-Pearson's upper bound on the
-rate of "full execution right, policy wrong" minus its lower bound on "policy right, full
-execution wrong", each at (1 - confidence) / 2. Then P(drop on the population > target)
-<= 1 - confidence.
+execution, first on the path, has no drop and needs no test). The bound is
+Clopper-Pearson's upper bound on the rate of "full execution right, policy wrong" minus
+its lower bound on "policy right, full execution wrong", each at (1 - confidence) / 2.
+Then P(drop on the population > target) <= 1 - confidence.
 """
 
 from __future__ import annotations
@@ -97,10 +97,7 @@ class _Recorded:
 
     def subset(self, idx: np.ndarray) -> _Recorded:
         """The same records for the samples ``idx`` only."""
-        out = object.__new__(_Recorded)
-        out.scores, out.correct, out.macs = self.scores[:, idx], self.correct[:, idx], self.macs
-        out.idx = np.arange(len(idx))
-        return out
+        return _Recorded(*(torch.from_numpy(a) for a in (self.scores[:, idx], self.correct[:, idx], self.macs)))
 
     def outcome(self, thresholds: list[float]) -> Outcome:
         exits = first_passing(self.scores, thresholds)
@@ -238,17 +235,17 @@ def calibration_path(rec: _Recorded, full_macs: float, passes: int = 4) -> list[
     losses come first, so the steps are small where a bound is tightest."""
     cands = candidate_thresholds(torch.from_numpy(rec.scores))
     grid = _grid(rec, cands)
-    path = [[math.inf] * len(cands)]
+    never = [math.inf] * len(cands)
+    found = {tuple(never): rec.outcome(never).macs_per_sample}
     n = rec.scores.shape[1]
     k = 0
     while k <= n:
         c = _fit(rec, cands, full_macs, None, None, passes, grid, max_losses=k)
-        if c.met and c.thresholds not in path:
-            path.append(c.thresholds)
+        if c.met:
+            found.setdefault(tuple(c.thresholds), c.macs_per_sample)
         k = max(k + 1, round(k * 1.4))
-    # Cheapest last; a setting no cheaper than one before it adds nothing to test.
-    path.sort(key=lambda t: -rec.outcome(t).macs_per_sample)
-    return path
+    # Most expensive (full execution) first, cheapest last.
+    return [list(t) for t, _ in sorted(found.items(), key=lambda tm: -tm[1])]
 
 
 def calibrate_targets(

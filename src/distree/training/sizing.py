@@ -82,8 +82,8 @@ def too_few_steps(config: RunConfig, num_images: int) -> list[str]:
             per_epoch = math.ceil(num_images / optim.batch_size)
             out.append(
                 f"{phase}: {n:,} optimizer steps ({optim.epochs} epoch{'s' * (optim.epochs != 1)} of "
-                f"{per_epoch} batches of "
-                f"{optim.batch_size}) are too few to learn from; about {MIN_STEPS:,} are needed: try "
+                f"{per_epoch} batches of {optim.batch_size}) are too few to learn from; about {MIN_STEPS:,} "
+                f"are needed: try "
                 f"--epochs {math.ceil(MIN_STEPS / per_epoch)}, or leave the epochs and batch size unset"
             )
     return out
