@@ -17,6 +17,7 @@ import time
 import torch
 
 from distree.evaluation.offline import record_val_test
+from distree.models import ExitRecords
 from distree.policies import exit_scores, make_policy
 from distree.policies.calibration import calibrate, outcome
 from distree.run import RunDir
@@ -50,8 +51,9 @@ def main() -> None:
             policy = make_policy(pol)
             sc, ok = {}, {}
             for k, r in recs.items():
-                sub_logits, sub_emb = r.logits[keep], r.embeddings[keep]
-                sc[k] = exit_scores(policy, sub_logits, sub_emb)
+                sub = ExitRecords(*(f[keep] for f in r))
+                sub_logits = sub.logits
+                sc[k] = exit_scores(policy, sub)
                 ok[k] = sub_logits.argmax(-1) == labels[k]
             cal = calibrate(sc["val"], ok["val"], costs, full, max_drop_pp=args.max_drop)
             o = outcome(sc["test"], ok["test"], costs, cal.thresholds)

@@ -40,7 +40,7 @@ def main() -> None:
     print(f"{'policy':<24}{'val drop':>10}{'val saving':>12}{'test drop':>11}{'test saving':>13}  test exits")
     for name in ("conf-then-feature-diff", "feature-diff"):
         pol = make_policy(name)
-        sc = {k: exit_scores(pol, r.logits, r.embeddings) for k, r in recs.items()}
+        sc = {k: exit_scores(pol, r) for k, r in recs.items()}
         ok = {k: r.logits.argmax(-1) == labels[k] for k, r in recs.items()}
         cal = calibrate(sc["val"], ok["val"], costs, full, max_drop_pp=args.max_drop)
         o = outcome(sc["test"], ok["test"], costs, cal.thresholds)

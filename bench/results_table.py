@@ -11,6 +11,7 @@ import sys
 PAPER_SAVING = 0.276  # DistrEE paper, CIFAR-10 with WideResNet
 CRITERION = {
     "feature-diff": "feature difference (cosine of consecutive fused embeddings), no softmax",
+    "feature-agreement": "agreement of the devices' features at the exit (mean pairwise cosine), no softmax",
     "conf-then-feature-diff": "softmax confidence at exit 0, feature difference after",
     "max-prob": "softmax confidence",
     "entropy": "softmax entropy",
@@ -65,7 +66,7 @@ def main() -> None:
         print(
             "| accuracy (mean over subsets) | " + " | ".join(f"{a:.2%}" for a in r["devices_present"].values()) + " |"
         )
-        for pol in ("feature-diff", "conf-then-feature-diff"):
+        for pol in ("feature-diff", "feature-agreement", "conf-then-feature-diff"):
             fd = r["branches_present"][pol]
             print(f"| `{pol}` accuracy | " + " | ".join(f"{v['accuracy']:.2%}" for v in fd.values()) + " |")
             print(f"| `{pol}` saving | " + " | ".join(f"{v['saving']:.1%}" for v in fd.values()) + " |")

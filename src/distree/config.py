@@ -103,6 +103,13 @@ class DistillConfig(_Strict):
     temperature: float = Field(4.0, gt=0)
     ft_weight: float = Field(1.0, ge=0, description="weight of the feature-transfer term")
     branch_dropout: float = Field(0.15, ge=0, lt=1, description="probability that a branch is dropped for a sample")
+    branch_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the per-branch term: every branch alone through every exit head learns the labels "
+        "and the teacher (CE + KD), so that the branches' own features at one exit are comparable and their "
+        "agreement can serve as an exit criterion",
+    )
     teacher_views: int = Field(
         0,
         ge=0,

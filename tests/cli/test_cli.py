@@ -32,6 +32,7 @@ def test_train_then_eval_writes_every_field(tmp_path, image_folder, capsys):
     assert (run / "calibration.json").is_file()
     assert set(r["policies"]) == {
         "feature-diff",
+        "feature-agreement",
         "conf-then-feature-diff",
         "max-prob",
         "entropy",

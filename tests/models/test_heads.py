@@ -14,6 +14,31 @@ def test_masked_branch_equals_absent_branch():
     masked = head(garbage, mask)
     torch.testing.assert_close(masked.logits, without.logits)
     torch.testing.assert_close(masked.embedding, without.embedding)
+    torch.testing.assert_close(masked.agreement, without.agreement)
+
+
+def test_agreement_is_the_mean_pairwise_cosine_of_the_branches_own_embeddings():
+    torch.manual_seed(0)
+    head = ExitHead([4, 6, 5], embed_dim=8, num_classes=3).eval()
+    v = [torch.randn(5, 4), torch.randn(5, 6), torch.randn(5, 5)]
+    with torch.no_grad():
+        own = [head.norm(head.proj[b](v[b])) for b in range(3)]
+        pairs = [(0, 1), (0, 2), (1, 2)]
+        expected = sum(torch.cosine_similarity(own[i], own[j], dim=-1) for i, j in pairs) / 3
+        torch.testing.assert_close(head(v).agreement, expected)
+        # Two branches: their one cosine. Per-sample masks give each row its own subset.
+        two = torch.cosine_similarity(own[0], own[2], dim=-1)
+        torch.testing.assert_close(head([v[0], None, v[2]]).agreement, two)
+        mask = torch.tensor([[True, True, True], [True, False, True], [False, True, False]] + [[True] * 3] * 2)
+        got = head(v, mask).agreement
+    torch.testing.assert_close(got[0], expected[0])
+    torch.testing.assert_close(got[1], two[1])
+    assert got[2] == float("-inf")  # one branch: nothing to compare
+    # Identical branches agree fully.
+    same = ExitHead([4, 4], embed_dim=8, num_classes=3)
+    same.proj[1].load_state_dict(same.proj[0].state_dict())
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(same([x, x]).agreement, torch.ones(3))
 
 
 def test_per_sample_mask_mixes_subsets():

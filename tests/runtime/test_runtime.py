@@ -33,7 +33,7 @@ def _offline(run: RunDir, splits, policy: str):
     meta = run.read_meta()
     rec = student_exits(student, splits.test.images, meta.data.normalization, 64, torch.device("cpu"))
     t = thresholds_for(policy, student.num_exits, load_calibration(run))
-    exits = decide_exits(exit_scores(make_policy(policy), rec.logits, rec.embeddings), t)
+    exits = decide_exits(exit_scores(make_policy(policy), rec), t)
     preds = rec.logits[exits, torch.arange(len(exits))].argmax(-1)
     return preds, exits
 

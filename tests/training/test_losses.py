@@ -46,6 +46,26 @@ def test_gradients_reach_every_branch_and_head():
     assert not any(p.requires_grad for p in obj._teacher[0].parameters())
 
 
+def test_branch_term_trains_each_branch_alone_through_every_head():
+    x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 4, (6,))
+    plain_loss, plain = _objective(branch_dropout=0.0)(x, y)
+    obj = _objective(branch_dropout=0.0, branch_weight=0.5)
+    loss, terms = obj(x, y)
+    assert "branch" not in plain and terms["branch"] > 0
+    torch.testing.assert_close(loss, plain_loss + 0.5 * terms["branch"])
+    # The term is CE + KD of each branch alone at each exit, averaged over both.
+    with torch.no_grad():
+        t = obj._teacher[0](x)
+        outs, vectors = obj.student.run_exits(x)
+        expected = 0.0
+        for head, per_branch in zip(obj.student.heads, vectors):
+            for b in range(3):
+                alone = head([v if i == b else None for i, v in enumerate(per_branch)])
+                expected += torch.nn.functional.cross_entropy(alone.logits, y)
+                expected += distillation_loss(alone.logits, t.logits, 4.0)
+    torch.testing.assert_close(terms["branch"], expected / (3 * len(outs)))
+
+
 def test_terms_vanish_when_student_matches_teacher():
     """With a teacher that says exactly what the student's exit says, KD and FT are zero."""
     torch.manual_seed(0)

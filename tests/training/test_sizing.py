@@ -35,3 +35,9 @@ def test_a_schedule_too_short_to_learn_is_named_with_a_setting_to_try():
     assert len(warnings) == 2
     assert warnings[0].startswith("teacher: 33 optimizer steps (3 epochs of 11 batches of 128)")
     assert "try --epochs 137" in warnings[0]
+
+
+def test_a_teacher_taken_from_another_run_is_not_warned_about():
+    cfg = RunConfig().with_epochs(3)
+    warnings = too_few_steps(cfg, 1300, teacher_trained=False)
+    assert len(warnings) == 1 and warnings[0].startswith("student:")

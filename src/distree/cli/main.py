@@ -66,9 +66,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     config, sized = fit_to_data(config, len(splits.train))
     if sized:
         _log("sized for the data set (unset in the config): " + "; ".join(sized))
-    for warning in too_few_steps(config, len(splits.train)):
-        _log(f"warning: {warning}")
     teacher = Path(args.teacher) if args.teacher else None
+    for warning in too_few_steps(config, len(splits.train), teacher_trained=teacher is None):
+        _log(f"warning: {warning}")
     limit = None if args.time_limit is None else args.time_limit * 60 - (time.perf_counter() - t0)
     try:
         run = train_run(Path(args.out), splits, config, device, teacher_from=teacher, log=_log, time_limit=limit)

@@ -42,7 +42,7 @@ def exit_costs(model: DistrEEStudent, policy: str, present: Sequence[int] | None
 
 def scores_and_correct(policy: str, rec: ExitRecords, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(E, N) scores of ``policy`` and (E, N) correctness of each exit's prediction."""
-    scores = exit_scores(make_policy(policy, labels), rec.logits, rec.embeddings)
+    scores = exit_scores(make_policy(policy, labels), rec)
     return scores, rec.logits.argmax(-1) == labels
 
 

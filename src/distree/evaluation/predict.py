@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 
 from distree.data.augment import Normalization
 from distree.hardware import autocast
-from distree.models import DistrEEStudent, WideResNet
-
-
-class ExitRecords(NamedTuple):
-    logits: torch.Tensor  # (E, N, K) float32, on the CPU
-    embeddings: torch.Tensor  # (E, N, D) float32, on the CPU
+from distree.models import DistrEEStudent, ExitRecords, WideResNet
 
 
 def _batches(images: torch.Tensor, batch_size: int):
@@ -72,12 +66,14 @@ def fuse_exits(
     model.eval()
     keep = set(range(model.num_branches) if present is None else present)
     head_device = next(model.heads.parameters()).device
-    logits, embeddings = [], []
-    for e, head in enumerate(model.heads):
-        out = head([vectors[b][e].to(head_device) if b in keep else None for b in range(model.num_branches)])
-        logits.append(out.logits.float().cpu())
-        embeddings.append(out.embedding.float().cpu())
-    return ExitRecords(torch.stack(logits), torch.stack(embeddings))
+    rec = ExitRecords.of(
+        [
+            head([vectors[b][e].to(head_device) if b in keep else None for b in range(model.num_branches)])
+            for e, head in enumerate(model.heads)
+        ]
+    )
+    # (E, N, K), (E, N, D), (E, N), float32 on the CPU
+    return ExitRecords(*(f.float().cpu() for f in rec))
 
 
 def student_exits(

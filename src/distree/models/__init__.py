@@ -1,7 +1,7 @@
 """Network definitions: the WideResNet teacher, student branches, exit heads, MAC counts."""
 
 from distree.models.branch import Branch
-from distree.models.heads import ExitHead, ExitOutput
+from distree.models.heads import ExitHead, ExitOutput, ExitRecords
 from distree.models.student import DistrEEStudent, StudentMacs
 from distree.models.wideresnet import TeacherOutput, WideResNet
 
@@ -10,6 +10,7 @@ __all__ = [
     "DistrEEStudent",
     "ExitHead",
     "ExitOutput",
+    "ExitRecords",
     "StudentMacs",
     "TeacherOutput",
     "WideResNet",

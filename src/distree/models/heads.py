@@ -6,12 +6,35 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 class ExitOutput(NamedTuple):
     embedding: torch.Tensor  # (B, embed_dim)
     logits: torch.Tensor  # (B, num_classes)
+    #: (B,) how much the present branches' own features agree: the mean pairwise cosine of
+    #: their embeddings (each branch's projection, layer-normalised); -inf with one branch.
+    agreement: torch.Tensor
+
+
+class ExitRecords(NamedTuple):
+    """The outputs of a run of exits for the same rows: each field indexed by exit first,
+    a stacked tensor (E, N, ...) or a list of per-exit tensors. Policies read these."""
+
+    logits: Sequence[torch.Tensor]  # [exit] (N, K)
+    embeddings: Sequence[torch.Tensor] | None = None  # [exit] (N, D)
+    agreement: Sequence[torch.Tensor] | None = None  # [exit] (N,)
+
+    @classmethod
+    def of(cls, outputs: Sequence[ExitOutput], stack: bool = True) -> ExitRecords:
+        """The records of consecutive exits' outputs: stacked (E, N, ...) or as lists."""
+        fields = ([o.logits for o in outputs], [o.embedding for o in outputs], [o.agreement for o in outputs])
+        return cls(*(torch.stack(f) if stack else f for f in fields))
+
+    def until(self, e: int) -> ExitRecords:
+        """The records of exits 0..e only."""
+        return ExitRecords(*(None if f is None else f[: e + 1] for f in self))
 
 
 class ExitHead(nn.Module):
@@ -36,22 +59,34 @@ class ExitHead(nn.Module):
         """
         if len(vectors) != len(self.proj):
             raise ValueError(f"expected {len(self.proj)} branch vectors, got {len(vectors)}")
-        total = None
-        count = None
+        total = count = units = None
         for b, v in enumerate(vectors):
             if v is None:
                 continue
             p = self.proj[b](v)
+            u = F.normalize(self.norm(p), dim=-1)
             if mask is None:
                 keep = torch.ones(p.shape[0], 1, dtype=p.dtype, device=p.device)
             else:
                 keep = mask[:, b : b + 1].to(p.dtype)
                 p = torch.where(keep.bool(), p, torch.zeros((), dtype=p.dtype, device=p.device))
+                u = torch.where(keep.bool(), u, torch.zeros((), dtype=u.dtype, device=u.device))
             total = p if total is None else total + p
+            units = u if units is None else units + u
             count = keep if count is None else count + keep
         if total is None:
             raise ValueError("an exit head needs at least one branch vector")
         if bool((count == 0).any()):
             raise ValueError("every sample needs at least one present branch")
         z = self.norm(total / count)
-        return ExitOutput(z, self.classifier(z))
+        return ExitOutput(z, self.classifier(z), _mean_pairwise_cosine(units, count.squeeze(-1)))
+
+
+def _mean_pairwise_cosine(unit_sum: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """Mean cosine over the pairs of n unit vectors, from their sum (B, D) and n (B,).
+
+    sum_{i<j} u_i.u_j = (|sum u|^2 - n) / 2 over n(n-1)/2 pairs; -inf where n < 2.
+    """
+    pairs = n * (n - 1)
+    value = (unit_sum.pow(2).sum(-1) - n) / pairs.clamp(min=1)
+    return torch.where(pairs > 0, value, torch.full_like(value, float("-inf")))

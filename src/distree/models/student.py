@@ -70,15 +70,26 @@ class DistrEEStudent(nn.Module):
         ``present`` lists the branches that run at all (default: all); ``mask`` (B, N)
         bool additionally drops branches per sample, as branch drop-out does in training.
         """
+        return self.run_exits(x, present, mask)[0]
+
+    def run_exits(
+        self,
+        x: torch.Tensor,
+        present: Sequence[int] | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[list[ExitOutput], list[list[torch.Tensor | None]]]:
+        """``forward``, also returning the branch vectors [exit][branch] (B, d_b) it fused
+        (None for a branch that did not run)."""
         run = range(self.num_branches) if present is None else sorted(present)
         state: dict[int, torch.Tensor] = {b: x for b in run}
-        outputs = []
+        outputs, fused = [], []
         for k in range(self.num_exits):
             vectors: list[torch.Tensor | None] = [None] * self.num_branches
             for b in run:
                 state[b], vectors[b] = self.branches[b].run_stage(k, state[b])
             outputs.append(self.heads[k](vectors, mask))
-        return outputs
+            fused.append(vectors)
+        return outputs, fused
 
     @cached_property
     def macs(self) -> StudentMacs:

@@ -1,6 +1,7 @@
 """The exit-policy interface.
 
-A policy gives each exit e a *score* computed only from the outputs of exits 0..e, and
+A policy gives each exit e a *score* computed only from the outputs of exits 0..e (an
+``ExitRecords``: logits, fused embeddings and the branches' agreement of each exit), and
 stops at the first exit whose score reaches that exit's threshold; the last exit always
 stops. The same ``score`` serves a batch in offline evaluation and a single request in
 the runtime (a batch of one), so the two cannot disagree. Policies hold no per-request
@@ -15,6 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from distree.models.heads import ExitRecords
+
 
 class ExitPolicy(ABC):
     """Scores exits; thresholds are per exit and come from calibration."""
@@ -24,28 +27,23 @@ class ExitPolicy(ABC):
     calibrated: bool = True
 
     @abstractmethod
-    def score(self, e: int, logits: Sequence[torch.Tensor], embeddings: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Score (B,) at exit ``e`` from the logits (B, K) and embeddings (B, D) of exits 0..e.
+    def score(self, e: int, seen: ExitRecords) -> torch.Tensor:
+        """Score (B,) at exit ``e`` from the records of exits 0..e (logits (B, K), embeddings
+        (B, D), agreement (B,) per exit).
 
         Higher means more confident that stopping now is safe; -inf means never stop here.
         """
 
-    def should_exit(
-        self,
-        e: int,
-        logits: Sequence[torch.Tensor],
-        embeddings: Sequence[torch.Tensor],
-        thresholds: Sequence[float],
-    ) -> torch.Tensor:
+    def should_exit(self, e: int, seen: ExitRecords, thresholds: Sequence[float]) -> torch.Tensor:
         """(B,) bool: stop at exit ``e``. The last exit (index len(thresholds)) always stops."""
         if e >= len(thresholds):
-            return torch.ones(logits[e].shape[0], dtype=torch.bool)
-        return self.score(e, logits, embeddings) >= thresholds[e]
+            return torch.ones(seen.logits[e].shape[0], dtype=torch.bool)
+        return self.score(e, seen) >= thresholds[e]
 
 
-def exit_scores(policy: ExitPolicy, logits: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-    """Scores (E, N) of every exit for recorded exit outputs logits (E, N, K), embeddings (E, N, D)."""
-    return torch.stack([policy.score(e, logits[: e + 1], embeddings[: e + 1]) for e in range(logits.shape[0])])
+def exit_scores(policy: ExitPolicy, records: ExitRecords) -> torch.Tensor:
+    """Scores (E, N) of every exit for recorded exit outputs (logits (E, N, K), ...)."""
+    return torch.stack([policy.score(e, records.until(e)) for e in range(len(records.logits))])
 
 
 def first_passing(scores: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:

@@ -5,9 +5,27 @@ from __future__ import annotations
 import torch
 
 from distree.policies.base import ExitPolicy
-from distree.policies.scores import ConfThenFeatureDiff, Entropy, FeatureDiff, Full, MaxProb, Oracle, Patience
+from distree.policies.scores import (
+    ConfThenFeatureDiff,
+    Entropy,
+    FeatureAgreement,
+    FeatureDiff,
+    Full,
+    MaxProb,
+    Oracle,
+    Patience,
+)
 
-POLICIES = ["feature-diff", "conf-then-feature-diff", "max-prob", "entropy", "patience", "full", "oracle"]
+POLICIES = [
+    "feature-diff",
+    "feature-agreement",
+    "conf-then-feature-diff",
+    "max-prob",
+    "entropy",
+    "patience",
+    "full",
+    "oracle",
+]
 #: What the runtime and the demo use unless told otherwise.
 DEFAULT_POLICY = "conf-then-feature-diff"
 
@@ -15,6 +33,7 @@ DEFAULT_POLICY = "conf-then-feature-diff"
 def make_policy(name: str, labels: torch.Tensor | None = None) -> ExitPolicy:
     """The policy called ``name`` (``oracle`` needs the labels)."""
     factories = {
+        "feature-agreement": FeatureAgreement,
         "feature-diff": FeatureDiff,
         "conf-then-feature-diff": ConfThenFeatureDiff,
         "max-prob": MaxProb,

@@ -1,11 +1,13 @@
-"""The policies: confidence, entropy, patience, feature difference (alone and after
-confidence at the first exit), full execution, oracle."""
+"""The policies: confidence, entropy, patience, the feature criteria (the devices'
+agreement; the difference of consecutive fused embeddings, alone and after confidence at
+the first exit), full execution, oracle."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from distree.models.heads import ExitRecords
 from distree.policies.base import ExitPolicy
 
 
@@ -14,8 +16,8 @@ class MaxProb(ExitPolicy):
 
     name = "max-prob"
 
-    def score(self, e, logits, embeddings):  # noqa: D102
-        return F.softmax(logits[e].float(), dim=-1).amax(-1)
+    def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
+        return F.softmax(seen.logits[e].float(), dim=-1).amax(-1)
 
 
 class Entropy(ExitPolicy):
@@ -23,8 +25,8 @@ class Entropy(ExitPolicy):
 
     name = "entropy"
 
-    def score(self, e, logits, embeddings):  # noqa: D102
-        logp = F.log_softmax(logits[e].float(), dim=-1)
+    def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
+        logp = F.log_softmax(seen.logits[e].float(), dim=-1)
         return (logp.exp() * logp).sum(-1)
 
 
@@ -33,8 +35,8 @@ class Patience(ExitPolicy):
 
     name = "patience"
 
-    def score(self, e, logits, embeddings):  # noqa: D102
-        preds = [logits[i].argmax(-1) for i in range(e + 1)]
+    def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
+        preds = [seen.logits[i].argmax(-1) for i in range(e + 1)]
         run = torch.ones_like(preds[e], dtype=torch.float32)
         alive = torch.ones_like(preds[e], dtype=torch.bool)
         for i in range(e - 1, -1, -1):
@@ -53,10 +55,11 @@ class FeatureDiff(ExitPolicy):
 
     name = "feature-diff"
 
-    def score(self, e, logits, embeddings):  # noqa: D102
+    def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
         if e == 0:
-            return torch.full((logits[0].shape[0],), float("-inf"))
-        return F.cosine_similarity(embeddings[e].float(), embeddings[e - 1].float(), dim=-1) - 1.0
+            return torch.full((seen.logits[0].shape[0],), float("-inf"))
+        z = seen.embeddings
+        return F.cosine_similarity(z[e].float(), z[e - 1].float(), dim=-1) - 1.0
 
 
 class ConfThenFeatureDiff(FeatureDiff):
@@ -68,10 +71,29 @@ class ConfThenFeatureDiff(FeatureDiff):
 
     name = "conf-then-feature-diff"
 
-    def score(self, e, logits, embeddings):  # noqa: D102
+    def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
         if e == 0:
-            return MaxProb().score(0, logits, embeddings)
-        return super().score(e, logits, embeddings)
+            return MaxProb().score(0, seen)
+        return super().score(e, seen)
+
+
+class FeatureAgreement(ExitPolicy):
+    """The devices' agreement: stop when the branches' own features at this exit point the
+    same way.
+
+    Score: the mean pairwise cosine of the present branches' embeddings (each branch's
+    projection through the exit head's normalisation), computed by the exit head. A
+    difference of features across the devices rather than across exits, so it is defined
+    at the first exit too; no softmax and no classifier. With one branch present there is
+    nothing to compare, and it never stops early.
+    """
+
+    name = "feature-agreement"
+
+    def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
+        if seen.agreement is None:
+            raise ValueError("feature-agreement needs the exit heads' agreement records")
+        return seen.agreement[e].float()
 
 
 class Full(ExitPolicy):
@@ -80,8 +102,8 @@ class Full(ExitPolicy):
     name = "full"
     calibrated = False
 
-    def score(self, e, logits, embeddings):  # noqa: D102
-        return torch.full((logits[e].shape[0],), float("-inf"))
+    def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
+        return torch.full((seen.logits[e].shape[0],), float("-inf"))
 
 
 class Oracle(ExitPolicy):
@@ -93,17 +115,7 @@ class Oracle(ExitPolicy):
     def __init__(self, labels: torch.Tensor | None = None):
         self.labels = labels
 
-    def score(self, e, logits, embeddings):  # noqa: D102
+    def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
         if self.labels is None:
             raise ValueError("the oracle policy needs the labels; it exists for evaluation only")
-        return torch.where(logits[e].argmax(-1) == self.labels, 0.0, float("-inf"))
-
-
-def oracle_thresholds(num_exits: int) -> list[float]:
-    """Thresholds that make the oracle stop at its first correct exit."""
-    return [0.0] * (num_exits - 1)
-
-
-def never_thresholds(num_exits: int) -> list[float]:
-    """Thresholds that never stop before the last exit."""
-    return [float("inf")] * (num_exits - 1)
+        return torch.where(seen.logits[e].argmax(-1) == self.labels, 0.0, float("-inf"))

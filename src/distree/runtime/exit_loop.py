@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from distree.models.heads import ExitRecords
 from distree.policies import ExitPolicy
 
 
@@ -32,6 +33,7 @@ class ExitLoop:
         self.logits: torch.Tensor | None = None  # (rows, classes) at each row's exit
         self._logits: list[torch.Tensor] = []  # per stage so far, running rows only
         self._embeddings: list[torch.Tensor] = []
+        self._agreement: list[torch.Tensor] = []
 
     @property
     def done(self) -> bool:
@@ -47,7 +49,9 @@ class ExitLoop:
         out = self.heads[k](vectors)
         self._logits.append(out.logits)
         self._embeddings.append(out.embedding)
-        stop = self.policy.should_exit(k, self._logits, self._embeddings, self.thresholds)
+        self._agreement.append(out.agreement)
+        seen = ExitRecords(self._logits, self._embeddings, self._agreement)
+        stop = self.policy.should_exit(k, seen, self.thresholds)
         if self.logits is None:
             self.logits = torch.zeros(self.exit.numel(), out.logits.shape[-1])
         forced = torch.zeros_like(stop) if force is None else force & ~stop
@@ -63,6 +67,7 @@ class ExitLoop:
         self.alive = self.alive[keep]
         self._logits = [t[keep] for t in self._logits]
         self._embeddings = [t[keep] for t in self._embeddings]
+        self._agreement = [t[keep] for t in self._agreement]
         return keep
 
     def predictions(self) -> torch.Tensor:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from distree.evaluation.predict import fuse_exits
-from distree.models import DistrEEStudent
+from distree.models import DistrEEStudent, ExitRecords
 from distree.policies import ExitPolicy, exit_scores, make_policy
 
 
@@ -45,7 +45,7 @@ class ExitTables:
         rec = fuse_exits(self.student, self.vectors, self._present(mask))
         self._preds[mask] = rec.logits.argmax(-1)
         for name in policies:
-            self._scores[(name, mask)] = exit_scores(self.policy(name), rec.logits, rec.embeddings)
+            self._scores[(name, mask)] = exit_scores(self.policy(name), rec)
 
     def prediction(self, mask: int, exit_index: int, sample: int) -> int:
         """Class predicted at ``exit_index`` with the branches in ``mask``."""
@@ -61,13 +61,16 @@ class ExitTables:
                 self._fill(last, [policy])
             return float(self._scores[(policy, last)][e, sample])
         # The branch set changed during the request: fuse this sample's history exactly.
-        logits, embeddings = [], []
+        outs = []
         with torch.no_grad():
             for i, m in enumerate(masks):
                 keep = set(self._present(m))
-                out = self.student.heads[i](
-                    [self.vectors[b][i][sample : sample + 1] if b in keep else None for b in range(len(self.vectors))]
+                outs.append(
+                    self.student.heads[i](
+                        [
+                            self.vectors[b][i][sample : sample + 1] if b in keep else None
+                            for b in range(len(self.vectors))
+                        ]
+                    )
                 )
-                logits.append(out.logits.float())
-                embeddings.append(out.embedding.float())
-        return float(self.policy(policy).score(e, logits, embeddings)[0])
+        return float(self.policy(policy).score(e, ExitRecords.of(outs, stack=False))[0])

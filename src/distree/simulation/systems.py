@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
+from distree.models import ExitRecords
 from distree.policies import exit_scores, make_policy
 from distree.policies.base import first_passing
 from distree.policies.deadline import should_stop_for_deadline
@@ -216,7 +217,7 @@ def pipeline_request(c: Cluster, sample: int, cuts: list[int]) -> Generator:
 def single_device_exits(trace: Trace) -> np.ndarray:
     """The exit (N,) the single-device baseline takes for each sample (max-prob, calibrated)."""
     logits = trace.teacher_exit_logits.float()
-    scores = exit_scores(make_policy("max-prob"), logits, logits)
+    scores = exit_scores(make_policy("max-prob"), ExitRecords(logits))
     return first_passing(scores.double().numpy(), trace.meta.teacher_exit_thresholds)
 
 

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from distree.data.loading import load_data
 from distree.evaluation.predict import branch_vectors
+from distree.models import ExitRecords
 from distree.models.probes import TeacherExits, teacher_block_costs
 from distree.policies import exit_scores, make_policy
 from distree.policies.calibration import calibrate
@@ -138,7 +139,7 @@ def record_trace(
 
     val_logits = baseline_logits(splits.val.images)
     policy = make_policy("max-prob")
-    scores = exit_scores(policy, val_logits, val_logits)
+    scores = exit_scores(policy, ExitRecords(val_logits))
     fitted = calibrate(
         scores, val_logits.argmax(-1) == splits.val.labels, cumulative, float(cumulative[-1]), max_drop_pp=max_drop_pp
     )

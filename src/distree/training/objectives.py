@@ -167,7 +167,7 @@ class StudentObjective(nn.Module):
         mask = None
         if self.cfg.branch_dropout > 0 and self.student.num_branches > 1:
             mask = branch_dropout_mask(x.shape[0], self.student.num_branches, self.cfg.branch_dropout, x.device)
-        outs = self.student(x, mask=mask)
+        outs, vectors = self.student.run_exits(x, mask=mask)
         ce = kd = ft = x.new_zeros(())
         for o in outs:
             ce = ce + F.cross_entropy(o.logits, y)
@@ -176,4 +176,24 @@ class StudentObjective(nn.Module):
         n = len(outs)
         ce, kd, ft = ce / n, kd / n, ft / n
         loss = ce + self.cfg.kd_weight * kd + self.cfg.ft_weight * ft
-        return loss, {"ce": ce.detach(), "kd": kd.detach(), "ft": ft.detach()}
+        terms = {"ce": ce.detach(), "kd": kd.detach(), "ft": ft.detach()}
+        if self.cfg.branch_weight > 0:
+            alone = self._branch_term(vectors, y, t.logits)
+            loss = loss + self.cfg.branch_weight * alone
+            terms["branch"] = alone.detach()
+        return loss, terms
+
+    def _branch_term(
+        self, vectors: list[list[torch.Tensor | None]], y: torch.Tensor, teacher_logits: torch.Tensor
+    ) -> torch.Tensor:
+        """CE + KD of every branch alone through every exit head, averaged over both."""
+        total, count = vectors[0][0].new_zeros(()), 0
+        for head, per_branch in zip(self.student.heads, vectors):
+            for b, v in enumerate(per_branch):
+                alone = head([v if i == b else None for i in range(len(per_branch))])
+                total = total + F.cross_entropy(alone.logits, y)
+                total = total + self.cfg.kd_weight * distillation_loss(
+                    alone.logits, teacher_logits, self.cfg.temperature
+                )
+                count += 1
+        return total / count

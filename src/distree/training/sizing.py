@@ -73,10 +73,14 @@ def fit_to_data(config: RunConfig, num_images: int) -> tuple[RunConfig, list[str
     return config.model_copy(update=update), notes
 
 
-def too_few_steps(config: RunConfig, num_images: int) -> list[str]:
-    """A warning per phase whose schedule is too short to learn from, with a setting to try."""
+def too_few_steps(config: RunConfig, num_images: int, teacher_trained: bool = True) -> list[str]:
+    """A warning per phase whose schedule is too short to learn from, with a setting to try.
+
+    ``teacher_trained`` False: the teacher comes from another run, only the student trains.
+    """
     out = []
-    for phase, optim in (("teacher", config.teacher_optim), ("student", config.student_optim)):
+    phases = [("teacher", config.teacher_optim)] if teacher_trained else []
+    for phase, optim in [*phases, ("student", config.student_optim)]:
         n = steps(optim, num_images)
         if n < MIN_STEPS:
             per_epoch = math.ceil(num_images / optim.batch_size)
