@@ -34,6 +34,12 @@ def test_agreement_is_the_mean_pairwise_cosine_of_the_branches_own_embeddings():
     torch.testing.assert_close(got[0], expected[0])
     torch.testing.assert_close(got[1], two[1])
     assert got[2] == float("-inf")  # one branch: nothing to compare
+    # Asked not to, the head leaves it out and fuses exactly as before.
+    with torch.no_grad():
+        plain = head(v, mask, agreement=False)
+        full = head(v, mask)
+    assert plain.agreement is None
+    assert torch.equal(plain.logits, full.logits) and torch.equal(plain.embedding, full.embedding)
     # Identical branches agree fully.
     same = ExitHead([4, 4], embed_dim=8, num_classes=3)
     same.proj[1].load_state_dict(same.proj[0].state_dict())

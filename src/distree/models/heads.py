@@ -15,7 +15,8 @@ class ExitOutput(NamedTuple):
     logits: torch.Tensor  # (B, num_classes)
     #: (B,) how much the present branches' own features agree: the mean pairwise cosine of
     #: their embeddings (each branch's projection, layer-normalised); -inf with one branch.
-    agreement: torch.Tensor
+    #: None when the head was asked not to compute it.
+    agreement: torch.Tensor | None
 
 
 class ExitRecords(NamedTuple):
@@ -29,8 +30,9 @@ class ExitRecords(NamedTuple):
     @classmethod
     def of(cls, outputs: Sequence[ExitOutput], stack: bool = True) -> ExitRecords:
         """The records of consecutive exits' outputs: stacked (E, N, ...) or as lists."""
-        fields = ([o.logits for o in outputs], [o.embedding for o in outputs], [o.agreement for o in outputs])
-        return cls(*(torch.stack(f) if stack else f for f in fields))
+        agreement = None if any(o.agreement is None for o in outputs) else [o.agreement for o in outputs]
+        fields = ([o.logits for o in outputs], [o.embedding for o in outputs], agreement)
+        return cls(*(f if f is None or not stack else torch.stack(f) for f in fields))
 
     def until(self, e: int) -> ExitRecords:
         """The records of exits 0..e only."""
@@ -43,6 +45,8 @@ class ExitHead(nn.Module):
     Each branch vector (B, in_dims[b]) is projected to ``embed_dim``; the projections of
     the present branches are averaged (a mean, so the scale does not depend on how many
     devices answered), layer-normalised into the embedding z, and classified linearly.
+    The same normalisation applied to each projection alone gives that branch's own
+    embedding, which ``agreement`` compares across the present branches.
     """
 
     def __init__(self, in_dims: Sequence[int], embed_dim: int, num_classes: int):
@@ -51,35 +55,44 @@ class ExitHead(nn.Module):
         self.norm = nn.LayerNorm(embed_dim)
         self.classifier = nn.Linear(embed_dim, num_classes)
 
-    def forward(self, vectors: Sequence[torch.Tensor | None], mask: torch.Tensor | None = None) -> ExitOutput:
+    def forward(
+        self, vectors: Sequence[torch.Tensor | None], mask: torch.Tensor | None = None, agreement: bool = True
+    ) -> ExitOutput:
         """Fuse ``vectors`` (one per branch, None where the branch is absent).
 
         ``mask`` (B, N) bool optionally removes branches per sample; a masked-out vector
-        has no influence at all, even if it holds NaNs.
+        has no influence at all, even if it holds NaNs. ``agreement=False`` leaves the
+        output's agreement None: at batch 1 it costs about as much CPU time as the
+        fusion itself, and only one policy reads it.
         """
         if len(vectors) != len(self.proj):
             raise ValueError(f"expected {len(self.proj)} branch vectors, got {len(vectors)}")
-        total = count = units = None
+        projected, keeps = [], []
         for b, v in enumerate(vectors):
             if v is None:
                 continue
             p = self.proj[b](v)
-            u = F.normalize(self.norm(p), dim=-1)
             if mask is None:
                 keep = torch.ones(p.shape[0], 1, dtype=p.dtype, device=p.device)
             else:
                 keep = mask[:, b : b + 1].to(p.dtype)
                 p = torch.where(keep.bool(), p, torch.zeros((), dtype=p.dtype, device=p.device))
-                u = torch.where(keep.bool(), u, torch.zeros((), dtype=u.dtype, device=u.device))
-            total = p if total is None else total + p
-            units = u if units is None else units + u
-            count = keep if count is None else count + keep
-        if total is None:
+            projected.append(p)
+            keeps.append(keep)
+        if not projected:
             raise ValueError("an exit head needs at least one branch vector")
+        count = sum(keeps[1:], keeps[0])
         if bool((count == 0).any()):
             raise ValueError("every sample needs at least one present branch")
-        z = self.norm(total / count)
-        return ExitOutput(z, self.classifier(z), _mean_pairwise_cosine(units, count.squeeze(-1)))
+        z = self.norm(sum(projected[1:], projected[0]) / count)
+        agree = self._agreement(torch.stack(projected), torch.stack(keeps), count) if agreement else None
+        return ExitOutput(z, self.classifier(z), agree)
+
+    def _agreement(self, projected: torch.Tensor, keep: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """Mean pairwise cosine (B,) of the branches' own embeddings, from the present
+        branches' projections (n, B, D), their keep flags (n, B, 1) and counts (B, 1)."""
+        own = F.normalize(self.norm(projected), dim=-1) * keep
+        return _mean_pairwise_cosine(own.sum(0), count.squeeze(-1))
 
 
 def _mean_pairwise_cosine(unit_sum: torch.Tensor, n: torch.Tensor) -> torch.Tensor:

@@ -77,9 +77,10 @@ class DistrEEStudent(nn.Module):
         x: torch.Tensor,
         present: Sequence[int] | None = None,
         mask: torch.Tensor | None = None,
+        agreement: bool = True,
     ) -> tuple[list[ExitOutput], list[list[torch.Tensor | None]]]:
         """``forward``, also returning the branch vectors [exit][branch] (B, d_b) it fused
-        (None for a branch that did not run)."""
+        (None for a branch that did not run); ``agreement=False`` skips the heads' agreement."""
         run = range(self.num_branches) if present is None else sorted(present)
         state: dict[int, torch.Tensor] = {b: x for b in run}
         outputs, fused = [], []
@@ -87,7 +88,7 @@ class DistrEEStudent(nn.Module):
             vectors: list[torch.Tensor | None] = [None] * self.num_branches
             for b in run:
                 state[b], vectors[b] = self.branches[b].run_stage(k, state[b])
-            outputs.append(self.heads[k](vectors, mask))
+            outputs.append(self.heads[k](vectors, mask, agreement))
             fused.append(vectors)
         return outputs, fused
 

@@ -25,6 +25,9 @@ class ExitPolicy(ABC):
     name: str
     #: False for policies that use no thresholds (full execution, oracle).
     calibrated: bool = True
+    #: True for policies whose score reads ``ExitRecords.agreement``: only then does the
+    #: runtime's stage loop ask the exit heads for it.
+    reads_agreement: bool = False
 
     @abstractmethod
     def score(self, e: int, seen: ExitRecords) -> torch.Tensor:

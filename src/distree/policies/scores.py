@@ -89,6 +89,7 @@ class FeatureAgreement(ExitPolicy):
     """
 
     name = "feature-agreement"
+    reads_agreement = True
 
     def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
         if seen.agreement is None:

@@ -46,11 +46,13 @@ class ExitLoop:
         a branch that did not answer) and decide; ``force`` (A,) bool stops rows whatever
         the policy says (a deadline). Returns (A,) bool: the rows that go on."""
         last = k == len(self.heads) - 1
-        out = self.heads[k](vectors)
+        reads_agreement = self.policy.reads_agreement
+        out = self.heads[k](vectors, agreement=reads_agreement)
         self._logits.append(out.logits)
         self._embeddings.append(out.embedding)
-        self._agreement.append(out.agreement)
-        seen = ExitRecords(self._logits, self._embeddings, self._agreement)
+        if reads_agreement:
+            self._agreement.append(out.agreement)
+        seen = ExitRecords(self._logits, self._embeddings, self._agreement if reads_agreement else None)
         stop = self.policy.should_exit(k, seen, self.thresholds)
         if self.logits is None:
             self.logits = torch.zeros(self.exit.numel(), out.logits.shape[-1])

@@ -167,7 +167,7 @@ class StudentObjective(nn.Module):
         mask = None
         if self.cfg.branch_dropout > 0 and self.student.num_branches > 1:
             mask = branch_dropout_mask(x.shape[0], self.student.num_branches, self.cfg.branch_dropout, x.device)
-        outs, vectors = self.student.run_exits(x, mask=mask)
+        outs, vectors = self.student.run_exits(x, mask=mask, agreement=False)
         ce = kd = ft = x.new_zeros(())
         for o in outs:
             ce = ce + F.cross_entropy(o.logits, y)
@@ -190,7 +190,7 @@ class StudentObjective(nn.Module):
         total, count = vectors[0][0].new_zeros(()), 0
         for head, per_branch in zip(self.student.heads, vectors):
             for b, v in enumerate(per_branch):
-                alone = head([v if i == b else None for i in range(len(per_branch))])
+                alone = head([v if i == b else None for i in range(len(per_branch))], agreement=False)
                 total = total + F.cross_entropy(alone.logits, y)
                 total = total + self.cfg.kd_weight * distillation_loss(
                     alone.logits, teacher_logits, self.cfg.temperature
