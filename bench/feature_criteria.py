@@ -11,8 +11,7 @@ calibrated on the validation split for 0.5 / 1 / 2 points at 90% confidence.
                   by ridge regression on training images: the space the feature-transfer loss aligns)
   agree-heads     mean pairwise cosine of the branches' own embeddings at the exit (each branch
                   alone through the exit head's projection and normalisation)
-  agree-aligned   agree-heads in the teacher-aligned space
-  agree-heads+cos agree-heads + cos-fused (agree-heads alone at the first exit)
+  agree-aligned   the same in the teacher-aligned space
   agree+cos       agree-aligned + cos-aligned (agree-aligned alone at the first exit)
   learned-diff    a small MLP per exit over the difference vectors only (aligned z_e - z_{e-1},
                   each branch's aligned embedding minus the fused one), fitted on training images
@@ -128,7 +127,6 @@ def main() -> None:
         never = torch.full((n,), float("-inf"))
         cos_f = [never] + [F.cosine_similarity(s.z[e], s.z[e - 1], dim=-1) for e in range(1, num_exits)]
         cos_a = [never] + [(s.a[e] * s.a[e - 1]).sum(-1) for e in range(1, num_exits)]
-        agree_h = [pairwise_cosine(s.branch_z[e]) for e in range(num_exits)]
         agree_a = [pairwise_cosine(s.branch_a[e]) for e in range(num_exits)]
         with torch.no_grad():
             learned = [scorers[e](diff_features(s, e)).squeeze(-1) for e in range(num_exits - 1)] + [never]
@@ -137,8 +135,7 @@ def main() -> None:
             "max-prob": F.softmax(s.logits, -1).amax(-1),
             "cos-fused": torch.stack(cos_f),
             "cos-aligned": torch.stack(cos_a),
-            "agree-heads": torch.stack(agree_h),
-            "agree-heads+cos": torch.stack([agree_h[0]] + [agree_h[e] + cos_f[e] for e in range(1, num_exits)]),
+            "agree-heads": torch.stack([pairwise_cosine(s.branch_z[e]) for e in range(num_exits)]),
             "agree-aligned": torch.stack(agree_a),
             "agree+cos": torch.stack([agree_a[0]] + [agree_a[e] + cos_a[e] for e in range(1, num_exits)]),
             "learned-diff": torch.stack(learned),
