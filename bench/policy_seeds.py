@@ -1,0 +1,103 @@
+"""Every policy over several training seeds: mean and standard deviation of what eval reports.
+
+For each seed, trains a student with the config's seed set to it (the teacher is taken from
+``--teacher`` when given, so the seeds differ in the student only: its initialisation, data
+order and branch drop-out), evaluates it with `distree eval`, and prints per policy the
+mean and standard deviation over seeds of the per-exit AUROC and of the test drop and
+saving at each calibrated target. A run already finished in WORK/seed-S is evaluated, not
+trained again, so an interrupted bench continues where it stopped.
+
+Usage: python bench/policy_seeds.py --data PATH --config FILE [--teacher RUN_DIR]
+           [--seeds 0,1,2] [--work runs/seeds] [--limit N] [--epochs N]
+
+Fashion-MNIST, the shipped config and teacher (not run yet; an estimated 25 min per seed on 2 CPU cores):
+  python bench/policy_seeds.py --data ../shared/data/fashion-mnist --config configs/fashion-mnist.yaml \\
+      --teacher models/fashion-mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from distree.config import dump_json, load_run_config
+
+
+def _cli(*args: str) -> None:
+    """Run the installed `distree` command; stop the bench if it fails."""
+    cmd = [str(Path(sys.executable).parent / "distree"), *args]
+    if subprocess.run(cmd, check=False).returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}")
+
+
+def _mean_sd(values: list[float], digits: int = 3) -> str:
+    """``mean ± sd`` (sample standard deviation; 0 for one value), "-" for none."""
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def main() -> None:
+    """Train, evaluate and summarise each seed."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--teacher", help="take the teacher from this run (the seeds then differ in the student only)")
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
+    ap.add_argument("--work", default="runs/seeds", help="where the runs go (default runs/seeds)")
+    ap.add_argument("--limit", type=int, help="train on this many samples (quick checks)")
+    ap.add_argument("--epochs", type=int, help="override both phases' epochs (quick checks)")
+    args = ap.parse_args()
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        sys.exit(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    base = load_run_config(args.config)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    evals = []
+    for seed in seeds:
+        run, cfg_file, eval_file = work / f"seed-{seed}", work / f"seed-{seed}.json", work / f"seed-{seed}-eval.json"
+        if not (run / "student.safetensors").is_file():
+            dump_json(base.model_copy(update={"seed": seed}), cfg_file)
+            train = ["train", "--data", args.data, "--config", str(cfg_file), "--out", str(run)]
+            train += ["--teacher", args.teacher] if args.teacher else []
+            train += ["--limit", str(args.limit)] if args.limit else []
+            train += ["--epochs", str(args.epochs)] if args.epochs else []
+            _cli(*train)
+        if not eval_file.is_file():
+            _cli("eval", str(run), "--data", args.data, "--json", str(eval_file), "--out-dir", str(run))
+        evals.append(json.loads(eval_file.read_text()))
+
+    print(f"{len(seeds)} seeds {seeds}, config {args.config}, teacher {args.teacher or 'trained per seed'}")
+    full = [e["full"]["accuracy"] for e in evals]
+    print(f"full execution accuracy: {_mean_sd(full)}")
+    targets = list(evals[0]["policies"]["max-prob"]["at_targets"])
+    head = "".join(f" | {t} pp: drop / saving" for t in targets)
+    print(f"| policy | AUROC per exit{head} |")
+    print("|---|---|" + "---|" * len(targets))
+    for name, first in evals[0]["policies"].items():
+        if "at_targets" not in first:
+            continue
+        per_exit = zip(*(e["policies"][name]["auroc"] for e in evals), strict=True)
+        auroc = " ".join(_mean_sd([a for a in col if a is not None]) for col in per_exit)
+        cells = ""
+        for t in targets:
+            at = [e["policies"][name]["at_targets"][t] for e in evals]
+            drop = _mean_sd([a["drop_pp"] for a in at], 2)
+            saving = _mean_sd([a["saving"] * 100 for a in at], 1)
+            cells += f" | {drop} / {saving}%"
+        print(f"| `{name}` | {auroc}{cells} |")
+    print(f"({time.perf_counter() - t0:.0f} s; {platform.machine()}, {platform.processor() or 'unknown CPU'})")
+
+
+if __name__ == "__main__":
+    main()
