@@ -113,3 +113,10 @@ def test_time_limit_stops_at_an_epoch_boundary_and_the_run_continues(tmp_path, s
     assert [(r["phase"], r["epoch"]) for r in rows] == [("teacher", e) for e in (1, 3)] + [
         ("student", e) for e in (1, 2, 3)
     ]
+
+
+def test_the_next_epoch_is_timed_by_the_slowest_recent_one():
+    assert loop.next_epoch_seconds([200.0]) == 200.0
+    # A slow epoch long ago no longer counts; a recent one does.
+    assert loop.next_epoch_seconds([862.0, 210.0, 205.0, 215.0]) == 215.0
+    assert loop.next_epoch_seconds([210.0, 862.0, 205.0, 215.0]) == 862.0

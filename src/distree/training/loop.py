@@ -92,7 +92,7 @@ def train_phase(
     """Train ``phase`` to its last epoch, resuming from ``resume_dir`` when a state is there.
 
     ``deadline`` (a ``time.monotonic()`` value): raise ``TimeLimitReached`` at the first
-    epoch boundary after which the next epoch, timed as the slowest one so far, would end
+    epoch boundary after which the next epoch, timed by ``next_epoch_seconds``, would end
     past it. An epoch still running at the deadline is abandoned, not saved.
     """
     memory_format = training_memory_format(device)
@@ -111,10 +111,10 @@ def train_phase(
     labels = train.labels.to(device)
     epoch_seconds = _past_epoch_seconds(metrics_file, phase.name)
     for epoch in range(start, cfg.epochs):
-        if deadline is not None and epoch_seconds and time.monotonic() + max(epoch_seconds) > deadline:
+        if deadline is not None and epoch_seconds and time.monotonic() + next_epoch_seconds(epoch_seconds) > deadline:
             raise TimeLimitReached(
                 f"{phase.name}: stopped after epoch {epoch}/{cfg.epochs}: the next one (about "
-                f"{max(epoch_seconds):.0f} s) would pass the time limit"
+                f"{next_epoch_seconds(epoch_seconds):.0f} s) would pass the time limit"
             )
         # Seeding per epoch makes an epoch's shuffling, augmentation and drop-out the same
         # whether or not training was interrupted before it.
@@ -174,6 +174,19 @@ def train_phase(
     save_weights(phase.objective.trained, final_weights)
     state_file.unlink(missing_ok=True)
     state_file.with_suffix(".json").unlink(missing_ok=True)
+
+
+#: Epochs that ``next_epoch_seconds`` looks back over.
+RECENT_EPOCHS = 3
+
+
+def next_epoch_seconds(past: list[float]) -> float:
+    """How long the next epoch may take: the slowest of the last few.
+
+    The slowest of the recent ones, not of all: an epoch slowed by other work on the
+    machine sessions ago should not cut every later session short by its length.
+    """
+    return max(past[-RECENT_EPOCHS:])
 
 
 def _past_epoch_seconds(metrics_file: Path, phase: str) -> list[float]:
