@@ -52,9 +52,8 @@ def main() -> None:
             sc, ok = {}, {}
             for k, r in recs.items():
                 sub = ExitRecords(*(f[keep] for f in r))
-                sub_logits = sub.logits
                 sc[k] = exit_scores(policy, sub)
-                ok[k] = sub_logits.argmax(-1) == labels[k]
+                ok[k] = sub.logits.argmax(-1) == labels[k]
             cal = calibrate(sc["val"], ok["val"], costs, full, max_drop_pp=args.max_drop)
             o = outcome(sc["test"], ok["test"], costs, cal.thresholds)
             drop = (float(ok["test"][-1].float().mean()) - o.accuracy) * 100

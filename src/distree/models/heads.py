@@ -62,8 +62,8 @@ class ExitHead(nn.Module):
 
         ``mask`` (B, N) bool optionally removes branches per sample; a masked-out vector
         has no influence at all, even if it holds NaNs. ``agreement=False`` leaves the
-        output's agreement None: at batch 1 it costs about as much CPU time as the
-        fusion itself, and only one policy reads it.
+        output's agreement None: it is a second normalisation of every projection, work
+        on the coordinator's per-stage path that only one policy needs.
         """
         if len(vectors) != len(self.proj):
             raise ValueError(f"expected {len(self.proj)} branch vectors, got {len(vectors)}")

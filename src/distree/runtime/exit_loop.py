@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from distree.models.heads import ExitRecords
+from distree.models.heads import ExitOutput, ExitRecords
 from distree.policies import ExitPolicy
 
 
@@ -31,9 +31,7 @@ class ExitLoop:
         self.exit = torch.full((rows,), -1, dtype=torch.long)
         self.reason: list[str] = [""] * rows
         self.logits: torch.Tensor | None = None  # (rows, classes) at each row's exit
-        self._logits: list[torch.Tensor] = []  # per stage so far, running rows only
-        self._embeddings: list[torch.Tensor] = []
-        self._agreement: list[torch.Tensor] = []
+        self._outputs: list[ExitOutput] = []  # per stage so far, running rows only
 
     @property
     def done(self) -> bool:
@@ -46,14 +44,9 @@ class ExitLoop:
         a branch that did not answer) and decide; ``force`` (A,) bool stops rows whatever
         the policy says (a deadline). Returns (A,) bool: the rows that go on."""
         last = k == len(self.heads) - 1
-        reads_agreement = self.policy.reads_agreement
-        out = self.heads[k](vectors, agreement=reads_agreement)
-        self._logits.append(out.logits)
-        self._embeddings.append(out.embedding)
-        if reads_agreement:
-            self._agreement.append(out.agreement)
-        seen = ExitRecords(self._logits, self._embeddings, self._agreement if reads_agreement else None)
-        stop = self.policy.should_exit(k, seen, self.thresholds)
+        out = self.heads[k](vectors, agreement=self.policy.reads_agreement)
+        self._outputs.append(out)
+        stop = self.policy.should_exit(k, ExitRecords.of(self._outputs, stack=False), self.thresholds)
         if self.logits is None:
             self.logits = torch.zeros(self.exit.numel(), out.logits.shape[-1])
         forced = torch.zeros_like(stop) if force is None else force & ~stop
@@ -67,9 +60,7 @@ class ExitLoop:
             self.reason[r] = "deadline" if f else ("last-exit" if last else "policy")
         keep = ~stop
         self.alive = self.alive[keep]
-        self._logits = [t[keep] for t in self._logits]
-        self._embeddings = [t[keep] for t in self._embeddings]
-        self._agreement = [t[keep] for t in self._agreement]
+        self._outputs = [ExitOutput(*(None if t is None else t[keep] for t in o)) for o in self._outputs]
         return keep
 
     def predictions(self) -> torch.Tensor:
