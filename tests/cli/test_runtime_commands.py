@@ -30,6 +30,11 @@ def test_demo_writes_both_coordinators(trained, tmp_path, capsys):
         assert sum(got["exit_histogram"]) == 20
     assert r["full"]["saving"] == 0 and r["early_exit"]["saving"] > 0
     assert r["full"]["exit_histogram"][:-1] == [0] * (len(r["full"]["exit_histogram"]) - 1)
+    # What the devices computed, from their own counters: every stage of every branch for
+    # full execution; less for early exit, and in lockstep exactly the stages up to each exit.
+    stage = run.load_student().macs.stage
+    assert r["full"]["devices_macs_per_sample"] == sum(map(sum, stage))
+    assert 0 < r["early_exit"]["devices_saving"] < 1 and "computed on the devices" in printed
 
 
 def test_infer_batched_calls_answer_every_input(trained, tmp_path):

@@ -32,7 +32,7 @@ def _offline(run: RunDir, splits, policy: str):
     student = run.load_student()
     meta = run.read_meta()
     rec = student_exits(student, splits.test.images, meta.data.normalization, 64, torch.device("cpu"))
-    t = thresholds_for(policy, student.num_exits, load_calibration(run))
+    t = thresholds_for(policy, student, load_calibration(run)).at(student.num_branches)
     exits = decide_exits(exit_scores(make_policy(policy), rec), t)
     preds = rec.logits[exits, torch.arange(len(exits))].argmax(-1)
     return preds, exits
@@ -69,7 +69,7 @@ def test_runtime_equals_offline_and_stops_workers(trained, shared_cluster, mode)
     workers, coords = shared_cluster
     preds, exits = _offline(run, splits, "conf-then-feature-diff")
     assert 0 < int((exits < exits.max()).sum()), "the fixture should exit early on some inputs"
-    before = [i.stages_run for i in _wait_no_state(workers)]
+    before = _wait_no_state(workers)
     with DistreeClient(coords[mode]) as client:
         answers = client.infer(splits.test.images)
     assert [a.prediction for a in answers] == preds.tolist()
@@ -77,11 +77,15 @@ def test_runtime_equals_offline_and_stops_workers(trained, shared_cluster, mode)
     assert all(a.branches == [0, 1, 2] for a in answers)
     infos = _wait_no_state(workers)
     assert all(i.active_states == 0 for i in infos)
-    ran = [i.stages_run - b for i, b in zip(infos, before)]
+    ran = [i.stages_run - b.stages_run for i, b in zip(infos, before)]
     expected = sum(int(e) + 1 for e in exits)
     if mode == "lockstep":
-        # Every worker ran exactly the stages up to each input's exit, and no more.
+        # Every worker ran exactly the stages up to each input's exit, and no more, and
+        # counted the MACs of exactly those.
         assert ran == [expected] * N_BRANCHES
+        stage_macs = run.load_student().macs.stage
+        macs = [i.macs_run - b.macs_run for i, b in zip(infos, before)]
+        assert macs == [sum(sum(stage_macs[b][: int(e) + 1]) for e in exits) for b in range(N_BRANCHES)]
     else:
         # Eager workers run ahead, but are cancelled: never all stages for every input.
         total = len(exits) * len(run.read_meta().config.student.exit_points)

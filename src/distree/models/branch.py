@@ -7,6 +7,7 @@ from torch import nn
 
 from distree.config import WideResNetConfig
 from distree.models.layers import PooledTap, init_weights, wrn_blocks
+from distree.models.macs import count_macs
 
 
 class Branch(nn.Module):
@@ -45,6 +46,15 @@ class Branch(nn.Module):
         h = self.stem(x) if k == 0 else x
         h = self.stages[k](h)
         return h, self.taps[k](h)
+
+    @torch.no_grad()
+    def stage_macs(self, x: torch.Tensor) -> list[int]:
+        """Per-sample MACs of every stage, counted on ``x``, one input (1, C, H, W)."""
+        per = []
+        for k in range(self.num_stages):
+            per.append(count_macs(lambda: self.run_stage(k, x)))
+            x, _ = self.run_stage(k, x)
+        return per
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """All stages in turn; returns the pooled vector of every exit."""

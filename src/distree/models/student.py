@@ -100,14 +100,7 @@ class DistrEEStudent(nn.Module):
         try:
             p = next(self.parameters())
             x = torch.zeros(1, self.in_channels, self.image_size, self.image_size, device=p.device, dtype=p.dtype)
-            stage = []
-            for br in self.branches:
-                per, h = [], x
-                for k in range(br.num_stages):
-                    per.append(count_macs(lambda: br.run_stage(k, h)))
-                    with torch.no_grad():
-                        h, _ = br.run_stage(k, h)
-                stage.append(per)
+            stage = [br.stage_macs(x) for br in self.branches]
             with torch.no_grad():
                 pooled = [br(x) for br in self.branches]
             head = [count_macs(lambda: h_mod([v[e] for v in pooled])) for e, h_mod in enumerate(self.heads)]

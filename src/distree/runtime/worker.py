@@ -139,6 +139,8 @@ class BranchWorker(pb_grpc.WorkerServicer):
         self.num_stages = self.model.num_stages
         self.states: dict[str, _State] = {}
         self.stages_run = 0
+        self.macs_run = 0
+        self.stage_macs: list[int] = []  # per input, counted when the weights are loaded
         self.dropped = 0
         self.expired = 0
         # One compute thread for the larger batches: torch already uses every core inside
@@ -153,8 +155,7 @@ class BranchWorker(pb_grpc.WorkerServicer):
         self.model.eval().to(self.device, memory_format=torch.channels_last)
         with torch.no_grad():
             h = self.norm(torch.zeros((1, *self.input_shape), dtype=torch.uint8, device=self.device))
-            for k in range(self.num_stages):
-                h, _ = self.model.run_stage(k, h.contiguous(memory_format=torch.channels_last))
+            self.stage_macs = self.model.stage_macs(h.contiguous(memory_format=torch.channels_last))
 
     def start(self) -> None:
         """Create the per-stage batchers and the expiry task (inside the event loop)."""
@@ -251,6 +252,7 @@ class BranchWorker(pb_grpc.WorkerServicer):
             state.next_stage = stage
             raise
         self.stages_run += x.shape[0]
+        self.macs_run += x.shape[0] * self.stage_macs[stage]
         metrics.STAGES_RUN.labels(self.label, str(stage)).inc(x.shape[0])
         if rid in self.states:  # a Drop may have arrived meanwhile
             if stage == self.num_stages - 1:
@@ -369,6 +371,7 @@ class BranchWorker(pb_grpc.WorkerServicer):
             branch=self.branch_index,
             num_stages=self.num_stages,
             stages_run=self.stages_run,
+            macs_run=self.macs_run,
             states_dropped=self.dropped,
             states_expired=self.expired,
             active_states=len(self.states),
