@@ -5,14 +5,17 @@ For each seed, trains a student with the config's seed set to it (the teacher is
 order and branch drop-out), evaluates it with `distree eval`, and prints per policy the
 mean and standard deviation over seeds of the per-exit AUROC and of the test drop and
 saving at each calibrated target. A run already finished in WORK/seed-S is evaluated, not
-trained again, so an interrupted bench continues where it stopped.
+trained again, so an interrupted bench continues where it stopped. ``--runs`` adds runs
+trained already (for example the shipped model, trained with seed 0 and the teacher the
+other seeds share): they are evaluated into WORK and counted as samples like the others.
 
 Usage: python bench/policy_seeds.py --data PATH --config FILE [--teacher RUN_DIR]
-           [--seeds 0,1,2] [--work runs/seeds] [--limit N] [--epochs N]
+           [--seeds 0,1,2] [--runs RUN_DIR,...] [--work runs/seeds] [--limit N] [--epochs N]
 
-Fashion-MNIST, the shipped config and teacher (not run yet; an estimated 25 min per seed on 2 CPU cores):
+Fashion-MNIST, the shipped model (seed 0) and two more students with its teacher (about
+25 min per seed on 2 CPU cores):
   python bench/policy_seeds.py --data ../shared/data/fashion-mnist --config configs/fashion-mnist.yaml \\
-      --teacher models/fashion-mnist
+      --teacher models/fashion-mnist --runs models/fashion-mnist --seeds 1,2
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def main() -> None:
     ap.add_argument("--config", required=True)
     ap.add_argument("--teacher", help="take the teacher from this run (the seeds then differ in the student only)")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
+    ap.add_argument("--runs", default="", help="comma-separated finished runs to count as samples too")
     ap.add_argument("--work", default="runs/seeds", help="where the runs go (default runs/seeds)")
     ap.add_argument("--limit", type=int, help="train on this many samples (quick checks)")
     ap.add_argument("--epochs", type=int, help="override both phases' epochs (quick checks)")
@@ -64,9 +68,15 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     evals = []
-    for seed in seeds:
-        run, cfg_file, eval_file = work / f"seed-{seed}", work / f"seed-{seed}.json", work / f"seed-{seed}-eval.json"
-        if not (run / "student.safetensors").is_file():
+    runs = [Path(r) for r in args.runs.split(",") if r]
+    for r in runs:
+        if not (r / "student.safetensors").is_file():
+            sys.exit(f"--runs: {r} has no student.safetensors")
+    samples = [(r, work / f"run-{i}-eval.json") for i, r in enumerate(runs)]
+    samples += [(work / f"seed-{s}", work / f"seed-{s}-eval.json") for s in seeds]
+    for seed, (run, eval_file) in zip([None] * len(runs) + seeds, samples):
+        if seed is not None and not (run / "student.safetensors").is_file():
+            cfg_file = work / f"seed-{seed}.json"
             dump_json(base.model_copy(update={"seed": seed}), cfg_file)
             train = ["train", "--data", args.data, "--config", str(cfg_file), "--out", str(run)]
             train += ["--teacher", args.teacher] if args.teacher else []
@@ -74,10 +84,12 @@ def main() -> None:
             train += ["--epochs", str(args.epochs)] if args.epochs else []
             _cli(*train)
         if not eval_file.is_file():
-            _cli("eval", str(run), "--data", args.data, "--json", str(eval_file), "--out-dir", str(run))
+            out_dir = run if seed is not None else eval_file.with_suffix("")  # curves out of a given run
+            _cli("eval", str(run), "--data", args.data, "--json", str(eval_file), "--out-dir", str(out_dir))
         evals.append(json.loads(eval_file.read_text()))
 
-    print(f"{len(seeds)} seeds {seeds}, config {args.config}, teacher {args.teacher or 'trained per seed'}")
+    teacher = args.teacher or "trained per seed"
+    print(f"{len(evals)} students: runs {[str(r) for r in runs]} and seeds {seeds} ({args.config}, teacher {teacher})")
     full = [e["full"]["accuracy"] for e in evals]
     print(f"full execution accuracy: {_mean_sd(full)}")
     targets = list(evals[0]["policies"]["max-prob"]["at_targets"])

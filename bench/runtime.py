@@ -72,7 +72,7 @@ def main() -> None:
     images, labels = test.images[: args.n], test.labels[: args.n]
     student = run.load_student()
     policy = make_policy(args.policy)
-    thresholds = thresholds_for(args.policy, student.num_exits, load_calibration(run))
+    thresholds = thresholds_for(args.policy, student, load_calibration(run))
     norm = meta.data.normalization
 
     # In-process, batch 1, on one thread and on torch's default; the faster is the reference.

@@ -44,6 +44,11 @@ def test_train_then_eval_writes_every_field(tmp_path, image_folder, capsys):
     assert (run / "policy_curves.png").stat().st_size > 0
     assert "feature-diff" in (run / "policy_curves.csv").read_text()
     assert set(r["branches_present"]["feature-diff"]) == {"1", "2"}
+    assert set(r["branches_present"]["full"]["1"]) == {"accuracy", "drop_pp", "saving"}
+    # Thresholds for every number of branches present: all of them at the top, fewer below.
+    saved = json.loads((run / "calibration.json").read_text())
+    assert set(saved["policies"]["max-prob"]["by_present"]) == {"1"}
+    assert len(saved["policies"]["max-prob"]["by_present"]["1"]["thresholds"]) == 2
 
     # Calibrating for a budget below the cheapest exit is reported as not met (exit status 1).
     code = main(["calibrate", str(run), "--data", str(image_folder), "--budget", "0.01", "--policy", "max-prob"])

@@ -33,6 +33,15 @@ def test_max_drop_constraint_holds_on_fit_set_without_confidence(drop):
         assert cal.saving > 0.2  # the search found real savings, not "never exit"
 
 
+def test_a_cost_per_sample_is_averaged_over_the_samples():
+    scores, correct, _ = _synthetic(n=4)
+    per_sample = torch.tensor([[1.0, 1.0, 2.0, 2.0], [3.0, 3.0, 4.0, 4.0], [5.0, 5.0, 6.0, 6.0]])
+    assert outcome(scores, correct, per_sample, [float("inf")] * 2).macs_per_sample == 5.5
+    assert outcome(scores, correct, per_sample, [-float("inf")] * 2).macs_per_sample == 1.5
+    with pytest.raises(ValueError, match="do not match"):
+        outcome(scores, correct, per_sample[:, :3], [0.0, 0.0])
+
+
 def test_drop_upper_bound_is_clopper_pearson_and_shrinks_with_more_samples():
     # Each side is the exact (Clopper-Pearson) one-sided bound at (1 - confidence) / 2.
     ci = binomtest(20, 1000).proportion_ci(confidence_level=0.9, method="exact")  # two-sided 0.9 = 0.05 a side

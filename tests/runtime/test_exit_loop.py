@@ -1,7 +1,7 @@
 import torch
 
 from distree.models import ExitHead
-from distree.policies import make_policy
+from distree.policies import ExitThresholds, make_policy
 from distree.runtime.exit_loop import ExitLoop
 
 
@@ -13,7 +13,7 @@ def _heads(num_exits=3, branches=2, dim=4):
 def test_rows_leave_with_their_exit_reason_and_logits():
     heads = _heads()
     # Thresholds no max-prob score reaches: only the deadline and the last exit stop rows.
-    loop = ExitLoop(heads, make_policy("max-prob"), [2.0, 2.0], rows=4)
+    loop = ExitLoop(heads, make_policy("max-prob"), ExitThresholds.same([2.0, 2.0], 2), rows=4)
     v = [torch.randn(4, 4), torch.randn(4, 4)]
     go_on = loop.step(0, v, force=torch.tensor([False, True, False, False]))
     assert go_on.tolist() == [True, False, True, True]
@@ -29,6 +29,15 @@ def test_rows_leave_with_their_exit_reason_and_logits():
     assert loop.predictions().shape == (4,)
 
 
+def test_each_stage_reads_the_thresholds_for_the_branches_that_answered():
+    # With both branches no max-prob score reaches 2.0; with one, every score passes -1.
+    thresholds = ExitThresholds({2: [2.0, 2.0], 1: [-1.0, -1.0]})
+    loop = ExitLoop(_heads(), make_policy("max-prob"), thresholds, rows=3)
+    assert loop.step(0, [torch.randn(3, 4), torch.randn(3, 4)]).all()
+    assert not loop.step(1, [None, torch.randn(3, 4)]).any()
+    assert loop.exit.tolist() == [1, 1, 1] and set(loop.reason) == {"policy"}
+
+
 def test_a_policy_that_reads_agreement_decides_on_the_running_rows_own_agreement():
     heads = _heads()
     v0, v1 = [torch.randn(6, 4), torch.randn(6, 4)], [torch.randn(6, 4), torch.randn(6, 4)]
@@ -37,7 +46,7 @@ def test_a_policy_that_reads_agreement_decides_on_the_running_rows_own_agreement
     t0 = float(agree0.median())
     on = agree0 < t0  # the rows that go on after exit 0
     t1 = float(agree1[on].median())
-    loop = ExitLoop(heads, make_policy("feature-agreement"), [t0, t1], rows=6)
+    loop = ExitLoop(heads, make_policy("feature-agreement"), ExitThresholds.same([t0, t1], 2), rows=6)
     assert loop.step(0, v0).tolist() == on.tolist()
     # Stage 1 sees only the running rows: the loop must pair each with its own agreement.
     loop.step(1, [v[on] for v in v1])
@@ -63,7 +72,7 @@ class _Spy(torch.nn.Module):
 def test_the_heads_compute_agreement_only_for_a_policy_that_reads_it():
     for name, reads in (("max-prob", False), ("feature-agreement", True)):
         spies = torch.nn.ModuleList(_Spy(h) for h in _heads())
-        loop = ExitLoop(spies, make_policy(name), [2.0, 2.0], rows=2)
+        loop = ExitLoop(spies, make_policy(name), ExitThresholds.same([2.0, 2.0], 2), rows=2)
         for k in range(3):
             loop.step(k, [torch.randn(2, 4), torch.randn(2, 4)])
         assert [a for s in spies for a in s.asked] == [reads] * 3, name

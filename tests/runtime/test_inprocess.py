@@ -4,7 +4,7 @@ from conftest import tiny_student_config
 
 from distree.data.augment import Normalization
 from distree.models import DistrEEStudent, ExitRecords
-from distree.policies import decide_exits, exit_scores, make_policy
+from distree.policies import ExitThresholds, decide_exits, exit_scores, make_policy
 from distree.runtime.inprocess import early_exit_batch
 
 
@@ -24,7 +24,7 @@ def test_in_process_early_exit_matches_recorded_decisions(name):
     scores = exit_scores(policy, rec)
     thresholds = [float(scores[0].median()), float(scores[1].median())]
     exits = decide_exits(scores, thresholds)
-    preds, got_exits = early_exit_batch(model, policy, thresholds, images, norm)
+    preds, got_exits = early_exit_batch(model, policy, ExitThresholds.same(thresholds, 2), images, norm)
     assert got_exits.tolist() == exits.tolist()
     assert preds.tolist() == logits[exits, torch.arange(40)].argmax(-1).tolist()
     assert 0 < int((exits == 0).sum()) < 40

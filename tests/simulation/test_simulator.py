@@ -100,7 +100,9 @@ def test_replay_gives_offline_accuracy(trained, model):
     assert set(report["results"]) == set(systems_for(sc, model))
     assert model.calibrated_policies()
     for policy in ["full", *model.calibrated_policies()]:
-        offline = evaluate_policy(student, policy, thresholds_for(policy, student.num_exits, saved), rec, labels)
+        offline = evaluate_policy(
+            student, policy, thresholds_for(policy, student, saved).at(student.num_branches), rec, labels
+        )
         simulated = report["results"][f"distree-{policy}"]
         assert simulated["accuracy"] == pytest.approx(offline["accuracy"], abs=1e-4)
         if policy != "full":

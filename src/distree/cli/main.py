@@ -141,7 +141,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             f"  {name:<23} accuracy {c['accuracy']:.2%}  drop {c['drop_pp']:.2f} pp{bound}  "
             f"saving {c['saving']:.1%}  {status}"
         )
-    return 0 if all(c["met"] for c in cal["policies"].values()) else 1
+        for k, f in sorted(c["by_present"].items(), reverse=True):
+            met = "" if f["met"] else f"  NOT MET: {f['message']}"
+            of = f"{k} of {len(c['by_present']) + 1} branches present"
+            print(f"    {of:<23} drop {f['drop_pp']:.2f} pp  saving {f['saving']:.1%}{met}")
+    met = [c["met"] and all(f["met"] for f in c["by_present"].values()) for c in cal["policies"].values()]
+    return 0 if all(met) else 1
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:

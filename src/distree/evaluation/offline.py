@@ -128,9 +128,7 @@ def calibrate_run(
     meta = run.read_meta()
     student = run.load_student().to(device)
     vectors = branch_vectors(student, splits.val.images, meta.data.normalization, meta.config.eval_batch_size, device)
-    cal = calibrate_policies(
-        student, fuse_exits(student, vectors), splits.val.labels, max_drop_pp, budget, policies or POLICIES, confidence
-    )
+    cal = calibrate_policies(student, vectors, splits.val.labels, max_drop_pp, budget, policies or POLICIES, confidence)
     save_calibration(run, cal)
     return cal
 
@@ -157,7 +155,7 @@ def evaluate_policies(
     y = splits.test.labels
     results = {}
     for name in POLICIES:
-        r = evaluate_policy(student, name, thresholds_for(name, student.num_exits, saved), test_rec, y)
+        r = evaluate_policy(student, name, thresholds_for(name, student, saved).at(student.num_branches), test_rec, y)
         r["auroc"] = exit_auroc(name, test_rec, y)
         if name in saved["policies"]:
             r["calibration"] = saved["policies"][name]
@@ -204,6 +202,12 @@ def format_policies(r: dict) -> str:
             f"{t} pp: {v['drop_pp']:.2f} / {v['saving']:.1%}" for t, v in p.get("at_targets", {}).items()
         )
         lines.append(f"  {name:<24}AUROC {auroc}   {targets}".rstrip())
+    counts = sorted(next(iter(r["branches_present"].values())), key=int, reverse=True)
+    lines.append("k branches present, each policy at its thresholds for k (mean over the k-subsets), test split:")
+    lines.append(f"  {'policy':<24}" + "".join(f"{k + ' present: drop / saving':>28}" for k in counts))
+    for name, by_k in r["branches_present"].items():
+        cells = (f"{by_k[k]['drop_pp']:.2f} pp / {by_k[k]['saving']:.1%}" for k in counts)
+        lines.append(f"  {name:<24}" + "".join(f"{c:>28}" for c in cells))
     lines.append(f"curves: {r['curves']['csv']}, {r['curves']['png']}")
     return "\n".join(lines)
 

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from scipy.stats import mannwhitneyu
 
-from distree.evaluation.predict import ExitRecords, fuse_exits
+from distree.evaluation.predict import ExitRecords, fuse_exits, fuse_random_subsets
 from distree.models import DistrEEStudent
-from distree.policies import POLICIES, exit_scores, make_policy
+from distree.policies import POLICIES, ExitThresholds, exit_scores, make_policy
 from distree.policies.calibration import (
     DEFAULT_CONFIDENCE,
     Calibration,
@@ -46,49 +46,77 @@ def scores_and_correct(policy: str, rec: ExitRecords, labels: torch.Tensor) -> t
     return scores, rec.logits.argmax(-1) == labels
 
 
-def thresholds_for(policy: str, num_exits: int, saved: dict | None) -> list[float]:
-    """Thresholds of ``policy``: fixed for full/oracle, else read from a calibration."""
+def thresholds_for(policy: str, model: DistrEEStudent, saved: dict | None) -> ExitThresholds:
+    """Thresholds of ``policy`` for ``model``: fixed for full/oracle, else read from a
+    calibration (one setting per number of branches present)."""
+    n, gaps = model.num_branches, model.num_exits - 1
     if policy == "full":
-        return [math.inf] * (num_exits - 1)
+        return ExitThresholds.same([math.inf] * gaps, n)
     if policy == "oracle":
-        return [0.0] * (num_exits - 1)
+        return ExitThresholds.same([0.0] * gaps, n)
     if saved is None or policy not in saved["policies"]:
         raise ValueError(f"policy {policy!r} is not calibrated; run 'distree calibrate' first")
-    return Calibration.thresholds_from_json(saved["policies"][policy]["thresholds"])
+    entry = saved["policies"][policy]
+    by_present = {n: entry["thresholds"]} | {int(k): c["thresholds"] for k, c in entry.get("by_present", {}).items()}
+    if set(by_present) != set(range(1, n + 1)):
+        raise ValueError(
+            f"the calibration of {policy!r} has thresholds for {sorted(by_present)} branches present, not for "
+            f"each of 1..{n}; run 'distree calibrate' again"
+        )
+    return ExitThresholds({k: Calibration.thresholds_from_json(t) for k, t in by_present.items()})
 
 
 def calibrate_policies(
     model: DistrEEStudent,
-    val: ExitRecords,
+    vectors: list[list[torch.Tensor]],
     val_labels: torch.Tensor,
     max_drop_pp: float | None,
     budget: float | None,
     policies: Sequence[str],
     confidence: float | None = DEFAULT_CONFIDENCE,
 ) -> dict:
-    """Fit every calibrated policy in ``policies`` on validation records; JSON-ready."""
-    full = float(model.macs.full())
-    out: dict = {
-        "target": {"max_drop_pp": max_drop_pp, "budget": budget, "confidence": confidence},
-        "split": "validation",
-        "samples": int(val_labels.numel()),
-        "policies": {},
-    }
+    """Fit every calibrated policy in ``policies`` on the validation split's branch vectors;
+    JSON-ready.
+
+    Each policy gets a setting with every branch present and, under ``by_present``, one per
+    smaller count k, fitted on the validation samples each fused with a random k-subset
+    of the branches. The target is relative to full execution with the same branches, so
+    it holds on average over which devices are missing.
+    """
+    target = {"max_drop_pp": max_drop_pp, "budget": budget, "confidence": confidence}
+    out: dict = {"target": target, "split": "validation", "samples": int(val_labels.numel()), "policies": {}}
+    everything = fuse_exits(model, vectors)
+    mixtures = {k: fuse_random_subsets(model, vectors, k) for k in range(1, model.num_branches)}
     for name in policies:
         if not make_policy(name, val_labels).calibrated:
             continue
-        scores, correct = scores_and_correct(name, val, val_labels)
-        cal = calibrate(
-            scores,
-            correct,
-            exit_costs(model, name),
-            full,
-            max_drop_pp=max_drop_pp,
-            budget=budget,
-            confidence=confidence,
-        )
-        out["policies"][name] = cal.to_json()
+        entry = _calibrate_on(model, name, everything, val_labels, None, None, target).to_json()
+        entry["by_present"] = {
+            str(k): _calibrate_on(model, name, rec, val_labels, subsets, which, target).to_json()
+            for k, (rec, subsets, which) in mixtures.items()
+        }
+        out["policies"][name] = entry
     return out
+
+
+def _calibrate_on(
+    model: DistrEEStudent,
+    name: str,
+    rec: ExitRecords,
+    labels: torch.Tensor,
+    subsets: list[tuple[int, ...]] | None,
+    which: torch.Tensor | None,
+    target: dict,
+) -> Calibration:
+    """``calibrate`` on records fused with every branch (``subsets`` None) or with the
+    subset ``subsets[which[i]]`` for sample i, each sample costed with its own branches."""
+    scores, correct = scores_and_correct(name, rec, labels)
+    if subsets is None:
+        costs, full = exit_costs(model, name), float(model.macs.full())
+    else:
+        costs = torch.stack([exit_costs(model, name, s) for s in subsets], dim=1)[:, which]  # (E, N)
+        full = float(torch.tensor([float(model.macs.full(s)) for s in subsets])[which].mean())
+    return calibrate(scores, correct, costs, full, **target)
 
 
 def save_calibration(run: RunDir, calibration: dict) -> None:
@@ -197,7 +225,7 @@ def sweep_policy(
 ) -> list[dict]:
     """Accuracy vs computation on test over thresholds taken from validation score quantiles."""
     if policy in ("full", "oracle"):
-        families = [thresholds_for(policy, model.num_exits, None)]
+        families = [thresholds_for(policy, model, None).at(model.num_branches)]
     else:
         vs, _ = scores_and_correct(policy, val, val_labels)
         families = quantile_family(candidate_thresholds(vs), steps=40)
@@ -216,18 +244,18 @@ def branches_present_table(
     saved: dict | None,
     policies: Sequence[str],
 ) -> dict:
-    """Per policy and per k: mean accuracy and saving over all k-subsets of branches."""
+    """Per policy and per k: mean accuracy, drop (pp, against full execution with the same
+    branches) and saving over all k-subsets of branches, each with its thresholds for k."""
     n = model.num_branches
     table: dict = {}
     for k in range(1, n + 1):
         subsets = list(combinations(range(n), k))
         recs = [fuse_exits(model, vectors, s) for s in subsets]
         for name in policies:
-            t = thresholds_for(name, model.num_exits, saved)
+            t = thresholds_for(name, model, saved).at(k)
             rs = [evaluate_policy(model, name, t, r, labels, s) for r, s in zip(recs, subsets)]
             table.setdefault(name, {})[str(k)] = {
-                "accuracy": round(sum(r["accuracy"] for r in rs) / len(rs), 4),
-                "saving": round(sum(r["saving"] for r in rs) / len(rs), 4),
+                key: round(sum(r[key] for r in rs) / len(rs), 4) + 0.0 for key in ("accuracy", "drop_pp", "saving")
             }
     return table
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import combinations
 
+import numpy as np
 import torch
 
 from distree.data.augment import Normalization
@@ -74,6 +76,32 @@ def fuse_exits(
     )
     # (E, N, K), (E, N, D), (E, N), float32 on the CPU
     return ExitRecords(*(f.float().cpu() for f in rec))
+
+
+@torch.no_grad()
+def fuse_random_subsets(
+    model: DistrEEStudent, vectors: list[list[torch.Tensor]], present: int, seed: int = 0
+) -> tuple[ExitRecords, list[tuple[int, ...]], torch.Tensor]:
+    """Every sample fused with one subset of ``present`` branches, drawn uniformly at random
+    (seeded): the records of requests that ``present`` devices, any of them, answered.
+
+    Returns the records, the subsets (``itertools.combinations`` order) and each sample's
+    subset index (N,).
+    """
+    subsets = list(combinations(range(model.num_branches), present))
+    n = vectors[0][0].shape[0]
+    which = torch.from_numpy(np.random.default_rng(seed).integers(len(subsets), size=n))
+    fused = [fuse_exits(model, vectors, s) for s in subsets]
+
+    def pick(field: int) -> torch.Tensor | None:
+        if fused[0][field] is None:
+            return None
+        out = fused[0][field].clone()
+        for i, rec in enumerate(fused[1:], start=1):
+            out[:, which == i] = rec[field][:, which == i]
+        return out
+
+    return ExitRecords(*(pick(f) for f in range(len(ExitRecords._fields)))), subsets, which
 
 
 def student_exits(

@@ -11,7 +11,8 @@ state: whatever they need from earlier exits is passed in.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,6 +43,31 @@ class ExitPolicy(ABC):
         if e >= len(thresholds):
             return torch.ones(seen.logits[e].shape[0], dtype=torch.bool)
         return self.score(e, seen) >= thresholds[e]
+
+
+@dataclass(frozen=True)
+class ExitThresholds:
+    """A policy's per-exit thresholds (one per exit but the last, which always stops) for
+    each number of branches present.
+
+    Scores move when devices are missing: fused logits from fewer branches are less sharp
+    and the branches' agreement is taken over fewer pairs, so thresholds fitted with every
+    branch present stop too early (or too late) with fewer. Calibration therefore fits one
+    setting per count, and the stage loop reads the one for the branches that answered.
+    """
+
+    by_present: Mapping[int, Sequence[float]]
+
+    @classmethod
+    def same(cls, thresholds: Sequence[float], branches: int) -> ExitThresholds:
+        """The same thresholds whatever the count (policies that use none, and tests)."""
+        return cls({k: list(thresholds) for k in range(1, branches + 1)})
+
+    def at(self, present: int) -> list[float]:
+        """The thresholds for ``present`` branches."""
+        if present not in self.by_present:
+            raise ValueError(f"no thresholds for {present} branches present (have {sorted(self.by_present)})")
+        return list(self.by_present[present])
 
 
 def exit_scores(policy: ExitPolicy, records: ExitRecords) -> torch.Tensor:

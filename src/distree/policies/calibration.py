@@ -81,30 +81,38 @@ class Calibration:
 def outcome(scores: torch.Tensor, correct: torch.Tensor, exit_macs: torch.Tensor, thresholds: list[float]) -> Outcome:
     """Accuracy, mean MACs and exit histogram of ``thresholds``.
 
-    ``scores`` and ``correct`` are (E, N); ``exit_macs`` (E,) is the cost of stopping at each exit.
+    ``scores`` and ``correct`` are (E, N); ``exit_macs`` (E,) is the cost of stopping at each
+    exit, or (E, N) with a cost per sample.
     """
     return _Recorded(scores, correct, exit_macs).outcome(thresholds)
 
 
 class _Recorded:
-    """Recorded scores as numpy arrays: the search evaluates thousands of settings."""
+    """Recorded scores as numpy arrays: the search evaluates thousands of settings.
+
+    ``exit_macs`` is (E,), or (E, N) when the cost differs per sample (samples recorded
+    with different branches present)."""
 
     def __init__(self, scores: torch.Tensor, correct: torch.Tensor, exit_macs: torch.Tensor):
         self.scores = scores.double().numpy()
         self.correct = correct.numpy()
-        self.macs = exit_macs.double().numpy()
+        macs = exit_macs.double().numpy()
+        self.macs = np.broadcast_to(macs[:, None], self.scores.shape) if macs.ndim == 1 else macs
+        if self.macs.shape != self.scores.shape:
+            raise ValueError(f"exit costs {tuple(macs.shape)} do not match scores {self.scores.shape}")
         self.idx = np.arange(self.scores.shape[1])
 
     def subset(self, idx: np.ndarray) -> _Recorded:
         """The same records for the samples ``idx`` only."""
-        return _Recorded(*(torch.from_numpy(a) for a in (self.scores[:, idx], self.correct[:, idx], self.macs)))
+        parts = (self.scores[:, idx], self.correct[:, idx], self.macs[:, idx])
+        return _Recorded(*(torch.from_numpy(np.ascontiguousarray(a)) for a in parts))
 
     def outcome(self, thresholds: list[float]) -> Outcome:
         exits = first_passing(self.scores, thresholds)
         stopped, full = self.correct[exits, self.idx], self.correct[-1]
         return Outcome(
             accuracy=float(stopped.mean()),
-            macs_per_sample=float(self.macs[exits].mean()),
+            macs_per_sample=float(self.macs[exits, self.idx].mean()),
             exit_histogram=np.bincount(exits, minlength=self.scores.shape[0]).tolist(),
             losses=int((full & ~stopped).sum()),
             gains=int((stopped & ~full).sum()),
@@ -294,7 +302,8 @@ def calibrate_targets(
                 "validation samples leave room for early exits)"
             )
         else:
-            msg = f"target met at {confidence:.0%} confidence (bound {bounds[chosen]:.2f} pp on {held_n} held-out samples)"
+            bound = f"bound {bounds[chosen]:.2f} pp on {held_n} held-out samples"
+            msg = f"target met at {confidence:.0%} confidence ({bound})"
         out.append(_result(t, rec.outcome(t), full_acc, full_macs, True, msg, bounds[chosen], confidence, held_n))
     return out
 

@@ -89,7 +89,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         load_weights(self.student.heads, run.student_file, prefix="heads.")
         self.student.eval()
         self.policy = make_policy(options.policy)
-        self.thresholds = thresholds_for(options.policy, self.student.num_exits, load_calibration(run))
+        self.thresholds = thresholds_for(options.policy, self.student, load_calibration(run))
         self.exit_macs = [int(m) for m in exit_costs(self.student, options.policy).tolist()]
         self.input_shape = (meta.data.in_channels, meta.data.image_size, meta.data.image_size)
         n = self.student.num_branches

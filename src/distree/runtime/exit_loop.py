@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from distree.models.heads import ExitOutput, ExitRecords
-from distree.policies import ExitPolicy
+from distree.policies import ExitPolicy, ExitThresholds
 
 
 class ExitLoop:
@@ -23,10 +23,10 @@ class ExitLoop:
     rows the policy (or a deadline) stops leave with their logits, the others go on.
     """
 
-    def __init__(self, heads: nn.ModuleList, policy: ExitPolicy, thresholds: Sequence[float], rows: int):
+    def __init__(self, heads: nn.ModuleList, policy: ExitPolicy, thresholds: ExitThresholds, rows: int):
         self.heads = heads
         self.policy = policy
-        self.thresholds = list(thresholds)
+        self.thresholds = thresholds
         self.alive = torch.arange(rows)  # original row index of each running row
         self.exit = torch.full((rows,), -1, dtype=torch.long)
         self.reason: list[str] = [""] * rows
@@ -46,7 +46,9 @@ class ExitLoop:
         last = k == len(self.heads) - 1
         out = self.heads[k](vectors, agreement=self.policy.reads_agreement)
         self._outputs.append(out)
-        stop = self.policy.should_exit(k, ExitRecords.of(self._outputs, stack=False), self.thresholds)
+        present = sum(v is not None for v in vectors)
+        thresholds = self.thresholds.at(present)
+        stop = self.policy.should_exit(k, ExitRecords.of(self._outputs, stack=False), thresholds)
         if self.logits is None:
             self.logits = torch.zeros(self.exit.numel(), out.logits.shape[-1])
         forced = torch.zeros_like(stop) if force is None else force & ~stop

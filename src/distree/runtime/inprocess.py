@@ -11,13 +11,13 @@ import torch
 
 from distree.data.augment import Normalization
 from distree.models import DistrEEStudent
-from distree.policies import ExitPolicy
+from distree.policies import ExitPolicy, ExitThresholds
 from distree.runtime.exit_loop import ExitLoop
 
 
 @torch.no_grad()
 def early_exit_batch(
-    model: DistrEEStudent, policy: ExitPolicy, thresholds: list[float], images: torch.Tensor, norm: Normalization
+    model: DistrEEStudent, policy: ExitPolicy, thresholds: ExitThresholds, images: torch.Tensor, norm: Normalization
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images (B, C, H, W) -> (predictions (B,), exit indices (B,))."""
     model.eval()

@@ -15,7 +15,7 @@ import torch
 from distree.data import ENV_VAR
 from distree.evaluation.policies import load_calibration, thresholds_for
 from distree.models import DistrEEStudent
-from distree.policies import POLICIES
+from distree.policies import POLICIES, ExitThresholds
 from distree.run import RunDir
 from distree.simulation.cluster import Health, Network, SimDevice
 from distree.simulation.outcomes import ExitTables
@@ -44,6 +44,7 @@ class Model:
         self.trace = trace
         self.tables = ExitTables(student, trace.vectors, trace.labels)
         self.calibration = calibration
+        self.student = student
         self.num_exits = student.num_exits
         self.single_exits = single_device_exits(trace)
 
@@ -57,9 +58,9 @@ class Model:
         saved = (self.calibration or {}).get("policies", {})
         return [p for p in POLICIES if p in saved]
 
-    def thresholds(self, policy: str) -> list[float]:
-        """Per-exit thresholds of ``policy``."""
-        return thresholds_for(policy, self.num_exits, self.calibration)
+    def thresholds(self, policy: str) -> ExitThresholds:
+        """Per-exit thresholds of ``policy`` for each number of branches present."""
+        return thresholds_for(policy, self.student, self.calibration)
 
 
 def systems_for(scenario: Scenario, model: Model) -> list[str]:

@@ -13,7 +13,7 @@ import numpy as np
 import simpy
 
 from distree.models import ExitRecords
-from distree.policies import exit_scores, make_policy
+from distree.policies import ExitThresholds, exit_scores, make_policy
 from distree.policies.base import first_passing
 from distree.policies.deadline import should_stop_for_deadline
 from distree.simulation.cluster import Health, Network, SimDevice
@@ -70,7 +70,7 @@ def _admit(c: Cluster) -> simpy.Timeout:
 class DistrEE:
     """DistrEE with one exit policy: branches on their devices, fusion and decisions here."""
 
-    def __init__(self, cluster: Cluster, tables: ExitTables, policy: str, thresholds: list[float]):
+    def __init__(self, cluster: Cluster, tables: ExitTables, policy: str, thresholds: ExitThresholds):
         self.c = cluster
         self.tables = tables
         self.policy = policy
@@ -151,7 +151,8 @@ class DistrEE:
                 head_macs += meta.head_macs[e]
                 yield _coordinator_time(c, meta.head_macs[e])
             stop = last or (
-                self.policy != "full" and self.tables.score(self.policy, masks, sample) >= self.thresholds[e]
+                self.policy != "full"
+                and self.tables.score(self.policy, masks, sample) >= self.thresholds.at(len(active))[e]
             )
             deadline = c.scenario.deadline_ms
             if not stop and deadline is not None:

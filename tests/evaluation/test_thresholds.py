@@ -1,0 +1,45 @@
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import tiny_student_config
+
+from distree.evaluation.policies import thresholds_for
+from distree.evaluation.predict import fuse_exits, fuse_random_subsets
+from distree.models import DistrEEStudent
+
+MODEL = SimpleNamespace(num_branches=3, num_exits=3)
+
+
+def _saved(by_present):
+    return {"policies": {"max-prob": {"thresholds": [0.9, None], "by_present": by_present}}}
+
+
+def test_thresholds_are_read_for_every_number_of_branches_present():
+    saved = _saved({"1": {"thresholds": [0.5, 0.6]}, "2": {"thresholds": [None, 0.7]}})
+    t = thresholds_for("max-prob", MODEL, saved)
+    assert t.at(3) == [0.9, math.inf] and t.at(2) == [math.inf, 0.7] and t.at(1) == [0.5, 0.6]
+    with pytest.raises(ValueError, match="no thresholds for 4 branches"):
+        t.at(4)
+    assert thresholds_for("full", MODEL, None).at(1) == [math.inf, math.inf]
+
+
+def test_a_calibration_without_every_count_asks_to_calibrate_again():
+    with pytest.raises(ValueError, match=r"\[2, 3\] branches present.*distree calibrate"):
+        thresholds_for("max-prob", MODEL, _saved({"2": {"thresholds": [0.5, 0.6]}}))
+    with pytest.raises(ValueError, match="not calibrated"):
+        thresholds_for("entropy", MODEL, _saved({}))
+
+
+def test_random_subsets_fuse_each_sample_with_its_own_branches():
+    torch.manual_seed(0)
+    model = DistrEEStudent(tiny_student_config(branches=3), 3, 4, 8).eval()
+    vectors = [[torch.randn(50, d) for d in br.out_dims] for br in model.branches]
+    rec, subsets, which = fuse_random_subsets(model, vectors, present=2, seed=1)
+    assert subsets == [(0, 1), (0, 2), (1, 2)] and set(which.tolist()) == {0, 1, 2}
+    for i, s in enumerate(subsets):
+        alone = fuse_exits(model, vectors, s)
+        rows = which == i
+        for got, want in zip(rec, alone):
+            torch.testing.assert_close(got[:, rows], want[:, rows])
