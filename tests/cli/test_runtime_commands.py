@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from distree.cli.main import main
+from distree.cli.runtime import DEMO_POLICIES
 from distree.runtime.cluster import LocalCluster
 
 
@@ -21,20 +22,22 @@ def test_demo_writes_both_coordinators(trained, tmp_path, capsys):
         == 0
     )
     printed = capsys.readouterr().out
-    assert "feature-diff" in printed and "full" in printed
     r = json.loads(out.read_text())
-    for key in ("early_exit", "full"):
-        got = r[key]
+    assert list(r["runs"]) == [*DEMO_POLICIES, "full"] and r["samples"] == 20
+    for policy, got in r["runs"].items():
+        assert policy in printed and got["policy"] == policy
         assert got["samples"] == 20 and 0 <= got["accuracy"] <= 1
         assert {"p50", "p95"} <= set(got["latency_ms"]) and got["latency_ms"]["p50"] > 0
         assert sum(got["exit_histogram"]) == 20
-    assert r["full"]["saving"] == 0 and r["early_exit"]["saving"] > 0
-    assert r["full"]["exit_histogram"][:-1] == [0] * (len(r["full"]["exit_histogram"]) - 1)
+    full, confident = r["runs"]["full"], r["runs"]["max-prob"]
+    assert full["saving"] == 0 and full["exit_histogram"][:-1] == [0] * (len(full["exit_histogram"]) - 1)
     # What the devices computed, from their own counters: every stage of every branch for
-    # full execution; less for early exit, and in lockstep exactly the stages up to each exit.
+    # full execution; in lockstep exactly the stages up to each exit for early exit.
     stage = run.load_student().macs.stage
-    assert r["full"]["devices_macs_per_sample"] == sum(map(sum, stage))
-    assert 0 < r["early_exit"]["devices_saving"] < 1 and "computed on the devices" in printed
+    assert full["devices_macs_per_sample"] == sum(map(sum, stage))
+    heads = sum(run.load_student().macs.head)  # the exit-based figure also counts the heads
+    assert confident["saving"] > 0 and 0 < confident["devices_saving"] < 1
+    assert 0 <= confident["macs_per_sample"] - confident["devices_macs_per_sample"] <= heads
 
 
 def test_infer_batched_calls_answer_every_input(trained, tmp_path):

@@ -5,9 +5,11 @@ import pytest
 import torch
 from conftest import tiny_student_config
 
-from distree.evaluation.policies import thresholds_for
+from distree.evaluation.policies import branches_present_table, calibrate_policies, thresholds_for
 from distree.evaluation.predict import fuse_exits, fuse_random_subsets
 from distree.models import DistrEEStudent
+from distree.policies import decide_exits, exit_scores, make_policy
+from distree.policies.calibration import Calibration
 
 MODEL = SimpleNamespace(num_branches=3, num_exits=3)
 
@@ -43,3 +45,37 @@ def test_random_subsets_fuse_each_sample_with_its_own_branches():
         rows = which == i
         for got, want in zip(rec, alone):
             torch.testing.assert_close(got[:, rows], want[:, rows])
+
+
+def _uneven_student():
+    """Two branches of different widths: each subset of branches has its own cost."""
+    torch.manual_seed(0)
+    cfg = tiny_student_config(branches=2)
+    wide = cfg.branches[1].model_copy(update={"width": 0.5})
+    cfg = cfg.model_copy(update={"branches": [cfg.branches[0], wide]})
+    model = DistrEEStudent(cfg, 3, 4, 8).eval()
+    vectors = [[torch.randn(300, d) for d in br.out_dims] for br in model.branches]
+    return model, vectors, torch.randint(0, 4, (300,))
+
+
+def test_each_count_is_calibrated_with_each_samples_own_branches_and_cost():
+    model, vectors, labels = _uneven_student()
+    cal = calibrate_policies(model, vectors, labels, None, 0.8, ["max-prob"], confidence=None)
+    one = cal["policies"]["max-prob"]["by_present"]["1"]
+    rec, subsets, which = fuse_random_subsets(model, vectors, 1)
+    exits = decide_exits(exit_scores(make_policy("max-prob"), rec), Calibration.thresholds_from_json(one["thresholds"]))
+    own = [subsets[int(w)] for w in which]
+    costs = [float(model.macs.exit_cumulative(int(e), s)) for e, s in zip(exits, own)]
+    full = sum(float(model.macs.full(s)) for s in own) / len(own)
+    assert one["macs_per_sample"] == pytest.approx(sum(costs) / len(costs))
+    assert one["saving"] == pytest.approx(1 - sum(costs) / len(costs) / full)
+    right = rec.logits[exits, torch.arange(len(exits))].argmax(-1) == labels
+    assert one["accuracy"] == pytest.approx(float(right.float().mean()))
+
+
+def test_the_branches_present_table_uses_the_thresholds_for_each_count():
+    model, vectors, labels = _uneven_student()
+    # Two branches: never stop early. One branch: always stop at the first exit.
+    saved = {"policies": {"max-prob": {"thresholds": [None, None], "by_present": {"1": {"thresholds": [0.0, 0.0]}}}}}
+    table = branches_present_table(model, vectors, labels, saved, ["max-prob"])["max-prob"]
+    assert table["2"]["saving"] <= 0 < table["1"]["saving"]

@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy.stats import binomtest
 
-from distree.policies.calibration import calibrate, drop_upper_bound, outcome
+from distree.policies.calibration import _Recorded, calibrate, drop_upper_bound, outcome
 
 
 def _synthetic(n=2000, seed=0, noise=0.3, flips=0.0):
@@ -33,11 +33,14 @@ def test_max_drop_constraint_holds_on_fit_set_without_confidence(drop):
         assert cal.saving > 0.2  # the search found real savings, not "never exit"
 
 
-def test_a_cost_per_sample_is_averaged_over_the_samples():
-    scores, correct, _ = _synthetic(n=4)
-    per_sample = torch.tensor([[1.0, 1.0, 2.0, 2.0], [3.0, 3.0, 4.0, 4.0], [5.0, 5.0, 6.0, 6.0]])
-    assert outcome(scores, correct, per_sample, [float("inf")] * 2).macs_per_sample == 5.5
-    assert outcome(scores, correct, per_sample, [-float("inf")] * 2).macs_per_sample == 1.5
+def test_a_cost_per_sample_is_each_samples_own_cost_at_its_exit():
+    # Samples 0 and 2 stop at exit 0, samples 1 and 3 run to the last exit.
+    scores = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    correct = torch.ones(3, 4, dtype=torch.bool)
+    per_sample = torch.tensor([[1.0, 10.0, 2.0, 2.0], [3.0, 3.0, 4.0, 4.0], [5.0, 5.0, 6.0, 100.0]])
+    assert outcome(scores, correct, per_sample, [0.5, 0.5]).macs_per_sample == (1 + 5 + 2 + 100) / 4
+    rec = _Recorded(scores, correct, per_sample).subset(np.array([1, 2]))
+    assert rec.outcome([0.5, 0.5]).macs_per_sample == (5 + 2) / 2
     with pytest.raises(ValueError, match="do not match"):
         outcome(scores, correct, per_sample[:, :3], [0.0, 0.0])
 

@@ -87,6 +87,18 @@ def test_device_never_up_is_never_used(model):
     assert simulate_system(sc, model, "pipeline")["failed"] == 40
 
 
+def test_requests_decide_at_the_thresholds_for_the_devices_that_answered(model):
+    # With every device: never stop early. With two of three: always stop at the first exit.
+    saved = {"policies": {"max-prob": {"thresholds": [None, None], "by_present": {"2": {"thresholds": [0.0, 0.0]}}}}}
+    saved["policies"]["max-prob"]["by_present"]["1"] = {"thresholds": [None, None]}
+    by_count = Model(model.trace, model.student, saved)
+    sc = scenario(requests=20)
+    assert {d.exit for d in run_system(sc, by_count, "distree-max-prob").done} == {2}
+    down = sc.devices[1].model_copy(update={"availability": Availability(up=False)})
+    sc = sc.model_copy(update={"devices": [sc.devices[0], down, sc.devices[2]]})
+    assert {d.exit for d in run_system(sc, by_count, "distree-max-prob").done} == {0}
+
+
 def test_replay_gives_offline_accuracy(trained, model):
     """All devices up, no deadline: each system's accuracy is the offline evaluation's."""
     run, splits = trained

@@ -141,7 +141,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             f"  {name:<23} accuracy {c['accuracy']:.2%}  drop {c['drop_pp']:.2f} pp{bound}  "
             f"saving {c['saving']:.1%}  {status}"
         )
-        for k, f in sorted(c["by_present"].items(), reverse=True):
+        for k, f in sorted(c["by_present"].items(), key=lambda kv: -int(kv[0])):
             met = "" if f["met"] else f"  NOT MET: {f['message']}"
             of = f"{k} of {len(c['by_present']) + 1} branches present"
             print(f"    {of:<23} drop {f['drop_pp']:.2f} pp  saving {f['saving']:.1%}{met}")

@@ -19,6 +19,9 @@ from distree.policies import DEFAULT_POLICY, POLICIES
 from distree.run import RunDir
 
 DEFAULT_DEMO_RUN = "models/cifar10"
+#: The default policy (a feature criterion) next to softmax confidence, the criterion it is
+#: measured against.
+DEMO_POLICIES = tuple(dict.fromkeys([DEFAULT_POLICY, "max-prob"]))
 
 
 def _tls_args(p: argparse.ArgumentParser, who: str) -> None:
@@ -190,7 +193,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Four workers and two coordinators (early exit, full execution) as local processes."""
+    """Four workers and one coordinator per policy, plus one for full execution, as local
+    processes; the same test images through each, compared side by side."""
     from distree.runtime.cluster import LocalCluster
 
     run = RunDir(args.run_dir)
@@ -198,35 +202,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     splits = load_data(args.data, args.format, meta.config.data.val_fraction, meta.config.data.split_seed)
     test = splits.test
     n = min(args.limit, len(test))
+    policies = list(dict.fromkeys(args.policy or DEMO_POLICIES))
     logs = Path(tempfile.mkdtemp(prefix="distree-demo-logs-"))
     n_branches = len(meta.config.student.branches)
-    print(f"starting {n_branches} workers and 2 coordinators on loopback (logs in {logs}) ...", file=sys.stderr)
+    print(
+        f"starting {n_branches} workers and {len(policies) + 1} coordinators on loopback (logs in {logs}) ...",
+        file=sys.stderr,
+    )
     t0 = time.perf_counter()
     results = {}
     with LocalCluster(run.path, log_dir=logs) as cluster:
         workers = cluster.start_workers(n_branches)
-        early = cluster.start_coordinator("coordinator-early", ["--policy", args.policy, "--mode", args.mode])
-        full = cluster.start_coordinator("coordinator-full", ["--policy", "full", "--mode", args.mode])
+        coordinators = {
+            p: cluster.start_coordinator(f"coordinator-{p}", ["--policy", p, "--mode", args.mode])
+            for p in [*policies, "full"]
+        }
         print(f"cluster up in {time.perf_counter() - t0:.1f}s; sending {n} test images", file=sys.stderr)
-        for key, address in (("early_exit", early), ("full", full)):
+        for policy, address in coordinators.items():
             before = devices_macs_run(workers)
-            results[key] = run_infer(address, test.images[:n], test.labels[:n], None, _tls(args), args.concurrency)
-            results[key]["devices_macs_per_sample"] = round((devices_macs_run(workers) - before) / n)
-            print(format_infer(results[key]))
-    summary = {k: {f: v for f, v in r.items() if f != "requests"} for k, r in results.items()}
-    e, f = summary["early_exit"], summary["full"]
-    e["accuracy_drop_pp"] = round((f["accuracy"] - e["accuracy"]) * 100, 2)
-    e["devices_saving"] = round(1 - e["devices_macs_per_sample"] / f["devices_macs_per_sample"], 4)
-    e["p50_speedup"] = round(f["latency_ms"]["p50"] / e["latency_ms"]["p50"], 3)
-    print(
-        f"early exit ({args.policy}, {args.mode}) against full execution, same workers, same {n} images:\n"
-        f"  computed on the devices: {e['devices_macs_per_sample'] / 1e6:.2f} M MACs per input against "
-        f"{f['devices_macs_per_sample'] / 1e6:.2f} M: {e['devices_saving']:.1%} less"
-        + (" (eager: counts the stages devices ran ahead of the exit until cancelled)" if args.mode == "eager" else "")
-        + f"\n  latency p50: {e['latency_ms']['p50']:.1f} ms against {f['latency_ms']['p50']:.1f} ms "
-        f"({e['p50_speedup']:.2f}x); accuracy {e['accuracy']:.2%} against {f['accuracy']:.2%}"
-    )
-    summary["machine"] = _machine()
+            r = run_infer(address, test.images[:n], test.labels[:n], None, _tls(args), args.concurrency)
+            r["devices_macs_per_sample"] = round((devices_macs_run(workers) - before) / n)
+            print(format_infer(r))
+            results[policy] = {k: v for k, v in r.items() if k != "requests"}
+    full = results["full"]
+    eager = " (eager: devices run ahead of the exit until cancelled; counted)" if args.mode == "eager" else ""
+    print(f"against full execution, same workers, same {n} images; computation measured on the devices{eager}:")
+    for policy in policies:
+        e = results[policy]
+        e["accuracy_drop_pp"] = round((full["accuracy"] - e["accuracy"]) * 100, 2)
+        e["devices_saving"] = round(1 - e["devices_macs_per_sample"] / full["devices_macs_per_sample"], 4)
+        e["p50_speedup"] = round(full["latency_ms"]["p50"] / e["latency_ms"]["p50"], 3)
+        print(
+            f"  {policy:<23} computes {e['devices_saving']:.1%} less ({e['devices_macs_per_sample'] / 1e6:.2f} M "
+            f"against {full['devices_macs_per_sample'] / 1e6:.2f} M MACs per input), latency p50 "
+            f"{e['latency_ms']['p50']:.1f} ms against {full['latency_ms']['p50']:.1f} ms ({e['p50_speedup']:.2f}x), "
+            f"accuracy {e['accuracy']:.2%} against {full['accuracy']:.2%}"
+        )
+    summary = {"mode": args.mode, "samples": n, "runs": results, "machine": _machine()}
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
     print(f"all processes stopped; {summary['wall_s']}s in all", file=sys.stderr)
     if args.json:
@@ -312,7 +324,12 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.add_argument("--run-dir", default=DEFAULT_DEMO_RUN, help=f"trained run (default {DEFAULT_DEMO_RUN})")
     add_data_args(p)
     p.add_argument("--limit", type=int, default=1000, help="test images to send (default 1000)")
-    p.add_argument("--policy", default=DEFAULT_POLICY, choices=[p_ for p_ in POLICIES if p_ not in ("oracle", "full")])
+    p.add_argument(
+        "--policy",
+        action="append",
+        choices=[p_ for p_ in POLICIES if p_ not in ("oracle", "full")],
+        help=f"an early-exit policy to compare with full execution; repeat for more ({', '.join(DEMO_POLICIES)})",
+    )
     p.add_argument("--mode", choices=["lockstep", "eager"], default="lockstep")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--json", help="write the results to this file")
