@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import tiny_student_config
 
-from distree.evaluation.policies import branches_present_table, calibrate_policies, thresholds_for
+from distree.evaluation.policies import branches_present_table, calibrate_policies, exit_costs, thresholds_for
 from distree.evaluation.predict import fuse_exits, fuse_random_subsets
 from distree.models import DistrEEStudent
 from distree.policies import decide_exits, exit_scores, make_policy
@@ -79,3 +79,12 @@ def test_the_branches_present_table_uses_the_thresholds_for_each_count():
     saved = {"policies": {"max-prob": {"thresholds": [None, None], "by_present": {"1": {"thresholds": [0.0, 0.0]}}}}}
     table = branches_present_table(model, vectors, labels, saved, ["max-prob"])["max-prob"]
     assert table["2"]["saving"] <= 0 < table["1"]["saving"]
+
+
+def test_full_execution_is_charged_the_head_of_the_exit_it_stops_at_only():
+    model, _, _ = _uneven_student()
+    macs = model.macs
+    full = exit_costs(model, "full", present=[1])
+    assert full[-1] == macs.full([1])
+    assert full.tolist() == [float(macs.stages_until(e, [1]) + macs.head[e]) for e in range(model.num_exits)]
+    assert exit_costs(model, "max-prob")[-1] == macs.full() + sum(macs.head[:-1])

@@ -76,3 +76,14 @@ def test_the_heads_compute_agreement_only_for_a_policy_that_reads_it():
         for k in range(3):
             loop.step(k, [torch.randn(2, 4), torch.randn(2, 4)])
         assert [a for s in spies for a in s.asked] == [reads] * 3, name
+
+
+def test_full_execution_runs_a_head_only_where_rows_leave():
+    spies = torch.nn.ModuleList(_Spy(h) for h in _heads())
+    loop = ExitLoop(spies, make_policy("full"), ExitThresholds.same([float("inf")] * 2, 2), rows=3)
+    v = [torch.randn(3, 4), torch.randn(3, 4)]
+    assert loop.step(0, v).all()
+    go_on = loop.step(1, v, force=torch.tensor([False, True, False]))  # a deadline stops row 1
+    loop.step(2, [x[go_on] for x in v])
+    assert [len(s.asked) for s in spies] == [0, 1, 1]
+    assert loop.exit.tolist() == [2, 1, 2] and loop.reason == ["last-exit", "deadline", "last-exit"]

@@ -32,12 +32,14 @@ DEFAULT_MAX_DROP_PP = 0.5
 def exit_costs(model: DistrEEStudent, policy: str, present: Sequence[int] | None = None) -> torch.Tensor:
     """MACs (E,) of stopping at each exit under ``policy``.
 
-    Early-exit policies evaluate every head on the way; full execution needs only the last.
+    Early-exit policies evaluate every head on the way; a policy that reads no exit on the
+    way (full execution) runs only the head of the exit it stops at (the last, or where a
+    deadline stops it).
     """
     macs = model.macs
-    if policy == "full":
-        return torch.tensor([float(macs.full(present))] * model.num_exits)
-    return torch.tensor([float(macs.exit_cumulative(e, present)) for e in range(model.num_exits)])
+    if make_policy(policy).reads_exits:
+        return torch.tensor([float(macs.exit_cumulative(e, present)) for e in range(model.num_exits)])
+    return torch.tensor([float(macs.stages_until(e, present) + macs.head[e]) for e in range(model.num_exits)])
 
 
 def scores_and_correct(policy: str, rec: ExitRecords, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

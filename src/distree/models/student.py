@@ -22,17 +22,19 @@ class StudentMacs:
     stage: list[list[int]]  # [branch][stage]
     head: list[int]  # [exit], with all branches present
 
+    def stages_until(self, exit_index: int, present: Sequence[int] | None = None) -> int:
+        """MACs of stages 0..e of the present branches (default: all)."""
+        branches = range(len(self.stage)) if present is None else present
+        return sum(sum(self.stage[b][: exit_index + 1]) for b in branches)
+
     def exit_cumulative(self, exit_index: int, present: Sequence[int] | None = None) -> int:
         """MACs to reach and decide at exit ``exit_index``: stages 0..e of the present
         branches plus heads 0..e (a policy evaluates every head on the way)."""
-        branches = range(len(self.stage)) if present is None else present
-        stages = sum(sum(self.stage[b][: exit_index + 1]) for b in branches)
-        return stages + sum(self.head[: exit_index + 1])
+        return self.stages_until(exit_index, present) + sum(self.head[: exit_index + 1])
 
     def full(self, present: Sequence[int] | None = None) -> int:
         """MACs of full execution: every stage of the present branches plus the last head."""
-        branches = range(len(self.stage)) if present is None else present
-        return sum(sum(self.stage[b]) for b in branches) + self.head[-1]
+        return self.stages_until(len(self.head) - 1, present) + self.head[-1]
 
 
 class DistrEEStudent(nn.Module):

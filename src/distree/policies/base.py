@@ -29,6 +29,9 @@ class ExitPolicy(ABC):
     #: True for policies whose score reads ``ExitRecords.agreement``: only then does the
     #: runtime's stage loop ask the exit heads for it.
     reads_agreement: bool = False
+    #: False for a policy that never stops before the last exit (full execution): nothing is
+    #: decided on the way, so the stage loop runs an exit head only where rows leave.
+    reads_exits: bool = True
 
     @abstractmethod
     def score(self, e: int, seen: ExitRecords) -> torch.Tensor:

@@ -102,6 +102,7 @@ class Full(ExitPolicy):
 
     name = "full"
     calibrated = False
+    reads_exits = False
 
     def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
         return torch.full((seen.logits[e].shape[0],), float("-inf"))

@@ -44,11 +44,17 @@ class ExitLoop:
         a branch that did not answer) and decide; ``force`` (A,) bool stops rows whatever
         the policy says (a deadline). Returns (A,) bool: the rows that go on."""
         last = k == len(self.heads) - 1
-        out = self.heads[k](vectors, agreement=self.policy.reads_agreement)
-        self._outputs.append(out)
-        present = sum(v is not None for v in vectors)
-        thresholds = self.thresholds.at(present)
-        stop = self.policy.should_exit(k, ExitRecords.of(self._outputs, stack=False), thresholds)
+        running = self.alive.numel()
+        if self.policy.reads_exits:
+            out = self.heads[k](vectors, agreement=self.policy.reads_agreement)
+            self._outputs.append(out)
+            thresholds = self.thresholds.at(sum(v is not None for v in vectors))
+            stop = self.policy.should_exit(k, ExitRecords.of(self._outputs, stack=False), thresholds)
+        else:
+            if not last and (force is None or not bool(force.any())):
+                return torch.ones(running, dtype=torch.bool)  # no row leaves: no head to run
+            out = self.heads[k](vectors, agreement=False)
+            stop = torch.full((running,), last)
         if self.logits is None:
             self.logits = torch.zeros(self.exit.numel(), out.logits.shape[-1])
         forced = torch.zeros_like(stop) if force is None else force & ~stop

@@ -74,6 +74,7 @@ class DistrEE:
         self.c = cluster
         self.tables = tables
         self.policy = policy
+        self.reads_exits = make_policy(policy).reads_exits
         self.thresholds = thresholds
 
     def _stage(self, b: int, e: int, message: int) -> Generator:
@@ -147,16 +148,20 @@ class DistrEE:
             slowest_stage_s = max(slowest_stage_s, env.now - stage_start)
             masks.append(mask_of(active))
             last = e == num_exits - 1
-            if self.policy != "full" or last:
+            # As the stage loop: a head runs at every exit for a policy that reads them, and
+            # otherwise (full execution) only where the request leaves.
+            if self.reads_exits or last:
                 head_macs += meta.head_macs[e]
                 yield _coordinator_time(c, meta.head_macs[e])
             stop = last or (
-                self.policy != "full"
-                and self.tables.score(self.policy, masks, sample) >= self.thresholds.at(len(active))[e]
+                self.reads_exits and self.tables.score(self.policy, masks, sample) >= self.thresholds.at(len(active))[e]
             )
             deadline = c.scenario.deadline_ms
             if not stop and deadline is not None:
                 stop = should_stop_for_deadline((env.now - start) * 1000, slowest_stage_s * 1000, deadline)
+                if stop and not self.reads_exits:
+                    head_macs += meta.head_macs[e]
+                    yield _coordinator_time(c, meta.head_macs[e])
             if stop:
                 for b in active:
                     if eager:
