@@ -15,7 +15,7 @@ from distree.evaluation.predict import student_exits
 from distree.policies import decide_exits, exit_scores, make_policy
 from distree.run import RunDir
 from distree.runtime.client import DistreeClient, InferenceError
-from distree.runtime.cluster import LocalCluster
+from distree.runtime.cluster import LocalCluster, settled_worker_infos
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
 from distree.runtime.security import call_metadata
@@ -55,12 +55,7 @@ def shared_cluster(trained, tmp_path_factory):
 
 def _wait_no_state(workers: list[str], timeout_s: float = 10.0) -> list[pb.InfoReply]:
     """Worker counters once every request's state is gone (drops travel after the answer)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        infos = [_info(w) for w in workers]
-        if all(i.active_states == 0 for i in infos) or time.monotonic() > deadline:
-            return infos
-        time.sleep(0.05)
+    return settled_worker_infos(workers, timeout_s)
 
 
 @pytest.mark.parametrize("mode", ["lockstep", "eager"])

@@ -196,7 +196,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Four workers and one coordinator per policy, plus one for full execution, as local
     processes; the same test images through each, compared side by side."""
-    from distree.runtime.cluster import LocalCluster
+    from distree.runtime.cluster import LocalCluster, settled_worker_infos
+
+    def devices_macs_run() -> int:  # what the workers have computed so far, from their counters
+        return sum(i.macs_run for i in settled_worker_infos(workers, timeout_s=5.0))
 
     run = RunDir(args.run_dir)
     meta = run.read_meta()
@@ -229,9 +232,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for address in coordinators.values():
             run_infer(address, test.images[:warm], test.labels[:warm], None, _tls(args), args.concurrency)
         for policy, address in coordinators.items():
-            before = devices_macs_run(workers)
+            before = devices_macs_run()
             r = run_infer(address, test.images[:n], test.labels[:n], None, _tls(args), args.concurrency)
-            r["devices_macs_per_sample"] = round((devices_macs_run(workers) - before) / n)
+            r["devices_macs_per_sample"] = round((devices_macs_run() - before) / n)
             print(format_infer(r))
             results[policy] = {k: v for k, v in r.items() if k != "requests"}
     full = results["full"]
@@ -254,26 +257,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     return 0
-
-
-def devices_macs_run(workers: list[str], settle_s: float = 5.0) -> int:
-    """MACs the workers at ``workers`` have computed since they started (their Info
-    counters), read once no request state is left on them (eager workers may still be
-    running ahead when the last answer arrives), or after ``settle_s``."""
-    import grpc
-
-    from distree.runtime.proto import distree_pb2 as pb
-    from distree.runtime.proto import distree_pb2_grpc as pb_grpc
-
-    deadline = time.monotonic() + settle_s
-    while True:
-        infos = []
-        for address in workers:
-            with grpc.insecure_channel(address) as channel:
-                infos.append(pb_grpc.WorkerStub(channel).Info(pb.InfoRequest(), timeout=5))
-        if all(i.active_states == 0 for i in infos) or time.monotonic() > deadline:
-            return sum(i.macs_run for i in infos)
-        time.sleep(0.05)
 
 
 def _machine() -> str:
