@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from distree.data import load_data
-from distree.evaluation.policies import REPORTED_TARGETS_PP, auroc, exit_costs
-from distree.evaluation.predict import branch_vectors, fuse_exits
+from distree.evaluation.policies import REPORTED_TARGETS_PP, auroc
+from distree.inference.recorded import branch_vectors, exit_costs, fuse_exits
 from distree.policies.calibration import calibrate, outcome
 from distree.run import RunDir
 

@@ -18,7 +18,7 @@ import time
 import torch
 
 from distree.evaluation.offline import record_val_test
-from distree.evaluation.policies import exit_costs
+from distree.inference.recorded import exit_costs
 from distree.policies import exit_scores, make_policy
 from distree.policies.calibration import calibrate, outcome
 from distree.run import RunDir

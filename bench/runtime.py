@@ -33,14 +33,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distree.cli.runtime import run_infer
 from distree.data import load_data
-from distree.evaluation.policies import load_calibration, thresholds_for
+from distree.devtools.cluster import LocalCluster
+from distree.inference.inprocess import early_exit_batch
 from distree.policies import DEFAULT_POLICY, make_policy
+from distree.policies.calibration_file import thresholds_for
 from distree.run import RunDir
-from distree.runtime.cluster import LocalCluster
-from distree.runtime.inprocess import early_exit_batch
-from distree.runtime.security import TLSFiles
+from distree.runtime.loadgen import run_infer
 
 
 def _transport(requests: list[dict]) -> list[float]:
@@ -72,7 +71,7 @@ def main() -> None:
     images, labels = test.images[: args.n], test.labels[: args.n]
     student = run.load_student()
     policy = make_policy(args.policy)
-    thresholds = thresholds_for(args.policy, student, load_calibration(run))
+    thresholds = thresholds_for(policy, run.read_calibration(), branches=student.num_branches, exits=student.num_exits)
     norm = meta.data.normalization
 
     # In-process, batch 1, on one thread and on torch's default; the faster is the reference.
@@ -85,7 +84,7 @@ def main() -> None:
         c0 = time.process_time()
         for i in range(len(images)):
             t0 = time.perf_counter()
-            _, e = early_exit_batch(student, policy, thresholds, images[i : i + 1], norm)
+            e = early_exit_batch(student, policy, thresholds, images[i : i + 1], norm).exit
             ms.append((time.perf_counter() - t0) * 1000)
             exits.append(int(e))
         cpu_s[threads] = time.process_time() - c0
@@ -110,18 +109,18 @@ def main() -> None:
     with LocalCluster(run.path, log_dir=Path(tempfile.mkdtemp(prefix="distree-bench-"))) as cluster:
         cluster.start_workers(student.num_branches)
         coord = cluster.start_coordinator(extra=["--policy", args.policy, "--mode", args.mode])
-        run_infer(coord, images[:16], labels[:16], None, TLSFiles(), 1)  # warm-up
+        run_infer(coord, images[:16], labels[:16])  # warm-up
         cpu0, client0 = cluster.cpu_seconds(), time.process_time()
-        single = run_infer(coord, images, labels, None, TLSFiles(), 1)
+        single = run_infer(coord, images, labels)
         cpu1, client1 = cluster.cpu_seconds(), time.process_time()
         # Saturation in alternating rounds (in-process, then runtime), so that both sides
         # of each ratio saw the same machine; the median ratio is the figure.
         rounds = []
         for _ in range(args.rounds):
             inproc = in_process_throughput(best_b)
-            rt = run_infer(coord, sat_images, sat_labels, None, TLSFiles(), args.calls, batch=args.batch)
+            rt = run_infer(coord, sat_images, sat_labels, concurrency=args.calls, batch=args.batch)
             rounds.append({"in_process": round(inproc, 1), "runtime": rt["throughput_per_s"]})
-        sat1 = run_infer(coord, sat_images, sat_labels, None, TLSFiles(), args.concurrency)
+        sat1 = run_infer(coord, sat_images, sat_labels, concurrency=args.concurrency)
         # The same overhead with fewer processes competing for the CPU: stop workers from
         # the last one down, so that 2 and then 1 branch answer every stage.
         fewer = {}
@@ -129,8 +128,8 @@ def main() -> None:
             for b in range(up, student.num_branches):
                 if cluster.procs[f"worker{b}"].poll() is None:
                     cluster.kill(f"worker{b}")
-            run_infer(coord, images[:16], labels[:16], None, TLSFiles(), 1)  # the failures happen here
-            answers = run_infer(coord, images, labels, None, TLSFiles(), 1)["requests"]
+            run_infer(coord, images[:16], labels[:16])  # the failures happen here
+            answers = run_infer(coord, images, labels)["requests"]
             got = [r for r in answers if len(r["branches"]) == up]
             fewer[str(up)] = float(np.percentile(_transport(got), 50)) if got else None
     ratios = [r["runtime"] / r["in_process"] for r in rounds]

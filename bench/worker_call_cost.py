@@ -20,8 +20,8 @@ import uuid
 import grpc
 import torch
 
+from distree.devtools.cluster import LocalCluster
 from distree.run import RunDir
-from distree.runtime.cluster import LocalCluster
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
 from distree.runtime.tensors import to_proto

@@ -82,3 +82,19 @@ def trained(tmp_path_factory):
     run = train_run(root / "run", splits, cfg, torch.device("cpu"), log=lambda m: None)
     calibrate_run(run, splits, torch.device("cpu"), budget=0.6)
     return run, splits
+
+
+def calibration_of(policies: dict[str, dict[int, list[float | None]]]):
+    """A CalibrationFile holding only the given thresholds: {policy: {branches present: thresholds}};
+    the largest count is the every-branch setting."""
+    from distree.policies.calibration_file import CalibrationFile, CalibrationTarget, FittedThresholds
+
+    def fit(t):
+        return {"thresholds": t, "accuracy": 0.0, "drop_pp": 0.0, "macs_per_sample": 0.0, "saving": 0.0}
+
+    entries = {}
+    for name, by_count in policies.items():
+        top = max(by_count)
+        rest = {k: FittedThresholds(**fit(t), met=True, message="") for k, t in by_count.items() if k != top}
+        entries[name] = {**fit(by_count[top]), "met": True, "message": "", "by_present": rest}
+    return CalibrationFile(target=CalibrationTarget(max_drop_pp=0.5), split="validation", samples=0, policies=entries)

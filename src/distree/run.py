@@ -6,6 +6,7 @@ Layout::
     RUN/teacher.safetensors  teacher weights
     RUN/student.safetensors  student weights (branches and exit heads)
     RUN/metrics.jsonl        one line per training epoch
+    RUN/calibration.json     each policy's thresholds for a QoS target (distree calibrate)
     RUN/resume/              training state while a phase is unfinished
 """
 
@@ -19,7 +20,8 @@ from pydantic import BaseModel, ConfigDict
 from distree.config import RunConfig, parse_config
 from distree.data.augment import Normalization
 from distree.models import DistrEEStudent, WideResNet
-from distree.training.checkpoint import atomic_write_text, load_weights
+from distree.policies.calibration_file import CalibrationFile
+from distree.weights import atomic_write_text, load_weights
 
 
 class DataInfo(BaseModel):
@@ -61,6 +63,7 @@ class RunDir:
     student_file = property(lambda self: self.path / "student.safetensors")
     metrics_file = property(lambda self: self.path / "metrics.jsonl")
     resume_dir = property(lambda self: self.path / "resume")
+    calibration_file = property(lambda self: self.path / "calibration.json")
 
     def read_meta(self) -> RunMeta:
         """Parse run.json, naming the bad field when it is invalid."""
@@ -72,6 +75,17 @@ class RunDir:
         """Write run.json."""
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.meta_file, json.dumps(meta.model_dump(mode="json"), indent=2) + "\n")
+
+    def read_calibration(self) -> CalibrationFile | None:
+        """Parse calibration.json (None when the run is not calibrated), naming a bad field."""
+        if not self.calibration_file.is_file():
+            return None
+        return parse_config(CalibrationFile, json.loads(self.calibration_file.read_text()), str(self.calibration_file))
+
+    def write_calibration(self, calibration: CalibrationFile) -> None:
+        """Write calibration.json."""
+        text = json.dumps(calibration.model_dump(mode="json"), indent=2) + "\n"
+        atomic_write_text(self.calibration_file, text)
 
     def build_teacher(self, meta: RunMeta | None = None) -> WideResNet:
         """An untrained teacher with this run's architecture."""

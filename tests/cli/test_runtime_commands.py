@@ -7,7 +7,7 @@ from pathlib import Path
 
 from distree.cli.main import main
 from distree.cli.runtime import DEMO_POLICIES
-from distree.runtime.cluster import LocalCluster
+from distree.devtools.cluster import LocalCluster
 
 
 def _data_dir(run) -> Path:

@@ -1,37 +1,46 @@
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import tiny_student_config
+from conftest import calibration_of, tiny_student_config
 
-from distree.evaluation.policies import branches_present_table, calibrate_policies, exit_costs, thresholds_for
-from distree.evaluation.predict import fuse_exits, fuse_random_subsets
+from distree.evaluation.policies import branches_present_table, calibrate_policies
+from distree.inference.recorded import exit_costs, fuse_exits, fuse_random_subsets
 from distree.models import DistrEEStudent
 from distree.policies import decide_exits, exit_scores, make_policy
-from distree.policies.calibration import Calibration
+from distree.policies.calibration_file import thresholds_for
+from distree.run import RunDir
 
-MODEL = SimpleNamespace(num_branches=3, num_exits=3)
-
-
-def _saved(by_present):
-    return {"policies": {"max-prob": {"thresholds": [0.9, None], "by_present": by_present}}}
+SHAPE = {"branches": 3, "exits": 3}
 
 
 def test_thresholds_are_read_for_every_number_of_branches_present():
-    saved = _saved({"1": {"thresholds": [0.5, 0.6]}, "2": {"thresholds": [None, 0.7]}})
-    t = thresholds_for("max-prob", MODEL, saved)
+    saved = calibration_of({"max-prob": {3: [0.9, None], 1: [0.5, 0.6], 2: [None, 0.7]}})
+    t = thresholds_for(make_policy("max-prob"), saved, **SHAPE)
     assert t.at(3) == [0.9, math.inf] and t.at(2) == [math.inf, 0.7] and t.at(1) == [0.5, 0.6]
     with pytest.raises(ValueError, match="no thresholds for 4 branches"):
         t.at(4)
-    assert thresholds_for("full", MODEL, None).at(1) == [math.inf, math.inf]
+    assert thresholds_for(make_policy("full"), None, **SHAPE).at(1) == [math.inf, math.inf]
+    assert thresholds_for(make_policy("oracle"), None, **SHAPE).at(3) == [0.0, 0.0]
 
 
 def test_a_calibration_without_every_count_asks_to_calibrate_again():
     with pytest.raises(ValueError, match=r"\[2, 3\] branches present.*distree calibrate"):
-        thresholds_for("max-prob", MODEL, _saved({"2": {"thresholds": [0.5, 0.6]}}))
+        thresholds_for(make_policy("max-prob"), calibration_of({"max-prob": {3: [0.9, None], 2: [0.5, 0.6]}}), **SHAPE)
     with pytest.raises(ValueError, match="not calibrated"):
-        thresholds_for("entropy", MODEL, _saved({}))
+        thresholds_for(make_policy("entropy"), calibration_of({"max-prob": {3: [0.9, None]}}), **SHAPE)
+    with pytest.raises(ValueError, match="has 1 thresholds for a model with 3 exits"):
+        thresholds_for(make_policy("max-prob"), calibration_of({"max-prob": {3: [0.9], 2: [0.1], 1: [0.2]}}), **SHAPE)
+
+
+def test_calibration_json_round_trips_and_a_bad_field_is_named(tmp_path):
+    run = RunDir(tmp_path)
+    saved = calibration_of({"max-prob": {2: [0.9, None], 1: [0.5, 0.6]}})
+    run.write_calibration(saved)
+    assert run.read_calibration() == saved
+    run.calibration_file.write_text(run.calibration_file.read_text().replace('"split"', '"splt"'))
+    with pytest.raises(ValueError, match="splt"):
+        run.read_calibration()
 
 
 def test_random_subsets_fuse_each_sample_with_its_own_branches():
@@ -61,22 +70,22 @@ def _uneven_student():
 def test_each_count_is_calibrated_with_each_samples_own_branches_and_cost():
     model, vectors, labels = _uneven_student()
     cal = calibrate_policies(model, vectors, labels, None, 0.8, ["max-prob"], confidence=None)
-    one = cal["policies"]["max-prob"]["by_present"]["1"]
+    one = cal.policies["max-prob"].by_present[1]
     rec, subsets, which = fuse_random_subsets(model, vectors, 1)
-    exits = decide_exits(exit_scores(make_policy("max-prob"), rec), Calibration.thresholds_from_json(one["thresholds"]))
+    exits = decide_exits(exit_scores(make_policy("max-prob"), rec), one.values)
     own = [subsets[int(w)] for w in which]
     costs = [float(model.macs.exit_cumulative(int(e), s)) for e, s in zip(exits, own)]
     full = sum(float(model.macs.full(s)) for s in own) / len(own)
-    assert one["macs_per_sample"] == pytest.approx(sum(costs) / len(costs))
-    assert one["saving"] == pytest.approx(1 - sum(costs) / len(costs) / full)
+    assert one.macs_per_sample == pytest.approx(sum(costs) / len(costs))
+    assert one.saving == pytest.approx(1 - sum(costs) / len(costs) / full)
     right = rec.logits[exits, torch.arange(len(exits))].argmax(-1) == labels
-    assert one["accuracy"] == pytest.approx(float(right.float().mean()))
+    assert one.accuracy == pytest.approx(float(right.float().mean()))
 
 
 def test_the_branches_present_table_uses_the_thresholds_for_each_count():
     model, vectors, labels = _uneven_student()
     # Two branches: never stop early. One branch: always stop at the first exit.
-    saved = {"policies": {"max-prob": {"thresholds": [None, None], "by_present": {"1": {"thresholds": [0.0, 0.0]}}}}}
+    saved = calibration_of({"max-prob": {2: [None, None], 1: [0.0, 0.0]}})
     table = branches_present_table(model, vectors, labels, saved, ["max-prob"])["max-prob"]
     assert table["2"]["saving"] <= 0 < table["1"]["saving"]
 

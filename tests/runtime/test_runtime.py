@@ -10,12 +10,12 @@ import pytest
 import torch
 from conftest import RUNTIME_BRANCHES
 
-from distree.evaluation.policies import load_calibration, thresholds_for
-from distree.evaluation.predict import student_exits
+from distree.evaluation.policies import model_thresholds
+from distree.inference.recorded import student_exits
 from distree.policies import decide_exits, exit_scores, make_policy
 from distree.run import RunDir
 from distree.runtime.client import DistreeClient, InferenceError
-from distree.runtime.cluster import LocalCluster, settled_worker_infos
+from distree.devtools.cluster import LocalCluster, settled_worker_infos
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
 from distree.runtime.security import call_metadata
@@ -32,7 +32,7 @@ def _offline(run: RunDir, splits, policy: str):
     student = run.load_student()
     meta = run.read_meta()
     rec = student_exits(student, splits.test.images, meta.data.normalization, 64, torch.device("cpu"))
-    t = thresholds_for(policy, student, load_calibration(run)).at(student.num_branches)
+    t = model_thresholds(policy, student, run.read_calibration()).at(student.num_branches)
     exits = decide_exits(exit_scores(make_policy(policy), rec), t)
     preds = rec.logits[exits, torch.arange(len(exits))].argmax(-1)
     return preds, exits

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from distree.runtime.client import DistreeClient, InferenceError
-from distree.runtime.cluster import LocalCluster
+from distree.devtools.cluster import LocalCluster
 from distree.runtime.security import TLSFiles
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")

@@ -3,14 +3,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import calibration_of
 
 from distree.config import ConfigError
-from distree.evaluation.policies import evaluate_policy, load_calibration, thresholds_for
-from distree.evaluation.predict import accuracy, fuse_exits
+from distree.evaluation.policies import model_thresholds
+from distree.evaluation.record import record_trace
+from distree.inference.recorded import accuracy, evaluate_policy, fuse_exits
 from distree.simulation.engine import Model, run_system, simulate, simulate_system, systems_for
 from distree.simulation.scenario import Availability, Scenario, load_scenario
 from distree.simulation.systems import pipeline_partition
-from distree.simulation.trace import TRACE_FILE, Trace, record_trace
+from distree.simulation.trace import TRACE_FILE, Trace
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +91,7 @@ def test_device_never_up_is_never_used(model):
 
 def test_requests_decide_at_the_thresholds_for_the_devices_that_answered(model):
     # With every device: never stop early. With two of three: always stop at the first exit.
-    saved = {"policies": {"max-prob": {"thresholds": [None, None], "by_present": {"2": {"thresholds": [0.0, 0.0]}}}}}
-    saved["policies"]["max-prob"]["by_present"]["1"] = {"thresholds": [None, None]}
+    saved = calibration_of({"max-prob": {3: [None, None], 2: [0.0, 0.0], 1: [None, None]}})
     by_count = Model(model.trace, model.student, saved)
     sc = scenario(requests=20)
     assert {d.exit for d in run_system(sc, by_count, "distree-max-prob").done} == {2}
@@ -107,13 +108,13 @@ def test_replay_gives_offline_accuracy(trained, model):
     student = run.load_student()
     rec = fuse_exits(student, model.trace.vectors)
     labels = splits.test.labels
-    saved = load_calibration(run)
+    saved = run.read_calibration()
     report = simulate(sc, model)
     assert set(report["results"]) == set(systems_for(sc, model))
     assert model.calibrated_policies()
     for policy in ["full", *model.calibrated_policies()]:
         offline = evaluate_policy(
-            student, policy, thresholds_for(policy, student, saved).at(student.num_branches), rec, labels
+            student, policy, model_thresholds(policy, student, saved).at(student.num_branches), rec, labels
         )
         simulated = report["results"][f"distree-{policy}"]
         assert simulated["accuracy"] == pytest.approx(offline["accuracy"], abs=1e-4)

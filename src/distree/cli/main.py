@@ -19,7 +19,7 @@ from distree.config import ConfigError, load_run_config
 from distree.data import ENV_VAR, DataError, load_data
 from distree.data.loading import FORMATS
 from distree.hardware import pick_device
-from distree.policies import POLICIES
+from distree.policies import load_plugins, policy_names
 
 # `distree train --time-limit` stopped before the end: not an error, but not finished either.
 EXIT_TIME_LIMIT = 3
@@ -88,7 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         format_policies,
         format_report,
     )
-    from distree.evaluation.predict import branch_vectors
+    from distree.inference.recorded import branch_vectors
 
     run, meta, splits, device = _open_run(args)
     check_compatible(run, splits.test)
@@ -133,19 +133,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         policies=policies,
         confidence=args.confidence or None,
     )
-    print(f"calibrated on {cal['samples']} validation samples; saved to {run.path / 'calibration.json'}")
-    for name, c in cal["policies"].items():
-        status = ("ok: " if c["met"] else "NOT MET: ") + c["message"]
-        bound = "" if c.get("drop_bound_pp") is None else f" (bound {c['drop_bound_pp']:.2f} pp)"
+    print(f"calibrated on {cal.samples} validation samples; saved to {run.calibration_file}")
+    for name, c in cal.policies.items():
+        status = ("ok: " if c.met else "NOT MET: ") + c.message
+        bound = "" if c.drop_bound_pp is None else f" (bound {c.drop_bound_pp:.2f} pp)"
         print(
-            f"  {name:<23} accuracy {c['accuracy']:.2%}  drop {c['drop_pp']:.2f} pp{bound}  "
-            f"saving {c['saving']:.1%}  {status}"
+            f"  {name:<23} accuracy {c.accuracy:.2%}  drop {c.drop_pp:.2f} pp{bound}  saving {c.saving:.1%}  {status}"
         )
-        for k, f in sorted(c["by_present"].items(), key=lambda kv: -int(kv[0])):
-            met = "" if f["met"] else f"  NOT MET: {f['message']}"
-            of = f"{k} of {len(c['by_present']) + 1} branches present"
-            print(f"    {of:<23} drop {f['drop_pp']:.2f} pp  saving {f['saving']:.1%}{met}")
-    met = [c["met"] and all(f["met"] for f in c["by_present"].values()) for c in cal["policies"].values()]
+        for k, f in sorted(c.by_present.items(), reverse=True):
+            met = "" if f.met else f"  NOT MET: {f.message}"
+            of = f"{k} of {len(c.by_present) + 1} branches present"
+            print(f"    {of:<23} drop {f.drop_pp:.2f} pp  saving {f.saving:.1%}{met}")
+    met = [c.met and all(f.met for f in c.by_present.values()) for c in cal.policies.values()]
     return 0 if all(met) else 1
 
 
@@ -161,7 +160,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     evaluate = ["eval", str(out), *common] + (["--json", args.json] if args.json else [])
     for argv in (train, evaluate):
         _log("$ distree " + " ".join(argv))
-        parsed = build_parser().parse_args(argv)
+        parsed = build_parser().parse_args([*_plugin_args(args), *argv])
         code = parsed.func(parsed)
         if code:
             return code
@@ -172,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="distree", description="Distributed early-exit DNN inference.")
     parser.add_argument("--version", action="version", version=f"distree {__version__}")
+    _add_plugin_arg(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a teacher and a DistrEE student")
@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--max-drop", type=float, help="least computation with at most this accuracy drop (points)")
     target.add_argument("--budget", type=float, help="best accuracy within this fraction of full computation")
-    p.add_argument("--policy", choices=POLICIES, help="calibrate only this policy (default: all)")
+    p.add_argument("--policy", choices=policy_names(calibrated=True), help="calibrate only this policy (default: all)")
     p.add_argument(
         "--confidence",
         type=float,
@@ -225,8 +225,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_plugin_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this Python module first, so the policies it registers can be chosen by name "
+        "(repeatable; also $DISTREE_PLUGINS, comma-separated)",
+    )
+
+
+def _plugin_args(args: argparse.Namespace) -> list[str]:
+    return [a for m in args.plugin for a in ("--plugin", m)]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``distree`` command."""
+    # Plugins register policies that the parser's choices list: load them first.
+    pre = argparse.ArgumentParser(add_help=False)
+    _add_plugin_arg(pre)
+    known, _ = pre.parse_known_args(argv)
+    try:
+        load_plugins(known.plugin)
+    except ValueError as err:
+        print(f"distree: error: {err}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

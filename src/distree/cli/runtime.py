@@ -10,18 +10,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from distree.data import load_data
 from distree.hardware import pick_device
-from distree.policies import DEFAULT_POLICY, POLICIES
+from distree.policies import DEFAULT_POLICY, policy_names
+from distree.policies.scores import Full, MaxProb
 from distree.run import RunDir
 
 DEFAULT_DEMO_RUN = "models/cifar10"
 #: The default policy (a feature criterion) next to softmax confidence, the criterion it is
 #: measured against.
-DEMO_POLICIES = tuple(dict.fromkeys([DEFAULT_POLICY, "max-prob"]))
+DEMO_POLICIES = tuple(dict.fromkeys([DEFAULT_POLICY, MaxProb.name]))
+FULL = Full.name
 DEMO_WARM_UP = 64  # images sent through each coordinator before anything is measured
 
 
@@ -87,93 +88,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100) of ``values``."""
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
-
-
-def run_infer(
-    server: str,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    token: str | None,
-    tls,
-    concurrency: int,
-    deadline_ms: float = 0.0,
-    batch: int = 1,
-) -> dict:
-    """Send every image (``batch`` per call, ``concurrency`` calls in flight) and summarise;
-    an input's latency is that of its call."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm import tqdm
-
-    from distree.runtime.client import DistreeClient
-
-    if batch < 1 or concurrency < 1:
-        raise ValueError("batch and concurrency must be at least 1")
-    with DistreeClient(server, token=token, tls=tls) as client:
-        info = client.model_info()
-
-        def call(start: int) -> list[dict]:
-            t0 = time.perf_counter()
-            answers = client.infer(images[start : start + batch], deadline_ms)
-            ms = round((time.perf_counter() - t0) * 1000, 3)
-            return [
-                {
-                    "label": int(labels[start + j]),
-                    "prediction": a.prediction,
-                    "exit": a.exit,
-                    "branches": a.branches,
-                    "latency_ms": ms,
-                    "stop_reason": a.stop_reason,
-                    "stage_ms": [round(v, 3) for v in a.stage_ms],
-                    "worker_ms": [round(v, 3) for v in a.worker_ms],
-                }
-                for j, a in enumerate(answers)
-            ]
-
-        starts = range(0, len(images), batch)
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(concurrency) as pool:
-            calls = list(tqdm(pool.map(call, starts), total=len(starts), disable=None, leave=False))
-        wall = time.perf_counter() - t0
-    requests = [r for c in calls for r in c]
-    lat = [r["latency_ms"] for r in requests]
-    hist = [0] * info.num_exits
-    for r in requests:
-        hist[r["exit"]] += 1
-    macs = sum(info.exit_macs[r["exit"]] for r in requests) / len(requests)
-    return {
-        "server": server,
-        "policy": info.policy,
-        "mode": info.mode,
-        "samples": len(requests),
-        "batch": batch,
-        "concurrency": concurrency,
-        "accuracy": round(sum(r["label"] == r["prediction"] for r in requests) / len(requests), 4),
-        "saving": round(1 - macs / info.full_macs, 4),
-        "macs_per_sample": round(macs),
-        "latency_ms": {q: round(percentile(lat, float(q[1:])), 3) for q in ("p50", "p95", "p99")}
-        | {"mean": round(float(np.mean(lat)), 3)},
-        "throughput_per_s": round(len(requests) / wall, 1),
-        "exit_histogram": hist,
-        "requests": requests,
-    }
-
-
-def format_infer(r: dict) -> str:
-    """One summary line block of ``run_infer``."""
-    lat = r["latency_ms"]
-    return (
-        f"{r['policy']:<23} ({r['mode']}): accuracy {r['accuracy']:.2%}  saving {r['saving']:.1%}  "
-        f"latency p50 {lat['p50']:.1f} ms  p95 {lat['p95']:.1f} ms  {r['throughput_per_s']:.0f}/s  "
-        f"exits {r['exit_histogram']}"
-    )
-
-
 def cmd_infer(args: argparse.Namespace) -> int:
     """Send a data set's test split through a running coordinator."""
+    from distree.runtime.loadgen import format_infer, run_infer
+
     splits = load_data(args.data, args.format)
     test = splits.test
     n = min(args.limit or len(test), len(test))
@@ -181,11 +99,11 @@ def cmd_infer(args: argparse.Namespace) -> int:
         args.server,
         test.images[:n],
         test.labels[:n],
-        args.token,
-        _tls(args),
-        args.concurrency,
-        args.deadline_ms,
-        args.batch,
+        token=args.token,
+        tls=_tls(args),
+        concurrency=args.concurrency,
+        deadline_ms=args.deadline_ms,
+        batch=args.batch,
     )
     print(format_infer(result))
     if args.json:
@@ -196,7 +114,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Four workers and one coordinator per policy, plus one for full execution, as local
     processes; the same test images through each, compared side by side."""
-    from distree.runtime.cluster import LocalCluster, settled_worker_infos
+    from distree.devtools.cluster import LocalCluster, settled_worker_infos
+    from distree.runtime.loadgen import format_infer, run_infer
 
     def devices_macs_run() -> int:  # what the workers have computed so far, from their counters
         return sum(i.macs_run for i in settled_worker_infos(workers, timeout_s=5.0))
@@ -219,7 +138,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         workers = cluster.start_workers(n_branches)
         coordinators = {
             p: cluster.start_coordinator(f"coordinator-{p}", ["--policy", p, "--mode", args.mode])
-            for p in [*policies, "full"]
+            for p in [*policies, FULL]
         }
         warm = min(n, DEMO_WARM_UP)
         print(
@@ -230,14 +149,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         # Unmeasured: the first calls of a process pay for allocations and lazy set-up, which
         # would otherwise count against whichever coordinator runs first.
         for address in coordinators.values():
-            run_infer(address, test.images[:warm], test.labels[:warm], None, _tls(args), args.concurrency)
+            run_infer(address, test.images[:warm], test.labels[:warm], tls=_tls(args), concurrency=args.concurrency)
         for policy, address in coordinators.items():
             before = devices_macs_run()
-            r = run_infer(address, test.images[:n], test.labels[:n], None, _tls(args), args.concurrency)
+            r = run_infer(address, test.images[:n], test.labels[:n], tls=_tls(args), concurrency=args.concurrency)
             r["devices_macs_per_sample"] = round((devices_macs_run() - before) / n)
             print(format_infer(r))
             results[policy] = {k: v for k, v in r.items() if k != "requests"}
-    full = results["full"]
+    full = results[FULL]
     eager = " (eager: devices run ahead of the exit until cancelled; counted)" if args.mode == "eager" else ""
     print(f"against full execution, same workers, same {n} images; computation measured on the devices{eager}:")
     for policy in policies:
@@ -287,7 +206,7 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.add_argument("--workers", required=True, help="HOST:PORT of each worker, comma-separated, in branch order")
     p.add_argument("--listen", default="127.0.0.1:50051")
     p.add_argument("--mode", choices=["lockstep", "eager"], default="lockstep")
-    p.add_argument("--policy", choices=[p_ for p_ in POLICIES if p_ != "oracle"], default=DEFAULT_POLICY)
+    p.add_argument("--policy", choices=policy_names(servable=True), default=DEFAULT_POLICY)
     p.add_argument("--stage-timeout-ms", type=float, default=1000.0, help="per-stage deadline for worker answers")
     p.add_argument("--max-group-inputs", type=int, default=128, help="inputs of waiting calls that start as one group")
     p.add_argument("--max-groups", type=int, default=4, help="groups in flight at once")
@@ -320,7 +239,7 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.add_argument(
         "--policy",
         action="append",
-        choices=[p_ for p_ in POLICIES if p_ not in ("oracle", "full")],
+        choices=policy_names(servable=True, calibrated=True),
         help=f"an early-exit policy to compare with full execution; repeat for more ({', '.join(DEMO_POLICIES)})",
     )
     p.add_argument("--mode", choices=["lockstep", "eager"], default="lockstep")

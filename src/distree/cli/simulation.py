@@ -29,14 +29,15 @@ def _floats(text: str) -> list[float]:
 
 
 def _model(args: argparse.Namespace):
-    from distree.simulation.engine import load_model
+    from distree.evaluation.record import load_model
 
     return load_model(RunDir(args.run_dir), args.data, pick_device(args.device), log=_log)
 
 
 def cmd_record(args: argparse.Namespace) -> int:
     """Record the run's outputs on the test split for the simulator."""
-    from distree.simulation.trace import TRACE_FILE, record_trace
+    from distree.evaluation.record import record_trace
+    from distree.simulation.trace import TRACE_FILE
 
     t0 = time.perf_counter()
     run = RunDir(args.run_dir)

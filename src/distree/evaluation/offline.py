@@ -15,19 +15,24 @@ from distree.evaluation.plots import plot_policy_curves
 from distree.evaluation.policies import (
     DEFAULT_CONFIDENCE,
     DEFAULT_MAX_DROP_PP,
-    POLICIES,
     at_targets,
     branches_present_table,
     calibrate_policies,
-    evaluate_policy,
     exit_auroc,
-    load_calibration,
-    save_calibration,
-    sweep_policy,
-    thresholds_for,
+    model_thresholds,
 )
-from distree.evaluation.predict import accuracy, branch_vectors, fuse_exits, student_exits, teacher_logits
+from distree.inference.recorded import (
+    accuracy,
+    branch_vectors,
+    evaluate_policy,
+    fuse_exits,
+    student_exits,
+    sweep_policy,
+    teacher_logits,
+)
 from distree.models.macs import count_macs
+from distree.policies import policy_names
+from distree.policies.calibration_file import CalibrationFile
 from distree.run import RunDir
 
 
@@ -122,14 +127,15 @@ def calibrate_run(
     budget: float | None = None,
     policies: list[str] | None = None,
     confidence: float | None = DEFAULT_CONFIDENCE,
-) -> dict:
+) -> CalibrationFile:
     """Fit the policies' thresholds on the validation split and save them in the run."""
     check_compatible(run, splits.val)
     meta = run.read_meta()
     student = run.load_student().to(device)
     vectors = branch_vectors(student, splits.val.images, meta.data.normalization, meta.config.eval_batch_size, device)
-    cal = calibrate_policies(student, vectors, splits.val.labels, max_drop_pp, budget, policies or POLICIES, confidence)
-    save_calibration(run, cal)
+    names = policies or policy_names(calibrated=True)
+    cal = calibrate_policies(student, vectors, splits.val.labels, max_drop_pp, budget, names, confidence)
+    run.write_calibration(cal)
     return cal
 
 
@@ -143,8 +149,8 @@ def evaluate_policies(
     """Every policy at its calibrated point on the test split, the sweep curves (CSV + PNG)
     and the same with k of N branches present. Calibrates first (δ = 0.5) when needed."""
     check_compatible(run, splits.test)
-    saved = load_calibration(run)
-    if saved is None or any(p not in saved["policies"] for p in POLICIES if p not in ("full", "oracle")):
+    saved = run.read_calibration()
+    if saved is None or any(p not in saved.policies for p in policy_names(calibrated=True)):
         saved = calibrate_run(run, splits, device, max_drop_pp=DEFAULT_MAX_DROP_PP)
     meta = run.read_meta()
     student = run.load_student().to(device)
@@ -154,14 +160,15 @@ def evaluate_policies(
     test_rec = fuse_exits(student, test_vec)
     y = splits.test.labels
     results = {}
-    for name in POLICIES:
-        r = evaluate_policy(student, name, thresholds_for(name, student, saved).at(student.num_branches), test_rec, y)
+    policies = policy_names()
+    for name in policies:
+        r = evaluate_policy(student, name, model_thresholds(name, student, saved).at(student.num_branches), test_rec, y)
         r["auroc"] = exit_auroc(name, test_rec, y)
-        if name in saved["policies"]:
-            r["calibration"] = saved["policies"][name]
+        if name in saved.policies:
+            r["calibration"] = saved.policies[name].model_dump(mode="json")
             r["at_targets"] = at_targets(student, name, val_rec, splits.val.labels, test_rec, y)
         results[name] = r
-    rows = [row for name in POLICIES for row in sweep_policy(student, name, val_rec, splits.val.labels, test_rec, y)]
+    rows = [row for name in policies for row in sweep_policy(student, name, val_rec, splits.val.labels, test_rec, y)]
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, png_path = out_dir / "policy_curves.csv", out_dir / "policy_curves.png"
     with csv_path.open("w", newline="") as f:
@@ -170,9 +177,9 @@ def evaluate_policies(
         w.writerows(rows)
     plot_policy_curves(rows, png_path, f"{run.path.name}: accuracy vs computation (test split)")
     return {
-        "target": saved["target"],
+        "target": saved.target.model_dump(mode="json"),
         "policies": results,
-        "branches_present": branches_present_table(student, test_vec, y, saved, POLICIES),
+        "branches_present": branches_present_table(student, test_vec, y, saved, policies),
         "curves": {"csv": str(csv_path), "png": str(png_path)},
     }
 

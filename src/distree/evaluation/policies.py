@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Sequence
 from itertools import combinations
 
@@ -11,61 +9,30 @@ import numpy as np
 import torch
 from scipy.stats import mannwhitneyu
 
-from distree.evaluation.predict import ExitRecords, fuse_exits, fuse_random_subsets
-from distree.models import DistrEEStudent
-from distree.policies import POLICIES, ExitThresholds, exit_scores, make_policy
+from distree.inference.recorded import (
+    evaluate_policy,
+    exit_costs,
+    fuse_exits,
+    fuse_random_subsets,
+    scores_and_correct,
+)
+from distree.models import DistrEEStudent, ExitRecords
+from distree.policies import ExitThresholds, make_policy
 from distree.policies.calibration import (
     DEFAULT_CONFIDENCE,
     Calibration,
     calibrate,
     calibrate_targets,
-    candidate_thresholds,
-    outcome,
-    quantile_family,
 )
-from distree.run import RunDir
+from distree.policies.calibration_file import (
+    CalibrationFile,
+    CalibrationTarget,
+    FittedThresholds,
+    PolicyCalibration,
+    thresholds_for,
+)
 
-CALIBRATION_FILE = "calibration.json"
 DEFAULT_MAX_DROP_PP = 0.5
-
-
-def exit_costs(model: DistrEEStudent, policy: str, present: Sequence[int] | None = None) -> torch.Tensor:
-    """MACs (E,) of stopping at each exit under ``policy``.
-
-    Early-exit policies evaluate every head on the way; a policy that reads no exit on the
-    way (full execution) runs only the head of the exit it stops at (the last, or where a
-    deadline stops it).
-    """
-    macs = model.macs
-    if make_policy(policy).reads_exits:
-        return torch.tensor([float(macs.exit_cumulative(e, present)) for e in range(model.num_exits)])
-    return torch.tensor([float(macs.stages_until(e, present) + macs.head[e]) for e in range(model.num_exits)])
-
-
-def scores_and_correct(policy: str, rec: ExitRecords, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(E, N) scores of ``policy`` and (E, N) correctness of each exit's prediction."""
-    scores = exit_scores(make_policy(policy, labels), rec)
-    return scores, rec.logits.argmax(-1) == labels
-
-
-def thresholds_for(policy: str, model: DistrEEStudent, saved: dict | None) -> ExitThresholds:
-    """Thresholds of ``policy`` for ``model``: fixed for full/oracle, else read from a
-    calibration (one setting per number of branches present)."""
-    n, gaps = model.num_branches, model.num_exits - 1
-    if policy == "full":
-        return ExitThresholds.same([math.inf] * gaps, n)
-    if policy == "oracle":
-        return ExitThresholds.same([0.0] * gaps, n)
-    if saved is None or policy not in saved["policies"]:
-        raise ValueError(f"policy {policy!r} is not calibrated; run 'distree calibrate' first")
-    entry = saved["policies"][policy]
-    by_present = {n: entry["thresholds"]} | {int(k): c["thresholds"] for k, c in entry.get("by_present", {}).items()}
-    if set(by_present) != set(range(1, n + 1)):
-        raise ValueError(
-            f"the calibration of {policy!r} has thresholds for {sorted(by_present)} branches present, not for "
-            f"each of 1..{n}; run 'distree calibrate' again"
-        )
-    return ExitThresholds({k: Calibration.thresholds_from_json(t) for k, t in by_present.items()})
 
 
 def calibrate_policies(
@@ -76,9 +43,8 @@ def calibrate_policies(
     budget: float | None,
     policies: Sequence[str],
     confidence: float | None = DEFAULT_CONFIDENCE,
-) -> dict:
-    """Fit every calibrated policy in ``policies`` on the validation split's branch vectors;
-    JSON-ready.
+) -> CalibrationFile:
+    """Fit every calibrated policy in ``policies`` on the validation split's branch vectors.
 
     Each policy gets a setting with every branch present and, under ``by_present``, one per
     smaller count k, fitted on the validation samples each fused with a random k-subset
@@ -86,19 +52,26 @@ def calibrate_policies(
     it holds on average over which devices are missing.
     """
     target = {"max_drop_pp": max_drop_pp, "budget": budget, "confidence": confidence}
-    out: dict = {"target": target, "split": "validation", "samples": int(val_labels.numel()), "policies": {}}
     everything = fuse_exits(model, vectors)
     mixtures = {k: fuse_random_subsets(model, vectors, k) for k in range(1, model.num_branches)}
+    fitted = {}
     for name in policies:
         if not make_policy(name, val_labels).calibrated:
             continue
-        entry = _calibrate_on(model, name, everything, val_labels, None, None, target).to_json()
-        entry["by_present"] = {
-            str(k): _calibrate_on(model, name, rec, val_labels, subsets, which, target).to_json()
+        entry = _calibrate_on(model, name, everything, val_labels, None, None, target)
+        by_present = {
+            k: FittedThresholds.of(_calibrate_on(model, name, rec, val_labels, subsets, which, target))
             for k, (rec, subsets, which) in mixtures.items()
         }
-        out["policies"][name] = entry
-    return out
+        fitted[name] = PolicyCalibration(**FittedThresholds.of(entry).model_dump(), by_present=by_present)
+    return CalibrationFile(
+        target=CalibrationTarget(**target), split="validation", samples=int(val_labels.numel()), policies=fitted
+    )
+
+
+def model_thresholds(policy: str, model: DistrEEStudent, saved: CalibrationFile | None) -> ExitThresholds:
+    """``thresholds_for`` the policy called ``policy`` on ``model``."""
+    return thresholds_for(make_policy(policy), saved, branches=model.num_branches, exits=model.num_exits)
 
 
 def _calibrate_on(
@@ -119,49 +92,6 @@ def _calibrate_on(
         costs = torch.stack([exit_costs(model, name, s) for s in subsets], dim=1)[:, which]  # (E, N)
         full = float(torch.tensor([float(model.macs.full(s)) for s in subsets])[which].mean())
     return calibrate(scores, correct, costs, full, **target)
-
-
-def save_calibration(run: RunDir, calibration: dict) -> None:
-    """Write RUN/calibration.json."""
-    (run.path / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2) + "\n")
-
-
-def load_calibration(run: RunDir) -> dict | None:
-    """RUN/calibration.json, or None."""
-    f = run.path / CALIBRATION_FILE
-    return json.loads(f.read_text()) if f.is_file() else None
-
-
-def evaluate_policy(
-    model: DistrEEStudent,
-    policy: str,
-    thresholds: list[float],
-    rec: ExitRecords,
-    labels: torch.Tensor,
-    present: Sequence[int] | None = None,
-) -> dict:
-    """Accuracy, drop, MACs, saving and exit histogram of one policy on recorded outputs.
-
-    ``saving_by_exit[e]`` is the part of the saving produced by the requests that stopped
-    at exit e (what they did not compute, over all requests' full-execution cost); the
-    entries sum to ``saving``, and the last one is negative when the heads on the way cost
-    more than full execution's single head.
-    """
-    scores, correct = scores_and_correct(policy, rec, labels)
-    costs = exit_costs(model, policy, present)
-    o = outcome(scores, correct, costs, thresholds)
-    full_acc = float(correct[-1].float().mean())
-    full_macs = float(model.macs.full(present))
-    n = sum(o.exit_histogram)
-    by_exit = [(full_macs - float(c)) * k / (n * full_macs) for c, k in zip(costs, o.exit_histogram)]
-    return {
-        "accuracy": round(o.accuracy, 4),
-        "drop_pp": round((full_acc - o.accuracy) * 100, 2) + 0.0,  # no "-0.0"
-        "macs_per_sample": round(o.macs_per_sample),
-        "saving": round(1 - o.macs_per_sample / full_macs, 4),
-        "saving_by_exit": [round(x, 4) + 0.0 for x in by_exit],
-        "exit_histogram": o.exit_histogram,
-    }
 
 
 REPORTED_TARGETS_PP = (0.5, 1.0, 2.0)
@@ -217,33 +147,11 @@ def exit_auroc(policy: str, rec: ExitRecords, labels: torch.Tensor) -> list[floa
     return [None if a is None else round(a, 4) for a in values]
 
 
-def sweep_policy(
-    model: DistrEEStudent,
-    policy: str,
-    val: ExitRecords,
-    val_labels: torch.Tensor,
-    test: ExitRecords,
-    test_labels: torch.Tensor,
-) -> list[dict]:
-    """Accuracy vs computation on test over thresholds taken from validation score quantiles."""
-    if policy in ("full", "oracle"):
-        families = [thresholds_for(policy, model, None).at(model.num_branches)]
-    else:
-        vs, _ = scores_and_correct(policy, val, val_labels)
-        families = quantile_family(candidate_thresholds(vs), steps=40)
-    rows = []
-    for i, t in enumerate(families):
-        r = evaluate_policy(model, policy, t, test, test_labels)
-        del r["exit_histogram"], r["saving_by_exit"]
-        rows.append({"policy": policy, "step": i, **r})
-    return rows
-
-
 def branches_present_table(
     model: DistrEEStudent,
     vectors: list[list[torch.Tensor]],
     labels: torch.Tensor,
-    saved: dict | None,
+    saved: CalibrationFile | None,
     policies: Sequence[str],
 ) -> dict:
     """Per policy and per k: mean accuracy, drop (pp, against full execution with the same
@@ -254,7 +162,7 @@ def branches_present_table(
         subsets = list(combinations(range(n), k))
         recs = [fuse_exits(model, vectors, s) for s in subsets]
         for name in policies:
-            t = thresholds_for(name, model, saved).at(k)
+            t = model_thresholds(name, model, saved).at(k)
             rs = [evaluate_policy(model, name, t, r, labels, s) for r, s in zip(recs, subsets)]
             table.setdefault(name, {})[str(k)] = {
                 key: round(sum(r[key] for r in rs) / len(rs), 4) + 0.0 for key in ("accuracy", "drop_pp", "saving")
@@ -262,4 +170,4 @@ def branches_present_table(
     return table
 
 
-__all__ = ["DEFAULT_CONFIDENCE", "DEFAULT_MAX_DROP_PP", "POLICIES"]
+__all__ = ["DEFAULT_CONFIDENCE", "DEFAULT_MAX_DROP_PP"]

@@ -2,15 +2,32 @@
 
 from distree.policies.base import ExitPolicy, ExitThresholds, decide_exits, exit_scores
 from distree.policies.deadline import should_stop_for_deadline
-from distree.policies.registry import DEFAULT_POLICY, POLICIES, make_policy
+from distree.policies.registry import (
+    load_plugins,
+    make_policy,
+    policy_class,
+    policy_names,
+    register_policy,
+)
+
+# The built-in policies register themselves on import, before any user module.
+from distree.policies import scores  # noqa: E402, F401  isort: skip
+
+#: What the runtime and the demo use unless told otherwise: the feature criterion that
+#: predicts best whether an exit is right (docs/policies.md). Confidence (`max-prob`)
+#: saves more on the shipped models; the README says by how much.
+DEFAULT_POLICY = scores.FeatureAgreement.name
 
 __all__ = [
     "DEFAULT_POLICY",
-    "POLICIES",
     "ExitPolicy",
     "ExitThresholds",
     "decide_exits",
     "exit_scores",
+    "load_plugins",
     "make_policy",
+    "policy_class",
+    "policy_names",
+    "register_policy",
     "should_stop_for_deadline",
 ]

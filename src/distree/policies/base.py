@@ -21,17 +21,44 @@ from distree.models.heads import ExitRecords
 
 
 class ExitPolicy(ABC):
-    """Scores exits; thresholds are per exit and come from calibration."""
+    """Scores exits; thresholds are per exit and come from calibration.
 
+    A policy says what it is through class attributes, never through its name: the stage
+    loop, calibration, the runtime and the simulator read these and nothing else. Register
+    a subclass with ``@register_policy`` (``distree.policies``) to make it usable by name.
+    """
+
+    #: The name users select it by (``--policy``, scenario files, calibration.json).
     name: str
-    #: False for policies that use no thresholds (full execution, oracle).
-    calibrated: bool = True
+    #: The threshold at every exit for a policy that is not calibrated (full execution: inf,
+    #: never stop early; oracle: 0, stop where the label says the exit is right); None for a
+    #: policy whose thresholds calibration fits.
+    fixed_threshold: float | None = None
+    #: True for a policy whose score reads the labels (the oracle): offline evaluation only,
+    #: never served.
+    needs_labels: bool = False
     #: True for policies whose score reads ``ExitRecords.agreement``: only then does the
     #: runtime's stage loop ask the exit heads for it.
     reads_agreement: bool = False
     #: False for a policy that never stops before the last exit (full execution): nothing is
-    #: decided on the way, so the stage loop runs an exit head only where rows leave.
+    #: decided on the way, so the stage loop runs an exit head only where rows leave, and
+    #: only those heads are paid for.
     reads_exits: bool = True
+
+    def __init__(self, labels: torch.Tensor | None = None):
+        if labels is not None and not self.needs_labels:
+            raise ValueError(f"policy {self.name!r} does not read labels")
+        self.labels = labels
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether calibration fits this policy's thresholds."""
+        return self.fixed_threshold is None
+
+    @property
+    def servable(self) -> bool:
+        """Whether the runtime can serve it (it needs nothing an online request lacks)."""
+        return not self.needs_labels
 
     @abstractmethod
     def score(self, e: int, seen: ExitRecords) -> torch.Tensor:
@@ -45,7 +72,9 @@ class ExitPolicy(ABC):
         """(B,) bool: stop at exit ``e``. The last exit (index len(thresholds)) always stops."""
         if e >= len(thresholds):
             return torch.ones(seen.logits[e].shape[0], dtype=torch.bool)
-        return self.score(e, seen) >= thresholds[e]
+        # In float64, as ``first_passing`` compares recorded scores: a score equal to its
+        # threshold decides the same way online and offline.
+        return self.score(e, seen).double() >= thresholds[e]
 
 
 @dataclass(frozen=True)

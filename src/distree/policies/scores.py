@@ -9,42 +9,10 @@ import torch.nn.functional as F
 
 from distree.models.heads import ExitRecords
 from distree.policies.base import ExitPolicy
+from distree.policies.registry import register_policy
 
 
-class MaxProb(ExitPolicy):
-    """Softmax confidence: the largest class probability."""
-
-    name = "max-prob"
-
-    def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
-        return F.softmax(seen.logits[e].float(), dim=-1).amax(-1)
-
-
-class Entropy(ExitPolicy):
-    """Negative entropy of the softmax (higher = more certain)."""
-
-    name = "entropy"
-
-    def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
-        logp = F.log_softmax(seen.logits[e].float(), dim=-1)
-        return (logp.exp() * logp).sum(-1)
-
-
-class Patience(ExitPolicy):
-    """How many consecutive exits, ending at this one, predict the same class (1..e+1)."""
-
-    name = "patience"
-
-    def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
-        preds = [seen.logits[i].argmax(-1) for i in range(e + 1)]
-        run = torch.ones_like(preds[e], dtype=torch.float32)
-        alive = torch.ones_like(preds[e], dtype=torch.bool)
-        for i in range(e - 1, -1, -1):
-            alive &= preds[i] == preds[e]
-            run += alive.float()
-        return run
-
-
+@register_policy
 class FeatureDiff(ExitPolicy):
     """Feature difference: stop when the fused embedding stops changing between exits.
 
@@ -62,21 +30,7 @@ class FeatureDiff(ExitPolicy):
         return F.cosine_similarity(z[e].float(), z[e - 1].float(), dim=-1) - 1.0
 
 
-class ConfThenFeatureDiff(FeatureDiff):
-    """Softmax confidence at the first exit, feature difference at every later one.
-
-    A mix of two criteria, named for both: on the shipped models most of its saving comes
-    from the first exit, that is from confidence (docs/policies.md has the split).
-    """
-
-    name = "conf-then-feature-diff"
-
-    def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
-        if e == 0:
-            return MaxProb().score(0, seen)
-        return super().score(e, seen)
-
-
+@register_policy
 class FeatureAgreement(ExitPolicy):
     """The devices' agreement: stop when the branches' own features at this exit point the
     same way.
@@ -97,25 +51,78 @@ class FeatureAgreement(ExitPolicy):
         return seen.agreement[e].float()
 
 
+@register_policy
+class ConfThenFeatureDiff(FeatureDiff):
+    """Softmax confidence at the first exit, feature difference at every later one.
+
+    A mix of two criteria, named for both: on the shipped models most of its saving comes
+    from the first exit, that is from confidence (docs/policies.md has the split).
+    """
+
+    name = "conf-then-feature-diff"
+
+    def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
+        if e == 0:
+            return MaxProb().score(0, seen)
+        return super().score(e, seen)
+
+
+@register_policy
+class MaxProb(ExitPolicy):
+    """Softmax confidence: the largest class probability."""
+
+    name = "max-prob"
+
+    def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
+        return F.softmax(seen.logits[e].float(), dim=-1).amax(-1)
+
+
+@register_policy
+class Entropy(ExitPolicy):
+    """Negative entropy of the softmax (higher = more certain)."""
+
+    name = "entropy"
+
+    def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
+        logp = F.log_softmax(seen.logits[e].float(), dim=-1)
+        return (logp.exp() * logp).sum(-1)
+
+
+@register_policy
+class Patience(ExitPolicy):
+    """How many consecutive exits, ending at this one, predict the same class (1..e+1)."""
+
+    name = "patience"
+
+    def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
+        preds = [seen.logits[i].argmax(-1) for i in range(e + 1)]
+        run = torch.ones_like(preds[e], dtype=torch.float32)
+        alive = torch.ones_like(preds[e], dtype=torch.bool)
+        for i in range(e - 1, -1, -1):
+            alive &= preds[i] == preds[e]
+            run += alive.float()
+        return run
+
+
+@register_policy
 class Full(ExitPolicy):
     """Full execution: never stop before the last exit."""
 
     name = "full"
-    calibrated = False
+    fixed_threshold = float("inf")
     reads_exits = False
 
     def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
         return torch.full((seen.logits[e].shape[0],), float("-inf"))
 
 
+@register_policy
 class Oracle(ExitPolicy):
     """The earliest exit that is right (evaluation only: it reads the labels)."""
 
     name = "oracle"
-    calibrated = False
-
-    def __init__(self, labels: torch.Tensor | None = None):
-        self.labels = labels
+    fixed_threshold = 0.0
+    needs_labels = True
 
     def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
         if self.labels is None:

@@ -34,6 +34,7 @@ class Answer:
     stage_ms: list[float]  # wall time of each stage at the coordinator
     stop_reason: str
     worker_ms: list[float]  # the slowest answering worker's own time per stage
+    macs: int  # charged to this input: stages of the branches that answered, heads the policy read
 
 
 class DistreeClient:
@@ -66,13 +67,14 @@ class DistreeClient:
         reply = self._call(self._stub.Infer, pb.InferRequest(images=to_proto(t), deadline_ms=deadline_ms))
         return [
             Answer(
-                r.prediction,
-                list(r.probabilities),
-                r.exit,
-                list(r.branches),
-                list(r.stage_ms),
-                r.stop_reason,
-                list(r.worker_ms),
+                prediction=r.prediction,
+                probabilities=list(r.probabilities),
+                exit=r.exit,
+                branches=list(r.branches),
+                stage_ms=list(r.stage_ms),
+                stop_reason=r.stop_reason,
+                worker_ms=list(r.worker_ms),
+                macs=r.macs,
             )
             for r in reply.results
         ]

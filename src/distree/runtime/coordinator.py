@@ -19,19 +19,20 @@ from dataclasses import dataclass
 import grpc
 import torch
 
-from distree.evaluation.policies import exit_costs, load_calibration, thresholds_for
-from distree.policies import DEFAULT_POLICY, make_policy, should_stop_for_deadline
+from distree.inference.costs import ExitCosts
+from distree.inference.stage_loop import StageLoop, head_fusion
+from distree.policies import DEFAULT_POLICY, make_policy
+from distree.policies.calibration_file import thresholds_for
 from distree.run import RunDir
 from distree.runtime import metrics
 from distree.runtime.batching import RowQueue
-from distree.runtime.exit_loop import ExitLoop
 from distree.runtime.health import SERVING, set_health, start_server
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
 from distree.runtime.security import TLSFiles
 from distree.runtime.tensors import InvalidTensor, from_proto, to_proto
 from distree.runtime.worker_link import LinkOptions, WorkerLink
-from distree.training.checkpoint import load_weights
+from distree.weights import load_weights
 
 log = logging.getLogger("distree.coordinator")
 
@@ -59,8 +60,8 @@ class CoordinatorOptions:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.policy == "oracle":
-            raise ValueError("the oracle policy needs labels; it exists for offline evaluation only")
+        if not make_policy(self.policy).servable:
+            raise ValueError(f"the {self.policy} policy reads the labels; it exists for offline evaluation only")
         if self.stage_timeout_ms <= 0:
             raise ValueError("the stage timeout must be positive")
         if self.max_group_inputs < 1 or self.max_groups < 1 or self.min_group_inputs < 1:
@@ -89,8 +90,11 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         load_weights(self.student.heads, run.student_file, prefix="heads.")
         self.student.eval()
         self.policy = make_policy(options.policy)
-        self.thresholds = thresholds_for(options.policy, self.student, load_calibration(run))
-        self.exit_macs = [int(m) for m in exit_costs(self.student, options.policy).tolist()]
+        self.thresholds = thresholds_for(
+            self.policy, run.read_calibration(), branches=self.student.num_branches, exits=self.student.num_exits
+        )
+        self.costs = ExitCosts(self.student.macs, self.policy)
+        self.exit_macs = [int(m) for m in self.costs.per_exit().tolist()]
         self.input_shape = (meta.data.in_channels, meta.data.image_size, meta.data.image_size)
         n = self.student.num_branches
         if len(workers) != n:
@@ -157,15 +161,22 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         if not active:
             raise NoBranchError("no branch is available (all workers are down)")
         n, E = self.student.num_branches, self.student.num_exits
-        loop = ExitLoop(self.student.heads, self.policy, self.thresholds, rows)
-        branches: list[list[int]] = [[] for _ in range(rows)]
+        loop = StageLoop(
+            head_fusion(self.student.heads),
+            self.policy,
+            self.thresholds,
+            self.costs,
+            rows,
+            num_exits=E,
+            arrived_s=arrived,
+            deadline_ms=deadline_ms,
+        )
         first = pb.StageRequest(request_id=rid, stage=0, input=to_proto(images))
         eager = self.options.mode == "eager"
         # Eager: every worker runs on through all stages; one future per stage each.
         ahead = {w: w.run_on(first, E) for w in active} if eager else {}
-        stage_ms, worker_ms = [], []
+        worker_ms = []
         keep: list[int] = []
-        any_deadline = bool(torch.isfinite(deadline_ms).any())
         try:
             for k in range(E):
                 t0 = time.perf_counter()
@@ -182,25 +193,11 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                 vectors: list[torch.Tensor | None] = [None] * n
                 for w, v in got.items():
                     vectors[w.branch] = v[loop.alive] if eager else v
-                dt = (time.perf_counter() - t0) * 1000
-                stage_ms.append(dt)
+                now = time.perf_counter()
+                dt = (now - t0) * 1000
                 worker_ms.append(slowest)
-                late = None
-                if any_deadline:
-                    now, slowest_ms = time.perf_counter(), max(stage_ms)
-                    late = torch.tensor(
-                        [
-                            should_stop_for_deadline((now - a) * 1000, slowest_ms, d if math.isfinite(d) else None)
-                            for a, d in zip(arrived[loop.alive].tolist(), deadline_ms[loop.alive].tolist())
-                        ],
-                        dtype=torch.bool,
-                    )
-                leaving = loop.alive
                 # The heads are a few thousand MACs: cheaper inline than a thread hop.
-                go_on = loop.step(k, vectors, late)
-                used = sorted(w.branch for w in active)
-                for r in leaving[~go_on].tolist():
-                    branches[r] = used
+                go_on = loop.step(k, vectors, stage_ms=dt, now_s=now)
                 metrics.COORD_STAGE_SECONDS.labels(str(k)).observe(dt / 1000)
                 if loop.done:
                     break
@@ -212,21 +209,23 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                         f.exception()  # a stage that failed after the answer is no news
             # Workers that answered the last stage freed the state themselves; the others
             # drop it now (eager ones stop running on).
-            finished = [] if len(stage_ms) < E else active
+            finished = [] if len(worker_ms) < E else active
             self._drop_later(rid, [w for w in started if w not in finished])
-        probs = torch.softmax(loop.logits, dim=-1)
+        out = loop.result()
+        probs = torch.softmax(out.logits, dim=-1)
         results = []
-        for r, (e, p) in enumerate(zip(loop.exit.tolist(), probs.tolist())):
+        for r, (e, p) in enumerate(zip(out.exit.tolist(), probs.tolist())):
             metrics.EXITS.labels(str(e)).inc()
             results.append(
                 pb.InferResult(
                     prediction=max(range(len(p)), key=p.__getitem__),
                     probabilities=p,
                     exit=e,
-                    branches=branches[r],
-                    stage_ms=stage_ms[: e + 1],
-                    stop_reason=loop.reason[r],
+                    branches=out.branches[r],
+                    stage_ms=loop.stage_ms[: e + 1],
+                    stop_reason=out.reason[r].value,
                     worker_ms=worker_ms[: e + 1],
+                    macs=int(out.macs[r]),
                 )
             )
         return results

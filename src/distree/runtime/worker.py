@@ -25,7 +25,7 @@ from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
 from distree.runtime.security import TLSFiles
 from distree.runtime.tensors import InvalidTensor, from_proto, to_proto
-from distree.training.checkpoint import load_weights
+from distree.weights import load_weights
 
 log = logging.getLogger("distree.worker")
 

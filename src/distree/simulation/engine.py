@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
@@ -10,12 +9,11 @@ from functools import partial
 
 import numpy as np
 import simpy
-import torch
 
-from distree.data import ENV_VAR
-from distree.evaluation.policies import load_calibration, thresholds_for
 from distree.models import DistrEEStudent
-from distree.policies import POLICIES, ExitThresholds
+from distree.policies import ExitThresholds, make_policy, policy_names
+from distree.policies.calibration_file import CalibrationFile, thresholds_for
+from distree.policies.scores import Full
 from distree.run import RunDir
 from distree.simulation.cluster import Health, Network, SimDevice
 from distree.simulation.outcomes import ExitTables
@@ -30,7 +28,7 @@ from distree.simulation.systems import (
     single_device_request,
     teacher_request,
 )
-from distree.simulation.trace import TRACE_FILE, Trace, record_trace
+from distree.simulation.trace import Trace
 
 BASELINES = ("teacher", "pipeline", "single-device-exit")
 
@@ -38,7 +36,7 @@ BASELINES = ("teacher", "pipeline", "single-device-exit")
 class Model:
     """The recorded model a simulation replays: trace, exit heads and calibrated thresholds."""
 
-    def __init__(self, trace: Trace, student: DistrEEStudent, calibration: dict | None):
+    def __init__(self, trace: Trace, student: DistrEEStudent, calibration: CalibrationFile | None):
         if len(trace.vectors) != student.num_branches or len(trace.vectors[0]) != student.num_exits:
             raise ValueError("the trace was recorded from another model; run 'distree record' again")
         self.trace = trace
@@ -51,25 +49,29 @@ class Model:
     @classmethod
     def from_run(cls, run: RunDir, trace: Trace) -> Model:
         """The model of a run directory with its recorded trace."""
-        return cls(trace, run.load_student(), load_calibration(run))
+        return cls(trace, run.load_student(), run.read_calibration())
 
     def calibrated_policies(self) -> list[str]:
         """Policies with thresholds in the run's calibration, in registry order."""
-        saved = (self.calibration or {}).get("policies", {})
-        return [p for p in POLICIES if p in saved]
+        saved = self.calibration.policies if self.calibration is not None else {}
+        return [p for p in policy_names() if p in saved]
 
     def thresholds(self, policy: str) -> ExitThresholds:
         """Per-exit thresholds of ``policy`` for each number of branches present."""
-        return thresholds_for(policy, self.student, self.calibration)
+        return thresholds_for(
+            make_policy(policy), self.calibration, branches=self.student.num_branches, exits=self.student.num_exits
+        )
 
 
 def systems_for(scenario: Scenario, model: Model) -> list[str]:
     """Every system a scenario compares: the baselines, DistrEE full, DistrEE per policy."""
     policies = scenario.policies if scenario.policies is not None else model.calibrated_policies()
-    unknown = [p for p in policies if p not in POLICIES or p == "full"]
+    # Full execution is always compared; the others are the calibrated policies a coordinator serves.
+    allowed = policy_names(servable=True, calibrated=True)
+    unknown = [p for p in policies if p not in allowed]
     if unknown:
-        raise ValueError(f"scenario policies: unknown {unknown}; choose from {[p for p in POLICIES if p != 'full']}")
-    return [*BASELINES, "distree-full", *(f"distree-{p}" for p in policies)]
+        raise ValueError(f"scenario policies: unknown {unknown}; choose from {allowed}")
+    return [*BASELINES, f"distree-{Full.name}", *(f"distree-{p}" for p in policies)]
 
 
 def _arrival_times(scenario: Scenario, rng: np.random.Generator) -> np.ndarray:
@@ -237,15 +239,3 @@ def format_results(report: dict) -> str:
         ]
         lines.append(f"{name:<24} " + " ".join(f"{c:>8}" for c in cells))
     return "\n".join(lines)
-
-
-def load_model(run: RunDir, data: str | None, device: torch.device, log: Callable[[str], None] = print) -> Model:
-    """The run's model with its trace, recording the trace first when there is none."""
-    path = run.path / TRACE_FILE
-    if not path.is_file() and data is None and not os.environ.get(ENV_VAR):
-        raise FileNotFoundError(
-            f"{run.path} has no recorded trace ({TRACE_FILE}); run 'distree record {run.path} --data PATH', "
-            f"or pass --data (or set {ENV_VAR}) and it is recorded first"
-        )
-    trace = Trace.load(path) if path.is_file() else record_trace(run, data, device, log=log)
-    return Model.from_run(run, trace)

@@ -1,8 +1,9 @@
 """What a simulated DistrEE request answers: the real heads fused over the branches it got.
 
-Predictions and policy scores of every exit, for every sample, are computed once per set of
-branches that a simulated request actually used (a bitmask), with the run's exit heads and
-the same ``fuse_exits`` and ``exit_scores`` offline evaluation uses.
+Every exit's outputs, for every sample, are computed once per set of branches that a
+simulated request actually used (a bitmask), with the run's exit heads and the same
+``fuse_exits`` offline evaluation uses; the stage loop of each simulated request reads
+its rows from them (``ExitTables.fusion``) instead of running the heads again.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from collections.abc import Sequence
 
 import torch
 
-from distree.evaluation.predict import fuse_exits
-from distree.models import DistrEEStudent, ExitRecords
-from distree.policies import ExitPolicy, exit_scores, make_policy
+from distree.inference.recorded import fuse_exits
+from distree.inference.stage_loop import Fuse
+from distree.models import DistrEEStudent, ExitOutput, ExitRecords
 
 
 def mask_of(branches: Sequence[int]) -> int:
@@ -22,55 +23,36 @@ def mask_of(branches: Sequence[int]) -> int:
 
 
 class ExitTables:
-    """Lazily computed (E, N) predictions and per-policy scores for each branch set."""
+    """Lazily computed exit records (E, N, ...) of every sample for each branch set."""
 
     def __init__(self, student: DistrEEStudent, vectors: list[list[torch.Tensor]], labels: torch.Tensor):
         self.student = student.eval()
         self.vectors = vectors
         self.labels = labels
-        self._policies: dict[str, ExitPolicy] = {}
-        self._preds: dict[int, torch.Tensor] = {}
-        self._scores: dict[tuple[str, int], torch.Tensor] = {}
+        self._records: dict[int, ExitRecords] = {}
 
-    def _present(self, mask: int) -> list[int]:
-        return [b for b in range(self.student.num_branches) if mask >> b & 1]
+    def records(self, present: Sequence[int]) -> ExitRecords:
+        """Every exit's outputs fused from the ``present`` branches (cached)."""
+        mask = mask_of(present)
+        if mask not in self._records:
+            self._records[mask] = fuse_exits(self.student, self.vectors, present)
+        return self._records[mask]
 
-    def policy(self, name: str) -> ExitPolicy:
-        """The policy object (cached)."""
-        if name not in self._policies:
-            self._policies[name] = make_policy(name, self.labels)
-        return self._policies[name]
+    def fusion(self, sample: int) -> Fuse:
+        """The stage loop's fusion for one request on ``sample``: the recorded outputs of
+        the branches that answered each stage, exactly as the heads would fuse them."""
 
-    def _fill(self, mask: int, policies: Sequence[str]) -> None:
-        rec = fuse_exits(self.student, self.vectors, self._present(mask))
-        self._preds[mask] = rec.logits.argmax(-1)
-        for name in policies:
-            self._scores[(name, mask)] = exit_scores(self.policy(name), rec)
+        def fuse(k: int, vectors: Sequence[torch.Tensor | None], agreement: bool) -> ExitOutput:
+            rec = self.records([b for b, v in enumerate(vectors) if v is not None])
+            rows = slice(sample, sample + 1)
+            agree = rec.agreement[k][rows] if agreement and rec.agreement is not None else None
+            return ExitOutput(rec.embeddings[k][rows], rec.logits[k][rows], agree)
 
-    def prediction(self, mask: int, exit_index: int, sample: int) -> int:
-        """Class predicted at ``exit_index`` with the branches in ``mask``."""
-        if mask not in self._preds:
-            self._fill(mask, [])
-        return int(self._preds[mask][exit_index, sample])
+        return fuse
 
-    def score(self, policy: str, masks: Sequence[int], sample: int) -> float:
-        """The policy's score at exit len(masks) - 1, where exit i fused the branches masks[i]."""
-        e, last = len(masks) - 1, masks[-1]
-        if all(m == last for m in masks):
-            if (policy, last) not in self._scores:
-                self._fill(last, [policy])
-            return float(self._scores[(policy, last)][e, sample])
-        # The branch set changed during the request: fuse this sample's history exactly.
-        outs = []
-        with torch.no_grad():
-            for i, m in enumerate(masks):
-                keep = set(self._present(m))
-                outs.append(
-                    self.student.heads[i](
-                        [
-                            self.vectors[b][i][sample : sample + 1] if b in keep else None
-                            for b in range(len(self.vectors))
-                        ]
-                    )
-                )
-        return float(self.policy(policy).score(e, ExitRecords.of(outs, stack=False))[0])
+    def sample_vectors(self, sample: int, k: int, present: Sequence[int]) -> list[torch.Tensor | None]:
+        """Stage ``k``'s recorded vectors (1, d) of ``sample`` from the ``present`` branches."""
+        keep = set(present)
+        return [
+            self.vectors[b][k][sample : sample + 1] if b in keep else None for b in range(self.student.num_branches)
+        ]

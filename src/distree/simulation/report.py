@@ -11,8 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from distree.evaluation.policies import sweep_policy
-from distree.evaluation.predict import fuse_exits
+from distree.inference.recorded import fuse_exits, sweep_policy
 from distree.run import RunDir
 from distree.simulation.engine import Model, SystemRun, simulate
 from distree.simulation.scenario import Scenario

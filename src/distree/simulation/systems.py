@@ -6,18 +6,22 @@ from the trace (MACs, bytes), answers from the trace's real outputs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
 import numpy as np
 import simpy
+import torch
 
-from distree.models import ExitRecords
+from distree.inference.costs import ExitCosts
+from distree.inference.stage_loop import StageLoop, StopReason
+from distree.models import ExitRecords, StudentMacs
 from distree.policies import ExitThresholds, exit_scores, make_policy
 from distree.policies.base import first_passing
-from distree.policies.deadline import should_stop_for_deadline
+from distree.policies.scores import MaxProb
 from distree.simulation.cluster import Health, Network, SimDevice
-from distree.simulation.outcomes import ExitTables, mask_of
+from distree.simulation.outcomes import ExitTables
 from distree.simulation.scenario import Scenario
 from distree.simulation.trace import Trace
 
@@ -35,6 +39,8 @@ class Done:
     exit: int | None = None
     branches: list[int] = field(default_factory=list)
     coordinator_macs: float = 0.0
+    macs: int = 0  # charged by the stage loop's cost rule (DistrEE only)
+    stop_reason: StopReason | None = None  # DistrEE only
     request: int = -1  # arrival order, set by the engine
 
 
@@ -73,9 +79,10 @@ class DistrEE:
     def __init__(self, cluster: Cluster, tables: ExitTables, policy: str, thresholds: ExitThresholds):
         self.c = cluster
         self.tables = tables
-        self.policy = policy
-        self.reads_exits = make_policy(policy).reads_exits
+        self.policy = make_policy(policy)
         self.thresholds = thresholds
+        meta = cluster.trace.meta
+        self.costs = ExitCosts(StudentMacs(meta.stage_macs, meta.head_macs), self.policy)
 
     def _stage(self, b: int, e: int, message: int) -> Generator:
         """Lockstep: message down (input or go), run stage e, vector up. Value: success."""
@@ -125,8 +132,17 @@ class DistrEE:
             cancelled = dict.fromkeys(active, False)
             for b in active:
                 env.process(self._eager_worker(b, arrivals[b], cancelled))
-        masks: list[int] = []
-        slowest_stage_s, head_macs = 0.0, 0.0
+        deadline = c.scenario.deadline_ms
+        loop = StageLoop(
+            self.tables.fusion(sample),
+            self.policy,
+            self.thresholds,
+            self.costs,
+            1,
+            num_exits=num_exits,
+            arrived_s=torch.tensor([start], dtype=torch.float64),
+            deadline_ms=torch.tensor([math.inf if deadline is None else deadline], dtype=torch.float64),
+        )
         for e in range(num_exits):
             stage_start = env.now
             if eager:
@@ -145,32 +161,33 @@ class DistrEE:
             active = answered
             if not active:
                 return _failed(sample)
-            slowest_stage_s = max(slowest_stage_s, env.now - stage_start)
-            masks.append(mask_of(active))
+            stage_ms = (env.now - stage_start) * 1000
             last = e == num_exits - 1
-            # As the stage loop: a head runs at every exit for a policy that reads them, and
-            # otherwise (full execution) only where the request leaves.
-            if self.reads_exits or last:
-                head_macs += meta.head_macs[e]
+            # The coordinator's time for the head: at every exit for a policy that reads
+            # them, else (full execution) only where the request leaves.
+            if self.policy.reads_exits or last:
                 yield _coordinator_time(c, meta.head_macs[e])
-            stop = last or (
-                self.reads_exits and self.tables.score(self.policy, masks, sample) >= self.thresholds.at(len(active))[e]
-            )
-            deadline = c.scenario.deadline_ms
-            if not stop and deadline is not None:
-                stop = should_stop_for_deadline((env.now - start) * 1000, slowest_stage_s * 1000, deadline)
-                if stop and not self.reads_exits:
-                    head_macs += meta.head_macs[e]
+            loop.step(e, self.tables.sample_vectors(sample, e, active), stage_ms=stage_ms, now_s=env.now)
+            if loop.done:
+                out = loop.result()
+                if not self.policy.reads_exits and not last:  # stopped by the deadline
                     yield _coordinator_time(c, meta.head_macs[e])
-            if stop:
                 for b in active:
                     if eager:
                         env.process(self._cancel(b, cancelled))
                     elif not last:
                         env.process(c.network.transfer(b, "down", CONTROL_BYTES))
-                pred = self.tables.prediction(masks[-1], e, sample)
-                correct = pred == int(c.trace.labels[sample])
-                return Done(sample, env.now - start, correct, e, active, head_macs)
+                correct = int(out.predictions[0]) == int(c.trace.labels[sample])
+                return Done(
+                    sample,
+                    env.now - start,
+                    correct,
+                    e,
+                    active,
+                    coordinator_macs=float(out.head_macs[0]),
+                    macs=int(out.macs[0]),
+                    stop_reason=out.reason[0],
+                )
         raise AssertionError("the last exit always stops")
 
 
@@ -223,7 +240,7 @@ def pipeline_request(c: Cluster, sample: int, cuts: list[int]) -> Generator:
 def single_device_exits(trace: Trace) -> np.ndarray:
     """The exit (N,) the single-device baseline takes for each sample (max-prob, calibrated)."""
     logits = trace.teacher_exit_logits.float()
-    scores = exit_scores(make_policy("max-prob"), ExitRecords(logits))
+    scores = exit_scores(MaxProb(), ExitRecords(logits))
     return first_passing(scores.double().numpy(), trace.meta.teacher_exit_thresholds)
 
 

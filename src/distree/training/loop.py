@@ -17,8 +17,9 @@ from distree.config import DataConfig, OptimConfig
 from distree.data.augment import Normalization, apply_views, random_views
 from distree.data.dataset import ImageSet
 from distree.hardware import autocast, training_memory_format
-from distree.training.checkpoint import load_train_state, save_train_state, save_weights
+from distree.training.checkpoint import load_train_state, save_train_state
 from distree.training.objectives import ViewTable
+from distree.weights import save_weights
 
 
 class TimeLimitReached(Exception):

@@ -12,11 +12,11 @@ import torch
 from distree.config import RunConfig
 from distree.data.augment import Normalization
 from distree.data.dataset import DataSplits
-from distree.evaluation.predict import accuracy, student_exits, teacher_logits
+from distree.inference.recorded import accuracy, student_exits, teacher_logits
 from distree.run import DataInfo, RunDir, RunMeta
-from distree.training.checkpoint import load_weights
 from distree.training.loop import Phase, TimeLimitReached, train_phase
 from distree.training.objectives import StudentObjective, TeacherObjective, TeacherTargets, ViewTable
+from distree.weights import load_weights
 
 
 class RunExistsError(RuntimeError):

@@ -107,7 +107,7 @@ class InferRequest(_message.Message):
     def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., deadline_ms: _Optional[float] = ...) -> None: ...
 
 class InferResult(_message.Message):
-    __slots__ = ("prediction", "probabilities", "exit", "branches", "stage_ms", "stop_reason", "worker_ms")
+    __slots__ = ("prediction", "probabilities", "exit", "branches", "stage_ms", "stop_reason", "worker_ms", "macs")
     PREDICTION_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     EXIT_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +115,7 @@ class InferResult(_message.Message):
     STAGE_MS_FIELD_NUMBER: _ClassVar[int]
     STOP_REASON_FIELD_NUMBER: _ClassVar[int]
     WORKER_MS_FIELD_NUMBER: _ClassVar[int]
+    MACS_FIELD_NUMBER: _ClassVar[int]
     prediction: int
     probabilities: _containers.RepeatedScalarFieldContainer[float]
     exit: int
@@ -122,7 +123,8 @@ class InferResult(_message.Message):
     stage_ms: _containers.RepeatedScalarFieldContainer[float]
     stop_reason: str
     worker_ms: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, prediction: _Optional[int] = ..., probabilities: _Optional[_Iterable[float]] = ..., exit: _Optional[int] = ..., branches: _Optional[_Iterable[int]] = ..., stage_ms: _Optional[_Iterable[float]] = ..., stop_reason: _Optional[str] = ..., worker_ms: _Optional[_Iterable[float]] = ...) -> None: ...
+    macs: int
+    def __init__(self, prediction: _Optional[int] = ..., probabilities: _Optional[_Iterable[float]] = ..., exit: _Optional[int] = ..., branches: _Optional[_Iterable[int]] = ..., stage_ms: _Optional[_Iterable[float]] = ..., stop_reason: _Optional[str] = ..., worker_ms: _Optional[_Iterable[float]] = ..., macs: _Optional[int] = ...) -> None: ...
 
 class InferReply(_message.Message):
     __slots__ = ("results",)

@@ -3,9 +3,10 @@ import torch
 from conftest import tiny_student_config
 
 from distree.data.augment import Normalization
+from distree.inference.inprocess import early_exit_batch
+from distree.inference.recorded import exit_costs
 from distree.models import DistrEEStudent, ExitRecords
 from distree.policies import ExitThresholds, decide_exits, exit_scores, make_policy
-from distree.runtime.inprocess import early_exit_batch
 
 
 @pytest.mark.parametrize("name", ["max-prob", "feature-agreement", "conf-then-feature-diff"])
@@ -20,11 +21,11 @@ def test_in_process_early_exit_matches_recorded_decisions(name):
     with torch.no_grad():
         outs = model(norm(images))
     rec = ExitRecords.of(outs)
-    logits = rec.logits
     scores = exit_scores(policy, rec)
     thresholds = [float(scores[0].median()), float(scores[1].median())]
     exits = decide_exits(scores, thresholds)
-    preds, got_exits = early_exit_batch(model, policy, ExitThresholds.same(thresholds, 2), images, norm)
-    assert got_exits.tolist() == exits.tolist()
-    assert preds.tolist() == logits[exits, torch.arange(40)].argmax(-1).tolist()
+    out = early_exit_batch(model, policy, ExitThresholds.same(thresholds, 2), images, norm)
+    assert out.exit.tolist() == exits.tolist()
+    assert out.predictions.tolist() == rec.logits[exits, torch.arange(40)].argmax(-1).tolist()
+    assert out.macs.tolist() == exit_costs(model, name)[exits].long().tolist()
     assert 0 < int((exits == 0).sum()) < 40

@@ -1,8 +1,9 @@
-"""The same model and policy as the distributed runtime, run in one process.
+"""The in-process executor: the same model, policy and stage loop as the distributed
+runtime, every branch run in turn in one process.
 
-The reference the runtime benchmark compares against: stage by stage, every branch in
-turn, fusing and deciding after each stage, with inputs that exited dropped from the
-batch (so computation stops as it does on the devices).
+The reference the runtime benchmark compares against: stage by stage, fusing and deciding
+after each stage, with inputs that exited dropped from the batch (so computation stops as
+it does on the devices).
 """
 
 from __future__ import annotations
@@ -10,18 +11,26 @@ from __future__ import annotations
 import torch
 
 from distree.data.augment import Normalization
+from distree.inference.costs import ExitCosts
+from distree.inference.stage_loop import Exited, StageLoop, head_fusion
 from distree.models import DistrEEStudent
 from distree.policies import ExitPolicy, ExitThresholds
-from distree.runtime.exit_loop import ExitLoop
 
 
 @torch.no_grad()
 def early_exit_batch(
     model: DistrEEStudent, policy: ExitPolicy, thresholds: ExitThresholds, images: torch.Tensor, norm: Normalization
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images (B, C, H, W) -> (predictions (B,), exit indices (B,))."""
+) -> Exited:
+    """uint8 images (B, C, H, W) -> every input's exit, logits and cost."""
     model.eval()
-    loop = ExitLoop(model.heads, policy, thresholds, images.shape[0])
+    loop = StageLoop(
+        head_fusion(model.heads),
+        policy,
+        thresholds,
+        ExitCosts(model.macs, policy),
+        images.shape[0],
+        num_exits=model.num_exits,
+    )
     x = norm(images).contiguous(memory_format=torch.channels_last)
     state = [x] * model.num_branches
     for k in range(model.num_exits):
@@ -33,4 +42,4 @@ def early_exit_batch(
         if loop.done:
             break
         state = [s[keep] for s in state]
-    return loop.predictions(), loop.exit
+    return loop.result()

@@ -1,0 +1,179 @@
+"""The early-exit stage loop, without I/O: fuse what arrived, decide, drop the rows that left.
+
+How a request runs to its exit is defined here once. The coordinator (vectors from
+workers over gRPC), the in-process executor (branches run in turn) and the simulator's
+request process (vectors from a recorded trace, time from SimPy) only decide where each
+stage runs and hand each stage's vectors in; offline evaluation runs the same rule
+vectorised over recorded outputs (``first_passing``) and charges the same costs
+(``ExitCosts``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+from torch import nn
+
+from distree.inference.costs import ExitCosts
+from distree.models.heads import ExitOutput, ExitRecords
+from distree.policies import ExitPolicy, ExitThresholds, should_stop_for_deadline
+
+#: Stage k's vectors (per branch (A, d), None for a branch that did not answer) and whether
+#: the policy reads agreement -> the fused ExitOutput of the A rows.
+Fuse = Callable[[int, Sequence[torch.Tensor | None], bool], ExitOutput]
+
+
+class StopReason(str, Enum):
+    """Why a row left the loop where it did."""
+
+    POLICY = "policy"  # the policy's score reached the exit's threshold
+    LAST_EXIT = "last-exit"  # there is no further exit
+    DEADLINE = "deadline"  # the next stage would end after the row's deadline
+
+
+@dataclass(frozen=True)
+class Exited:
+    """Where every row of a batch left, what it answered and what it cost."""
+
+    exit: torch.Tensor  # (rows,) int64
+    logits: torch.Tensor  # (rows, classes) at each row's exit
+    macs: torch.Tensor  # (rows,) int64, charged by ``ExitCosts``
+    head_macs: torch.Tensor  # (rows,) int64, the exit heads' part of ``macs``
+    reason: list[StopReason]
+    branches: list[list[int]]  # the branches fused at each row's exit
+
+    @property
+    def predictions(self) -> torch.Tensor:
+        """(rows,) predicted class."""
+        return self.logits.argmax(-1)
+
+
+def head_fusion(heads: nn.ModuleList) -> Fuse:
+    """Fusion by the model's exit heads."""
+    return lambda k, vectors, agreement: heads[k](vectors, agreement=agreement)
+
+
+class StageLoop:
+    """The rows (inputs) of one batch on their way through the exits.
+
+    After each stage the driver hands in the branch vectors of the rows still running;
+    rows the policy (or a deadline) stops leave with their logits, the branches that
+    answered their exit and the MACs they cost; the others go on.
+
+    ``arrived_s`` (rows,) and ``deadline_ms`` (rows,) (inf: none) turn on the deadline rule:
+    a row stops at the exit in hand when the next stage, expected to take as long as the
+    slowest stage so far, would end after its deadline.
+    """
+
+    def __init__(
+        self,
+        fuse: Fuse,
+        policy: ExitPolicy,
+        thresholds: ExitThresholds,
+        costs: ExitCosts,
+        rows: int,
+        *,
+        num_exits: int,
+        arrived_s: torch.Tensor | None = None,
+        deadline_ms: torch.Tensor | None = None,
+    ):
+        self.fuse = fuse
+        self.policy = policy
+        self.thresholds = thresholds
+        self.costs = costs
+        self.num_exits = num_exits
+        self.alive = torch.arange(rows)  # original row index of each running row
+        self.exit = torch.full((rows,), -1, dtype=torch.long)
+        self.reason: list[StopReason | None] = [None] * rows
+        self.branches: list[list[int]] = [[] for _ in range(rows)]  # present at each row's exit
+        self.macs = torch.zeros(rows, dtype=torch.long)  # stages and heads charged so far
+        self.head_macs = torch.zeros(rows, dtype=torch.long)  # the heads' part (the coordinator's)
+        self.logits: torch.Tensor | None = None  # (rows, classes) at each row's exit
+        self.stage_ms: list[float] = []
+        has_deadline = deadline_ms is not None and bool(torch.isfinite(deadline_ms).any())
+        if has_deadline and arrived_s is None:
+            raise ValueError("deadlines need the rows' arrival times")
+        self._arrived = arrived_s.double() if has_deadline else None
+        self._deadline = deadline_ms.double() if has_deadline else None
+        self._outputs: list[ExitOutput] = []  # per stage so far, running rows only
+
+    @property
+    def done(self) -> bool:
+        """Every row has exited."""
+        return self.alive.numel() == 0
+
+    def _late(self, stage_ms: float | None, now_s: float | None) -> torch.Tensor | None:
+        """(A,) bool: running rows whose deadline the next stage would pass."""
+        if self._deadline is None:
+            return None
+        if stage_ms is None or now_s is None:
+            raise ValueError("with deadlines, every step needs the stage's time and the clock")
+        elapsed = (now_s - self._arrived[self.alive]) * 1000
+        return should_stop_for_deadline(elapsed, max(self.stage_ms), self._deadline[self.alive])
+
+    def _charge_head(self, rows: torch.Tensor, k: int, leaving: bool) -> None:
+        cost = self.costs.head(k, leaving)
+        self.macs[rows] += cost
+        self.head_macs[rows] += cost
+
+    @torch.no_grad()
+    def step(
+        self,
+        k: int,
+        vectors: Sequence[torch.Tensor | None],
+        *,
+        stage_ms: float | None = None,
+        now_s: float | None = None,
+    ) -> torch.Tensor:
+        """Fuse stage ``k``'s vectors (per branch (A, d) for the A running rows, None for a
+        branch that did not answer) and decide. ``stage_ms`` is how long the stage took and
+        ``now_s`` the clock (seconds, as ``arrived_s``); both are needed only with
+        deadlines. Returns (A,) bool: the rows that go on."""
+        present = [b for b, v in enumerate(vectors) if v is not None]
+        if not present:
+            raise ValueError(f"no branch answered stage {k}")
+        if stage_ms is not None:
+            self.stage_ms.append(stage_ms)
+        last = k == self.num_exits - 1
+        running = self.alive.numel()
+        self.macs[self.alive] += self.costs.stage(k, present)
+        late = self._late(stage_ms, now_s)
+        if self.policy.reads_exits:
+            out = self.fuse(k, vectors, self.policy.reads_agreement)
+            self._charge_head(self.alive, k, leaving=False)
+            self._outputs.append(out)
+            thresholds = self.thresholds.at(len(present))
+            stop = self.policy.should_exit(k, ExitRecords.of(self._outputs, stack=False), thresholds)
+        else:
+            if not last and (late is None or not bool(late.any())):
+                return torch.ones(running, dtype=torch.bool)  # no row leaves: no head to run
+            out = self.fuse(k, vectors, False)
+            stop = torch.full((running,), last)
+        forced = torch.zeros_like(stop) if late is None else late & ~stop
+        stop = stop | forced
+        if not bool(stop.any()):  # the common case: every row goes on, nothing to re-index
+            return ~stop
+        if self.logits is None:
+            self.logits = torch.zeros(self.exit.numel(), out.logits.shape[-1])
+        rows = self.alive[stop]
+        self.exit[rows] = k
+        self.logits[rows] = out.logits[stop].float()
+        if not self.policy.reads_exits:
+            self._charge_head(rows, k, leaving=True)
+        policy_reason = StopReason.LAST_EXIT if last else StopReason.POLICY
+        for r, f in zip(rows.tolist(), forced[stop].tolist()):
+            self.reason[r] = StopReason.DEADLINE if f else policy_reason
+            self.branches[r] = present
+        keep = ~stop
+        self.alive = self.alive[keep]
+        self._outputs = [ExitOutput(*(None if t is None else t[keep] for t in o)) for o in self._outputs]
+        return keep
+
+    def result(self) -> Exited:
+        """Every row's exit, once all have left."""
+        if not self.done or self.logits is None:
+            raise RuntimeError(f"{self.alive.numel()} rows have not exited yet")
+        return Exited(self.exit, self.logits, self.macs, self.head_macs, list(self.reason), self.branches)  # type: ignore[arg-type]

@@ -1,0 +1,97 @@
+"""calibration.json, typed: each policy's fitted thresholds, and the lookup every executor uses.
+
+Layout (one entry per calibrated policy)::
+
+    {"target": {"max_drop_pp": 0.5, "budget": null, "confidence": 0.9},
+     "split": "validation", "samples": 5000,
+     "policies": {"max-prob": {"thresholds": [...], "accuracy": ..., ...,
+                               "by_present": {"3": {...}, "2": {...}, "1": {...}}}}}
+
+``thresholds`` hold the setting with every branch present; ``by_present[k]`` the one for k
+branches present (k < N). An infinite threshold (never stop there) is written as null.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict
+
+from distree.policies.base import ExitPolicy, ExitThresholds
+from distree.policies.calibration import Calibration
+
+
+class CalibrationTarget(BaseModel):
+    """The QoS target the thresholds were fitted for."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_drop_pp: float | None = None
+    budget: float | None = None
+    confidence: float | None = None
+
+
+class FittedThresholds(BaseModel):
+    """One fitted setting and what it gave on the calibration samples (``Calibration``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    thresholds: list[float | None]
+    accuracy: float
+    drop_pp: float
+    macs_per_sample: float
+    saving: float
+    met: bool
+    message: str
+    drop_bound_pp: float | None = None
+    confidence: float | None = None
+    held_out: int | None = None
+
+    @classmethod
+    def of(cls, fit: Calibration) -> FittedThresholds:
+        """The record of a fit."""
+        return cls.model_validate(fit.to_json())
+
+    @property
+    def values(self) -> list[float]:
+        """The thresholds, null read back as inf."""
+        return [math.inf if t is None else float(t) for t in self.thresholds]
+
+
+class PolicyCalibration(FittedThresholds):
+    """A policy's setting with every branch present, and one per smaller count."""
+
+    by_present: dict[int, FittedThresholds] = {}
+
+
+class CalibrationFile(BaseModel):
+    """Contents of RUN/calibration.json."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    target: CalibrationTarget
+    split: str
+    samples: int
+    policies: dict[str, PolicyCalibration]
+
+
+def thresholds_for(policy: ExitPolicy, saved: CalibrationFile | None, *, branches: int, exits: int) -> ExitThresholds:
+    """The thresholds of ``policy`` for a model with ``branches`` branches and ``exits``
+    exits: its fixed threshold at every exit, or its calibration (one setting per number of
+    branches present)."""
+    gaps = exits - 1
+    if policy.fixed_threshold is not None:
+        return ExitThresholds.same([policy.fixed_threshold] * gaps, branches)
+    if saved is None or policy.name not in saved.policies:
+        raise ValueError(f"policy {policy.name!r} is not calibrated; run 'distree calibrate' first")
+    entry = saved.policies[policy.name]
+    by_present = {branches: entry.values} | {k: fit.values for k, fit in entry.by_present.items()}
+    if set(by_present) != set(range(1, branches + 1)):
+        raise ValueError(
+            f"the calibration of {policy.name!r} has thresholds for {sorted(by_present)} branches present, not for "
+            f"each of 1..{branches}; run 'distree calibrate' again"
+        )
+    bad = [k for k, t in by_present.items() if len(t) != gaps]
+    if bad:
+        raise ValueError(
+            f"the calibration of {policy.name!r} has {len(by_present[bad[0]])} thresholds for a model with "
+            f"{exits} exits (need {gaps}); run 'distree calibrate' again"
+        )
+    return ExitThresholds(by_present)

@@ -1,0 +1,49 @@
+"""Weights as safetensors, loaded with strict key matching; files written atomically.
+
+The bottom layer every role reads weights through: a worker loads one branch, the
+coordinator the exit heads, training and evaluation whole models.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` so that a crash leaves either the old or the new file."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_weights(module: nn.Module, path: Path) -> None:
+    """Save a module's state dict (parameters and buffers) as safetensors."""
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_weights(module: nn.Module, path: Path, prefix: str = "") -> None:
+    """Load safetensors weights into ``module`` with strict key matching.
+
+    ``prefix`` selects the keys under it (``branches.2.`` loads one branch of a student).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"weights not found: {path}")
+    # safe_open reads only the tensors asked for: a device loads just its own branch.
+    with safe_open(str(path), framework="pt") as f:
+        state = {k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+    expected = set(module.state_dict())
+    missing, unexpected = expected - set(state), set(state) - expected
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: weights do not match the model (missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}); was the run made with another config?"
+        )
+    module.load_state_dict(state, strict=True)

@@ -1,0 +1,189 @@
+"""The stage loop on synthetic vectors: decisions, reasons, branches and costs, row by row."""
+
+import math
+
+import pytest
+import torch
+
+from distree.inference.costs import ExitCosts
+from distree.inference.stage_loop import StageLoop, StopReason, head_fusion
+from distree.models import ExitHead, StudentMacs
+from distree.policies import ExitPolicy, ExitThresholds, make_policy
+
+NEVER, ALWAYS = 2.0, -1.0  # max-prob thresholds no score reaches / every score passes
+# Branch b's stage k costs 10^(b+1) * (k+1) MACs; head k costs k+1: every sum tells its parts apart.
+MACS = StudentMacs(stage=[[10 * (k + 1) for k in range(3)], [100 * (k + 1) for k in range(3)]], head=[1, 2, 3])
+
+
+def _heads(num_exits=3, branches=2, dim=4):
+    torch.manual_seed(0)
+    return torch.nn.ModuleList(ExitHead([dim] * branches, embed_dim=8, num_classes=3).eval() for _ in range(num_exits))
+
+
+def _loop(policy="max-prob", thresholds=(NEVER, NEVER), rows=4, heads=None, **kw):
+    p = make_policy(policy) if isinstance(policy, str) else policy
+    t = thresholds if isinstance(thresholds, ExitThresholds) else ExitThresholds.same(list(thresholds), 2)
+    return StageLoop(head_fusion(heads or _heads()), p, t, ExitCosts(MACS, p), rows, num_exits=3, **kw)
+
+
+def _v(rows, *present):
+    return [torch.randn(rows, 4) if b in present else None for b in range(2)]
+
+
+def _cost(policy_reads_exits: bool, exit_at: int, per_stage_present: list[list[int]]) -> int:
+    stages = sum(MACS.stage[b][k] for k, bs in enumerate(per_stage_present[: exit_at + 1]) for b in bs)
+    heads = sum(MACS.head[: exit_at + 1]) if policy_reads_exits else MACS.head[exit_at]
+    return stages + heads
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        # name, policy, thresholds, branches answering each stage, deadlines -> exit, reason
+        ("runs to the last exit", "max-prob", (NEVER, NEVER), [[0, 1]] * 3, None, 2, StopReason.LAST_EXIT),
+        ("the policy stops at exit 0", "max-prob", (ALWAYS, NEVER), [[0, 1]] * 3, None, 0, StopReason.POLICY),
+        ("the policy stops at exit 1", "max-prob", (NEVER, ALWAYS), [[0, 1]] * 3, None, 1, StopReason.POLICY),
+        ("a branch lost mid-request", "max-prob", (NEVER, NEVER), [[0, 1], [0], [0]], None, 2, StopReason.LAST_EXIT),
+        ("full execution", "full", (math.inf, math.inf), [[0, 1]] * 3, None, 2, StopReason.LAST_EXIT),
+        ("a deadline stops at exit 0", "max-prob", (NEVER, NEVER), [[0, 1]] * 3, 15.0, 0, StopReason.DEADLINE),
+        ("a deadline stops full execution", "full", (math.inf,) * 2, [[0, 1]] * 3, 25.0, 1, StopReason.DEADLINE),
+        ("a deadline with time to spare", "max-prob", (NEVER, NEVER), [[0, 1]] * 3, 1e6, 2, StopReason.LAST_EXIT),
+    ],
+    ids=lambda c: c[0],
+)
+def test_one_row_through_the_loop(case):
+    _, policy, thresholds, present, deadline, want_exit, want_reason = case
+    # Each stage takes 10 ms; the deadline rule expects the next to take as long.
+    timing = {} if deadline is None else {"arrived_s": torch.zeros(1), "deadline_ms": torch.tensor([deadline])}
+    loop = _loop(policy, thresholds, rows=1, **timing)
+    for k in range(3):
+        loop.step(k, _v(1, *present[k]), stage_ms=10.0, now_s=(k + 1) * 0.010)
+        if loop.done:
+            break
+    out = loop.result()
+    assert (int(out.exit[0]), out.reason[0]) == (want_exit, want_reason)
+    assert out.branches[0] == present[want_exit]
+    reads = make_policy(policy).reads_exits
+    assert int(out.macs[0]) == _cost(reads, want_exit, present)
+    assert int(out.head_macs[0]) == (sum(MACS.head[: want_exit + 1]) if reads else MACS.head[want_exit])
+
+
+def test_rows_leave_with_their_exit_reason_and_logits():
+    heads = _heads()
+    loop = _loop(rows=4, heads=heads, arrived_s=torch.zeros(4), deadline_ms=torch.tensor([1e9, 15.0, 1e9, math.inf]))
+    v = _v(4, 0, 1)
+    go_on = loop.step(0, v, stage_ms=10.0, now_s=0.010)  # row 1's deadline: 10 + 10 > 15
+    assert go_on.tolist() == [True, False, True, True]
+    assert loop.alive.tolist() == [0, 2, 3] and loop.exit.tolist() == [-1, 0, -1, -1]
+    with torch.no_grad():
+        expected = heads[0](v).logits[1]
+    torch.testing.assert_close(loop.logits[1], expected)
+    # The next stage gets vectors for the 3 running rows only; one branch did not answer.
+    loop.step(1, _v(3, 0), stage_ms=10.0, now_s=0.020)
+    loop.step(2, _v(3, 0, 1), stage_ms=10.0, now_s=0.030)
+    out = loop.result()
+    assert out.exit.tolist() == [2, 0, 2, 2]
+    assert out.reason == [StopReason.LAST_EXIT, StopReason.DEADLINE, StopReason.LAST_EXIT, StopReason.LAST_EXIT]
+    assert out.predictions.shape == (4,)
+    assert int(out.macs[1]) == _cost(True, 0, [[0, 1]])
+    assert [int(out.macs[r]) for r in (0, 2, 3)] == [_cost(True, 2, [[0, 1], [0], [0, 1]])] * 3
+
+
+def test_every_row_out_before_the_last_stage_ends_the_loop():
+    loop = _loop(thresholds=(ALWAYS, NEVER), rows=5)
+    assert not loop.step(0, _v(5, 0, 1)).any()
+    assert loop.done and loop.result().exit.tolist() == [0] * 5
+    with pytest.raises(RuntimeError, match="not exited"):
+        _loop(rows=2).result()
+
+
+def test_each_stage_reads_the_thresholds_for_the_branches_that_answered():
+    # With both branches no max-prob score reaches 2.0; with one, every score passes -1.
+    loop = _loop(thresholds=ExitThresholds({2: [NEVER, NEVER], 1: [ALWAYS, ALWAYS]}), rows=3)
+    assert loop.step(0, _v(3, 0, 1)).all()
+    assert not loop.step(1, _v(3, 1)).any()
+    out = loop.result()
+    assert out.exit.tolist() == [1, 1, 1] and set(out.reason) == {StopReason.POLICY}
+    assert out.branches == [[1]] * 3
+
+
+def test_no_branch_answering_is_an_error_and_deadlines_need_the_clock():
+    with pytest.raises(ValueError, match="no branch answered stage 0"):
+        _loop(rows=1).step(0, [None, None])
+    loop = _loop(rows=1, arrived_s=torch.zeros(1), deadline_ms=torch.tensor([5.0]))
+    with pytest.raises(ValueError, match="the stage's time and the clock"):
+        loop.step(0, _v(1, 0, 1))
+
+
+def test_a_policy_that_reads_agreement_decides_on_the_running_rows_own_agreement():
+    heads = _heads()
+    v0, v1 = _v(6, 0, 1), _v(6, 0, 1)
+    with torch.no_grad():
+        agree0, agree1 = heads[0](v0).agreement, heads[1](v1).agreement
+    t0 = float(agree0.median())
+    on = agree0 < t0  # the rows that go on after exit 0
+    t1 = float(agree1[on].median())
+    loop = _loop("feature-agreement", (t0, t1), rows=6, heads=heads)
+    assert loop.step(0, v0).tolist() == on.tolist()
+    # Stage 1 sees only the running rows: the loop must pair each with its own agreement.
+    loop.step(1, [v[on] for v in v1])
+    if not loop.done:
+        loop.step(2, _v(int((loop.exit < 0).sum()), 0, 1))
+    expected = torch.where(~on, 0, torch.where(agree1 >= t1, 1, 2))
+    assert loop.exit.tolist() == expected.tolist()
+    assert {loop.reason[r] for r in range(6) if expected[r] < 2} == {StopReason.POLICY}
+
+
+class _Spy(torch.nn.Module):
+    """An exit head that records whether it was asked for the agreement."""
+
+    def __init__(self, head):
+        super().__init__()
+        self.head, self.asked = head, []
+
+    def forward(self, vectors, mask=None, agreement=True):
+        self.asked.append(agreement)
+        return self.head(vectors, mask, agreement)
+
+
+def test_the_heads_compute_agreement_only_for_a_policy_that_reads_it():
+    for name, reads in (("max-prob", False), ("feature-agreement", True)):
+        spies = torch.nn.ModuleList(_Spy(h) for h in _heads())
+        loop = _loop(name, rows=2, heads=spies)
+        for k in range(3):
+            loop.step(k, _v(2, 0, 1))
+        assert [a for s in spies for a in s.asked] == [reads] * 3, name
+
+
+def test_full_execution_runs_a_head_only_where_rows_leave():
+    spies = torch.nn.ModuleList(_Spy(h) for h in _heads())
+    deadline = torch.tensor([1e9, 25.0, 1e9])
+    loop = _loop("full", (math.inf, math.inf), rows=3, heads=spies, arrived_s=torch.zeros(3), deadline_ms=deadline)
+    assert loop.step(0, _v(3, 0, 1), stage_ms=10.0, now_s=0.010).all()
+    go_on = loop.step(1, _v(3, 0, 1), stage_ms=10.0, now_s=0.020)  # row 1: 20 + 10 > 25
+    loop.step(2, _v(int(go_on.sum()), 0, 1), stage_ms=10.0, now_s=0.030)
+    assert [len(s.asked) for s in spies] == [0, 1, 1]
+    out = loop.result()
+    assert out.exit.tolist() == [2, 1, 2]
+    assert out.reason == [StopReason.LAST_EXIT, StopReason.DEADLINE, StopReason.LAST_EXIT]
+    assert out.head_macs.tolist() == [MACS.head[2], MACS.head[1], MACS.head[2]]
+
+
+class _SecondExitOnly(ExitPolicy):
+    """A policy of a user's own: stop at exit 1 whatever the outputs (not registered)."""
+
+    name = "second-exit-only"
+
+    def score(self, e, seen):
+        return torch.full((seen.logits[e].shape[0],), 1.0 if e == 1 else -1.0)
+
+
+def test_a_policy_of_the_users_own_drives_the_loop():
+    loop = _loop(_SecondExitOnly(), (0.0, 0.0), rows=3)
+    for k in range(3):
+        loop.step(k, _v(int((loop.exit < 0).sum()), 0, 1))
+        if loop.done:
+            break
+    out = loop.result()
+    assert out.exit.tolist() == [1, 1, 1] and set(out.reason) == {StopReason.POLICY}
+    assert out.macs.tolist() == [_cost(True, 1, [[0, 1]] * 2)] * 3
