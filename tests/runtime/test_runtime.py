@@ -10,12 +10,12 @@ import pytest
 import torch
 from conftest import RUNTIME_BRANCHES
 
+from distree.devtools.cluster import LocalCluster, settled_worker_infos
 from distree.evaluation.policies import model_thresholds
 from distree.inference.recorded import student_exits
 from distree.policies import decide_exits, exit_scores, make_policy
 from distree.run import RunDir
 from distree.runtime.client import DistreeClient, InferenceError
-from distree.devtools.cluster import LocalCluster, settled_worker_infos
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
 from distree.runtime.security import call_metadata

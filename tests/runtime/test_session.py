@@ -8,8 +8,8 @@ import time
 import grpc
 import pytest
 
-from distree.runtime import worker_link
 from distree.devtools.cluster import LocalCluster
+from distree.runtime import worker_link
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
 from distree.runtime.security import TLSFiles

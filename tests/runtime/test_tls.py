@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from distree.runtime.client import DistreeClient, InferenceError
 from distree.devtools.cluster import LocalCluster
+from distree.runtime.client import DistreeClient, InferenceError
 from distree.runtime.security import TLSFiles
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")

@@ -118,11 +118,19 @@ class LocalCluster:
 
     def start_coordinator(self, name: str = "coordinator", extra: Sequence[str] = ()) -> str:
         """Start a coordinator over the workers; returns its address once healthy."""
-        address = f"127.0.0.1:{free_port()}"
-        args = ["serve", self.run_dir, "--workers", ",".join(self.worker_addresses), "--listen", address, *extra]
-        proc = self._spawn(name, args)
-        wait_serving(address, proc=proc, tls=self.tls)
-        return address
+        return self.start_coordinators({name: extra})[name]
+
+    def start_coordinators(self, extras: dict[str, Sequence[str]]) -> dict[str, str]:
+        """Start one coordinator per name (with its extra arguments) at once; returns their
+        addresses once all are healthy."""
+        launched = {}
+        for name, extra in extras.items():
+            address = f"127.0.0.1:{free_port()}"
+            args = ["serve", self.run_dir, "--workers", ",".join(self.worker_addresses), "--listen", address, *extra]
+            launched[name] = (address, self._spawn(name, args))
+        for address, proc in launched.values():
+            wait_serving(address, proc=proc, tls=self.tls)
+        return {name: address for name, (address, _) in launched.items()}
 
     def cpu_seconds(self) -> dict[str, float]:
         """User + system CPU time each running process has used so far (Linux /proc)."""

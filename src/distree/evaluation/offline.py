@@ -135,6 +135,10 @@ def calibrate_run(
     vectors = branch_vectors(student, splits.val.images, meta.data.normalization, meta.config.eval_batch_size, device)
     names = policies or policy_names(calibrated=True)
     cal = calibrate_policies(student, vectors, splits.val.labels, max_drop_pp, budget, names, confidence)
+    saved = run.read_calibration()
+    if saved is not None and (saved.target, saved.split, saved.samples) == (cal.target, cal.split, cal.samples):
+        # Calibrating some policies keeps the others' thresholds for the same target.
+        cal = cal.model_copy(update={"policies": saved.policies | cal.policies})
     run.write_calibration(cal)
     return cal
 

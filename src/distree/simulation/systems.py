@@ -39,8 +39,10 @@ class Done:
     exit: int | None = None
     branches: list[int] = field(default_factory=list)
     coordinator_macs: float = 0.0
-    macs: int = 0  # charged by the stage loop's cost rule (DistrEE only)
-    stop_reason: StopReason | None = None  # DistrEE only
+    # DistrEE only: the answer, the MACs the stage loop's cost rule charged, why it stopped.
+    prediction: int | None = None
+    macs: int = 0
+    stop_reason: StopReason | None = None
     request: int = -1  # arrival order, set by the engine
 
 
@@ -177,7 +179,8 @@ class DistrEE:
                         env.process(self._cancel(b, cancelled))
                     elif not last:
                         env.process(c.network.transfer(b, "down", CONTROL_BYTES))
-                correct = int(out.predictions[0]) == int(c.trace.labels[sample])
+                prediction = int(out.predictions[0])
+                correct = prediction == int(c.trace.labels[sample])
                 return Done(
                     sample,
                     env.now - start,
@@ -185,6 +188,7 @@ class DistrEE:
                     e,
                     active,
                     coordinator_macs=float(out.head_macs[0]),
+                    prediction=prediction,
                     macs=int(out.macs[0]),
                     stop_reason=out.reason[0],
                 )
