@@ -57,6 +57,7 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._meta: RunMeta | None = None
 
     meta_file = property(lambda self: self.path / "run.json")
     teacher_file = property(lambda self: self.path / "teacher.safetensors")
@@ -71,10 +72,18 @@ class RunDir:
             raise FileNotFoundError(f"{self.path} is not a distree run directory (no run.json)")
         return parse_config(RunMeta, json.loads(self.meta_file.read_text()), str(self.meta_file))
 
+    @property
+    def meta(self) -> RunMeta:
+        """run.json, parsed once per ``RunDir``."""
+        if self._meta is None:
+            self._meta = self.read_meta()
+        return self._meta
+
     def write_meta(self, meta: RunMeta) -> None:
         """Write run.json."""
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.meta_file, json.dumps(meta.model_dump(mode="json"), indent=2) + "\n")
+        self._meta = meta
 
     def read_calibration(self) -> CalibrationFile | None:
         """Parse calibration.json (None when the run is not calibrated), naming a bad field."""
@@ -89,12 +98,12 @@ class RunDir:
 
     def build_teacher(self, meta: RunMeta | None = None) -> WideResNet:
         """An untrained teacher with this run's architecture."""
-        meta = meta or self.read_meta()
+        meta = meta or self.meta
         return WideResNet(meta.config.teacher, meta.data.in_channels, len(meta.data.classes))
 
     def build_student(self, meta: RunMeta | None = None) -> DistrEEStudent:
         """An untrained student with this run's architecture."""
-        meta = meta or self.read_meta()
+        meta = meta or self.meta
         return DistrEEStudent(meta.config.student, meta.data.in_channels, len(meta.data.classes), meta.data.image_size)
 
     def load_teacher(self) -> WideResNet:

@@ -30,7 +30,14 @@ def test_train_then_eval_writes_every_field(tmp_path, image_folder, capsys):
     assert r["test_samples"] == 30
     # Policies at their calibrated point (calibrated on the fly at 0.5 points), curves, k of N.
     assert r["target"] == {"max_drop_pp": 0.5, "budget": None, "confidence": 0.9}
-    assert (run / "calibration.json").is_file()
+    assert not r["calibration_saved"] and "not saved: run distree calibrate" in printed
+    # Nothing is written into the run unasked: the curves go beside the JSON.
+    assert sorted(f.name for f in run.iterdir()) == [
+        "metrics.jsonl",
+        "run.json",
+        "student.safetensors",
+        "teacher.safetensors",
+    ]
     assert set(r["policies"]) == set(policy_names())  # every policy, calibrated or not
     for name, p in r["policies"].items():
         assert {"accuracy", "drop_pp", "macs_per_sample", "saving", "exit_histogram", "auroc"} <= set(p)
@@ -41,11 +48,12 @@ def test_train_then_eval_writes_every_field(tmp_path, image_folder, capsys):
             assert set(p["at_targets"]) == {"0.5", "1.0", "2.0"}
     assert r["policies"]["full"]["saving"] == 0 and r["policies"]["full"]["drop_pp"] == 0
     assert r["policies"]["oracle"]["accuracy"] >= max(e["accuracy"] for e in r["exits"])
-    assert (run / "policy_curves.png").stat().st_size > 0
-    assert "feature-diff" in (run / "policy_curves.csv").read_text()
+    assert (tmp_path / "policy_curves.png").stat().st_size > 0
+    assert "feature-diff" in (tmp_path / "policy_curves.csv").read_text()
     assert set(r["branches_present"]["feature-diff"]) == {"1", "2"}
     assert set(r["branches_present"]["full"]["1"]) == {"accuracy", "drop_pp", "saving"}
     # Thresholds for every number of branches present: all of them at the top, fewer below.
+    assert main(["calibrate", str(run), "--data", str(image_folder), "--max-drop", "0.5"]) in (0, 1)
     saved = json.loads((run / "calibration.json").read_text())
     assert set(saved["policies"]["max-prob"]["by_present"]) == {"1"}
     assert len(saved["policies"]["max-prob"]["by_present"]["1"]["thresholds"]) == 2

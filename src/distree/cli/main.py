@@ -93,12 +93,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run, meta, splits, device = _open_run(args)
     check_compatible(run, splits.test)
     bs = meta.config.eval_batch_size
+    student = run.load_student().to(device)
     # The test split's branch vectors serve both reports: record them once.
-    vectors = branch_vectors(run.load_student().to(device), splits.test.images, meta.data.normalization, bs, device)
-    report = evaluate_run(run, splits.test, device, bs, vectors)
+    vectors = branch_vectors(student, splits.test.images, meta.data.normalization, bs, device)
+    report = evaluate_run(run, splits.test, device, bs, vectors, student)
     print(format_report(report))
-    out_dir = Path(args.out_dir) if args.out_dir else run.path
-    report.update(evaluate_policies(run, splits, device, out_dir, vectors))
+    # Curves go where the user asked for output, never into the run unasked.
+    out_dir = Path(args.out_dir) if args.out_dir else Path(args.json).parent if args.json else None
+    report.update(evaluate_policies(run, splits, device, out_dir, vectors, student))
     print(format_policies(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
@@ -111,7 +113,7 @@ def _open_run(args: argparse.Namespace):
     from distree.run import RunDir
 
     run = RunDir(args.run_dir)
-    meta = run.read_meta()
+    meta = run.meta
     splits = load_data(args.data, args.format, meta.config.data.val_fraction, meta.config.data.split_seed)
     return run, meta, splits, pick_device(args.device)
 
@@ -194,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="run directory made by 'distree train'")
     _add_data_args(p)
     p.add_argument("--json", help="also write the results to this JSON file")
-    p.add_argument("--out-dir", help="where the curve CSV and PNG go (default: the run directory)")
+    p.add_argument("--out-dir", help="where the curve CSV and PNG go (default: beside --json; neither: no curve files)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("calibrate", help="fit exit-policy thresholds on the validation split")

@@ -121,7 +121,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return sum(i.macs_run for i in settled_worker_infos(workers, timeout_s=5.0))
 
     run = RunDir(args.run_dir)
-    meta = run.read_meta()
+    meta = run.meta
     splits = load_data(args.data, args.format, meta.config.data.val_fraction, meta.config.data.split_seed)
     test = splits.test
     n = min(args.limit, len(test))

@@ -30,6 +30,7 @@ from distree.inference.recorded import (
     sweep_policy,
     teacher_logits,
 )
+from distree.models import DistrEEStudent
 from distree.models.macs import count_macs
 from distree.policies import policy_names
 from distree.policies.calibration_file import CalibrationFile
@@ -38,7 +39,7 @@ from distree.run import RunDir
 
 def check_compatible(run: RunDir, data: ImageSet) -> None:
     """Refuse a data set whose image shape or class count differs from the run's."""
-    meta = run.read_meta()
+    meta = run.meta
     if data.image_shape != (meta.data.in_channels, meta.data.image_size, meta.data.image_size):
         raise ValueError(
             f"the images are {data.image_shape} but {run.path} was trained on "
@@ -54,18 +55,20 @@ def evaluate_run(
     device: torch.device,
     batch_size: int = 512,
     vectors: list[list[torch.Tensor]] | None = None,
+    student: DistrEEStudent | None = None,
 ) -> dict:
     """Teacher, per-exit, full-execution and k-of-N-branches results as a JSON-ready dict.
 
     Computation is MACs per sample (FlopCounterMode FLOPs / 2), cumulative per exit: the
     stages of every branch up to that exit plus every exit head on the way. ``vectors``:
-    the test split's branch vectors when already recorded.
+    the test split's branch vectors when already recorded; ``student`` the run's student
+    when already loaded.
     """
     check_compatible(run, test)
-    meta = run.read_meta()
+    meta = run.meta
     norm = meta.data.normalization
     teacher = run.load_teacher().to(device)
-    student = run.load_student().to(device)
+    student = student or run.load_student().to(device)
     x1 = torch.zeros(1, meta.data.in_channels, meta.data.image_size, meta.data.image_size, device=device)
     teacher_macs = count_macs(lambda: teacher(x1))
     t_logits = teacher_logits(teacher, test.images, norm, batch_size, device)
@@ -119,6 +122,24 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def fit_calibration(
+    run: RunDir,
+    student: DistrEEStudent,
+    splits: DataSplits,
+    device: torch.device,
+    max_drop_pp: float | None = None,
+    budget: float | None = None,
+    policies: list[str] | None = None,
+    confidence: float | None = DEFAULT_CONFIDENCE,
+) -> CalibrationFile:
+    """Fit the policies' thresholds (default: every calibrated policy) on the validation split."""
+    check_compatible(run, splits.val)
+    meta = run.meta
+    vectors = branch_vectors(student, splits.val.images, meta.data.normalization, meta.config.eval_batch_size, device)
+    names = policies or policy_names(calibrated=True)
+    return calibrate_policies(student, vectors, splits.val.labels, max_drop_pp, budget, names, confidence)
+
+
 def calibrate_run(
     run: RunDir,
     splits: DataSplits,
@@ -129,12 +150,8 @@ def calibrate_run(
     confidence: float | None = DEFAULT_CONFIDENCE,
 ) -> CalibrationFile:
     """Fit the policies' thresholds on the validation split and save them in the run."""
-    check_compatible(run, splits.val)
-    meta = run.read_meta()
     student = run.load_student().to(device)
-    vectors = branch_vectors(student, splits.val.images, meta.data.normalization, meta.config.eval_batch_size, device)
-    names = policies or policy_names(calibrated=True)
-    cal = calibrate_policies(student, vectors, splits.val.labels, max_drop_pp, budget, names, confidence)
+    cal = fit_calibration(run, student, splits, device, max_drop_pp, budget, policies, confidence)
     saved = run.read_calibration()
     if saved is not None and (saved.target, saved.split, saved.samples) == (cal.target, cal.split, cal.samples):
         # Calibrating some policies keeps the others' thresholds for the same target.
@@ -147,17 +164,23 @@ def evaluate_policies(
     run: RunDir,
     splits: DataSplits,
     device: torch.device,
-    out_dir: Path,
+    out_dir: Path | None,
     test_vectors: list[list[torch.Tensor]] | None = None,
+    student: DistrEEStudent | None = None,
 ) -> dict:
-    """Every policy at its calibrated point on the test split, the sweep curves (CSV + PNG)
-    and the same with k of N branches present. Calibrates first (δ = 0.5) when needed."""
+    """Every policy at its calibrated point on the test split, the sweep curves (CSV + PNG
+    into ``out_dir``; none when it is None) and the same with k of N branches present.
+
+    A run whose calibration lacks a policy is calibrated here for a 0.5-point drop, in
+    memory only: evaluation writes into the run directory only what it is asked to.
+    """
     check_compatible(run, splits.test)
+    student = student or run.load_student().to(device)
     saved = run.read_calibration()
-    if saved is None or any(p not in saved.policies for p in policy_names(calibrated=True)):
-        saved = calibrate_run(run, splits, device, max_drop_pp=DEFAULT_MAX_DROP_PP)
-    meta = run.read_meta()
-    student = run.load_student().to(device)
+    in_memory = saved is None or any(p not in saved.policies for p in policy_names(calibrated=True))
+    if in_memory:
+        saved = fit_calibration(run, student, splits, device, max_drop_pp=DEFAULT_MAX_DROP_PP)
+    meta = run.meta
     bs, norm = meta.config.eval_batch_size, meta.data.normalization
     test_vec = test_vectors or branch_vectors(student, splits.test.images, norm, bs, device)
     val_rec = fuse_exits(student, branch_vectors(student, splits.val.images, norm, bs, device))
@@ -172,19 +195,23 @@ def evaluate_policies(
             r["calibration"] = saved.policies[name].model_dump(mode="json")
             r["at_targets"] = at_targets(student, name, val_rec, splits.val.labels, test_rec, y)
         results[name] = r
-    rows = [row for name in policies for row in sweep_policy(student, name, val_rec, splits.val.labels, test_rec, y)]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, png_path = out_dir / "policy_curves.csv", out_dir / "policy_curves.png"
-    with csv_path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["policy", "step", "accuracy", "drop_pp", "macs_per_sample", "saving"])
-        w.writeheader()
-        w.writerows(rows)
-    plot_policy_curves(rows, png_path, f"{run.path.name}: accuracy vs computation (test split)")
+    curves = None
+    if out_dir is not None:
+        rows = [row for p in policies for row in sweep_policy(student, p, val_rec, splits.val.labels, test_rec, y)]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        csv_path, png_path = out_dir / "policy_curves.csv", out_dir / "policy_curves.png"
+        with csv_path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["policy", "step", "accuracy", "drop_pp", "macs_per_sample", "saving"])
+            w.writeheader()
+            w.writerows(rows)
+        plot_policy_curves(rows, png_path, f"{run.path.name}: accuracy vs computation (test split)")
+        curves = {"csv": str(csv_path), "png": str(png_path)}
     return {
         "target": saved.target.model_dump(mode="json"),
+        "calibration_saved": not in_memory,
         "policies": results,
         "branches_present": branches_present_table(student, test_vec, y, saved, policies),
-        "curves": {"csv": str(csv_path), "png": str(png_path)},
+        "curves": curves,
     }
 
 
@@ -196,8 +223,11 @@ def format_policies(r: dict) -> str:
         target = f"max drop {t['max_drop_pp']} pp" + (f" at {conf:.0%} confidence" if conf else ", no margin")
     else:
         target = f"budget {t['budget']:.0%}"
+    fitted = "fitted on the validation split" + (
+        "" if r["calibration_saved"] else " now, not saved: run distree calibrate"
+    )
     lines = [
-        f"policies at their calibrated point ({target}, fitted on the validation split), test split:",
+        f"policies at their calibrated point ({target}, {fitted}), test split:",
         f"  {'policy':<24}{'accuracy':>9}{'drop pp':>9}{'saving':>8}  exits",
     ]
     for name, p in r["policies"].items():
@@ -219,7 +249,10 @@ def format_policies(r: dict) -> str:
     for name, by_k in r["branches_present"].items():
         cells = (f"{by_k[k]['drop_pp']:.2f} pp / {by_k[k]['saving']:.1%}" for k in counts)
         lines.append(f"  {name:<24}" + "".join(f"{c:>28}" for c in cells))
-    lines.append(f"curves: {r['curves']['csv']}, {r['curves']['png']}")
+    if r["curves"] is None:
+        lines.append("curves: not written (--out-dir DIR, or --json FILE to write them beside it)")
+    else:
+        lines.append(f"curves: {r['curves']['csv']}, {r['curves']['png']}")
     return "\n".join(lines)
 
 
@@ -228,7 +261,7 @@ def record_val_test(run: RunDir, data: str | None, device: torch.device) -> tupl
 
     Returns (student, {"val": ExitRecords, "test": ExitRecords}, {"val": labels, "test": labels}).
     """
-    meta = run.read_meta()
+    meta = run.meta
     splits = load_data(data, None, meta.config.data.val_fraction, meta.config.data.split_seed)
     student = run.load_student().to(device)
     norm, bs = meta.data.normalization, meta.config.eval_batch_size

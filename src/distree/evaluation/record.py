@@ -28,7 +28,7 @@ PROBE_TRAIN_SAMPLES = 10_000
 
 def baseline_exit_blocks(run: RunDir) -> list[int]:
     """The single-device baseline's exits: the end of every residual group but the last."""
-    per_group = run.read_meta().config.teacher.blocks_per_group
+    per_group = run.meta.config.teacher.blocks_per_group
     return [per_group, 2 * per_group]
 
 
@@ -40,7 +40,7 @@ def record_trace(
     log: Callable[[str], None] = print,
 ) -> Trace:
     """Run the model once over the test split and return the trace (also written to RUN_DIR)."""
-    meta = run.read_meta()
+    meta = run.meta
     cfg = meta.config
     splits = load_data(data, None, cfg.data.val_fraction, cfg.data.split_seed)
     norm, bs = meta.data.normalization, cfg.eval_batch_size

@@ -89,8 +89,12 @@ class StageLoop:
         self.exit = torch.full((rows,), -1, dtype=torch.long)
         self.reason: list[StopReason | None] = [None] * rows
         self.branches: list[list[int]] = [[] for _ in range(rows)]  # present at each row's exit
-        self.macs = torch.zeros(rows, dtype=torch.long)  # stages and heads charged so far
+        self.macs = torch.zeros(rows, dtype=torch.long)  # at each row's exit: stages and heads
         self.head_macs = torch.zeros(rows, dtype=torch.long)  # the heads' part (the coordinator's)
+        # Every running row has been through the same stages with the same branches and
+        # heads, so what they have cost so far is one number each.
+        self._stage_macs = 0
+        self._head_macs = 0
         self.logits: torch.Tensor | None = None  # (rows, classes) at each row's exit
         self.stage_ms: list[float] = []
         has_deadline = deadline_ms is not None and bool(torch.isfinite(deadline_ms).any())
@@ -114,11 +118,6 @@ class StageLoop:
         elapsed = (now_s - self._arrived[self.alive]) * 1000
         return should_stop_for_deadline(elapsed, max(self.stage_ms), self._deadline[self.alive])
 
-    def _charge_head(self, rows: torch.Tensor, k: int, leaving: bool) -> None:
-        cost = self.costs.head(k, leaving)
-        self.macs[rows] += cost
-        self.head_macs[rows] += cost
-
     @torch.no_grad()
     def step(
         self,
@@ -139,11 +138,11 @@ class StageLoop:
             self.stage_ms.append(stage_ms)
         last = k == self.num_exits - 1
         running = self.alive.numel()
-        self.macs[self.alive] += self.costs.stage(k, present)
+        self._stage_macs += self.costs.stage(k, present)
         late = self._late(stage_ms, now_s)
         if self.policy.reads_exits:
             out = self.fuse(k, vectors, self.policy.reads_agreement)
-            self._charge_head(self.alive, k, leaving=False)
+            self._head_macs += self.costs.head(k, leaving=False)
             self._outputs.append(out)
             thresholds = self.thresholds.at(len(present))
             stop = self.policy.should_exit(k, ExitRecords.of(self._outputs, stack=False), thresholds)
@@ -152,8 +151,10 @@ class StageLoop:
                 return torch.ones(running, dtype=torch.bool)  # no row leaves: no head to run
             out = self.fuse(k, vectors, False)
             stop = torch.full((running,), last)
-        forced = torch.zeros_like(stop) if late is None else late & ~stop
-        stop = stop | forced
+        forced = None
+        if late is not None:
+            forced = late & ~stop
+            stop = stop | forced
         if not bool(stop.any()):  # the common case: every row goes on, nothing to re-index
             return ~stop
         if self.logits is None:
@@ -161,13 +162,19 @@ class StageLoop:
         rows = self.alive[stop]
         self.exit[rows] = k
         self.logits[rows] = out.logits[stop].float()
-        if not self.policy.reads_exits:
-            self._charge_head(rows, k, leaving=True)
+        # A policy that reads no exit on the way pays only for the head its rows leave at.
+        heads = self._head_macs + (0 if self.policy.reads_exits else self.costs.head(k, leaving=True))
+        self.macs[rows] = self._stage_macs + heads
+        self.head_macs[rows] = heads
         policy_reason = StopReason.LAST_EXIT if last else StopReason.POLICY
-        for r, f in zip(rows.tolist(), forced[stop].tolist()):
+        by_deadline = forced[stop].tolist() if forced is not None else [False] * len(rows)
+        for r, f in zip(rows.tolist(), by_deadline):
             self.reason[r] = StopReason.DEADLINE if f else policy_reason
             self.branches[r] = present
         keep = ~stop
+        if len(rows) == running:  # every row is out
+            self.alive, self._outputs = self.alive[:0], []
+            return keep
         self.alive = self.alive[keep]
         self._outputs = [ExitOutput(*(None if t is None else t[keep] for t in o)) for o in self._outputs]
         return keep

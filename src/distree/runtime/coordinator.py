@@ -82,7 +82,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
     """The application-facing inference service."""
 
     def __init__(self, run: RunDir, workers: list[str], options: CoordinatorOptions, tls: TLSFiles, token: str | None):
-        meta = run.read_meta()
+        meta = run.meta
         self.meta = meta
         self.options = options
         self.student = run.build_student(meta)

@@ -121,7 +121,7 @@ class BranchWorker(pb_grpc.WorkerServicer):
     """Serves one branch of a trained student."""
 
     def __init__(self, run: RunDir, branch: int, options: WorkerOptions, device: torch.device):
-        meta = run.read_meta()
+        meta = run.meta
         n = len(meta.config.student.branches)
         if not 0 <= branch < n:
             raise ValueError(f"--branch must be in 0..{n - 1} for {run.path}, got {branch}")
