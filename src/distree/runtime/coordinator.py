@@ -136,13 +136,13 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             err = t.exception()
             if err is not None:
                 if isinstance(err, grpc.aio.AioRpcError) and err.code() == grpc.StatusCode.UNAUTHENTICATED:
-                    log.error("worker rejected the token", extra={"device": w.branch})
+                    log.error("worker rejected the token", extra={"branch": w.branch})
                 w.failed(str(err))
                 continue
             reply = t.result()
             try:
                 got[w] = from_proto(reply.pooled, f"branch {w.branch} vectors", ("float32",), (rows, None))
-                worker_ms = max(worker_ms, reply.compute_ms)
+                worker_ms = max(worker_ms, reply.queue_ms + reply.compute_ms)
             except InvalidTensor as bad:
                 w.failed(str(bad))
         return got, worker_ms

@@ -7,17 +7,23 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
 
 # Worker side.
-STAGES_RUN = Counter("distree_worker_stages_total", "Stages run, one per input", ["device", "stage"])
+STAGES_RUN = Counter("distree_worker_stages_total", "Stages run, one per input", ["branch", "stage"])
 STAGE_SECONDS = Histogram(
-    "distree_worker_stage_seconds", "Compute time of one batched stage", ["device", "stage"], buckets=LATENCY_BUCKETS
+    "distree_worker_stage_seconds", "Compute time of one batched stage", ["branch", "stage"], buckets=LATENCY_BUCKETS
+)
+QUEUE_SECONDS = Histogram(
+    "distree_worker_queue_seconds",
+    "Time a request's rows waited for their batch to start",
+    ["branch", "stage"],
+    buckets=LATENCY_BUCKETS,
 )
 BATCH_SIZE = Histogram(
-    "distree_worker_batch_size", "Inputs per batched stage", ["device"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
+    "distree_worker_batch_size", "Inputs per batched stage", ["branch"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
 )
 STATES_DROPPED = Counter(
-    "distree_worker_dropped_states_total", "Request states dropped", ["device", "reason"]
+    "distree_worker_dropped_states_total", "Request states dropped", ["branch", "reason"]
 )  # reason: stop, cancel, expired
-ACTIVE_STATES = Gauge("distree_worker_active_states", "Requests holding state on this worker", ["device"])
+ACTIVE_STATES = Gauge("distree_worker_active_states", "Requests holding state on this worker", ["branch"])
 
 # Coordinator side.
 REQUESTS = Counter("distree_requests_total", "Inputs answered or failed", ["status"])
@@ -29,8 +35,8 @@ COORD_STAGE_SECONDS = Histogram(
 GROUP_INPUTS = Histogram(
     "distree_group_inputs", "Inputs per group (calls started together)", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
 )
-WORKER_FAILURES = Counter("distree_worker_failures_total", "Stage calls a worker failed or missed", ["device"])
-WORKER_UP = Gauge("distree_worker_up", "1 when the coordinator uses the worker", ["device"])
+WORKER_FAILURES = Counter("distree_worker_failures_total", "Stage calls a worker failed or missed", ["branch"])
+WORKER_UP = Gauge("distree_worker_up", "1 when the coordinator uses the worker", ["branch"])
 
 
 def serve_metrics(port: int | None) -> None:

@@ -83,8 +83,9 @@ class _StageBatcher:
         self._queue: RowQueue[tuple[torch.Tensor, asyncio.Future]] = RowQueue()
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
-    async def submit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the stage on ``x`` (rows, ...) as part of some batch; returns (state, pooled)."""
+    async def submit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Run the stage on ``x`` (rows, ...) as part of some batch; returns (state, pooled,
+        the batch's compute time in ms)."""
         fut = asyncio.get_running_loop().create_future()
         self._queue.put((x, fut), x.shape[0])
         return await fut
@@ -97,7 +98,9 @@ class _StageBatcher:
                 continue
             try:
                 x = items[0][0] if len(items) == 1 else torch.cat([x for x, _ in items])
+                t0 = time.perf_counter()
                 hs, vs = await self._run_batch(x)
+                compute_ms = (time.perf_counter() - t0) * 1000
             except Exception as err:  # noqa: BLE001 - every waiter gets the error
                 for _, f in items:
                     if not f.done():
@@ -108,9 +111,9 @@ class _StageBatcher:
             else:
                 sizes = [x.shape[0] for x, _ in items]
                 parts = list(zip(hs.split(sizes), vs.split(sizes)))
-            for (_, f), part in zip(items, parts):
+            for (_, f), (h, v) in zip(items, parts):
                 if not f.done():
-                    f.set_result(part)
+                    f.set_result((h, v, compute_ms))
 
     def close(self) -> None:
         """Stop the batching loop."""
@@ -244,7 +247,7 @@ class BranchWorker(pb_grpc.WorkerServicer):
         t0 = time.perf_counter()
         state.next_stage = _BUSY  # a second call for this stage, racing this one, is refused
         try:
-            h, v = await self._batchers[stage].submit(x)
+            h, v, compute_ms = await self._batchers[stage].submit(x)
         except asyncio.CancelledError:
             self._drop(rid, "cancel")
             raise
@@ -260,9 +263,9 @@ class BranchWorker(pb_grpc.WorkerServicer):
                 metrics.ACTIVE_STATES.labels(self.label).set(len(self.states))
             else:
                 state.activation, state.next_stage, state.touched = h, stage + 1, time.monotonic()
-        return pb.StageReply(
-            stage=stage, pooled=to_proto(v), compute_ms=(time.perf_counter() - t0) * 1000, request_id=rid
-        )
+        queue_ms = max(0.0, (time.perf_counter() - t0) * 1000 - compute_ms)
+        metrics.QUEUE_SECONDS.labels(self.label, str(stage)).observe(queue_ms / 1000)
+        return pb.StageReply(stage=stage, pooled=to_proto(v), compute_ms=compute_ms, queue_ms=queue_ms, request_id=rid)
 
     async def RunStage(self, request, context):  # noqa: N802 - gRPC method name
         """Run one stage of one request (group) in its own call; the coordinator uses Session."""

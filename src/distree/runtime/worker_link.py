@@ -187,7 +187,7 @@ class WorkerLink:
     def failed(self, why: str) -> None:
         """Stop using the worker until a health check passes."""
         if self.up:
-            log.warning("worker down", extra={"device": self.branch, "address": self.address, "why": why})
+            log.warning("worker down", extra={"branch": self.branch, "address": self.address, "why": why})
         metrics.WORKER_FAILURES.labels(str(self.branch)).inc()
         metrics.WORKER_UP.labels(str(self.branch)).set(0)
         self.up = False
@@ -210,4 +210,4 @@ class WorkerLink:
         self.up = True
         self._backoff = self._opts.retry_initial_s
         metrics.WORKER_UP.labels(str(self.branch)).set(1)
-        log.info("worker up", extra={"device": self.branch, "address": self.address})
+        log.info("worker up", extra={"branch": self.branch, "address": self.address})

@@ -31,18 +31,20 @@ class StageRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., stage: _Optional[int] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., keep: _Optional[_Iterable[int]] = ..., run_on: _Optional[bool] = ...) -> None: ...
 
 class StageReply(_message.Message):
-    __slots__ = ("stage", "pooled", "compute_ms", "request_id", "error")
+    __slots__ = ("stage", "pooled", "compute_ms", "request_id", "error", "queue_ms")
     STAGE_FIELD_NUMBER: _ClassVar[int]
     POOLED_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     stage: int
     pooled: Tensor
     compute_ms: float
     request_id: str
     error: str
-    def __init__(self, stage: _Optional[int] = ..., pooled: _Optional[_Union[Tensor, _Mapping]] = ..., compute_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+    queue_ms: float
+    def __init__(self, stage: _Optional[int] = ..., pooled: _Optional[_Union[Tensor, _Mapping]] = ..., compute_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., error: _Optional[str] = ..., queue_ms: _Optional[float] = ...) -> None: ...
 
 class StageBatch(_message.Message):
     __slots__ = ("items", "drop", "seq", "handover")
