@@ -24,8 +24,8 @@ from distree.devtools.cluster import LocalCluster
 from distree.run import RunDir
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
+from distree.runtime.stage_runner import StageRunner
 from distree.runtime.tensors import to_proto
-from distree.runtime.worker import BranchWorker, WorkerOptions
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     meta = run.read_meta()
     image = torch.zeros(args.rows, meta.data.in_channels, meta.data.image_size, meta.data.image_size, dtype=torch.uint8)
 
-    local = BranchWorker(run, 0, WorkerOptions(), torch.device("cpu"))
+    local = StageRunner(run, 0, torch.device("cpu"), max_batch=128, max_wait_ms=0.0)
     local.load()
     stages = local.num_stages
     t0, n = time.process_time(), 0

@@ -78,6 +78,57 @@ class _Call:
     future: asyncio.Future
 
 
+class _Lockstep:
+    """How stages reach the workers in lockstep mode: stage k+1 is asked for only once the
+    loop has decided stage k, for the rows that go on."""
+
+    def __init__(self, first: pb.StageRequest):
+        self.first = first
+        self.keep: list[int] = []
+
+    def stage(self, k: int, active: list[WorkerLink]) -> dict[WorkerLink, asyncio.Future]:
+        req = self.first if k == 0 else pb.StageRequest(request_id=self.first.request_id, stage=k, keep=self.keep)
+        return {w: w.run_stage(req) for w in active}
+
+    def rows(self, loop: StageLoop) -> int:
+        return loop.alive.numel()  # a worker runs only the rows still running
+
+    def running(self, vectors: torch.Tensor, loop: StageLoop) -> torch.Tensor:
+        return vectors
+
+    def went_on(self, go_on: torch.Tensor) -> None:
+        self.keep = go_on.nonzero().flatten().tolist() if not bool(go_on.all()) else []
+
+    def close(self) -> None:
+        pass
+
+
+class _Eager:
+    """How stages reach the workers in eager mode: every worker runs on through all stages
+    for every row, sending each stage's vectors as they are ready (one future per stage)."""
+
+    def __init__(self, first: pb.StageRequest, active: list[WorkerLink], num_exits: int):
+        self.ahead = {w: w.run_on(first, num_exits) for w in active}
+
+    def stage(self, k: int, active: list[WorkerLink]) -> dict[WorkerLink, asyncio.Future]:
+        return {w: self.ahead[w][k] for w in active}
+
+    def rows(self, loop: StageLoop) -> int:
+        return loop.exit.numel()  # every row of the group, exited or not
+
+    def running(self, vectors: torch.Tensor, loop: StageLoop) -> torch.Tensor:
+        return vectors[loop.alive]
+
+    def went_on(self, go_on: torch.Tensor) -> None:
+        pass
+
+    def close(self) -> None:
+        for futures in self.ahead.values():
+            for f in futures:
+                if not f.cancel() and not f.cancelled():
+                    f.exception()  # a stage that failed after the answer is no news
+
+
 class Coordinator(pb_grpc.CoordinatorServicer):
     """The application-facing inference service."""
 
@@ -172,27 +223,19 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             deadline_ms=deadline_ms,
         )
         first = pb.StageRequest(request_id=rid, stage=0, input=to_proto(images))
-        eager = self.options.mode == "eager"
-        # Eager: every worker runs on through all stages; one future per stage each.
-        ahead = {w: w.run_on(first, E) for w in active} if eager else {}
+        sends = _Eager(first, active, E) if self.options.mode == "eager" else _Lockstep(first)
         worker_ms = []
-        keep: list[int] = []
         try:
             for k in range(E):
                 t0 = time.perf_counter()
-                if eager:
-                    calls = {w: ahead[w][k] for w in active}
-                else:
-                    req = first if k == 0 else pb.StageRequest(request_id=rid, stage=k, keep=keep)
-                    calls = {w: w.run_stage(req) for w in active}
-                # Eager workers run every row; lockstep ones only the rows still running.
-                got, slowest = await self._gather(calls, k, rows if eager else loop.alive.numel())
+                calls = sends.stage(k, active)
+                got, slowest = await self._gather(calls, k, sends.rows(loop))
                 active = [w for w in active if w in got]
                 if not got:
                     raise NoBranchError(f"no branch answered stage {k}")
                 vectors: list[torch.Tensor | None] = [None] * n
                 for w, v in got.items():
-                    vectors[w.branch] = v[loop.alive] if eager else v
+                    vectors[w.branch] = sends.running(v, loop)
                 now = time.perf_counter()
                 dt = (now - t0) * 1000
                 worker_ms.append(slowest)
@@ -201,12 +244,9 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                 metrics.COORD_STAGE_SECONDS.labels(str(k)).observe(dt / 1000)
                 if loop.done:
                     break
-                keep = go_on.nonzero().flatten().tolist() if not bool(go_on.all()) else []
+                sends.went_on(go_on)
         finally:
-            for futures in ahead.values():
-                for f in futures:
-                    if not f.cancel() and not f.cancelled():
-                        f.exception()  # a stage that failed after the answer is no news
+            sends.close()
             # Workers that answered the last stage freed the state themselves; the others
             # drop it now (eager ones stop running on).
             finished = [] if len(worker_ms) < E else active

@@ -1,8 +1,8 @@
 """``distree worker``: one device, one branch, stages run on request.
 
-Each request's feature map stays here between stages. Requests waiting at the same
-stage are batched (bounded size and wait). A state is dropped at once on Drop or when
-its call is cancelled, and after a time-to-live when the coordinator went silent.
+The service checks every stage request and answers it; each request's feature map stays
+here between stages (``state_store.py``), and the stages run batched with the other
+requests waiting at the same stage (``stage_runner.py``).
 """
 
 from __future__ import annotations
@@ -10,31 +10,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 import torch
 
-from distree.models import Branch
 from distree.run import RunDir
 from distree.runtime import metrics
-from distree.runtime.batching import RowQueue
 from distree.runtime.health import SERVING, set_health, start_server
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
 from distree.runtime.security import TLSFiles
+from distree.runtime.stage_runner import StageRunner
+from distree.runtime.state_store import BUSY, RequestState, StateStore
 from distree.runtime.tensors import InvalidTensor, from_proto, to_proto
-from distree.weights import load_weights
 
 log = logging.getLogger("distree.worker")
 
 
 MAX_ROWS = 4096  # inputs per request
-# Batches this small run on the event loop: their compute (about 0.2 ms an input here)
-# costs less than handing them to the compute thread and back.
-INLINE_ROWS = 4
-_BUSY = -1  # a state's next_stage while one of its stages runs
 
 
 class StageError(Exception):
@@ -65,152 +59,35 @@ class WorkerOptions:
     state_ttl_s: float = 30.0
 
 
-@dataclass
-class _State:
-    next_stage: int
-    activation: torch.Tensor
-    session: object = None  # the Session stream that started the request, if any
-    touched: float = field(default_factory=time.monotonic)
-
-
-class _StageBatcher:
-    """Collects the requests waiting at one stage and runs their rows as one batch."""
-
-    def __init__(self, run_batch, max_rows: int, max_wait_s: float):
-        self._run_batch = run_batch
-        self._max_rows = max_rows
-        self._max_wait = max_wait_s
-        self._queue: RowQueue[tuple[torch.Tensor, asyncio.Future]] = RowQueue()
-        self._task = asyncio.get_running_loop().create_task(self._loop())
-
-    async def submit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """Run the stage on ``x`` (rows, ...) as part of some batch; returns (state, pooled,
-        the batch's compute time in ms)."""
-        fut = asyncio.get_running_loop().create_future()
-        self._queue.put((x, fut), x.shape[0])
-        return await fut
-
-    async def _loop(self) -> None:
-        while True:
-            items = await self._queue.take(self._max_rows, self._max_wait)
-            items = [(x, f) for x, f in items if not f.cancelled()]
-            if not items:
-                continue
-            try:
-                x = items[0][0] if len(items) == 1 else torch.cat([x for x, _ in items])
-                t0 = time.perf_counter()
-                hs, vs = await self._run_batch(x)
-                compute_ms = (time.perf_counter() - t0) * 1000
-            except Exception as err:  # noqa: BLE001 - every waiter gets the error
-                for _, f in items:
-                    if not f.done():
-                        f.set_exception(err)
-                continue
-            if len(items) == 1:
-                parts = [(hs, vs)]
-            else:
-                sizes = [x.shape[0] for x, _ in items]
-                parts = list(zip(hs.split(sizes), vs.split(sizes)))
-            for (_, f), (h, v) in zip(items, parts):
-                if not f.done():
-                    f.set_result((h, v, compute_ms))
-
-    def close(self) -> None:
-        """Stop the batching loop."""
-        self._task.cancel()
-
-
 class BranchWorker(pb_grpc.WorkerServicer):
-    """Serves one branch of a trained student."""
+    """The Worker service of one branch: checks each stage request, keeps the request's
+    state between stages (``StateStore``) and runs the stage (``StageRunner``)."""
 
     def __init__(self, run: RunDir, branch: int, options: WorkerOptions, device: torch.device):
-        meta = run.meta
-        n = len(meta.config.student.branches)
-        if not 0 <= branch < n:
-            raise ValueError(f"--branch must be in 0..{n - 1} for {run.path}, got {branch}")
-        self.run = run
-        self.ready = False
+        self.runner = StageRunner(run, branch, device, options.max_batch, options.max_wait_ms)
+        self.states = StateStore(str(branch), options.state_ttl_s)
         self.branch_index = branch
         self.label = str(branch)
-        self.device = device
-        self.options = options
-        self.norm = meta.data.normalization
-        self.input_shape = (meta.data.in_channels, meta.data.image_size, meta.data.image_size)
-        self.model = Branch(
-            meta.config.student.branches[branch], meta.config.student.exit_points, meta.data.in_channels
-        )
-        self.num_stages = self.model.num_stages
-        self.states: dict[str, _State] = {}
-        self.stages_run = 0
-        self.macs_run = 0
-        self.stage_macs: list[int] = []  # per input, counted when the weights are loaded
-        self.dropped = 0
-        self.expired = 0
-        # One compute thread for the larger batches: torch already uses every core inside
-        # an op, and one thread keeps them from competing with each other.
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage")
-        self._batchers: list[_StageBatcher] = []
+        self.ready = False
+        self.num_stages = self.runner.num_stages
+        self.input_shape = self.runner.input_shape
 
     def load(self) -> None:
-        """Load this branch's weights (only its own) and run every stage once, so the
-        first request does not pay for initialisation."""
-        load_weights(self.model, self.run.student_file, prefix=f"branches.{self.branch_index}.")
-        self.model.eval().to(self.device, memory_format=torch.channels_last)
-        with torch.no_grad():
-            h = self.norm(torch.zeros((1, *self.input_shape), dtype=torch.uint8, device=self.device))
-            self.stage_macs = self.model.stage_macs(h.contiguous(memory_format=torch.channels_last))
+        """Load the branch's weights and warm it up."""
+        self.runner.load()
 
     def start(self) -> None:
-        """Create the per-stage batchers and the expiry task (inside the event loop)."""
-        wait = self.options.max_wait_ms / 1000
-        self._batchers = [
-            _StageBatcher(lambda x, k=k: self._run(k, x), self.options.max_batch, wait) for k in range(self.num_stages)
-        ]
-        self._expiry = asyncio.get_running_loop().create_task(self._expire_loop())
+        """Start batching and expiring (inside the event loop)."""
+        self.runner.start()
+        self.states.start()
 
     def stop(self) -> None:
         """Stop background tasks and the compute thread."""
-        for b in self._batchers:
-            b.close()
-        self._expiry.cancel()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    async def _run(self, k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run stage ``k`` on ``x``: small batches here, larger ones on the compute thread."""
-        if x.shape[0] <= INLINE_ROWS:
-            return self._compute(k, x)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._compute, k, x)
-
-    @torch.no_grad()
-    def _compute(self, k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t0 = time.perf_counter()
-        x = x.to(self.device)
-        if k == 0:
-            x = self.norm(x)
-        h, v = self.model.run_stage(k, x.contiguous(memory_format=torch.channels_last))
-        metrics.STAGE_SECONDS.labels(self.label, str(k)).observe(time.perf_counter() - t0)
-        metrics.BATCH_SIZE.labels(self.label).observe(x.shape[0])
-        return h, v.float().cpu()
+        self.runner.stop()
+        self.states.stop()
 
     def _drop(self, request_id: str, reason: str) -> bool:
-        if self.states.pop(request_id, None) is None:
-            return False
-        if reason == "expired":
-            self.expired += 1
-        else:
-            self.dropped += 1
-        metrics.STATES_DROPPED.labels(self.label, reason).inc()
-        metrics.ACTIVE_STATES.labels(self.label).set(len(self.states))
-        return True
-
-    async def _expire_loop(self) -> None:
-        ttl = self.options.state_ttl_s
-        while True:
-            await asyncio.sleep(max(0.05, ttl / 4))
-            cutoff = time.monotonic() - ttl
-            for rid in [r for r, s in self.states.items() if s.touched < cutoff]:
-                log.info("state expired", extra={"request_id": rid})
-                self._drop(rid, "expired")
+        return self.states.drop(request_id, reason)
 
     async def _stage(self, request: pb.StageRequest, stage: int, session: object = None) -> pb.StageReply:
         """Run one stage of one request; raises StageError for a request it cannot run."""
@@ -230,12 +107,11 @@ class BranchWorker(pb_grpc.WorkerServicer):
                 raise StageError(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
             if x.shape[0] > MAX_ROWS:
                 raise StageError(grpc.StatusCode.INVALID_ARGUMENT, f"input: at most {MAX_ROWS} rows per request")
-            self.states[rid] = _State(0, x, session)
-            metrics.ACTIVE_STATES.labels(self.label).set(len(self.states))
+            self.states.put(rid, RequestState(0, x, session))
         state = self.states.get(rid)
         if state is None:
             raise StageError(grpc.StatusCode.FAILED_PRECONDITION, f"no state for request {rid} (dropped or expired)")
-        if state.next_stage == _BUSY:
+        if state.next_stage == BUSY:
             raise StageError(grpc.StatusCode.FAILED_PRECONDITION, f"request {rid} is already running a stage")
         if state.next_stage != stage:
             raise StageError(
@@ -245,22 +121,18 @@ class BranchWorker(pb_grpc.WorkerServicer):
         if request.keep:
             x = x[_rows_to_keep(request.keep, x.shape[0])]
         t0 = time.perf_counter()
-        state.next_stage = _BUSY  # a second call for this stage, racing this one, is refused
+        state.next_stage = BUSY  # a second call for this stage, racing this one, is refused
         try:
-            h, v, compute_ms = await self._batchers[stage].submit(x)
+            h, v, compute_ms = await self.runner.run(stage, x)
         except asyncio.CancelledError:
             self._drop(rid, "cancel")
             raise
         except Exception:
             state.next_stage = stage
             raise
-        self.stages_run += x.shape[0]
-        self.macs_run += x.shape[0] * self.stage_macs[stage]
-        metrics.STAGES_RUN.labels(self.label, str(stage)).inc(x.shape[0])
         if rid in self.states:  # a Drop may have arrived meanwhile
             if stage == self.num_stages - 1:
-                del self.states[rid]
-                metrics.ACTIVE_STATES.labels(self.label).set(len(self.states))
+                self.states.finish(rid)
             else:
                 state.activation, state.next_stage, state.touched = h, stage + 1, time.monotonic()
         queue_ms = max(0.0, (time.perf_counter() - t0) * 1000 - compute_ms)
@@ -361,8 +233,7 @@ class BranchWorker(pb_grpc.WorkerServicer):
             # (A cancelled stream ends the request iterator like a closed one: only the
             # handover flag tells the two apart.)
             if not handover:
-                for rid in [r for r, s in self.states.items() if s.session is session]:
-                    self._drop(rid, "cancel")
+                self.states.drop_session(session)
 
     async def Drop(self, request, context):  # noqa: N802
         """Forget a request's state."""
@@ -373,10 +244,10 @@ class BranchWorker(pb_grpc.WorkerServicer):
         return pb.InfoReply(
             branch=self.branch_index,
             num_stages=self.num_stages,
-            stages_run=self.stages_run,
-            macs_run=self.macs_run,
-            states_dropped=self.dropped,
-            states_expired=self.expired,
+            stages_run=self.runner.stages_run,
+            macs_run=self.runner.macs_run,
+            states_dropped=self.states.dropped,
+            states_expired=self.states.expired,
             active_states=len(self.states),
         )
 

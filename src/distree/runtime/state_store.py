@@ -1,0 +1,96 @@
+"""A worker's request states: each request's feature map between its stages.
+
+A state is dropped at once on Drop, when its call or session is cancelled, and after a
+time-to-live when the coordinator went silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from distree.runtime import metrics
+
+log = logging.getLogger("distree.worker")
+
+BUSY = -1  # a state's next_stage while one of its stages runs
+
+
+@dataclass
+class RequestState:
+    """One request's place on this worker."""
+
+    next_stage: int
+    activation: torch.Tensor
+    session: object = None  # the Session stream that started the request, if any
+    touched: float = field(default_factory=time.monotonic)
+
+
+class StateStore:
+    """Request states by request id, with their time-to-live."""
+
+    def __init__(self, label: str, ttl_s: float):
+        self.label = label
+        self.ttl_s = ttl_s
+        self._states: dict[str, RequestState] = {}
+        self.dropped = 0
+        self.expired = 0
+        self._expiry: asyncio.Task | None = None
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def __contains__(self, request_id: str) -> bool:
+        return request_id in self._states
+
+    def get(self, request_id: str) -> RequestState | None:
+        """The request's state, or None."""
+        return self._states.get(request_id)
+
+    def put(self, request_id: str, state: RequestState) -> None:
+        """Hold a new request's state."""
+        self._states[request_id] = state
+        metrics.ACTIVE_STATES.labels(self.label).set(len(self._states))
+
+    def finish(self, request_id: str) -> None:
+        """Forget a request that ran its last stage."""
+        if self._states.pop(request_id, None) is not None:
+            metrics.ACTIVE_STATES.labels(self.label).set(len(self._states))
+
+    def drop(self, request_id: str, reason: str) -> bool:
+        """Forget a request before its last stage (reason: stop, cancel, expired)."""
+        if self._states.pop(request_id, None) is None:
+            return False
+        if reason == "expired":
+            self.expired += 1
+        else:
+            self.dropped += 1
+        metrics.STATES_DROPPED.labels(self.label, reason).inc()
+        metrics.ACTIVE_STATES.labels(self.label).set(len(self._states))
+        return True
+
+    def drop_session(self, session: object) -> None:
+        """Forget every request a Session stream started (it ended without handover)."""
+        for rid in [r for r, s in self._states.items() if s.session is session]:
+            self.drop(rid, "cancel")
+
+    def start(self) -> None:
+        """Start expiring silent states (inside the event loop)."""
+        self._expiry = asyncio.get_running_loop().create_task(self._expire_loop())
+
+    def stop(self) -> None:
+        """Stop expiring."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(0.05, self.ttl_s / 4))
+            cutoff = time.monotonic() - self.ttl_s
+            for rid in [r for r, s in self._states.items() if s.touched < cutoff]:
+                log.info("state expired", extra={"request_id": rid})
+                self.drop(rid, "expired")
