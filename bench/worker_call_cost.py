@@ -56,9 +56,9 @@ def main() -> None:
     )
 
     with LocalCluster(run.path) as cluster:
-        address = cluster.start_workers(1)[0]
+        address = cluster.start_workers(1, extra=["--debug-rpcs"])[0]
         with grpc.insecure_channel(address) as channel:
-            stub = pb_grpc.WorkerStub(channel)
+            stub, debug = pb_grpc.WorkerStub(channel), pb_grpc.WorkerDebugStub(channel)
             outbox: queue.Queue[pb.StageBatch | None] = queue.Queue()
             replies = stub.Session(iter(outbox.get, None), timeout=600)
             for kind in ("RunStage", "RunStages", "Session", "Info"):
@@ -68,9 +68,9 @@ def main() -> None:
                     for k in range(stages):
                         req = pb.StageRequest(request_id=rid, stage=k, input=to_proto(image) if k == 0 else None)
                         if kind == "RunStage":
-                            stub.RunStage(req, timeout=5)
+                            debug.RunStage(req, timeout=5)
                         elif kind == "RunStages":
-                            stub.RunStages(pb.StageBatch(items=[req]), timeout=5)
+                            debug.RunStages(pb.StageBatch(items=[req]), timeout=5)
                         elif kind == "Session":
                             outbox.put(pb.StageBatch(items=[req], seq=calls + 1))
                             next(replies)

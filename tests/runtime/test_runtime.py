@@ -169,7 +169,7 @@ def test_kill_worker_mid_run_restart_then_lose_all(trained, tmp_path):
 def test_token_and_malformed_inputs(trained, tmp_path):
     run, splits = trained
     with LocalCluster(run.path, log_dir=tmp_path, token="s3cret") as cluster:
-        workers = cluster.start_workers(N_BRANCHES)
+        workers = cluster.start_workers(N_BRANCHES, extra=["--debug-rpcs"])
         coord = cluster.start_coordinator()
         with DistreeClient(coord) as client:
             with pytest.raises(InferenceError, match="UNAUTHENTICATED.*token"):
@@ -203,13 +203,13 @@ def test_token_and_malformed_inputs(trained, tmp_path):
         float_input = pb.StageRequest(request_id="x", stage=0, input=floats)
         with grpc.insecure_channel(workers[0]) as ch:
             with pytest.raises(grpc.RpcError) as err:
-                pb_grpc.WorkerStub(ch).RunStage(float_input, timeout=5, metadata=md)
+                pb_grpc.WorkerDebugStub(ch).RunStage(float_input, timeout=5, metadata=md)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             with pytest.raises(grpc.RpcError) as err:
-                pb_grpc.WorkerStub(ch).RunStage(pb.StageRequest(request_id="y", stage=1), timeout=5, metadata=md)
+                pb_grpc.WorkerDebugStub(ch).RunStage(pb.StageRequest(request_id="y", stage=1), timeout=5, metadata=md)
             assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             # A group of two inputs, then a stage that keeps a row it does not have.
-            stub = pb_grpc.WorkerStub(ch)
+            stub = pb_grpc.WorkerDebugStub(ch)
             two = pb.Tensor(dtype="uint8", shape=list(good.shape), data=good.numpy().tobytes())
             stub.RunStage(pb.StageRequest(request_id="z", stage=0, input=two), timeout=5, metadata=md)
             for keep in ([2], [1, 0], [-1]):
@@ -235,3 +235,11 @@ def test_deadline_stops_at_the_exit_in_hand(trained, shared_cluster):
     assert all(a.exit == 0 and a.stop_reason in ("deadline", "policy") for a in answers)
     assert any(a.stop_reason == "deadline" for a in answers)
     assert all(a.stop_reason != "deadline" for a in relaxed)
+
+
+def test_debug_rpcs_are_served_only_when_asked(shared_cluster):
+    workers, _ = shared_cluster
+    with grpc.insecure_channel(workers[0]) as ch:
+        with pytest.raises(grpc.RpcError) as err:
+            pb_grpc.WorkerDebugStub(ch).Drop(pb.DropRequest(request_id="x"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED

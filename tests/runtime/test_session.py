@@ -20,7 +20,7 @@ from distree.runtime.tensors import to_proto
 def worker(trained, tmp_path_factory):
     run, splits = trained
     with LocalCluster(run.path, log_dir=tmp_path_factory.mktemp("session")) as cluster:
-        yield cluster.start_workers(1)[0], splits.test.images[:3]
+        yield cluster.start_workers(1, extra=["--debug-rpcs"])[0], splits.test.images[:3]
 
 
 def _active(address: str) -> int:
@@ -94,7 +94,7 @@ def test_broken_session_drops_its_groups_handover_does_not(worker):
     asyncio.run(one_session(cancel=False))
     assert _wait_active(address, 1) == 1  # kept: its next stage may come on another session
     with grpc.insecure_channel(address) as ch:
-        assert pb_grpc.WorkerStub(ch).Drop(pb.DropRequest(request_id="a"), timeout=5).dropped
+        assert pb_grpc.WorkerDebugStub(ch).Drop(pb.DropRequest(request_id="a"), timeout=5).dropped
 
 
 def test_a_stage_racing_itself_is_refused(worker):
@@ -142,6 +142,6 @@ def test_run_on_needs_a_session(worker):
     address, images = worker
     item = pb.StageRequest(request_id="u", stage=0, input=to_proto(images), run_on=True)
     with grpc.insecure_channel(address) as ch:
-        reply = pb_grpc.WorkerStub(ch).RunStages(pb.StageBatch(items=[item]), timeout=5)
+        reply = pb_grpc.WorkerDebugStub(ch).RunStages(pb.StageBatch(items=[item]), timeout=5)
     assert "run_on needs a Session" in reply.items[0].error
     assert _active(address) == 0

@@ -60,7 +60,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     opts = WorkerOptions(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, state_ttl_s=args.state_ttl_s)
     run = RunDir(args.run_dir)
     return _serve_forever(
-        serve_worker(run, args.branch, args.listen, opts, pick_device(args.device), args.token, _tls(args))
+        serve_worker(
+            run,
+            args.branch,
+            args.listen,
+            opts,
+            pick_device(args.device),
+            args.token,
+            _tls(args),
+            debug_rpcs=args.debug_rpcs,
+        )
     )
 
 
@@ -198,6 +207,11 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     p.add_argument("--log-level", default="info")
+    p.add_argument(
+        "--debug-rpcs",
+        action="store_true",
+        help="also serve WorkerDebug (one stage per call, drops): for tests and measurements only",
+    )
     _tls_args(p, "worker")
     p.set_defaults(func=cmd_worker)
 

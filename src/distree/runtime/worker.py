@@ -139,13 +139,6 @@ class BranchWorker(pb_grpc.WorkerServicer):
         metrics.QUEUE_SECONDS.labels(self.label, str(stage)).observe(queue_ms / 1000)
         return pb.StageReply(stage=stage, pooled=to_proto(v), compute_ms=compute_ms, queue_ms=queue_ms, request_id=rid)
 
-    async def RunStage(self, request, context):  # noqa: N802 - gRPC method name
-        """Run one stage of one request (group) in its own call; the coordinator uses Session."""
-        try:
-            return await self._stage(request, request.stage)
-        except StageError as err:
-            await context.abort(err.code, err.message)
-
     async def _run_batch(self, batch: pb.StageBatch, session: object = None) -> pb.StageBatchReply:
         """Drop the listed requests, then run one stage of each listed request, batched;
         a request that cannot run gets its own error."""
@@ -163,10 +156,6 @@ class BranchWorker(pb_grpc.WorkerServicer):
         if len(batch.items) == 1:  # the common case at low load: no task per item
             return pb.StageBatchReply(items=[await one(batch.items[0])], seq=batch.seq)
         return pb.StageBatchReply(items=await asyncio.gather(*(one(i) for i in batch.items)), seq=batch.seq)
-
-    async def RunStages(self, request, context):  # noqa: N802
-        """One StageBatch in one unary call."""
-        return await self._run_batch(request)
 
     async def Session(self, request_iterator, context):  # noqa: N802
         """Both modes over one stream: every StageBatch gets its reply as soon as it is done
@@ -235,10 +224,6 @@ class BranchWorker(pb_grpc.WorkerServicer):
             if not handover:
                 self.states.drop_session(session)
 
-    async def Drop(self, request, context):  # noqa: N802
-        """Forget a request's state."""
-        return pb.DropReply(dropped=self._drop(request.request_id, "stop"))
-
     async def Info(self, request, context):  # noqa: N802
         """Branch index and counters."""
         return pb.InfoReply(
@@ -252,6 +237,29 @@ class BranchWorker(pb_grpc.WorkerServicer):
         )
 
 
+class WorkerDebug(pb_grpc.WorkerDebugServicer):
+    """Call-by-call access to a worker's stages (``--debug-rpcs``): what tests and
+    measurements drive directly; the coordinator uses ``Session`` only."""
+
+    def __init__(self, worker: BranchWorker):
+        self.worker = worker
+
+    async def RunStage(self, request, context):  # noqa: N802 - gRPC method name
+        """Run one stage of one request (group) in its own call."""
+        try:
+            return await self.worker._stage(request, request.stage)
+        except StageError as err:
+            await context.abort(err.code, err.message)
+
+    async def RunStages(self, request, context):  # noqa: N802
+        """One StageBatch in one unary call."""
+        return await self.worker._run_batch(request)
+
+    async def Drop(self, request, context):  # noqa: N802
+        """Forget a request's state."""
+        return pb.DropReply(dropped=self.worker._drop(request.request_id, "stop"))
+
+
 async def serve_worker(
     run: RunDir,
     branch: int,
@@ -261,12 +269,18 @@ async def serve_worker(
     token: str | None = None,
     tls: TLSFiles = TLSFiles(),
     ready: asyncio.Event | None = None,
+    debug_rpcs: bool = False,
 ) -> None:
-    """Serve until cancelled; health is NOT_SERVING until the weights are loaded and warm."""
+    """Serve until cancelled; health is NOT_SERVING until the weights are loaded and warm.
+    ``debug_rpcs`` adds the WorkerDebug service."""
     worker = BranchWorker(run, branch, options, device)
-    server, health_servicer, port = await start_server(
-        lambda srv: pb_grpc.add_WorkerServicer_to_server(worker, srv), listen, token, tls
-    )
+
+    def add(srv) -> None:
+        pb_grpc.add_WorkerServicer_to_server(worker, srv)
+        if debug_rpcs:
+            pb_grpc.add_WorkerDebugServicer_to_server(WorkerDebug(worker), srv)
+
+    server, health_servicer, port = await start_server(add, listen, token, tls)
     log.info("listening", extra={"address": listen, "port": port, "branch": branch})
     await asyncio.to_thread(worker.load)
     worker.start()

@@ -34,25 +34,10 @@ class WorkerStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.RunStage = channel.unary_unary(
-                '/distree.v1.Worker/RunStage',
-                request_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageRequest.SerializeToString,
-                response_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageReply.FromString,
-                _registered_method=True)
-        self.RunStages = channel.unary_unary(
-                '/distree.v1.Worker/RunStages',
-                request_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatch.SerializeToString,
-                response_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatchReply.FromString,
-                _registered_method=True)
         self.Session = channel.stream_stream(
                 '/distree.v1.Worker/Session',
                 request_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatch.SerializeToString,
                 response_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatchReply.FromString,
-                _registered_method=True)
-        self.Drop = channel.unary_unary(
-                '/distree.v1.Worker/Drop',
-                request_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.DropRequest.SerializeToString,
-                response_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.DropReply.FromString,
                 _registered_method=True)
         self.Info = channel.unary_unary(
                 '/distree.v1.Worker/Info',
@@ -64,32 +49,11 @@ class WorkerStub:
 class WorkerServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def RunStage(self, request, context):
-        """Lockstep: run one stage of a request (stage 0 creates its state).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def RunStages(self, request, context):
-        """Lockstep, batched: one stage of each listed request (and drops), one reply each.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def Session(self, request_iterator, context):
         """One long-lived stream (what the coordinator uses, in both modes): one reply per batch,
         with its seq, in the order they finish, and one more per later stage of each run_on
         item. Requests started on a session are dropped when it ends, unless a batch said
         handover.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Drop(self, request, context):
-        """Forget a request's state at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,25 +68,10 @@ class WorkerServicer:
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'RunStage': grpc.unary_unary_rpc_method_handler(
-                    servicer.RunStage,
-                    request_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageRequest.FromString,
-                    response_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageReply.SerializeToString,
-            ),
-            'RunStages': grpc.unary_unary_rpc_method_handler(
-                    servicer.RunStages,
-                    request_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatch.FromString,
-                    response_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatchReply.SerializeToString,
-            ),
             'Session': grpc.stream_stream_rpc_method_handler(
                     servicer.Session,
                     request_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatch.FromString,
                     response_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatchReply.SerializeToString,
-            ),
-            'Drop': grpc.unary_unary_rpc_method_handler(
-                    servicer.Drop,
-                    request_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.DropRequest.FromString,
-                    response_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.DropReply.SerializeToString,
             ),
             'Info': grpc.unary_unary_rpc_method_handler(
                     servicer.Info,
@@ -139,60 +88,6 @@ def add_WorkerServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Worker:
     """Missing associated documentation comment in .proto file."""
-
-    @staticmethod
-    def RunStage(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/distree.v1.Worker/RunStage',
-            distree_dot_runtime_dot_proto_dot_distree__pb2.StageRequest.SerializeToString,
-            distree_dot_runtime_dot_proto_dot_distree__pb2.StageReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def RunStages(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/distree.v1.Worker/RunStages',
-            distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatch.SerializeToString,
-            distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatchReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
 
     @staticmethod
     def Session(request_iterator,
@@ -222,33 +117,6 @@ class Worker:
             _registered_method=True)
 
     @staticmethod
-    def Drop(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/distree.v1.Worker/Drop',
-            distree_dot_runtime_dot_proto_dot_distree__pb2.DropRequest.SerializeToString,
-            distree_dot_runtime_dot_proto_dot_distree__pb2.DropReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
     def Info(request,
             target,
             options=(),
@@ -265,6 +133,173 @@ class Worker:
             '/distree.v1.Worker/Info',
             distree_dot_runtime_dot_proto_dot_distree__pb2.InfoRequest.SerializeToString,
             distree_dot_runtime_dot_proto_dot_distree__pb2.InfoReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class WorkerDebugStub:
+    """Served only by `distree worker --debug-rpcs`: a request's stages call by call, for
+    tests and measurements; the coordinator never uses them.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.RunStage = channel.unary_unary(
+                '/distree.v1.WorkerDebug/RunStage',
+                request_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageRequest.SerializeToString,
+                response_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageReply.FromString,
+                _registered_method=True)
+        self.RunStages = channel.unary_unary(
+                '/distree.v1.WorkerDebug/RunStages',
+                request_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatch.SerializeToString,
+                response_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatchReply.FromString,
+                _registered_method=True)
+        self.Drop = channel.unary_unary(
+                '/distree.v1.WorkerDebug/Drop',
+                request_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.DropRequest.SerializeToString,
+                response_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.DropReply.FromString,
+                _registered_method=True)
+
+
+class WorkerDebugServicer:
+    """Served only by `distree worker --debug-rpcs`: a request's stages call by call, for
+    tests and measurements; the coordinator never uses them.
+    """
+
+    def RunStage(self, request, context):
+        """Run one stage of a request (stage 0 creates its state).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunStages(self, request, context):
+        """One stage of each listed request (and drops), one reply each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Drop(self, request, context):
+        """Forget a request's state at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_WorkerDebugServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'RunStage': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunStage,
+                    request_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageRequest.FromString,
+                    response_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageReply.SerializeToString,
+            ),
+            'RunStages': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunStages,
+                    request_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatch.FromString,
+                    response_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatchReply.SerializeToString,
+            ),
+            'Drop': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drop,
+                    request_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.DropRequest.FromString,
+                    response_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.DropReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'distree.v1.WorkerDebug', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('distree.v1.WorkerDebug', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class WorkerDebug:
+    """Served only by `distree worker --debug-rpcs`: a request's stages call by call, for
+    tests and measurements; the coordinator never uses them.
+    """
+
+    @staticmethod
+    def RunStage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distree.v1.WorkerDebug/RunStage',
+            distree_dot_runtime_dot_proto_dot_distree__pb2.StageRequest.SerializeToString,
+            distree_dot_runtime_dot_proto_dot_distree__pb2.StageReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunStages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distree.v1.WorkerDebug/RunStages',
+            distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatch.SerializeToString,
+            distree_dot_runtime_dot_proto_dot_distree__pb2.StageBatchReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drop(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distree.v1.WorkerDebug/Drop',
+            distree_dot_runtime_dot_proto_dot_distree__pb2.DropRequest.SerializeToString,
+            distree_dot_runtime_dot_proto_dot_distree__pb2.DropReply.FromString,
             options,
             channel_credentials,
             insecure,
