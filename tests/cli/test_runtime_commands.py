@@ -54,3 +54,19 @@ def test_infer_batched_calls_answer_every_input(trained, tmp_path):
     for q in r["requests"]:
         assert {"label", "prediction", "exit", "branches", "latency_ms"} <= set(q)
         assert q["branches"] == [0, 1, 2] and q["latency_ms"] > 0
+
+
+def test_infer_keeps_what_it_received_and_says_what_is_missing(trained, tmp_path, capsys):
+    run, _ = trained
+    out = tmp_path / "infer.json"
+    with LocalCluster(run.path, log_dir=tmp_path) as cluster:
+        n = len(run.meta.config.student.branches)
+        cluster.start_workers(n)
+        coord = cluster.start_coordinator()
+        for b in range(n):  # every device gone: the coordinator refuses each call
+            cluster.kill(f"worker{b}")
+        args = ["infer", "--server", coord, "--data", str(_data_dir(run)), "--limit", "6", "--json", str(out)]
+        assert main(args) == 1
+    assert "6 of 6 inputs got no answer" in capsys.readouterr().err
+    r = json.loads(out.read_text())
+    assert (r["answered"], r["failed"]) == (0, 6) and all("error" in q for q in r["requests"])

@@ -24,6 +24,7 @@ DEFAULT_DEMO_RUN = "models/cifar10"
 DEMO_POLICIES = tuple(dict.fromkeys([DEFAULT_POLICY, MaxProb.name]))
 FULL = Full.name
 DEMO_WARM_UP = 64  # images sent through each coordinator before anything is measured
+DEMO_ROUNDS_PER_COORDINATOR = 2  # the measured images go in this many rounds per coordinator
 
 
 def _tls_args(p: argparse.ArgumentParser, who: str) -> None:
@@ -115,8 +116,16 @@ def cmd_infer(args: argparse.Namespace) -> int:
         batch=args.batch,
     )
     print(format_infer(result))
+    # Written whatever happened: the answers received are kept even when calls failed.
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if result["failed"]:
+        print(
+            f"distree infer: {result['failed']} of {result['samples']} inputs got no answer "
+            f"({'; '.join(result['errors'])})",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -124,7 +133,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Four workers and one coordinator per policy, plus one for full execution, as local
     processes; the same test images through each, compared side by side."""
     from distree.devtools.cluster import LocalCluster, settled_worker_infos
-    from distree.runtime.loadgen import format_infer, run_infer
+    from distree.runtime.client import DistreeClient
+    from distree.runtime.loadgen import format_infer, send, summarize
 
     def devices_macs_run() -> int:  # what the workers have computed so far, from their counters
         return sum(i.macs_run for i in settled_worker_infos(workers, timeout_s=5.0))
@@ -135,36 +145,53 @@ def cmd_demo(args: argparse.Namespace) -> int:
     test = splits.test
     n = min(args.limit, len(test))
     policies = list(dict.fromkeys(args.policy or DEMO_POLICIES))
+    names = [*policies, FULL]
     logs = Path(tempfile.mkdtemp(prefix="distree-demo-logs-"))
     n_branches = len(meta.config.student.branches)
     print(
-        f"starting {n_branches} workers and {len(policies) + 1} coordinators on loopback (logs in {logs}) ...",
+        f"starting {n_branches} workers and {len(names)} coordinators on loopback (logs in {logs}) ...",
         file=sys.stderr,
     )
     t0 = time.perf_counter()
     results = {}
     with LocalCluster(run.path, log_dir=logs) as cluster:
         workers = cluster.start_workers(n_branches)
-        coordinators = {
-            p: cluster.start_coordinator(f"coordinator-{p}", ["--policy", p, "--mode", args.mode])
-            for p in [*policies, FULL]
-        }
+        addresses = cluster.start_coordinators({p: ["--policy", p, "--mode", args.mode] for p in names})
+        clients = {p: DistreeClient(addresses[p], tls=_tls(args)) for p in names}
+        infos = {p: c.model_info() for p, c in clients.items()}
         warm = min(n, DEMO_WARM_UP)
+        # The images go in rounds, each coordinator's turn in a rotating order, so that none
+        # is always the first or the last to run on a machine whose load drifts.
+        rounds = min(n, DEMO_ROUNDS_PER_COORDINATOR * len(names))
         print(
             f"cluster up in {time.perf_counter() - t0:.1f}s; {warm} images through each coordinator to warm up, "
-            f"then {n} test images through each",
+            f"then {n} test images through each, in {rounds} rounds of rotating order",
             file=sys.stderr,
         )
-        # Unmeasured: the first calls of a process pay for allocations and lazy set-up, which
-        # would otherwise count against whichever coordinator runs first.
-        for address in coordinators.values():
-            run_infer(address, test.images[:warm], test.labels[:warm], tls=_tls(args), concurrency=args.concurrency)
-        for policy, address in coordinators.items():
-            before = devices_macs_run()
-            r = run_infer(address, test.images[:n], test.labels[:n], tls=_tls(args), concurrency=args.concurrency)
-            r["devices_macs_per_sample"] = round((devices_macs_run() - before) / n)
+        sent = {p: ([], 0.0, 0) for p in names}  # requests, wall seconds, devices' MACs
+        try:
+            # Unmeasured: the first calls of a process pay for allocations and lazy set-up.
+            for c in clients.values():
+                send(c, test.images[:warm], test.labels[:warm], concurrency=args.concurrency)
+            bounds = [round(i * n / rounds) for i in range(rounds + 1)]
+            for r in range(rounds):
+                lo, hi = bounds[r], bounds[r + 1]
+                for p in names[r % len(names) :] + names[: r % len(names)]:
+                    before = devices_macs_run()
+                    reqs, wall = send(clients[p], test.images[lo:hi], test.labels[lo:hi], concurrency=args.concurrency)
+                    done, walls, macs = sent[p]
+                    sent[p] = (done + reqs, walls + wall, macs + devices_macs_run() - before)
+        finally:
+            for c in clients.values():
+                c.close()
+        for p in names:
+            reqs, wall, macs = sent[p]
+            r = summarize(infos[p], reqs, wall, server=addresses[p], concurrency=args.concurrency)
+            if r["failed"]:
+                raise RuntimeError(f"coordinator {p}: {r['failed']} inputs got no answer: {'; '.join(r['errors'])}")
+            r["devices_macs_per_sample"] = round(macs / n)
             print(format_infer(r))
-            results[policy] = {k: v for k, v in r.items() if k != "requests"}
+            results[p] = {k: v for k, v in r.items() if k != "requests"}
     full = results[FULL]
     eager = " (eager: devices run ahead of the exit until cancelled; counted)" if args.mode == "eager" else ""
     print(f"against full execution, same workers, same {n} images; computation measured on the devices{eager}:")

@@ -1,0 +1,41 @@
+"""The load generator on a stand-in client: failed calls cost only their own inputs."""
+
+import grpc
+import torch
+
+from distree.runtime.client import Answer, InferenceError
+from distree.runtime.loadgen import send
+
+
+class _FlakyClient:
+    """Answers every call but those starting at the given inputs (label = input index)."""
+
+    def __init__(self, failing: set[int]):
+        self.failing = failing
+
+    def infer(self, images, deadline_ms=0.0):
+        start = int(images[0, 0, 0, 0])
+        if start in self.failing:
+            raise InferenceError(grpc.StatusCode.UNAVAILABLE, "coordinator went away")
+        return [
+            Answer(
+                prediction=int(x[0, 0, 0]),
+                probabilities=[],
+                exit=0,
+                branches=[0],
+                stage_ms=[1.0],
+                stop_reason="policy",
+                worker_ms=[0.5],
+                macs=10,
+            )
+            for x in images
+        ]
+
+
+def test_answers_before_and_after_a_failed_call_are_kept():
+    images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1)
+    labels = torch.arange(10)
+    requests, _ = send(_FlakyClient({4}), images, labels, batch=2)
+    assert [r["label"] for r in requests] == list(range(10))
+    assert [r.get("prediction") for r in requests] == [0, 1, 2, 3, None, None, 6, 7, 8, 9]
+    assert {r["error"] for r in requests if "error" in r} == {"UNAVAILABLE: coordinator went away"}
