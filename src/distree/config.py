@@ -19,7 +19,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf or nan anywhere: a learning rate of inf is a typo, not a setting.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class WideResNetConfig(_Strict):
@@ -141,13 +142,11 @@ class RunConfig(_Strict):
     eval_batch_size: int = Field(512, ge=1)
 
     def with_epochs(self, epochs: int) -> RunConfig:
-        """Return a copy with both training phases set to ``epochs`` epochs."""
-        return self.model_copy(
-            update={
-                "teacher_optim": self.teacher_optim.model_copy(update={"epochs": epochs}),
-                "student_optim": self.student_optim.model_copy(update={"epochs": epochs}),
-            }
-        )
+        """Return a copy with both training phases set to ``epochs`` epochs, validated as
+        the same field in a file is (``--epochs 0`` is an error that names it)."""
+        data = self.model_dump()
+        data["teacher_optim"]["epochs"] = data["student_optim"]["epochs"] = epochs
+        return parse_config(RunConfig, data, "--epochs")
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

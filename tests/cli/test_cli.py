@@ -110,3 +110,13 @@ def test_help_lists_commands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "train" in capsys.readouterr().out
+
+
+def test_flags_are_validated_as_the_config_file_is(tmp_path, image_folder, capsys):
+    for epochs in ("0", "-1"):
+        code = main(["train", "--data", str(image_folder), "--out", str(tmp_path / "r"), "--epochs", epochs])
+        assert code == 2 and "epochs" in capsys.readouterr().err
+    cfg = tmp_path / "inf.yaml"
+    cfg.write_text("teacher_optim: {lr: .inf}\n")
+    assert main(["train", "--data", str(image_folder), "--out", str(tmp_path / "r"), "--config", str(cfg)]) == 2
+    assert "lr" in capsys.readouterr().err

@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, FileNotFoundError, ValueError, RuntimeError) as err:
+    except (ConfigError, DataError, OSError, ValueError, RuntimeError) as err:
         print(f"distree {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

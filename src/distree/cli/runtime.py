@@ -1,4 +1,4 @@
-"""Sub-commands of the distributed runtime: worker, serve, infer, demo."""
+"""Sub-commands of the distributed runtime: worker, serve, infer, demo, health."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ DEMO_ROUNDS_PER_COORDINATOR = 2  # the measured images go in this many rounds pe
 
 
 def _tls_args(p: argparse.ArgumentParser, who: str) -> None:
-    p.add_argument("--token", help="shared secret checked on every RPC")
+    p.add_argument("--token", help="shared secret checked on every RPC (visible in ps: prefer --token-file)")
+    p.add_argument("--token-file", type=Path, help="file holding the shared secret (default: $DISTREE_TOKEN, if set)")
     p.add_argument("--tls-cert", type=Path, help=f"PEM certificate of this {who}")
     p.add_argument("--tls-key", type=Path, help=f"PEM private key of this {who}")
     p.add_argument("--tls-ca", type=Path, help="PEM CA: verifies peers (mutual TLS on servers)")
@@ -38,6 +39,21 @@ def _tls(args: argparse.Namespace):
     from distree.runtime.security import TLSFiles
 
     return TLSFiles(args.tls_cert, args.tls_key, args.tls_ca)
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    from distree.runtime.security import resolve_token
+
+    return resolve_token(args.token, args.token_file)
+
+
+def _host(listen: str) -> str:
+    """The host part of HOST:PORT ([v6] brackets dropped)."""
+    return listen.rsplit(":", 1)[0].strip("[]") or "0.0.0.0"
+
+
+def _metrics_host(args: argparse.Namespace) -> str:
+    return args.metrics_addr or _host(args.listen)
 
 
 def _serve_forever(coro) -> int:
@@ -57,7 +73,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     if args.threads:
         torch.set_num_threads(args.threads)
-    serve_metrics(args.metrics_port)
+    serve_metrics(args.metrics_port, _metrics_host(args))
     opts = WorkerOptions(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, state_ttl_s=args.state_ttl_s)
     run = RunDir(args.run_dir)
     return _serve_forever(
@@ -67,9 +83,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
             args.listen,
             opts,
             pick_device(args.device),
-            args.token,
+            _token(args),
             _tls(args),
             debug_rpcs=args.debug_rpcs,
+            grace_s=args.grace_s,
         )
     )
 
@@ -82,7 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from distree.runtime.security import TLSFiles
 
     setup_logging(args.log_level)
-    serve_metrics(args.metrics_port)
+    serve_metrics(args.metrics_port, _metrics_host(args))
     opts = CoordinatorOptions(
         mode=args.mode,
         policy=args.policy,
@@ -94,7 +111,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     worker_tls = TLSFiles(args.worker_tls_cert, args.worker_tls_key, args.worker_tls_ca)
     workers = [w.strip() for w in args.workers.split(",") if w.strip()]
     return _serve_forever(
-        serve_coordinator(RunDir(args.run_dir), workers, args.listen, opts, args.token, _tls(args), worker_tls)
+        serve_coordinator(
+            RunDir(args.run_dir), workers, args.listen, opts, _token(args), _tls(args), worker_tls, grace_s=args.grace_s
+        )
     )
 
 
@@ -109,7 +128,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         args.server,
         test.images[:n],
         test.labels[:n],
-        token=args.token,
+        token=_token(args),
         tls=_tls(args),
         concurrency=args.concurrency,
         deadline_ms=args.deadline_ms,
@@ -127,6 +146,28 @@ def cmd_infer(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """The gRPC health check, for container probes: 0 serving, 1 not serving, 2 unreachable."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    tls = _tls(args)
+    channel = (
+        grpc.secure_channel(args.address, tls.channel_credentials())
+        if tls.enabled
+        else grpc.insecure_channel(args.address)
+    )
+    with channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=args.timeout_s)
+        except grpc.RpcError as err:
+            print(f"{args.address}: unreachable ({err.code().name})")
+            return 2
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{args.address}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -233,6 +274,12 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument(
+        "--metrics-addr", help="host the metrics listen on (default: the --listen host, so loopback stays loopback)"
+    )
+    p.add_argument(
+        "--grace-s", type=float, default=5.0, help="on SIGTERM/SIGINT: time calls in flight get to finish (default 5)"
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument(
         "--debug-rpcs",
@@ -254,7 +301,13 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.add_argument(
         "--min-group-inputs", type=int, default=32, help="inputs a group needs to start while other groups run"
     )
-    p.add_argument("--metrics-port", type=int)
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument(
+        "--metrics-addr", help="host the metrics listen on (default: the --listen host, so loopback stays loopback)"
+    )
+    p.add_argument(
+        "--grace-s", type=float, default=5.0, help="on SIGTERM/SIGINT: time calls in flight get to finish (default 5)"
+    )
     p.add_argument("--log-level", default="info")
     _tls_args(p, "coordinator")
     p.add_argument("--worker-tls-cert", type=Path, help="client certificate towards workers (mutual TLS)")
@@ -287,3 +340,13 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--json", help="write the results to this file")
     p.set_defaults(func=cmd_demo, tls_cert=None, tls_key=None, tls_ca=None)
+
+    p = sub.add_parser(
+        "health", help="ask a worker or coordinator whether it serves (exit 0 serving, 1 not serving, 2 unreachable)"
+    )
+    p.add_argument("address", help="HOST:PORT")
+    p.add_argument("--timeout-s", type=float, default=3.0)
+    p.add_argument("--tls-ca", type=Path, help="PEM CA of a TLS server")
+    p.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
+    p.add_argument("--tls-key", type=Path)
+    p.set_defaults(func=cmd_health)

@@ -90,8 +90,10 @@ class LocalCluster:
         if self.log_dir:
             out = open(self.log_dir / f"{name}.log", "a")  # noqa: SIM115 - closed in stop()
             self._logs.append(out)
-        cmd = [*prefix, sys.executable, "-m", "distree", *args] + (["--token", self.token] if self.token else [])
+        cmd = [*prefix, sys.executable, "-m", "distree", *args]
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("DISTREE_WORKER_THREADS", "1"))
+        if self.token:  # through the environment: an argument would show in ps
+            env["DISTREE_TOKEN"] = self.token
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.procs[name] = proc
         return proc

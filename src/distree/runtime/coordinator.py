@@ -26,7 +26,7 @@ from distree.policies.calibration_file import thresholds_for
 from distree.run import RunDir
 from distree.runtime import metrics
 from distree.runtime.batching import RowQueue
-from distree.runtime.health import SERVING, set_health, start_server
+from distree.runtime.health import NOT_SERVING, SERVING, serve_until_stopped, set_health, start_server
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
 from distree.runtime.security import TLSFiles
@@ -150,6 +150,9 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         n = self.student.num_branches
         if len(workers) != n:
             raise ValueError(f"{run.path} has {n} branches but {len(workers)} worker addresses were given")
+        twice = sorted({a for a in workers if workers.count(a) > 1})
+        if twice:
+            raise ValueError(f"worker addresses given more than once: {', '.join(twice)} (one address per branch)")
         backoff = LinkOptions(options.retry_initial_s, options.retry_max_s)
         self.links = [WorkerLink(a, i, tls, token, backoff) for i, a in enumerate(workers)]
         self._queue: RowQueue[_Call] = RowQueue()
@@ -158,11 +161,14 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         self._admission = asyncio.Event()  # a call arrived or a group ended
 
     async def watch_workers(self) -> None:
-        """Probe workers that are down, each on its back-off schedule."""
+        """Probe workers that are down, each on its back-off schedule, and health-check the
+        ones in use every ``CHECK_INTERVAL_S``: a worker that died or drains between
+        requests is known before the next request needs it."""
         while True:
             now = time.monotonic()
             await asyncio.gather(
-                *(w.probe(self.student.num_exits) for w in self.links if not w.up and now >= w.next_try)
+                *(w.probe(self.student.num_exits) for w in self.links if not w.up and now >= w.next_try),
+                *(w.check() for w in self.links if w.up and now >= w.next_check),
             )
             await asyncio.sleep(0.05)
 
@@ -368,22 +374,32 @@ async def serve_coordinator(
     token: str | None = None,
     tls: TLSFiles = TLSFiles(),
     worker_tls: TLSFiles = TLSFiles(),
+    grace_s: float = 5.0,
 ) -> None:
-    """Serve until cancelled; SERVING once at least one worker is usable."""
+    """Serve until stopped (``serve_until_stopped``); SERVING while at least one worker is
+    usable, NOT_SERVING while none is."""
     coord = Coordinator(run, workers, options, worker_tls, token)
     server, health_servicer, port = await start_server(
         lambda srv: pb_grpc.add_CoordinatorServicer_to_server(coord, srv), listen, token, tls
     )
-    watcher = asyncio.ensure_future(coord.watch_workers())
-    admission = asyncio.ensure_future(coord.admit())
+
+    async def track_health() -> None:
+        serving = False
+        while True:
+            up = sum(w.up for w in coord.links)
+            if bool(up) != serving:
+                serving = bool(up)
+                await set_health(health_servicer, SERVING if serving else NOT_SERVING)
+                if serving:
+                    log.info("serving", extra={"workers_up": up})
+                else:
+                    log.warning("not serving: no worker is up")
+            await asyncio.sleep(0.05)
+
+    tasks = [asyncio.ensure_future(t) for t in (coord.watch_workers(), coord.admit(), track_health())]
     log.info("listening", extra={"address": listen, "port": port, "mode": options.mode, "policy": options.policy})
     try:
-        while not any(w.up for w in coord.links):
-            await asyncio.sleep(0.05)
-        await set_health(health_servicer, SERVING)
-        log.info("serving", extra={"workers_up": sum(w.up for w in coord.links)})
-        await server.wait_for_termination()
+        await serve_until_stopped(server, health_servicer, grace_s, log)
     finally:
-        watcher.cancel()
-        admission.cancel()
-        await server.stop(grace=1)
+        for t in tasks:
+            t.cancel()

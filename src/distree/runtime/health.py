@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
 from collections.abc import Callable
 
 from grpc import aio
@@ -14,7 +17,7 @@ HealthServicer = health.aio.HealthServicer
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
-__all__ = ["NOT_SERVING", "SERVING", "HealthServicer", "set_health", "start_server"]
+__all__ = ["NOT_SERVING", "SERVING", "HealthServicer", "serve_until_stopped", "set_health", "start_server"]
 
 
 async def set_health(servicer: HealthServicer, status: int) -> None:
@@ -35,3 +38,30 @@ async def start_server(
     port = add_port(server, listen, tls)
     await server.start()
     return server, health_servicer, port
+
+
+async def serve_until_stopped(
+    server: aio.Server, health_servicer: HealthServicer, grace_s: float, log: logging.Logger
+) -> None:
+    """Serve until SIGTERM or SIGINT (what ``docker stop``, systemd and Ctrl-C send) or until
+    cancelled; then drain: NOT_SERVING first, so load balancers stop sending, then the calls
+    in flight get up to ``grace_s`` to finish, then log ``stopped``."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    handled = []
+    for sig in signals:
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread: cancellation only
+            pass
+    try:
+        await stop.wait()
+        log.info("stopping", extra={"grace_s": grace_s})
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+        await set_health(health_servicer, NOT_SERVING)
+        await server.stop(grace=grace_s)
+        log.info("stopped")

@@ -39,7 +39,11 @@ WORKER_FAILURES = Counter("distree_worker_failures_total", "Stage calls a worker
 WORKER_UP = Gauge("distree_worker_up", "1 when the coordinator uses the worker", ["branch"])
 
 
-def serve_metrics(port: int | None) -> None:
-    """Expose this process's metrics on ``port`` (nothing when None)."""
-    if port is not None:
-        start_http_server(port)
+def serve_metrics(port: int | None, host: str = "127.0.0.1") -> None:
+    """Expose this process's metrics on ``host:port`` (nothing when ``port`` is None)."""
+    if port is None:
+        return
+    try:
+        start_http_server(port, addr=host)
+    except OSError as err:
+        raise OSError(f"cannot serve metrics on {host}:{port}: {err.strerror}") from None

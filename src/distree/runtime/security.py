@@ -103,22 +103,58 @@ def message_options() -> list[tuple[str, int]]:
 def make_server(token: str | None) -> aio.Server:
     """An asyncio gRPC server with size limits and (optionally) token checking."""
     interceptors = [TokenInterceptor(token)] if token else []
-    return aio.server(interceptors=interceptors, options=message_options())
+    # Without SO_REUSEPORT a second server on a port in use fails to start, instead of
+    # silently sharing the port (and the traffic) with the first.
+    return aio.server(interceptors=interceptors, options=[*message_options(), ("grpc.so_reuseport", 0)])
 
 
 def add_port(server: aio.Server, address: str, tls: TLSFiles) -> int:
     """Listen on ``address`` (TLS when configured); returns the bound port."""
-    port = (
-        server.add_secure_port(address, tls.server_credentials()) if tls.enabled else server.add_insecure_port(address)
-    )
+    try:
+        port = (
+            server.add_secure_port(address, tls.server_credentials())
+            if tls.enabled
+            else server.add_insecure_port(address)
+        )
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise OSError(f"cannot listen on {address}: the port is in use or the address is not this machine's")
     return port
 
 
-def make_channel(address: str, tls: TLSFiles) -> aio.Channel:
-    """An asyncio channel with the same size limits (TLS when configured)."""
-    opts = message_options()
+def make_channel(address: str, tls: TLSFiles, reconnect_s: tuple[float, float] = (0.2, 5.0)) -> aio.Channel:
+    """An asyncio channel with the same size limits (TLS when configured), reconnecting
+    after ``reconnect_s`` (first, most) seconds: gRPC's own default waits up to 120 s, so
+    a restarted peer would stay unused that long."""
+    first, most = (int(s * 1000) for s in reconnect_s)
+    opts = [
+        *message_options(),
+        ("grpc.initial_reconnect_backoff_ms", first),
+        ("grpc.min_reconnect_backoff_ms", first),
+        ("grpc.max_reconnect_backoff_ms", most),
+    ]
     if tls.enabled:
         return aio.secure_channel(address, tls.channel_credentials(), options=opts)
     return aio.insecure_channel(address, options=opts)
+
+
+TOKEN_ENV = "DISTREE_TOKEN"
+
+
+def resolve_token(flag: str | None, file: Path | None) -> str | None:
+    """The shared token from ``--token``, ``--token-file`` or ``$DISTREE_TOKEN`` (in that
+    order); None for none. A file or the environment keeps it out of ``ps``."""
+    import os
+
+    if flag and file:
+        raise ValueError("give the token with --token or --token-file, not both")
+    if file is not None:
+        try:
+            token = file.read_text().strip()
+        except OSError as err:
+            raise ValueError(f"--token-file {file}: {err.strerror}") from None
+        if not token:
+            raise ValueError(f"--token-file {file} is empty")
+        return token
+    return flag or os.environ.get(TOKEN_ENV) or None

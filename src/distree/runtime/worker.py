@@ -17,7 +17,7 @@ import torch
 
 from distree.run import RunDir
 from distree.runtime import metrics
-from distree.runtime.health import SERVING, set_health, start_server
+from distree.runtime.health import SERVING, serve_until_stopped, set_health, start_server
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
 from distree.runtime.security import TLSFiles
@@ -270,6 +270,7 @@ async def serve_worker(
     tls: TLSFiles = TLSFiles(),
     ready: asyncio.Event | None = None,
     debug_rpcs: bool = False,
+    grace_s: float = 5.0,
 ) -> None:
     """Serve until cancelled; health is NOT_SERVING until the weights are loaded and warm.
     ``debug_rpcs`` adds the WorkerDebug service."""
@@ -290,7 +291,6 @@ async def serve_worker(
     if ready is not None:
         ready.set()
     try:
-        await server.wait_for_termination()
+        await serve_until_stopped(server, health_servicer, grace_s, log)
     finally:
         worker.stop()
-        await server.stop(grace=1)

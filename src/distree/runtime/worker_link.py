@@ -32,6 +32,10 @@ class SessionEnded(RuntimeError):
     """The stream to a worker ended before a batch was answered."""
 
 
+class _Refused(RuntimeError):
+    """A reachable worker that is not the one this link is for."""
+
+
 @dataclass(frozen=True)
 class LinkOptions:
     """Retry back-off of a worker that failed."""
@@ -41,6 +45,8 @@ class LinkOptions:
 
 
 _Key = tuple[str, int]  # (request id, stage): what a reply answers
+
+CHECK_INTERVAL_S = 1.0  # health checks of a worker in use
 
 
 class _Session:
@@ -125,8 +131,8 @@ class WorkerLink:
 
     def __init__(self, address: str, position: int, tls: TLSFiles, token: str | None, opts: LinkOptions):
         self.address = address
-        self.branch = position  # confirmed by Info once reachable
-        self.channel = make_channel(address, tls)
+        self.branch = position  # the worker must serve this branch (checked by Info)
+        self.channel = make_channel(address, tls, (opts.retry_initial_s, opts.retry_max_s))
         self.stub = pb_grpc.WorkerStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.metadata = call_metadata(token)
@@ -134,6 +140,7 @@ class WorkerLink:
         self._opts = opts
         self._backoff = opts.retry_initial_s
         self.next_try = 0.0
+        self.next_check = 0.0
         self._session: _Session | None = None
         self._pending: list[tuple[pb.StageRequest, dict[_Key, asyncio.Future]]] = []
         self._drops: list[str] = []
@@ -194,6 +201,17 @@ class WorkerLink:
         self.next_try = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, self._opts.retry_max_s)
 
+    async def check(self) -> None:
+        """Health-check a worker in use; one that does not say SERVING is down."""
+        self.next_check = time.monotonic() + CHECK_INTERVAL_S
+        try:
+            h = await self.health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+        except grpc.aio.AioRpcError as err:
+            self.failed(f"health check failed: {err.code().name}")
+            return
+        if h.status != health_pb2.HealthCheckResponse.SERVING and self.up:
+            self.failed("the worker says it is not serving (draining or loading)")
+
     async def probe(self, num_stages: int) -> None:
         """Health-check a worker that is down; use it again once it serves."""
         try:
@@ -202,9 +220,19 @@ class WorkerLink:
                 raise RuntimeError("not serving yet")
             info = await self.stub.Info(pb.InfoRequest(), timeout=1.0, metadata=self.metadata)
             if info.num_stages != num_stages:
-                raise RuntimeError(f"worker has {info.num_stages} stages, the model {num_stages}")
-            self.branch = info.branch
+                raise _Refused(f"worker has {info.num_stages} stages, the model {num_stages}")
+            if info.branch != self.branch:
+                raise _Refused(
+                    f"worker serves branch {info.branch}, but this address is given for branch {self.branch}"
+                )
+        except _Refused as err:
+            # A misconfigured cluster: said once per back-off, loudly, with the address.
+            log.error("worker refused", extra={"branch": self.branch, "address": self.address, "why": str(err)})
+            self.failed(str(err))
+            return
         except (grpc.aio.AioRpcError, RuntimeError) as err:
+            if isinstance(err, grpc.aio.AioRpcError) and err.code() == grpc.StatusCode.UNAUTHENTICATED:
+                log.error("worker rejected the token", extra={"branch": self.branch, "address": self.address})
             self.failed(str(err.details() if isinstance(err, grpc.aio.AioRpcError) else err))
             return
         self.up = True

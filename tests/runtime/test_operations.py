@@ -1,0 +1,131 @@
+"""Operating a cluster: ports, misassigned workers, truthful health, clean shutdown,
+secrets and the health command, with real processes on loopback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+from conftest import RUNTIME_BRANCHES
+
+from distree.cli.main import main
+from distree.devtools.cluster import LocalCluster, free_port
+from distree.runtime.client import DistreeClient
+from distree.runtime.proto import distree_pb2 as pb
+from distree.runtime.proto import distree_pb2_grpc as pb_grpc
+from distree.runtime.security import call_metadata
+
+
+def _health(address: str) -> int:
+    return subprocess.run([sys.executable, "-m", "distree", "health", address], capture_output=True).returncode
+
+
+def _until(predicate, timeout_s: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_worker_on_a_taken_port_fails_to_start(trained, tmp_path):
+    run, _ = trained
+    with LocalCluster(run.path, log_dir=tmp_path) as cluster:
+        port = free_port()
+        cluster.start_worker(0, port=port)
+        # (Its health check would reach the first worker: wait for the process itself.)
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "distree",
+                "worker",
+                str(run.path),
+                "--branch",
+                "1",
+                "--listen",
+                f"127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert second.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in second.stderr
+
+
+def test_workers_given_twice_or_for_another_branch_are_refused(trained, tmp_path, capsys):
+    run, splits = trained
+    with LocalCluster(run.path, log_dir=tmp_path) as cluster:
+        w = cluster.start_workers(RUNTIME_BRANCHES)
+        assert main(["serve", str(run.path), "--workers", f"{w[0]},{w[0]},{w[2]}", "--listen", "127.0.0.1:0"]) == 2
+        assert "given more than once" in capsys.readouterr().err
+        # Branches 0 and 1 swapped: both refused, loudly; branch 2 answers alone.
+        cluster.worker_addresses = [w[1], w[0], w[2]]
+        coord = cluster.start_coordinator()
+        with DistreeClient(coord) as client:
+            answers = client.infer(splits.test.images[:4])
+    assert all(a.branches == [2] for a in answers)
+    log = (tmp_path / "coordinator.log").read_text()
+    assert "worker refused" in log and "serves branch 1, but this address is given for branch 0" in log
+
+
+def test_health_tells_the_truth_and_sigterm_drains(trained, tmp_path):
+    run, _ = trained
+    assert _health(f"127.0.0.1:{free_port()}") == 2
+    with LocalCluster(run.path, log_dir=tmp_path) as cluster:
+        workers = cluster.start_workers(RUNTIME_BRANCHES)
+        coord = cluster.start_coordinator()
+        assert _health(coord) == 0 and _health(workers[0]) == 0
+        for b in range(RUNTIME_BRANCHES):
+            cluster.kill(f"worker{b}")
+        assert _until(lambda: _health(coord) == 1), "the coordinator should say NOT_SERVING with no worker up"
+        cluster.start_worker(0, port=int(workers[0].rsplit(":", 1)[1]))
+        assert _until(lambda: _health(coord) == 0), "...and SERVING again once one is back"
+        for name in ("coordinator", "worker0"):
+            proc = cluster.procs[name]
+            proc.terminate()  # SIGTERM, as docker stop and systemd send
+            assert proc.wait(timeout=15) == 0
+    for name in ("coordinator", "worker0"):
+        log = (tmp_path / f"{name}.log").read_text()
+        assert '"msg": "stopping"' in log and '"msg": "stopped"' in log
+
+
+def test_a_token_file_keeps_the_secret_off_the_command_line(trained, tmp_path):
+    run, _ = trained
+    secret = tmp_path / "token"
+    secret.write_text("s3cret\n")
+    with LocalCluster(run.path, log_dir=tmp_path) as cluster:
+        address = cluster.start_worker(0, extra=["--token-file", str(secret)])
+        assert "s3cret" not in " ".join(cluster.procs["worker0"].args)
+        with grpc.insecure_channel(address) as ch:
+            stub = pb_grpc.WorkerStub(ch)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Info(pb.InfoRequest(), timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert stub.Info(pb.InfoRequest(), timeout=5, metadata=call_metadata("s3cret")).branch == 0
+
+
+def _listening(port: int) -> set[str]:
+    """Local addresses (hex, as /proc/net/tcp writes them) listening on ``port``."""
+    out = set()
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        if state == "0A" and int(local.split(":")[1], 16) == port:
+            out.add(local.split(":")[0])
+    return out
+
+
+def test_metrics_listen_where_the_service_does_and_a_taken_port_is_one_line(trained, tmp_path):
+    run, _ = trained
+    port = free_port()
+    with LocalCluster(run.path, log_dir=tmp_path) as cluster:
+        cluster.start_worker(0, extra=["--metrics-port", str(port)])
+        assert _listening(port) == {"0100007F"}  # 127.0.0.1, not 0.0.0.0
+        with pytest.raises(RuntimeError, match="exited with status 2"):
+            cluster.start_worker(1, extra=["--metrics-port", str(port)])
+    log = (tmp_path / "worker1.log").read_text()
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in log and "Traceback" not in log
