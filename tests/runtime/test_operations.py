@@ -129,3 +129,20 @@ def test_metrics_listen_where_the_service_does_and_a_taken_port_is_one_line(trai
             cluster.start_worker(1, extra=["--metrics-port", str(port)])
     log = (tmp_path / "worker1.log").read_text()
     assert f"cannot serve metrics on 127.0.0.1:{port}" in log and "Traceback" not in log
+
+
+def test_a_worker_refuses_state_past_its_limits(trained, tmp_path):
+    run, splits = trained
+    image = splits.test.images[:1]
+    tensor = pb.Tensor(dtype="uint8", shape=list(image.shape), data=image.numpy().tobytes())
+    with LocalCluster(run.path, log_dir=tmp_path) as cluster:
+        address = cluster.start_worker(0, extra=["--debug-rpcs", "--max-states", "2"])
+        with grpc.insecure_channel(address) as ch:
+            stub = pb_grpc.WorkerDebugStub(ch)
+            for rid in ("a", "b"):
+                stub.RunStage(pb.StageRequest(request_id=rid, stage=0, input=tensor), timeout=5)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.RunStage(pb.StageRequest(request_id="c", stage=0, input=tensor), timeout=5)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-states" in err.value.details()
+            stub.Drop(pb.DropRequest(request_id="a"), timeout=5)
+            stub.RunStage(pb.StageRequest(request_id="c", stage=0, input=tensor), timeout=5)  # room again

@@ -74,7 +74,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     serve_metrics(args.metrics_port, _metrics_host(args))
-    opts = WorkerOptions(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, state_ttl_s=args.state_ttl_s)
+    opts = WorkerOptions(
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        state_ttl_s=args.state_ttl_s,
+        max_states=args.max_states,
+        max_state_mib=args.max_state_mib,
+    )
     run = RunDir(args.run_dir)
     return _serve_forever(
         serve_worker(
@@ -271,6 +277,15 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.add_argument("--max-batch", type=int, default=128, help="most inputs batched into one stage's forward pass")
     p.add_argument("--max-wait-ms", type=float, default=0.0, help="extra wait to fill a batch (0: what is queued)")
     p.add_argument("--state-ttl-s", type=float, default=30.0, help="drop a request's state after this silence")
+    p.add_argument(
+        "--max-states", type=int, default=4096, help="requests holding state at once; more: RESOURCE_EXHAUSTED"
+    )
+    p.add_argument(
+        "--max-state-mib",
+        type=float,
+        default=1024.0,
+        help="MiB of request state held at once; more is refused",
+    )
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")

@@ -30,12 +30,19 @@ class RequestState:
     touched: float = field(default_factory=time.monotonic)
 
 
-class StateStore:
-    """Request states by request id, with their time-to-live."""
+class StoreFull(RuntimeError):
+    """A new request would pass the store's limits."""
 
-    def __init__(self, label: str, ttl_s: float):
+
+class StateStore:
+    """Request states by request id, with their time-to-live and limits on how many are
+    held and how many bytes their feature maps take."""
+
+    def __init__(self, label: str, ttl_s: float, max_states: int = 4096, max_bytes: int = 1 << 30):
         self.label = label
         self.ttl_s = ttl_s
+        self.max_states = max_states
+        self.max_bytes = max_bytes
         self._states: dict[str, RequestState] = {}
         self.dropped = 0
         self.expired = 0
@@ -51,8 +58,21 @@ class StateStore:
         """The request's state, or None."""
         return self._states.get(request_id)
 
+    @property
+    def bytes(self) -> int:
+        """Bytes of every held feature map."""
+        return sum(s.activation.nbytes for s in self._states.values())
+
     def put(self, request_id: str, state: RequestState) -> None:
-        """Hold a new request's state."""
+        """Hold a new request's state; StoreFull when that would pass a limit."""
+        if len(self._states) >= self.max_states:
+            raise StoreFull(f"this worker holds {len(self._states)} requests, its limit (--max-states)")
+        held = self.bytes
+        if held + state.activation.nbytes > self.max_bytes:
+            raise StoreFull(
+                f"this worker holds {held / 2**20:.0f} MiB of request state; this request would pass its limit "
+                f"of {self.max_bytes / 2**20:.0f} MiB (--max-state-mib)"
+            )
         self._states[request_id] = state
         metrics.ACTIVE_STATES.labels(self.label).set(len(self._states))
 

@@ -22,7 +22,7 @@ from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
 from distree.runtime.security import TLSFiles
 from distree.runtime.stage_runner import StageRunner
-from distree.runtime.state_store import BUSY, RequestState, StateStore
+from distree.runtime.state_store import BUSY, RequestState, StateStore, StoreFull
 from distree.runtime.tensors import InvalidTensor, from_proto, to_proto
 
 log = logging.getLogger("distree.worker")
@@ -57,6 +57,14 @@ class WorkerOptions:
     max_batch: int = 128  # most inputs (rows) in one forward pass
     max_wait_ms: float = 0.0
     state_ttl_s: float = 30.0
+    max_states: int = 4096  # requests holding state at once
+    max_state_mib: float = 1024.0  # their feature maps' bytes
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.max_states < 1:
+            raise ValueError("--max-batch and --max-states must be at least 1")
+        if not (self.max_wait_ms >= 0 and self.state_ttl_s > 0 and self.max_state_mib > 0):
+            raise ValueError("--max-wait-ms must be >= 0, --state-ttl-s and --max-state-mib positive")
 
 
 class BranchWorker(pb_grpc.WorkerServicer):
@@ -65,7 +73,9 @@ class BranchWorker(pb_grpc.WorkerServicer):
 
     def __init__(self, run: RunDir, branch: int, options: WorkerOptions, device: torch.device):
         self.runner = StageRunner(run, branch, device, options.max_batch, options.max_wait_ms)
-        self.states = StateStore(str(branch), options.state_ttl_s)
+        self.states = StateStore(
+            str(branch), options.state_ttl_s, options.max_states, int(options.max_state_mib * 2**20)
+        )
         self.branch_index = branch
         self.label = str(branch)
         self.ready = False
@@ -107,7 +117,10 @@ class BranchWorker(pb_grpc.WorkerServicer):
                 raise StageError(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
             if x.shape[0] > MAX_ROWS:
                 raise StageError(grpc.StatusCode.INVALID_ARGUMENT, f"input: at most {MAX_ROWS} rows per request")
-            self.states.put(rid, RequestState(0, x, session))
+            try:
+                self.states.put(rid, RequestState(0, x, session))
+            except StoreFull as err:
+                raise StageError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err)) from None
         state = self.states.get(rid)
         if state is None:
             raise StageError(grpc.StatusCode.FAILED_PRECONDITION, f"no state for request {rid} (dropped or expired)")
