@@ -21,7 +21,7 @@ from distree.config import RunConfig, parse_config
 from distree.data.augment import Normalization
 from distree.models import DistrEEStudent, WideResNet
 from distree.policies.calibration_file import CalibrationFile
-from distree.weights import atomic_write_text, load_weights
+from distree.weights import atomic_write_text, fingerprint, load_weights
 
 
 class DataInfo(BaseModel):
@@ -84,6 +84,12 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.meta_file, json.dumps(meta.model_dump(mode="json"), indent=2) + "\n")
         self._meta = meta
+
+    def branch_fingerprint(self, branch: int) -> str:
+        """What identifies branch ``branch`` of this run's student: its architecture and
+        weights (a worker reports it; the coordinator refuses a worker whose differs)."""
+        arch = self.meta.config.student.model_dump_json(include={"branches", "exits"}).encode()
+        return fingerprint(self.student_file, f"branches.{branch}.", salt=arch + str(branch).encode())
 
     def read_calibration(self) -> CalibrationFile | None:
         """Parse calibration.json (None when the run is not calibrated), naming a bad field."""

@@ -6,9 +6,11 @@ coordinator the exit heads, training and evaluation whole models.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -47,3 +49,16 @@ def load_weights(module: nn.Module, path: Path, prefix: str = "") -> None:
             f"unexpected {sorted(unexpected)[:5]}); was the run made with another config?"
         )
     module.load_state_dict(state, strict=True)
+
+
+def fingerprint(path: Path, prefix: str = "", salt: bytes = b"") -> str:
+    """A short hash of the tensors under ``prefix`` in a safetensors file (names, dtypes,
+    shapes and values) and of ``salt``: the same weights give the same fingerprint on any
+    machine, any other weights a different one."""
+    h = hashlib.sha256(salt)
+    with safe_open(str(path), framework="pt") as f:
+        for k in sorted(k for k in f.keys() if k.startswith(prefix)):
+            t = f.get_tensor(k).contiguous()
+            h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]

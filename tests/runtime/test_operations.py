@@ -146,3 +146,31 @@ def test_a_worker_refuses_state_past_its_limits(trained, tmp_path):
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-states" in err.value.details()
             stub.Drop(pb.DropRequest(request_id="a"), timeout=5)
             stub.RunStage(pb.StageRequest(request_id="c", stage=0, input=tensor), timeout=5)  # room again
+
+
+def test_a_worker_with_other_weights_for_its_branch_is_refused(trained, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    run, splits = trained
+    other = tmp_path / "other-run"
+    shutil.copytree(run.path, other)
+    tensors = load_file(str(other / "student.safetensors"))
+    key = next(k for k in sorted(tensors) if k.startswith("branches.1.") and tensors[k].is_floating_point())
+    tensors[key] = tensors[key] + 0.01  # the same architecture, other weights
+    save_file(tensors, str(other / "student.safetensors"))
+    with LocalCluster(run.path, log_dir=tmp_path) as cluster:
+        w0, _, w2 = cluster.start_workers(RUNTIME_BRANCHES)
+        cluster.kill("worker1")
+        stranger = LocalCluster(other, log_dir=tmp_path / "other")
+        (tmp_path / "other").mkdir()
+        with stranger:
+            w1 = stranger.start_worker(1)
+            cluster.worker_addresses = [w0, w1, w2]
+            coord = cluster.start_coordinator()
+            with DistreeClient(coord) as client:
+                answers = client.infer(splits.test.images[:4])
+    assert all(a.branches == [0, 2] for a in answers)
+    log = (tmp_path / "coordinator.log").read_text()
+    assert "worker serves other weights for branch 1" in log

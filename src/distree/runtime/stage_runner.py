@@ -90,6 +90,7 @@ class StageRunner:
         )
         self.num_stages = self.model.num_stages
         self.stage_macs: list[int] = []  # per input, counted when the weights are loaded
+        self.fingerprint = ""  # of the weights loaded
         self.stages_run = 0  # inputs times stages, since the start
         self.macs_run = 0
         # One compute thread for the larger batches: torch already uses every core inside
@@ -101,6 +102,7 @@ class StageRunner:
         """Load this branch's weights (only its own) and run every stage once, so the
         first request does not pay for initialisation."""
         load_weights(self.model, self.run_dir.student_file, prefix=f"branches.{self.branch}.")
+        self.fingerprint = self.run_dir.branch_fingerprint(self.branch)
         self.model.eval().to(self.device, memory_format=torch.channels_last)
         with torch.no_grad():
             h = self.norm(torch.zeros((1, *self.input_shape), dtype=torch.uint8, device=self.device))

@@ -247,6 +247,7 @@ class BranchWorker(pb_grpc.WorkerServicer):
             states_dropped=self.states.dropped,
             states_expired=self.states.expired,
             active_states=len(self.states),
+            fingerprint=self.runner.fingerprint,
         )
 
 

@@ -129,9 +129,12 @@ class _Session:
 class WorkerLink:
     """One connection to one worker, with its health and retry back-off."""
 
-    def __init__(self, address: str, position: int, tls: TLSFiles, token: str | None, opts: LinkOptions):
+    def __init__(
+        self, address: str, position: int, tls: TLSFiles, token: str | None, opts: LinkOptions, fingerprint: str = ""
+    ):
         self.address = address
         self.branch = position  # the worker must serve this branch (checked by Info)
+        self.fingerprint = fingerprint  # ...with these weights (checked by Info when given)
         self.channel = make_channel(address, tls, (opts.retry_initial_s, opts.retry_max_s))
         self.stub = pb_grpc.WorkerStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
@@ -224,6 +227,11 @@ class WorkerLink:
             if info.branch != self.branch:
                 raise _Refused(
                     f"worker serves branch {info.branch}, but this address is given for branch {self.branch}"
+                )
+            if self.fingerprint and info.fingerprint != self.fingerprint:
+                raise _Refused(
+                    f"worker serves other weights for branch {self.branch} (fingerprint {info.fingerprint or 'none'}, "
+                    f"the coordinator's run has {self.fingerprint}): is it another run directory?"
                 )
         except _Refused as err:
             # A misconfigured cluster: said once per back-off, loudly, with the address.
