@@ -202,3 +202,63 @@ def test_format_override(tmp_path):
     assert detect_format(root) == "idx"
     with pytest.raises(DataError):
         load_raw(root, fmt="npz", use_cache=False)
+
+
+# --- files that must give one-line errors ----------------------------------------------
+def test_a_link_loop_in_an_image_folder_is_named(image_folder):
+    loop = image_folder / "train" / "class0" / "loop.png"
+    loop.symlink_to(loop)
+    with pytest.raises(DataError, match="cannot read .*loop.png"):
+        load_raw(image_folder, use_cache=False)
+
+
+def test_a_decompression_bomb_is_refused(image_folder):
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    png = bytearray(buf.getvalue())
+    ihdr = bytes(png[12:16]) + (20000).to_bytes(4, "big") * 2 + bytes(png[24:29])  # claims 20000 x 20000
+    png[16:24] = ihdr[4:12]
+    png[29:33] = zlib.crc32(ihdr).to_bytes(4, "big")
+    (image_folder / "train" / "class0" / "bomb.png").write_bytes(bytes(png))
+    with pytest.raises(DataError, match="bomb.png is too large to decode safely"):
+        load_raw(image_folder, use_cache=False)
+
+
+def test_an_empty_npz_file_is_named(tmp_path):
+    root = _write_npz(tmp_path / "npz", False)
+    (root / "tiny-train.npz").write_bytes(b"")
+    with pytest.raises(DataError, match="corrupt .npz file.*tiny-train"):
+        load_raw(root, use_cache=False)
+
+
+def test_float_npz_images_are_refused_with_what_to_do(tmp_path):
+    root = _write_npz(tmp_path / "npz", False)
+    with np.load(root / "tiny-train.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["images"] = arrays["images"].astype(np.float32) / 255
+    np.savez(root / "tiny-train.npz", **arrays)
+    with pytest.raises(DataError, match=r"images are float32.*\(x \* 255\)"):
+        load_raw(root, use_cache=False)
+
+
+def test_a_corrupt_label_byte_is_refused(tmp_path):
+    root = _write_idx(tmp_path / "idx", gz=False)
+    f = root / "train-labels-idx1-ubyte"
+    raw = bytearray(f.read_bytes())
+    raw[-1] = 250  # one label of four classes becomes class 250
+    f.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="labels run to 250 but 246 of 251 classes have no images"):
+        load_raw(root, use_cache=False)
+
+
+def test_a_damaged_cache_entry_is_rebuilt(image_folder):
+    from distree.data.cache import cache_root
+
+    first = load_raw(image_folder)[0]
+    (entry,) = (cache_root() / "decoded").glob("*.safetensors")
+    entry.write_bytes(b"not a safetensors file")
+    again = load_raw(image_folder)[0]
+    assert torch.equal(again.images, first.images)
+    assert entry.read_bytes()[:8] != b"not a sa"  # written anew

@@ -41,8 +41,10 @@ def load_cached(key: str) -> tuple[ImageSet, ImageSet] | None:
             ImageSet(t["train_images"], t["train_labels"], classes),
             ImageSet(t["test_images"], t["test_labels"], classes),
         )
-    except (OSError, KeyError, ValueError):
-        return None  # a damaged cache entry is rebuilt
+    except Exception:  # noqa: BLE001 - whatever the damage (safetensors raises its own), rebuild
+        for f in (file, meta):
+            f.unlink(missing_ok=True)
+        return None
 
 
 def store(key: str, train: ImageSet, test: ImageSet) -> None:

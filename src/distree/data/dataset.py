@@ -11,6 +11,21 @@ class DataError(ValueError):
     """A data set is missing, malformed or inconsistent; the message says which file."""
 
 
+def classes_from_labels(labels: torch.Tensor, source: object) -> int:
+    """The class count of a format that stores no class list: max label + 1, with every
+    class present, since a class without images is most often one corrupt label (one byte
+    of an IDX label file turned 10 classes into 251)."""
+    n = int(labels.max()) + 1 if labels.numel() else 0
+    empty = (torch.bincount(labels, minlength=n) == 0).nonzero().flatten().tolist()
+    if empty:
+        shown = ", ".join(map(str, empty[:5])) + (" ..." if len(empty) > 5 else "")
+        raise DataError(
+            f"{source}: labels run to {n - 1} but {len(empty)} of {n} classes have no images ({shown}); "
+            "is a label corrupt?"
+        )
+    return n
+
+
 @dataclass(frozen=True)
 class ImageSet:
     """Images as uint8 (N, C, H, W), labels as int64 (N,), and the class names."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distree.data.dataset import DataError, ImageSet
+from distree.data.dataset import DataError, ImageSet, classes_from_labels
 
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -62,7 +62,7 @@ def load(path: Path) -> tuple[ImageSet, ImageSet]:
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise DataError(f"{path}: {split} images {x.shape} and labels {y.shape} do not match")
         out.append((torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64))))
-    n_classes = int(max(out[0][1].max(), out[1][1].max())) + 1
+    n_classes = classes_from_labels(torch.cat([out[0][1], out[1][1]]), path)
     classes = (
         FASHION_CLASSES if n_classes == 10 and "fashion" in str(path).lower() else [str(i) for i in range(n_classes)]
     )

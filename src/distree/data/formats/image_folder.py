@@ -30,6 +30,11 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
             if im.mode not in ("L", "RGB"):
                 im = im.convert("RGB")
             arr = np.asarray(im, dtype=np.uint8)
+    except Image.DecompressionBombError:
+        raise DataError(
+            f"image {name} is too large to decode safely (over {2 * Image.MAX_IMAGE_PIXELS} pixels); "
+            "is it an image of this data set?"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DataError(f"corrupt or unreadable image {name}: {err}") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
@@ -51,8 +56,17 @@ def stack_images(arrays: list[np.ndarray], names: list[str]) -> torch.Tensor:
 
 def decode_all(items: list[tuple[str, Callable[[], bytes]]]) -> torch.Tensor:
     """Decode (name, read-bytes) pairs in a few threads (PIL releases the GIL while decoding)."""
+
+    def one(item: tuple[str, Callable[[], bytes]]) -> np.ndarray:
+        name, read = item
+        try:
+            data = read()
+        except OSError as err:  # a dangling or looping link, a file without read permission
+            raise DataError(f"cannot read {name}: {err.strerror}") from None
+        return decode_image(data, name)
+
     with ThreadPoolExecutor(max_workers=4) as pool:
-        arrays = list(pool.map(lambda it: decode_image(it[1](), it[0]), items))
+        arrays = list(pool.map(one, items))
     return stack_images(arrays, [name for name, _ in items])
 
 
@@ -99,7 +113,10 @@ def fingerprint_files(path: Path) -> list[tuple[str, int, int]]:
             with os.scandir(d) as entries:
                 for e in entries:
                     if os.path.splitext(e.name)[1].lower() in EXTENSIONS:
-                        st = e.stat()
+                        try:
+                            st = e.stat()
+                        except OSError as err:
+                            raise DataError(f"cannot read {e.path}: {err.strerror}") from None
                         out.append((os.path.relpath(e.path, path), st.st_size, st.st_mtime_ns))
     out.sort()
     return out

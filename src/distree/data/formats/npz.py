@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distree.data.dataset import DataError, ImageSet
+from distree.data.dataset import DataError, ImageSet, classes_from_labels
 from distree.data.formats.image_folder import decode_all
 
 
@@ -36,6 +36,19 @@ def detect(path: Path) -> bool:
     return pair(path) is not None
 
 
+def _as_uint8(x: np.ndarray, file: Path) -> np.ndarray:
+    """Images as stored, if they are 0..255 integers; anything else is refused with what to do
+    (a cast would turn floats in [0, 1) into 0)."""
+    if x.dtype == np.uint8:
+        return x
+    if np.issubdtype(x.dtype, np.integer) and (x.size == 0 or (x.min() >= 0 and x.max() <= 255)):
+        return x.astype(np.uint8)
+    hint = (
+        " (scaled to [0, 1]? store (x * 255).round().astype(np.uint8))" if np.issubdtype(x.dtype, np.floating) else ""
+    )
+    raise DataError(f"{file}: images are {x.dtype}; distree reads uint8 images 0..255{hint}")
+
+
 def load_file(file: Path) -> ImageSet:
     """Read one packed split."""
     try:
@@ -46,6 +59,7 @@ def load_file(file: Path) -> ImageSet:
                 x = z["images"]
                 if x.ndim != 4:
                     raise DataError(f"{file}: images must be 4-D, got shape {x.shape}")
+                x = _as_uint8(x, file)
                 images = torch.from_numpy(np.ascontiguousarray(x if x.shape[1] in (1, 3) else x.transpose(0, 3, 1, 2)))
             else:
                 blob, off = z["jpeg"], z["offsets"]
@@ -56,10 +70,10 @@ def load_file(file: Path) -> ImageSet:
                     for i in range(len(labels))
                 ]
                 images = decode_all(items)
-    except (KeyError, ValueError, zipfile.BadZipFile, OSError) as err:
-        raise DataError(f"corrupt .npz file {file}: {err}") from None
+    except (KeyError, ValueError, zipfile.BadZipFile, OSError, EOFError) as err:
+        raise DataError(f"corrupt .npz file {file}: {err or 'empty file'}") from None
     if classes is None:
-        classes = [str(i) for i in range(int(labels.max()) + 1)]
+        classes = [str(i) for i in range(classes_from_labels(labels, file))]
     return ImageSet(images.to(torch.uint8), labels, classes)
 
 
