@@ -144,9 +144,14 @@ class RunConfig(_Strict):
     def with_epochs(self, epochs: int) -> RunConfig:
         """Return a copy with both training phases set to ``epochs`` epochs, validated as
         the same field in a file is (``--epochs 0`` is an error that names it)."""
-        data = self.model_dump()
-        data["teacher_optim"]["epochs"] = data["student_optim"]["epochs"] = epochs
-        return parse_config(RunConfig, data, "--epochs")
+
+        # Only epochs becomes set: what the config left unset stays unset (sized to the data).
+        def phase(optim: OptimConfig) -> OptimConfig:
+            return parse_config(OptimConfig, {**optim.model_dump(exclude_unset=True), "epochs": epochs}, "--epochs")
+
+        return self.model_copy(
+            update={"teacher_optim": phase(self.teacher_optim), "student_optim": phase(self.student_optim)}
+        )
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
