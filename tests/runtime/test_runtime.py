@@ -243,3 +243,16 @@ def test_debug_rpcs_are_served_only_when_asked(shared_cluster):
         with pytest.raises(grpc.RpcError) as err:
             pb_grpc.WorkerDebugStub(ch).Drop(pb.DropRequest(request_id="x"), timeout=5)
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_a_call_larger_than_a_group_is_answered_in_groups(trained, tmp_path):
+    run, splits = trained
+    preds, exits = _offline(run, splits, "conf-then-feature-diff")
+    with LocalCluster(run.path, log_dir=tmp_path) as cluster:
+        cluster.start_workers(N_BRANCHES)
+        coord = cluster.start_coordinator(extra=["--policy", "conf-then-feature-diff", "--max-group-inputs", "7"])
+        with DistreeClient(coord) as client:
+            answers = client.infer(splits.test.images)
+    assert [a.prediction for a in answers] == preds.tolist()
+    assert [a.exit for a in answers] == exits.tolist()
+    assert all(a.branches == [0, 1, 2] for a in answers)

@@ -339,14 +339,24 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         if request.deadline_ms < 0 or not math.isfinite(request.deadline_ms):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "deadline_ms must be a finite number >= 0")
         t0 = time.perf_counter()
-        call = _Call(images, t0, request.deadline_ms or math.inf, asyncio.get_running_loop().create_future())
-        self._queue.put(call, len(images))
+        # A large call goes in groups of at most max_group_inputs: no group's stage takes
+        # the workers past the stage deadline, and other calls' groups run in between.
+        loop = asyncio.get_running_loop()
+        deadline = request.deadline_ms or math.inf
+        calls = [
+            _Call(part, t0, deadline, loop.create_future()) for part in images.split(self.options.max_group_inputs)
+        ]
+        for call in calls:
+            self._queue.put(call, len(call.images))
         self._admission.set()
-        try:
-            results = await call.future
-        except NoBranchError as err:
+        parts = await asyncio.gather(*(c.future for c in calls), return_exceptions=True)
+        failed = next((p for p in parts if isinstance(p, BaseException)), None)
+        if isinstance(failed, NoBranchError):
             metrics.REQUESTS.labels("no-branch").inc(len(images))
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(failed))
+        if failed is not None:
+            raise failed
+        results = [r for part in parts for r in part]
         metrics.REQUESTS.labels("ok").inc(len(images))
         metrics.REQUEST_SECONDS.observe(time.perf_counter() - t0)
         return pb.InferReply(results=results)
