@@ -10,6 +10,7 @@ from PIL import Image
 from distree.config import RunConfig, StudentConfig, WideResNetConfig
 from distree.data import load_data
 from distree.evaluation.offline import calibrate_run
+from distree.policies.calibration_file import CalibrationTarget
 from distree.training.pipeline import train_run
 
 
@@ -80,14 +81,15 @@ def trained(tmp_path_factory):
     splits = load_data(str(data), val_fraction=0.2)
     cfg = tiny_run_config(epochs=2, branches=RUNTIME_BRANCHES)
     run = train_run(root / "run", splits, cfg, torch.device("cpu"), log=lambda m: None)
-    calibrate_run(run, splits, torch.device("cpu"), budget=0.6)
+    calibrate_run(run, splits, torch.device("cpu"), CalibrationTarget(budget=0.6, confidence=0.9))
     return run, splits
 
 
 def calibration_of(policies: dict[str, dict[int, list[float | None]]]):
     """A CalibrationFile holding only the given thresholds: {policy: {branches present: thresholds}};
     the largest count is the every-branch setting."""
-    from distree.policies.calibration_file import CalibrationFile, CalibrationTarget, FittedThresholds
+    from distree.policies.calibration import Calibration
+    from distree.policies.calibration_file import CalibrationFile, CalibrationTarget
 
     def fit(t):
         return {"thresholds": t, "accuracy": 0.0, "drop_pp": 0.0, "macs_per_sample": 0.0, "saving": 0.0}
@@ -95,6 +97,6 @@ def calibration_of(policies: dict[str, dict[int, list[float | None]]]):
     entries = {}
     for name, by_count in policies.items():
         top = max(by_count)
-        rest = {k: FittedThresholds(**fit(t), met=True, message="") for k, t in by_count.items() if k != top}
+        rest = {k: Calibration(**fit(t), met=True, message="") for k, t in by_count.items() if k != top}
         entries[name] = {**fit(by_count[top]), "met": True, "message": "", "by_present": rest}
     return CalibrationFile(target=CalibrationTarget(max_drop_pp=0.5), split="validation", samples=0, policies=entries)

@@ -8,7 +8,7 @@ from distree.evaluation.policies import branches_present_table, calibrate_polici
 from distree.inference.recorded import exit_costs, fuse_exits, fuse_random_subsets
 from distree.models import DistrEEStudent
 from distree.policies import decide_exits, exit_scores, make_policy
-from distree.policies.calibration_file import thresholds_for
+from distree.policies.calibration_file import CalibrationTarget, thresholds_for
 from distree.run import RunDir
 
 SHAPE = {"branches": 3, "exits": 3}
@@ -69,10 +69,10 @@ def _uneven_student():
 
 def test_each_count_is_calibrated_with_each_samples_own_branches_and_cost():
     model, vectors, labels = _uneven_student()
-    cal = calibrate_policies(model, vectors, labels, None, 0.8, ["max-prob"], confidence=None)
+    cal = calibrate_policies(model, vectors, labels, CalibrationTarget(budget=0.8), ["max-prob"])
     one = cal.policies["max-prob"].by_present[1]
     rec, subsets, which = fuse_random_subsets(model, vectors, 1)
-    exits = decide_exits(exit_scores(make_policy("max-prob"), rec), one.values)
+    exits = decide_exits(exit_scores(make_policy("max-prob"), rec), one.thresholds)
     own = [subsets[int(w)] for w in which]
     costs = [float(model.macs.exit_cumulative(int(e), s)) for e, s in zip(exits, own)]
     full = sum(float(model.macs.full(s)) for s in own) / len(own)

@@ -126,15 +126,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--confidence must be in [0, 1), got {args.confidence}")
     run, _, splits, device = _open_run(args)
     policies = [args.policy] if args.policy else None
-    cal = calibrate_run(
-        run,
-        splits,
-        device,
-        max_drop_pp=args.max_drop,
-        budget=args.budget,
-        policies=policies,
-        confidence=args.confidence or None,
-    )
+    from distree.policies.calibration_file import CalibrationTarget
+
+    target = CalibrationTarget(max_drop_pp=args.max_drop, budget=args.budget, confidence=args.confidence or None)
+    cal = calibrate_run(run, splits, device, target, policies)
     print(f"calibrated on {cal.samples} validation samples; saved to {run.calibration_file}")
     for name, c in cal.policies.items():
         status = ("ok: " if c.met else "NOT MET: ") + c.message

@@ -33,7 +33,7 @@ from distree.inference.recorded import (
 from distree.models import DistrEEStudent
 from distree.models.macs import count_macs
 from distree.policies import policy_names
-from distree.policies.calibration_file import CalibrationFile
+from distree.policies.calibration_file import CalibrationFile, CalibrationTarget
 from distree.run import RunDir
 
 
@@ -127,31 +127,28 @@ def fit_calibration(
     student: DistrEEStudent,
     splits: DataSplits,
     device: torch.device,
-    max_drop_pp: float | None = None,
-    budget: float | None = None,
+    target: CalibrationTarget,
     policies: list[str] | None = None,
-    confidence: float | None = DEFAULT_CONFIDENCE,
 ) -> CalibrationFile:
-    """Fit the policies' thresholds (default: every calibrated policy) on the validation split."""
+    """Fit the policies' thresholds (default: every calibrated policy) for ``target`` on the
+    validation split."""
     check_compatible(run, splits.val)
     meta = run.meta
     vectors = branch_vectors(student, splits.val.images, meta.data.normalization, meta.config.eval_batch_size, device)
     names = policies or policy_names(calibrated=True)
-    return calibrate_policies(student, vectors, splits.val.labels, max_drop_pp, budget, names, confidence)
+    return calibrate_policies(student, vectors, splits.val.labels, target, names)
 
 
 def calibrate_run(
     run: RunDir,
     splits: DataSplits,
     device: torch.device,
-    max_drop_pp: float | None = None,
-    budget: float | None = None,
+    target: CalibrationTarget,
     policies: list[str] | None = None,
-    confidence: float | None = DEFAULT_CONFIDENCE,
 ) -> CalibrationFile:
     """Fit the policies' thresholds on the validation split and save them in the run."""
     student = run.load_student().to(device)
-    cal = fit_calibration(run, student, splits, device, max_drop_pp, budget, policies, confidence)
+    cal = fit_calibration(run, student, splits, device, target, policies)
     saved = run.read_calibration()
     if saved is not None and (saved.target, saved.split, saved.samples) == (cal.target, cal.split, cal.samples):
         # Calibrating some policies keeps the others' thresholds for the same target.
@@ -179,7 +176,8 @@ def evaluate_policies(
     saved = run.read_calibration()
     in_memory = saved is None or any(p not in saved.policies for p in policy_names(calibrated=True))
     if in_memory:
-        saved = fit_calibration(run, student, splits, device, max_drop_pp=DEFAULT_MAX_DROP_PP)
+        target = CalibrationTarget(max_drop_pp=DEFAULT_MAX_DROP_PP, confidence=DEFAULT_CONFIDENCE)
+        saved = fit_calibration(run, student, splits, device, target)
     meta = run.meta
     bs, norm = meta.config.eval_batch_size, meta.data.normalization
     test_vec = test_vectors or branch_vectors(student, splits.test.images, norm, bs, device)

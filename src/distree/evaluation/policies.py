@@ -27,7 +27,6 @@ from distree.policies.calibration import (
 from distree.policies.calibration_file import (
     CalibrationFile,
     CalibrationTarget,
-    FittedThresholds,
     PolicyCalibration,
     thresholds_for,
 )
@@ -39,10 +38,8 @@ def calibrate_policies(
     model: DistrEEStudent,
     vectors: list[list[torch.Tensor]],
     val_labels: torch.Tensor,
-    max_drop_pp: float | None,
-    budget: float | None,
+    target: CalibrationTarget,
     policies: Sequence[str],
-    confidence: float | None = DEFAULT_CONFIDENCE,
 ) -> CalibrationFile:
     """Fit every calibrated policy in ``policies`` on the validation split's branch vectors.
 
@@ -51,7 +48,6 @@ def calibrate_policies(
     of the branches. The target is relative to full execution with the same branches, so
     it holds on average over which devices are missing.
     """
-    target = {"max_drop_pp": max_drop_pp, "budget": budget, "confidence": confidence}
     everything = fuse_exits(model, vectors)
     mixtures = {k: fuse_random_subsets(model, vectors, k) for k in range(1, model.num_branches)}
     fitted = {}
@@ -60,13 +56,11 @@ def calibrate_policies(
             continue
         entry = _calibrate_on(model, name, everything, val_labels, None, None, target)
         by_present = {
-            k: FittedThresholds.of(_calibrate_on(model, name, rec, val_labels, subsets, which, target))
+            k: _calibrate_on(model, name, rec, val_labels, subsets, which, target)
             for k, (rec, subsets, which) in mixtures.items()
         }
-        fitted[name] = PolicyCalibration(**FittedThresholds.of(entry).model_dump(), by_present=by_present)
-    return CalibrationFile(
-        target=CalibrationTarget(**target), split="validation", samples=int(val_labels.numel()), policies=fitted
-    )
+        fitted[name] = PolicyCalibration(**dict(entry), by_present=by_present)
+    return CalibrationFile(target=target, split="validation", samples=int(val_labels.numel()), policies=fitted)
 
 
 def model_thresholds(policy: str, model: DistrEEStudent, saved: CalibrationFile | None) -> ExitThresholds:
@@ -81,7 +75,7 @@ def _calibrate_on(
     labels: torch.Tensor,
     subsets: list[tuple[int, ...]] | None,
     which: torch.Tensor | None,
-    target: dict,
+    target: CalibrationTarget,
 ) -> Calibration:
     """``calibrate`` on records fused with every branch (``subsets`` None) or with the
     subset ``subsets[which[i]]`` for sample i, each sample costed with its own branches."""
@@ -91,7 +85,7 @@ def _calibrate_on(
     else:
         costs = torch.stack([exit_costs(model, name, s) for s in subsets], dim=1)[:, which]  # (E, N)
         full = float(torch.tensor([float(model.macs.full(s)) for s in subsets])[which].mean())
-    return calibrate(scores, correct, costs, full, **target)
+    return calibrate(scores, correct, costs, full, **target.model_dump())
 
 
 REPORTED_TARGETS_PP = (0.5, 1.0, 2.0)

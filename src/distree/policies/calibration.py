@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, field_serializer, field_validator
 from scipy.stats import beta
 
 from distree.policies.base import first_passing
@@ -48,10 +49,12 @@ class Outcome:
     gains: int = 0  # samples wrong at full execution and right where the policy stopped
 
 
-@dataclass(frozen=True)
-class Calibration:
-    """Fitted thresholds and what they gave on the set they were fitted on."""
+class Calibration(BaseModel):
+    """Fitted thresholds and what they gave on the set they were fitted on; the record
+    calibration.json holds per policy and per number of branches present (an infinite
+    threshold, never stop there, is written as null)."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True)
     thresholds: list[float]
     accuracy: float
     drop_pp: float
@@ -66,16 +69,14 @@ class Calibration:
     confidence: float | None = None
     held_out: int | None = None
 
-    def to_json(self) -> dict:
-        """JSON-ready dict (infinite thresholds become null)."""
-        d = asdict(self)
-        d["thresholds"] = [None if math.isinf(t) else t for t in self.thresholds]
-        return d
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _null_is_inf(cls, values: list[float | None]) -> list[float]:
+        return [math.inf if v is None else v for v in values]
 
-    @staticmethod
-    def thresholds_from_json(values: list[float | None]) -> list[float]:
-        """Inverse of the null encoding of ``to_json``."""
-        return [float("inf") if v is None else float(v) for v in values]
+    @field_serializer("thresholds")
+    def _inf_is_null(self, values: list[float]) -> list[float | None]:
+        return [None if math.isinf(v) else v for v in values]
 
 
 def outcome(scores: torch.Tensor, correct: torch.Tensor, exit_macs: torch.Tensor, thresholds: list[float]) -> Outcome:

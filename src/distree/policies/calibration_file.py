@@ -13,8 +13,6 @@ branches present (k < N). An infinite threshold (never stop there) is written as
 
 from __future__ import annotations
 
-import math
-
 from pydantic import BaseModel, ConfigDict
 
 from distree.policies.base import ExitPolicy, ExitThresholds
@@ -30,36 +28,10 @@ class CalibrationTarget(BaseModel):
     confidence: float | None = None
 
 
-class FittedThresholds(BaseModel):
-    """One fitted setting and what it gave on the calibration samples (``Calibration``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    thresholds: list[float | None]
-    accuracy: float
-    drop_pp: float
-    macs_per_sample: float
-    saving: float
-    met: bool
-    message: str
-    drop_bound_pp: float | None = None
-    confidence: float | None = None
-    held_out: int | None = None
-
-    @classmethod
-    def of(cls, fit: Calibration) -> FittedThresholds:
-        """The record of a fit."""
-        return cls.model_validate(fit.to_json())
-
-    @property
-    def values(self) -> list[float]:
-        """The thresholds, null read back as inf."""
-        return [math.inf if t is None else float(t) for t in self.thresholds]
-
-
-class PolicyCalibration(FittedThresholds):
+class PolicyCalibration(Calibration):
     """A policy's setting with every branch present, and one per smaller count."""
 
-    by_present: dict[int, FittedThresholds] = {}
+    by_present: dict[int, Calibration] = {}
 
 
 class CalibrationFile(BaseModel):
@@ -82,7 +54,7 @@ def thresholds_for(policy: ExitPolicy, saved: CalibrationFile | None, *, branche
     if saved is None or policy.name not in saved.policies:
         raise ValueError(f"policy {policy.name!r} is not calibrated; run 'distree calibrate' first")
     entry = saved.policies[policy.name]
-    by_present = {branches: entry.values} | {k: fit.values for k, fit in entry.by_present.items()}
+    by_present = {branches: entry.thresholds} | {k: fit.thresholds for k, fit in entry.by_present.items()}
     if set(by_present) != set(range(1, branches + 1)):
         raise ValueError(
             f"the calibration of {policy.name!r} has thresholds for {sorted(by_present)} branches present, not for "
