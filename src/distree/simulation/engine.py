@@ -29,6 +29,7 @@ from distree.simulation.systems import (
     teacher_request,
 )
 from distree.simulation.trace import Trace
+from distree.tables import render
 
 BASELINES = ("teacher", "pipeline", "single-device-exit")
 
@@ -220,22 +221,24 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
+def result_cells(r: dict) -> dict[str, str]:
+    """One system's measures as table cells, by column."""
+    lat = r["latency_ms"]
+    return {
+        "accuracy": f"{100 * r['accuracy']:.2f}%",
+        "MMACs": f"{r['macs_per_sample'] / 1e6:.2f}",
+        **{k: _ms(lat[k]) for k in ("mean", "p50", "p95", "p99")},
+        "deadline": "-" if r["deadline_hit_rate"] is None else f"{100 * r['deadline_hit_rate']:.1f}%",
+        "failed": str(r["failed"]),
+        "max util": f"{100 * max(r['utilisation'].values()):.0f}%",
+        "kB/req": f"{r['bytes_per_request'] / 1000:.1f}",
+    }
+
+
 def format_results(report: dict) -> str:
     """The results as an aligned text table (busiest device's utilisation, kB on the wire per request)."""
-    cols = ("accuracy", "MMACs", "mean ms", "p50", "p95", "p99", "deadline", "failed", "max util", "kB/req")
-    head = f"{'system':<24} " + " ".join(f"{c:>8}" for c in cols)
-    lines = [f"scenario {report['scenario']} ({report['mode']}, {report['requests']} requests)", head]
-    for name, r in report["results"].items():
-        lat = r["latency_ms"]
-        hit = "-" if r["deadline_hit_rate"] is None else f"{100 * r['deadline_hit_rate']:.1f}%"
-        cells = [
-            f"{100 * r['accuracy']:.2f}%",
-            f"{r['macs_per_sample'] / 1e6:.2f}",
-            *(_ms(lat[k]) for k in ("mean", "p50", "p95", "p99")),
-            hit,
-            str(r["failed"]),
-            f"{100 * max(r['utilisation'].values()):.0f}%",
-            f"{r['bytes_per_request'] / 1000:.1f}",
-        ]
-        lines.append(f"{name:<24} " + " ".join(f"{c:>8}" for c in cells))
-    return "\n".join(lines)
+    cols = ("accuracy", "MMACs", "mean", "p50", "p95", "p99", "deadline", "failed", "max util", "kB/req")
+    headers = ("system", "accuracy", "MMACs", "mean ms", *cols[3:])
+    rows = [[name, *(result_cells(r)[c] for c in cols)] for name, r in report["results"].items()]
+    title = f"scenario {report['scenario']} ({report['mode']}, {report['requests']} requests)"
+    return "\n".join([title, *render(headers, rows)])

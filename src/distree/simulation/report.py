@@ -13,9 +13,10 @@ import numpy as np
 
 from distree.inference.recorded import fuse_exits, sweep_policy
 from distree.run import RunDir
-from distree.simulation.engine import Model, SystemRun, simulate
+from distree.simulation.engine import Model, SystemRun, result_cells, simulate
 from distree.simulation.scenario import Scenario
 from distree.simulation.sweep import sweep
+from distree.tables import render
 
 BANDWIDTHS_MBPS = (2.5, 5, 10, 20, 40, 80, 160)
 
@@ -28,22 +29,9 @@ def _save(fig, path: Path) -> str:
 
 
 def _table(report: dict) -> list[str]:
-    lines = [
-        "| system | accuracy | MMACs/sample | mean ms | p50 ms | p95 ms | p99 ms | deadline hit | failed |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-
-    def ms(v: float | None) -> str:
-        return "-" if v is None else f"{v:.1f}"
-
-    for name, r in report["results"].items():
-        lat = r["latency_ms"]
-        hit = "-" if r["deadline_hit_rate"] is None else f"{100 * r['deadline_hit_rate']:.1f}%"
-        lines.append(
-            f"| {name} | {100 * r['accuracy']:.2f}% | {r['macs_per_sample'] / 1e6:.2f} | {ms(lat['mean'])} | "
-            f"{ms(lat['p50'])} | {ms(lat['p95'])} | {ms(lat['p99'])} | {hit} | {r['failed']} |"
-        )
-    return lines
+    cols = ("accuracy", "MMACs", "mean", "p50", "p95", "p99", "deadline", "failed")
+    headers = ("system", "accuracy", "MMACs/sample", "mean ms", "p50 ms", "p95 ms", "p99 ms", "deadline hit", "failed")
+    return render(headers, [[name, *(result_cells(r)[c] for c in cols)] for name, r in report["results"].items()], True)
 
 
 def plot_accuracy_vs_macs(model: Model, report: dict, path: Path) -> str:
