@@ -186,9 +186,15 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             t.cancel()
         got = {}
         worker_ms = 0.0
+        timeout_s = self.options.stage_timeout_ms / 1000
         for w, t in calls.items():
             if t not in done:
-                w.failed(f"missed the stage {k} deadline")
+                # Left out of this group either way; marked down only if it has gone
+                # silent (a paused or cut-off device), not while it answers other stages.
+                if not w.answering(timeout_s):
+                    w.failed(f"missed the stage {k} deadline")
+                else:
+                    metrics.STAGE_DEADLINE_MISSES.labels(str(w.branch)).inc()
                 continue
             err = t.exception()
             if err is not None:

@@ -36,6 +36,11 @@ GROUP_INPUTS = Histogram(
     "distree_group_inputs", "Inputs per group (calls started together)", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
 )
 WORKER_FAILURES = Counter("distree_worker_failures_total", "Stage calls a worker failed or missed", ["branch"])
+STAGE_DEADLINE_MISSES = Counter(
+    "distree_stage_deadline_misses_total",
+    "Stages a worker answering other stages did not answer in time (left out of that group, kept in use)",
+    ["branch"],
+)
 WORKER_UP = Gauge("distree_worker_up", "1 when the coordinator uses the worker", ["branch"])
 
 

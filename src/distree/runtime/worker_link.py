@@ -61,6 +61,7 @@ class _Session:
         self._seq = itertools.count(1)
         self._closing = False
         self._ended = False  # the end of the request stream is queued
+        self.last_reply = 0.0  # monotonic time of the latest reply on this stream
         # The deadline bounds the stream's life; the link rotates to a new session well before.
         self._call = stub.Session(self._requests(), timeout=SESSION_ROTATE_S + SESSION_DRAIN_S, metadata=metadata)
         self._reader = asyncio.ensure_future(self._read(on_end))
@@ -103,6 +104,7 @@ class _Session:
         err: Exception = SessionEnded("the worker ended the stream")
         try:
             async for reply in self._call:
+                self.last_reply = time.monotonic()
                 for item in reply.items:
                     f = self._waiting.pop((item.request_id, item.stage), None)
                     if f is None or f.done():
@@ -193,6 +195,12 @@ class WorkerLink:
     def _session_ended(self, session: _Session) -> None:
         if self._session is session:
             self._session = None
+
+    def answering(self, within_s: float) -> bool:
+        """Whether the worker has answered anything in the last ``within_s`` seconds: a
+        worker that misses a stage deadline while answering other stages is busy, not down."""
+        session = self._session
+        return session is not None and time.monotonic() - session.last_reply < within_s
 
     def failed(self, why: str) -> None:
         """Stop using the worker until a health check passes."""
