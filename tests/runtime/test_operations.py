@@ -174,3 +174,24 @@ def test_a_worker_with_other_weights_for_its_branch_is_refused(trained, tmp_path
     assert all(a.branches == [0, 2] for a in answers)
     log = (tmp_path / "coordinator.log").read_text()
     assert "worker serves other weights for branch 1" in log
+
+
+def test_a_paused_worker_is_left_out_then_used_again(trained, tmp_path):
+    import os
+    import signal
+
+    run, splits = trained
+    images = splits.test.images[:2]
+    with LocalCluster(run.path, log_dir=tmp_path) as cluster:
+        cluster.start_workers(RUNTIME_BRANCHES)
+        coord = cluster.start_coordinator(extra=["--stage-timeout-ms", "300"])
+        paused = cluster.procs["worker1"].pid
+        with DistreeClient(coord) as client:
+            assert all(a.branches == [0, 1, 2] for a in client.infer(images))
+            os.kill(paused, signal.SIGSTOP)  # alive, silent: a frozen board
+            try:
+                answers = client.infer(images) + client.infer(images)
+            finally:
+                os.kill(paused, signal.SIGCONT)
+            assert all(a.branches == [0, 2] for a in answers)
+            assert _until(lambda: client.infer(images[:1])[0].branches == [0, 1, 2])
