@@ -26,7 +26,7 @@ from distree.training.probes import fit_teacher_exits, pooled_features
 PROBE_TRAIN_SAMPLES = 10_000
 
 
-def baseline_exit_blocks(run: RunDir) -> list[int]:
+def baseline_exit_points(run: RunDir) -> list[int]:
     """The single-device baseline's exits: the end of every residual group but the last."""
     per_group = run.meta.config.teacher.blocks_per_group
     return [per_group, 2 * per_group]
@@ -52,7 +52,7 @@ def record_trace(
     vectors = branch_vectors(student, splits.test.images, norm, bs, device)
 
     log("fitting the single-device baseline's exit heads on the frozen teacher")
-    exits = TeacherExits(teacher, baseline_exit_blocks(run), k)
+    exits = TeacherExits(teacher, baseline_exit_points(run), k)
     train = splits.train.images[:PROBE_TRAIN_SAMPLES]
     fit_teacher_exits(
         exits, pooled_features(exits, teacher, train, norm, bs), splits.train.labels[:PROBE_TRAIN_SAMPLES]
@@ -64,9 +64,11 @@ def record_trace(
         return torch.stack([torch.cat(per_exit) for per_exit in zip(*parts, strict=True)])
 
     block_macs, block_bytes = teacher_block_costs(teacher, meta.data.in_channels, meta.data.image_size)
-    ends = [*exits.exit_blocks, len(block_macs)]
+    exit_points = [*exits.exit_points, len(block_macs)]
     exit_macs = [*exits.head_macs(), 0]
-    cumulative = torch.tensor([float(sum(block_macs[:end]) + sum(exit_macs[: i + 1])) for i, end in enumerate(ends)])
+    cumulative = torch.tensor(
+        [float(sum(block_macs[:end]) + sum(exit_macs[: i + 1])) for i, end in enumerate(exit_points)]
+    )
 
     val_logits = baseline_logits(splits.val.images)
     scores = exit_scores(MaxProb(), ExitRecords(val_logits))
@@ -89,7 +91,7 @@ def record_trace(
             vector_bytes=[[v.shape[1] * 4 for v in per] for per in vectors],
             teacher_block_macs=block_macs,
             teacher_block_bytes=block_bytes,
-            teacher_exit_blocks=ends,
+            teacher_exit_points=exit_points,
             teacher_exit_macs=exit_macs,
             teacher_exit_thresholds=fitted.thresholds,
             source=splits.source,

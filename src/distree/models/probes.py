@@ -16,10 +16,10 @@ from distree.models.macs import count_macs
 from distree.models.wideresnet import WideResNet
 
 
-def teacher_segments(teacher: WideResNet, x: torch.Tensor, ends: Sequence[int]) -> list[torch.Tensor]:
+def teacher_segments(teacher: WideResNet, x: torch.Tensor, exit_points: Sequence[int]) -> list[torch.Tensor]:
     """Block outputs (B, C, H, W) after blocks[:end] for each ``end`` (increasing), one pass."""
     out, h, done = [], teacher.stem(x), 0
-    for end in ends:
+    for end in exit_points:
         h = teacher.blocks[done:end](h)
         done = end
         out.append(h)
@@ -27,18 +27,18 @@ def teacher_segments(teacher: WideResNet, x: torch.Tensor, ends: Sequence[int]) 
 
 
 class TeacherExits(nn.Module):
-    """Heads after the teacher's blocks ``exit_blocks`` (each a block count, excluding the last).
+    """Heads after the teacher's blocks ``exit_points`` (each a block count, excluding the last).
 
     forward: pooled block outputs [(B, C_i)] -> logits [(B, K)], one per head.
     """
 
-    def __init__(self, teacher: WideResNet, exit_blocks: Sequence[int], num_classes: int):
+    def __init__(self, teacher: WideResNet, exit_points: Sequence[int], num_classes: int):
         super().__init__()
         total = len(teacher.blocks)
-        if any(not 1 <= b < total for b in exit_blocks) or sorted(set(exit_blocks)) != list(exit_blocks):
-            raise ValueError(f"exit_blocks must be increasing block counts in 1..{total - 1}, got {list(exit_blocks)}")
-        self.exit_blocks = list(exit_blocks)
-        dims = [teacher.blocks[b - 1].conv2.out_channels for b in self.exit_blocks]
+        if any(not 1 <= b < total for b in exit_points) or sorted(set(exit_points)) != list(exit_points):
+            raise ValueError(f"exit_points must be increasing block counts in 1..{total - 1}, got {list(exit_points)}")
+        self.exit_points = list(exit_points)
+        dims = [teacher.blocks[b - 1].conv2.out_channels for b in self.exit_points]
         self.heads = nn.ModuleList(nn.Sequential(nn.LayerNorm(c), nn.Linear(c, num_classes)) for c in dims)
 
     def forward(self, pooled: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -48,13 +48,13 @@ class TeacherExits(nn.Module):
     @torch.no_grad()
     def pooled(self, teacher: WideResNet, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, C, H, W) normalised input -> pooled features (B, C_i) at each head."""
-        return [h.mean(dim=(2, 3)) for h in teacher_segments(teacher, x, self.exit_blocks)]
+        return [h.mean(dim=(2, 3)) for h in teacher_segments(teacher, x, self.exit_points)]
 
     @torch.no_grad()
     def all_logits(self, teacher: WideResNet, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, C, H, W) normalised input -> logits (B, K) of every head, then the teacher's
         own, from one pass through the teacher."""
-        maps = teacher_segments(teacher, x, [*self.exit_blocks, len(teacher.blocks)])
+        maps = teacher_segments(teacher, x, [*self.exit_points, len(teacher.blocks)])
         heads = self([h.mean(dim=(2, 3)) for h in maps[:-1]])
         return [*heads, teacher.fc(teacher.tap(maps[-1]))]
 

@@ -158,7 +158,7 @@ def run_system(scenario: Scenario, model: Model, system: str) -> SystemRun:
     env.process(arrivals())
     env.run(until=finished)
     done.sort(key=lambda d: d.request)
-    exits = {"single-device-exit": len(model.trace.meta.teacher_exit_blocks)}.get(system)
+    exits = {"single-device-exit": len(model.trace.meta.teacher_exit_points)}.get(system)
     if system.startswith("distree-") and system != "distree-full":
         exits = model.num_exits
     return SystemRun(system, done, devices, network, env.now, exits)

@@ -254,7 +254,7 @@ def single_device_request(c: Cluster, sample: int, exits: np.ndarray) -> Generat
     exit_index = int(exits[sample])
     yield _admit(c)
     yield from c.network.transfer(0, "down", meta.input_bytes)
-    end = meta.teacher_exit_blocks[exit_index]
+    end = meta.teacher_exit_points[exit_index]
     macs = sum(meta.teacher_block_macs[:end]) + sum(meta.teacher_exit_macs[: exit_index + 1])
     ok = yield c.env.process(c.devices[0].compute(macs))
     if not ok:

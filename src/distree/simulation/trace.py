@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -35,7 +35,9 @@ class TraceMeta(BaseModel):
     vector_bytes: list[list[int]]  # [branch][exit]: one float32 pooled vector
     teacher_block_macs: list[int]  # stem counted in block 0, classifier in the last block
     teacher_block_bytes: list[int]  # float32 activation after each block
-    teacher_exit_blocks: list[int]  # block counts after which the baseline's exits sit (last = all)
+    # The baseline's exit points: block counts after which its exits sit (the last = all).
+    # Traces recorded before the name was unified call it teacher_exit_blocks.
+    teacher_exit_points: list[int] = Field(validation_alias=AliasChoices("teacher_exit_points", "teacher_exit_blocks"))
     teacher_exit_macs: list[int]  # per exit head (the last is the teacher's own classifier: 0 extra)
     teacher_exit_thresholds: list[float]  # max-prob, calibrated on validation
     source: str
