@@ -118,16 +118,19 @@ class LocalCluster:
         self.worker_addresses = [a for a, _ in launched]
         return self.worker_addresses
 
-    def start_coordinator(self, name: str = "coordinator", extra: Sequence[str] = ()) -> str:
-        """Start a coordinator over the workers; returns its address once healthy."""
-        return self.start_coordinators({name: extra})[name]
+    def start_coordinator(self, name: str = "coordinator", extra: Sequence[str] = (), port: int | None = None) -> str:
+        """Start (or restart, on ``port``) a coordinator over the workers; returns its
+        address once healthy."""
+        return self.start_coordinators({name: extra}, {name: port} if port else None)[name]
 
-    def start_coordinators(self, extras: dict[str, Sequence[str]]) -> dict[str, str]:
-        """Start one coordinator per name (with its extra arguments) at once; returns their
-        addresses once all are healthy."""
+    def start_coordinators(
+        self, extras: dict[str, Sequence[str]], ports: dict[str, int] | None = None
+    ) -> dict[str, str]:
+        """Start one coordinator per name (with its extra arguments, on its port in
+        ``ports`` or a free one) at once; returns their addresses once all are healthy."""
         launched = {}
         for name, extra in extras.items():
-            address = f"127.0.0.1:{free_port()}"
+            address = f"127.0.0.1:{(ports or {}).get(name) or free_port()}"
             args = ["serve", self.run_dir, "--workers", ",".join(self.worker_addresses), "--listen", address, *extra]
             launched[name] = (address, self._spawn(name, args))
         for address, proc in launched.values():

@@ -10,7 +10,7 @@ import torch
 
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
-from distree.runtime.security import TLSFiles, call_metadata, message_options
+from distree.runtime.security import TLSFiles, call_metadata, channel_options
 from distree.runtime.tensors import to_proto
 
 
@@ -41,7 +41,7 @@ class DistreeClient:
     """Blocking client: ``DistreeClient("host:port").infer(images_uint8_nchw)``."""
 
     def __init__(self, address: str, token: str | None = None, tls: TLSFiles = TLSFiles(), timeout_s: float = 60.0):
-        opts = message_options()
+        opts = channel_options()  # a restarted coordinator is reached again within seconds
         self._channel = (
             grpc.secure_channel(address, tls.channel_credentials(), options=opts)
             if tls.enabled

@@ -123,17 +123,21 @@ def add_port(server: aio.Server, address: str, tls: TLSFiles) -> int:
     return port
 
 
-def make_channel(address: str, tls: TLSFiles, reconnect_s: tuple[float, float] = (0.2, 5.0)) -> aio.Channel:
-    """An asyncio channel with the same size limits (TLS when configured), reconnecting
-    after ``reconnect_s`` (first, most) seconds: gRPC's own default waits up to 120 s, so
-    a restarted peer would stay unused that long."""
+def channel_options(reconnect_s: tuple[float, float] = (0.2, 5.0)) -> list[tuple[str, int]]:
+    """Size limits, and reconnecting after ``reconnect_s`` (first, most) seconds: gRPC's own
+    default waits up to 120 s, so a restarted peer would stay unreached that long."""
     first, most = (int(s * 1000) for s in reconnect_s)
-    opts = [
+    return [
         *message_options(),
         ("grpc.initial_reconnect_backoff_ms", first),
         ("grpc.min_reconnect_backoff_ms", first),
         ("grpc.max_reconnect_backoff_ms", most),
     ]
+
+
+def make_channel(address: str, tls: TLSFiles, reconnect_s: tuple[float, float] = (0.2, 5.0)) -> aio.Channel:
+    """An asyncio channel with ``channel_options`` (TLS when configured)."""
+    opts = channel_options(reconnect_s)
     if tls.enabled:
         return aio.secure_channel(address, tls.channel_credentials(), options=opts)
     return aio.insecure_channel(address, options=opts)

@@ -1,0 +1,66 @@
+"""The chaos soak on loopback: several clients' load while workers are killed, paused and
+restarted and the coordinator is stopped or killed and restarted, at random.
+
+Prints calls and inputs sent, inputs answered (and answered with fewer branches), calls
+failed with an explicit error (by status), calls lost (no answer, no error: must be 0) and
+duplicated (must be 0), and each restarted worker's time from SERVING to its first use.
+
+Usage: python bench/chaos.py RUN_DIR --data PATH [--minutes 5] [--clients 4]
+       [--events-per-minute 6] [--seed 0] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from distree.data import load_data
+from distree.devtools.chaos import run_soak
+from distree.run import RunDir
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--minutes", type=float, default=5.0)
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--events-per-minute", type=float, default=6.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    if not 0 < args.minutes <= 60:
+        raise SystemExit("--minutes must be in (0, 60]")
+    meta = RunDir(args.run_dir).meta
+    test = load_data(args.data, None, meta.config.data.val_fraction, meta.config.data.split_seed).test
+    logs = Path(tempfile.mkdtemp(prefix="distree-chaos-"))
+    t0 = time.perf_counter()
+    r = run_soak(
+        args.run_dir,
+        test.images[:2000],
+        seconds=args.minutes * 60,
+        clients=args.clients,
+        events_per_minute=args.events_per_minute,
+        seed=args.seed,
+        log_dir=logs,
+    )
+    print(f"{args.minutes} min, {args.clients} clients, {len(r.events)} events (logs in {logs})")
+    print(f"calls {r.calls}, inputs {r.inputs}; answered {r.answered} ({r.fewer_branches} with fewer branches)")
+    print(f"failed with an explicit error: {sum(r.errors.values())} calls {dict(r.errors)}")
+    print(f"lost: {r.lost}  duplicated: {r.duplicated}")
+    reuse = [v for v in r.reuse_s.values() if v is not None]
+    never = [k for k, v in r.reuse_s.items() if v is None]
+    if reuse:
+        print(f"restarted workers used again after SERVING: max {max(reuse):.2f} s over {len(reuse)} restarts")
+    if never:
+        print(f"restarted workers never used again before the end: {never}")
+    out = r.to_json() | {"minutes": args.minutes, "clients": args.clients, "wall_s": round(time.perf_counter() - t0, 1)}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
