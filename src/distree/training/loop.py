@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -166,7 +167,9 @@ def train_phase(
         epoch_seconds.append(record["seconds"])
         left = cfg.epochs - epoch - 1
         eta = (
-            f", {phase.name} done in about {_duration(left * sum(epoch_seconds) / len(epoch_seconds))}" if left else ""
+            f", {phase.name} done in about {_duration(left * statistics.median(epoch_seconds[-RECENT_EPOCHS:]))}"
+            if left
+            else ""
         )
         log(
             f"{phase.name} epoch {epoch + 1}/{cfg.epochs}: "
