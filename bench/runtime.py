@@ -37,7 +37,7 @@ from distree.data import load_data
 from distree.devtools.cluster import LocalCluster
 from distree.inference.inprocess import early_exit_batch
 from distree.policies import DEFAULT_POLICY, make_policy
-from distree.policies.calibration_file import thresholds_for
+from distree.policies.calibration_file import model_thresholds
 from distree.run import RunDir
 from distree.runtime.loadgen import run_infer
 
@@ -71,7 +71,7 @@ def main() -> None:
     images, labels = test.images[: args.n], test.labels[: args.n]
     student = run.load_student()
     policy = make_policy(args.policy)
-    thresholds = thresholds_for(policy, run.read_calibration(), branches=student.num_branches, exits=student.num_exits)
+    thresholds = model_thresholds(policy, student, run.read_calibration())
     norm = meta.data.normalization
 
     # In-process, batch 1, on one thread and on torch's default; the faster is the reference.

@@ -17,7 +17,7 @@ from distree.inference.recorded import (
     scores_and_correct,
 )
 from distree.models import DistrEEStudent, ExitRecords
-from distree.policies import ExitThresholds, make_policy
+from distree.policies import make_policy
 from distree.policies.calibration import (
     DEFAULT_CONFIDENCE,
     Calibration,
@@ -28,7 +28,7 @@ from distree.policies.calibration_file import (
     CalibrationFile,
     CalibrationTarget,
     PolicyCalibration,
-    thresholds_for,
+    model_thresholds,
 )
 
 DEFAULT_MAX_DROP_PP = 0.5
@@ -61,11 +61,6 @@ def calibrate_policies(
         }
         fitted[name] = PolicyCalibration(**dict(entry), by_present=by_present)
     return CalibrationFile(target=target, split="validation", samples=int(val_labels.numel()), policies=fitted)
-
-
-def model_thresholds(policy: str, model: DistrEEStudent, saved: CalibrationFile | None) -> ExitThresholds:
-    """``thresholds_for`` the policy called ``policy`` on ``model``."""
-    return thresholds_for(make_policy(policy), saved, branches=model.num_branches, exits=model.num_exits)
 
 
 def _calibrate_on(

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from distree.models import DistrEEStudent
 from distree.policies.base import ExitPolicy, ExitThresholds
 from distree.policies.calibration import Calibration
+from distree.policies.registry import make_policy
 
 
 class CalibrationTarget(BaseModel):
@@ -67,3 +69,9 @@ def thresholds_for(policy: ExitPolicy, saved: CalibrationFile | None, *, branche
             f"{exits} exits (need {gaps}); run 'distree calibrate' again"
         )
     return ExitThresholds(by_present)
+
+
+def model_thresholds(policy: str | ExitPolicy, model: DistrEEStudent, saved: CalibrationFile | None) -> ExitThresholds:
+    """``thresholds_for`` a policy (by name or object) on ``model``'s branches and exits."""
+    policy = make_policy(policy) if isinstance(policy, str) else policy
+    return thresholds_for(policy, saved, branches=model.num_branches, exits=model.num_exits)

@@ -22,7 +22,7 @@ import torch
 from distree.inference.costs import ExitCosts
 from distree.inference.stage_loop import StageLoop, head_fusion
 from distree.policies import DEFAULT_POLICY, make_policy
-from distree.policies.calibration_file import thresholds_for
+from distree.policies.calibration_file import model_thresholds
 from distree.run import RunDir
 from distree.runtime import metrics
 from distree.runtime.batching import RowQueue
@@ -141,9 +141,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         load_weights(self.student.heads, run.student_file, prefix="heads.")
         self.student.eval()
         self.policy = make_policy(options.policy)
-        self.thresholds = thresholds_for(
-            self.policy, run.read_calibration(), branches=self.student.num_branches, exits=self.student.num_exits
-        )
+        self.thresholds = model_thresholds(self.policy, self.student, run.read_calibration())
         self.costs = ExitCosts(self.student.macs, self.policy)
         self.exit_macs = [int(m) for m in self.costs.per_exit().tolist()]
         self.input_shape = (meta.data.in_channels, meta.data.image_size, meta.data.image_size)

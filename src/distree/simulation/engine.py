@@ -11,8 +11,8 @@ import numpy as np
 import simpy
 
 from distree.models import DistrEEStudent
-from distree.policies import ExitThresholds, make_policy, policy_names
-from distree.policies.calibration_file import CalibrationFile, thresholds_for
+from distree.policies import ExitThresholds, policy_names
+from distree.policies.calibration_file import CalibrationFile, model_thresholds
 from distree.policies.scores import Full
 from distree.run import RunDir
 from distree.simulation.cluster import Health, Network, SimDevice
@@ -59,9 +59,7 @@ class Model:
 
     def thresholds(self, policy: str) -> ExitThresholds:
         """Per-exit thresholds of ``policy`` for each number of branches present."""
-        return thresholds_for(
-            make_policy(policy), self.calibration, branches=self.student.num_branches, exits=self.student.num_exits
-        )
+        return model_thresholds(policy, self.student, self.calibration)
 
 
 def systems_for(scenario: Scenario, model: Model) -> list[str]:
