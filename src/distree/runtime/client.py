@@ -15,7 +15,14 @@ from distree.runtime.tensors import to_proto
 
 
 class InferenceError(RuntimeError):
-    """The coordinator refused or failed a call; ``code`` is the gRPC status."""
+    """The coordinator refused or failed a call; ``code`` is the gRPC status.
+
+    ``UNAVAILABLE`` means the call can be sent again: the coordinator was unreachable or
+    shutting down. This client never cancels a call itself, so a ``CANCELLED`` from gRPC is
+    a coordinator that shut down before its handler took the call (gRPC core ends such
+    calls as CANCELLED, grpc/grpc#41785); it is reported as ``UNAVAILABLE`` and the details
+    say so.
+    """
 
     def __init__(self, code: grpc.StatusCode, details: str):
         hint = " (check --token)" if code == grpc.StatusCode.UNAUTHENTICATED else ""
@@ -55,7 +62,10 @@ class DistreeClient:
         try:
             return method(request, timeout=self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as err:
-            raise InferenceError(err.code(), err.details()) from None
+            code, details = err.code(), err.details()
+            if code == grpc.StatusCode.CANCELLED:  # never by this client: see InferenceError
+                code, details = grpc.StatusCode.UNAVAILABLE, f"the coordinator shut down before taking the call ({details})"
+            raise InferenceError(code, details) from None
 
     def model_info(self) -> pb.ModelInfoReply:
         """What the coordinator serves."""
