@@ -64,7 +64,8 @@ class DistreeClient:
         except grpc.RpcError as err:
             code, details = err.code(), err.details()
             if code == grpc.StatusCode.CANCELLED:  # never by this client: see InferenceError
-                code, details = grpc.StatusCode.UNAVAILABLE, f"the coordinator shut down before taking the call ({details})"
+                code = grpc.StatusCode.UNAVAILABLE
+                details = f"the coordinator shut down before taking the call ({details})"
             raise InferenceError(code, details) from None
 
     def model_info(self) -> pb.ModelInfoReply:
