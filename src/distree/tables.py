@@ -7,12 +7,19 @@ from collections.abc import Sequence
 
 
 def render(headers: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool = False) -> list[str]:
-    """Lines of a table whose first column is a name (left-aligned) and the others values
-    (right-aligned). Text pads the name to 24 characters and each value to 8."""
+    """Lines of a table. A column holding words (any cell starting with a letter, as the
+    first column's names do) is left-aligned, a column of values right-aligned; text pads
+    each column to its widest cell."""
+    columns = list(zip(headers, *rows)) if rows else [(h,) for h in headers]
+    left = [i == 0 or any(c[:1].isalpha() for c in col[1:]) for i, col in enumerate(columns)]
     if markdown:
         return [
             "| " + " | ".join(headers) + " |",
-            "|---|" + "---:|" * (len(headers) - 1),
+            "|" + "".join("---|" if lft else "---:|" for lft in left),
             *("| " + " | ".join(row) + " |" for row in rows),
         ]
-    return [" ".join([f"{row[0]:<24}", *(f"{c:>8}" for c in row[1:])]) for row in [headers, *rows]]
+    widths = [max(len(c) for c in col) for col in columns]
+    return [
+        "  ".join(c.ljust(w) if lft else c.rjust(w) for c, w, lft in zip(row, widths, left)).rstrip()
+        for row in [headers, *rows]
+    ]

@@ -81,13 +81,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a run on the test split."""
-    from distree.evaluation.offline import (
-        check_compatible,
-        evaluate_policies,
-        evaluate_run,
-        format_policies,
-        format_report,
-    )
+    from distree.evaluation.offline import check_compatible, evaluate_policies, evaluate_run
+    from distree.evaluation.results import EvalResult, format_policies, format_run
     from distree.inference.recorded import branch_vectors
 
     run, meta, splits, device = _open_run(args)
@@ -96,14 +91,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     student = run.load_student().to(device)
     # The test split's branch vectors serve both reports: record them once.
     vectors = branch_vectors(student, splits.test.images, meta.data.normalization, bs, device)
-    report = evaluate_run(run, splits.test, device, bs, vectors, student)
-    print(format_report(report))
+    measured = evaluate_run(run, splits.test, device, bs, vectors, student)
+    print(format_run(measured))
     # Curves go where the user asked for output, never into the run unasked.
     out_dir = Path(args.out_dir) if args.out_dir else Path(args.json).parent if args.json else None
-    report.update(evaluate_policies(run, splits, device, out_dir, vectors, student))
+    policies = evaluate_policies(run, splits, device, out_dir, vectors, student)
+    report = EvalResult(**dict(measured), **dict(policies))
     print(format_policies(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(report.model_dump(mode="json"), indent=2) + "\n")
         _log(f"wrote {args.json}")
     return 0
 

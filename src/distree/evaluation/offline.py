@@ -21,6 +21,7 @@ from distree.evaluation.policies import (
     exit_auroc,
     model_thresholds,
 )
+from distree.evaluation.results import Curves, Measured, PolicyResult, PolicyResults, RunResult
 from distree.inference.recorded import (
     accuracy,
     branch_vectors,
@@ -56,8 +57,8 @@ def evaluate_run(
     batch_size: int = 512,
     vectors: list[list[torch.Tensor]] | None = None,
     student: DistrEEStudent | None = None,
-) -> dict:
-    """Teacher, per-exit, full-execution and k-of-N-branches results as a JSON-ready dict.
+) -> RunResult:
+    """Teacher, per-exit, full-execution and k-of-N-branches results.
 
     Computation is MACs per sample (FlopCounterMode FLOPs / 2), cumulative per exit: the
     stages of every branch up to that exit plus every exit head on the way. ``vectors``:
@@ -87,39 +88,18 @@ def evaluate_run(
             per_subset[",".join(map(str, subset))] = round(accuracy(rec.logits[-1], test.labels), 4)
         devices_present[str(k)] = round(mean(per_subset.values()), 4)
         devices_detail[str(k)] = per_subset
-    return {
-        "run": str(run.path),
-        "test_samples": len(test),
-        "macs_note": "multiply-accumulates per sample = torch.utils.flop_counter FLOPs / 2",
-        "teacher": {"accuracy": round(accuracy(t_logits, test.labels), 4), "macs_per_sample": teacher_macs},
-        "exits": [
-            {"accuracy": round(a, 4), "macs_per_sample": macs.exit_cumulative(e)} for e, a in enumerate(exit_acc)
-        ],
-        "full": {"accuracy": round(exit_acc[-1], 4), "macs_per_sample": macs.full()},
-        "devices_present": devices_present,
-        "devices_present_subsets": devices_detail,
-        "stage_macs": macs.stage,
-        "head_macs": macs.head,
-    }
-
-
-def format_report(r: dict) -> str:
-    """Human-readable table of ``evaluate_run``'s result."""
-    full = r["full"]["macs_per_sample"]
-    lines = [
-        f"test samples: {r['test_samples']}   (computation: MACs per sample)",
-        f"teacher            accuracy {r['teacher']['accuracy']:.2%}   {r['teacher']['macs_per_sample'] / 1e6:9.2f} M",
-        f"student full       accuracy {r['full']['accuracy']:.2%}   {full / 1e6:9.2f} M",
-    ]
-    for e, ex in enumerate(r["exits"]):
-        lines.append(
-            f"  exit {e}           accuracy {ex['accuracy']:.2%}   {ex['macs_per_sample'] / 1e6:9.2f} M"
-            f"  ({ex['macs_per_sample'] / full:.0%} of full)"
-        )
-    lines.append("branches present (full execution, mean over subsets):")
-    for k, acc in r["devices_present"].items():
-        lines.append(f"  {k} of {len(r['devices_present'])}           accuracy {acc:.2%}")
-    return "\n".join(lines)
+    return RunResult(
+        run=str(run.path),
+        test_samples=len(test),
+        macs_note="multiply-accumulates per sample = torch.utils.flop_counter FLOPs / 2",
+        teacher=Measured(accuracy=round(accuracy(t_logits, test.labels), 4), macs_per_sample=teacher_macs),
+        exits=[Measured(accuracy=round(a, 4), macs_per_sample=macs.exit_cumulative(e)) for e, a in enumerate(exit_acc)],
+        full=Measured(accuracy=round(exit_acc[-1], 4), macs_per_sample=macs.full()),
+        devices_present=devices_present,
+        devices_present_subsets=devices_detail,
+        stage_macs=macs.stage,
+        head_macs=macs.head,
+    )
 
 
 def fit_calibration(
@@ -164,7 +144,7 @@ def evaluate_policies(
     out_dir: Path | None,
     test_vectors: list[list[torch.Tensor]] | None = None,
     student: DistrEEStudent | None = None,
-) -> dict:
+) -> PolicyResults:
     """Every policy at its calibrated point on the test split, the sweep curves (CSV + PNG
     into ``out_dir``; none when it is None) and the same with k of N branches present.
 
@@ -187,12 +167,14 @@ def evaluate_policies(
     results = {}
     policies = policy_names()
     for name in policies:
-        r = evaluate_policy(student, name, model_thresholds(name, student, saved).at(student.num_branches), test_rec, y)
-        r["auroc"] = exit_auroc(name, test_rec, y)
-        if name in saved.policies:
-            r["calibration"] = saved.policies[name].model_dump(mode="json")
-            r["at_targets"] = at_targets(student, name, val_rec, splits.val.labels, test_rec, y)
-        results[name] = r
+        thresholds = model_thresholds(name, student, saved).at(student.num_branches)
+        calibrated = name in saved.policies
+        results[name] = PolicyResult(
+            **evaluate_policy(student, name, thresholds, test_rec, y),
+            auroc=exit_auroc(name, test_rec, y),
+            calibration=saved.policies[name] if calibrated else None,
+            at_targets=at_targets(student, name, val_rec, splits.val.labels, test_rec, y) if calibrated else None,
+        )
     curves = None
     if out_dir is not None:
         rows = [row for p in policies for row in sweep_policy(student, p, val_rec, splits.val.labels, test_rec, y)]
@@ -203,55 +185,14 @@ def evaluate_policies(
             w.writeheader()
             w.writerows(rows)
         plot_policy_curves(rows, png_path, f"{run.path.name}: accuracy vs computation (test split)")
-        curves = {"csv": str(csv_path), "png": str(png_path)}
-    return {
-        "target": saved.target.model_dump(mode="json"),
-        "calibration_saved": not in_memory,
-        "policies": results,
-        "branches_present": branches_present_table(student, test_vec, y, saved, policies),
-        "curves": curves,
-    }
-
-
-def format_policies(r: dict) -> str:
-    """Human-readable table of ``evaluate_policies``' result."""
-    t = r["target"]
-    if t.get("max_drop_pp") is not None:
-        conf = t.get("confidence")
-        target = f"max drop {t['max_drop_pp']} pp" + (f" at {conf:.0%} confidence" if conf else ", no margin")
-    else:
-        target = f"budget {t['budget']:.0%}"
-    fitted = "fitted on the validation split" + (
-        "" if r["calibration_saved"] else " now, not saved: run distree calibrate"
+        curves = Curves(csv=str(csv_path), png=str(png_path))
+    return PolicyResults(
+        target=saved.target,
+        calibration_saved=not in_memory,
+        policies=results,
+        branches_present=branches_present_table(student, test_vec, y, saved, policies),
+        curves=curves,
     )
-    lines = [
-        f"policies at their calibrated point ({target}, {fitted}), test split:",
-        f"  {'policy':<24}{'accuracy':>9}{'drop pp':>9}{'saving':>8}  exits",
-    ]
-    for name, p in r["policies"].items():
-        note = "" if p.get("calibration", {}).get("met", True) else "  (target not met on validation)"
-        lines.append(
-            f"  {name:<24}{p['accuracy']:>9.2%}{p['drop_pp']:>9.2f}{p['saving']:>8.1%}  {p['exit_histogram']}{note}"
-        )
-    lines.append("signal and targets (test split): AUROC of each exit's score for 'this exit is right';")
-    lines.append("  test drop / saving when calibrated for each target")
-    for name, p in r["policies"].items():
-        auroc = " ".join("  -  " if a is None else f"{a:.3f}" for a in p["auroc"])
-        targets = "  ".join(
-            f"{t} pp: {v['drop_pp']:.2f} / {v['saving']:.1%}" for t, v in p.get("at_targets", {}).items()
-        )
-        lines.append(f"  {name:<24}AUROC {auroc}   {targets}".rstrip())
-    counts = sorted(next(iter(r["branches_present"].values())), key=int, reverse=True)
-    lines.append("k branches present, each policy at its thresholds for k (mean over the k-subsets), test split:")
-    lines.append(f"  {'policy':<24}" + "".join(f"{k + ' present: drop / saving':>28}" for k in counts))
-    for name, by_k in r["branches_present"].items():
-        cells = (f"{by_k[k]['drop_pp']:.2f} pp / {by_k[k]['saving']:.1%}" for k in counts)
-        lines.append(f"  {name:<24}" + "".join(f"{c:>28}" for c in cells))
-    if r["curves"] is None:
-        lines.append("curves: not written (--out-dir DIR, or --json FILE to write them beside it)")
-    else:
-        lines.append(f"curves: {r['curves']['csv']}, {r['curves']['png']}")
-    return "\n".join(lines)
 
 
 def record_val_test(run: RunDir, data: str | None, device: torch.device) -> tuple:

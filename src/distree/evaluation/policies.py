@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from scipy.stats import mannwhitneyu
 
+from distree.evaluation.results import AtTarget, PresentResult
 from distree.inference.recorded import (
     evaluate_policy,
     exit_costs,
@@ -94,9 +95,9 @@ def at_targets(
     test: ExitRecords,
     test_labels: torch.Tensor,
     confidence: float | None = DEFAULT_CONFIDENCE,
-) -> dict:
+) -> dict[str, AtTarget]:
     """Calibrated on validation for each drop target in ``REPORTED_TARGETS_PP``, measured
-    on test: {target: {drop_pp, saving, saving_by_exit, bound_pp, met}}."""
+    on test, by target."""
     scores, correct = scores_and_correct(policy, val, val_labels)
     costs, full = exit_costs(model, policy), float(model.macs.full())
     targets = list(REPORTED_TARGETS_PP)
@@ -107,13 +108,13 @@ def at_targets(
     out = {}
     for target, cal in zip(targets, cals):
         r = evaluate_policy(model, policy, cal.thresholds, test, test_labels)
-        out[str(target)] = {
-            "drop_pp": r["drop_pp"],
-            "saving": r["saving"],
-            "saving_by_exit": r["saving_by_exit"],
-            "bound_pp": None if cal.drop_bound_pp is None else round(cal.drop_bound_pp, 3),
-            "met": cal.met,
-        }
+        out[str(target)] = AtTarget(
+            drop_pp=r["drop_pp"],
+            saving=r["saving"],
+            saving_by_exit=r["saving_by_exit"],
+            bound_pp=None if cal.drop_bound_pp is None else round(cal.drop_bound_pp, 3),
+            met=cal.met,
+        )
     return out
 
 
@@ -142,7 +143,7 @@ def branches_present_table(
     labels: torch.Tensor,
     saved: CalibrationFile | None,
     policies: Sequence[str],
-) -> dict:
+) -> dict[str, dict[str, PresentResult]]:
     """Per policy and per k: mean accuracy, drop (pp, against full execution with the same
     branches) and saving over all k-subsets of branches, each with its thresholds for k."""
     n = model.num_branches
@@ -153,9 +154,9 @@ def branches_present_table(
         for name in policies:
             t = model_thresholds(name, model, saved).at(k)
             rs = [evaluate_policy(model, name, t, r, labels, s) for r, s in zip(recs, subsets)]
-            table.setdefault(name, {})[str(k)] = {
-                key: round(sum(r[key] for r in rs) / len(rs), 4) + 0.0 for key in ("accuracy", "drop_pp", "saving")
-            }
+            table.setdefault(name, {})[str(k)] = PresentResult(
+                **{key: round(sum(r[key] for r in rs) / len(rs), 4) + 0.0 for key in ("accuracy", "drop_pp", "saving")}
+            )
     return table
 
 

@@ -30,6 +30,9 @@ class ExitPolicy(ABC):
 
     #: The name users select it by (``--policy``, scenario files, calibration.json).
     name: str
+    #: What the score reads, in a few words, for results tables; ``register_policy`` takes
+    #: the first line of the class's docstring when a class does not set its own.
+    criterion: str = ""
     #: The threshold at every exit for a policy that is not calibrated (full execution: inf,
     #: never stop early; oracle: 0, stop where the label says the exit is right); None for a
     #: policy whose thresholds calibration fits.

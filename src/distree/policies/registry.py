@@ -49,6 +49,8 @@ def register_policy(cls: P) -> P:
     known = _REGISTRY.get(name)
     if known is not None and known is not cls and known.__qualname__ != cls.__qualname__:
         raise ValueError(f"policy name {name!r} is taken by {known.__module__}.{known.__qualname__}")
+    if "criterion" not in cls.__dict__:  # an inherited one would describe the parent
+        cls.criterion = (cls.__doc__ or "").strip().split("\n")[0].rstrip(".")
     _REGISTRY[name] = cls
     return cls
 

@@ -22,6 +22,7 @@ class FeatureDiff(ExitPolicy):
     """
 
     name = "feature-diff"
+    criterion = "change of the fused embedding between exits (cosine)"
 
     def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
         if e == 0:
@@ -43,6 +44,7 @@ class FeatureAgreement(ExitPolicy):
     """
 
     name = "feature-agreement"
+    criterion = "the branches' features agree (mean pairwise cosine)"
     reads_agreement = True
 
     def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
@@ -60,6 +62,7 @@ class ConfThenFeatureDiff(FeatureDiff):
     """
 
     name = "conf-then-feature-diff"
+    criterion = "softmax confidence at exit 0, then feature difference"
 
     def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
         if e == 0:
@@ -72,6 +75,7 @@ class MaxProb(ExitPolicy):
     """Softmax confidence: the largest class probability."""
 
     name = "max-prob"
+    criterion = "softmax confidence"
 
     def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
         return F.softmax(seen.logits[e].float(), dim=-1).amax(-1)
@@ -82,6 +86,7 @@ class Entropy(ExitPolicy):
     """Negative entropy of the softmax (higher = more certain)."""
 
     name = "entropy"
+    criterion = "softmax entropy"
 
     def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
         logp = F.log_softmax(seen.logits[e].float(), dim=-1)
@@ -93,6 +98,7 @@ class Patience(ExitPolicy):
     """How many consecutive exits, ending at this one, predict the same class (1..e+1)."""
 
     name = "patience"
+    criterion = "consecutive exits agree on the class"
 
     def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
         preds = [seen.logits[i].argmax(-1) for i in range(e + 1)]
@@ -109,6 +115,7 @@ class Full(ExitPolicy):
     """Full execution: never stop before the last exit."""
 
     name = "full"
+    criterion = "never stops early"
     fixed_threshold = float("inf")
     reads_exits = False
 
@@ -121,6 +128,7 @@ class Oracle(ExitPolicy):
     """The earliest exit that is right (evaluation only: it reads the labels)."""
 
     name = "oracle"
+    criterion = "the labels (upper bound)"
     fixed_threshold = 0.0
     needs_labels = True
 
