@@ -109,6 +109,20 @@ def test_a_token_file_keeps_the_secret_off_the_command_line(trained, tmp_path):
             assert stub.Info(pb.InfoRequest(), timeout=5, metadata=call_metadata("s3cret")).branch == 0
 
 
+def test_a_coordinator_with_another_token_than_its_workers_says_so(trained, tmp_path):
+    run, _ = trained
+    (tmp_path / "workers").write_text("s3cret\n")
+    (tmp_path / "coordinator").write_text("other\n")
+    with LocalCluster(run.path, log_dir=tmp_path) as cluster:
+        workers = cluster.start_workers(RUNTIME_BRANCHES, extra=["--token-file", str(tmp_path / "workers")])
+        cluster.start_coordinators({"coordinator": ["--token-file", str(tmp_path / "coordinator")]}, wait=False)
+        log = tmp_path / "coordinator.log"
+        rejected = [f'"address": "{w}"' for w in workers]
+        assert _until(lambda: all(a in log.read_text() for a in rejected)), log.read_text()
+    lines = [ln for ln in log.read_text().splitlines() if '"msg": "worker rejected the token"' in ln]
+    assert {a for a in rejected if any(a in ln for ln in lines)} == set(rejected)
+
+
 def _listening(port: int) -> set[str]:
     """Local addresses (hex, as /proc/net/tcp writes them) listening on ``port``."""
     out = set()

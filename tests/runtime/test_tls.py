@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -12,6 +13,15 @@ from distree.runtime.client import DistreeClient, InferenceError
 from distree.runtime.security import TLSFiles
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+
+
+def _until(predicate, timeout_s: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def _openssl(*args, cwd):
@@ -47,3 +57,20 @@ def test_mutual_tls_end_to_end(trained, tmp_path):
         with DistreeClient(coord, tls=TLSFiles(ca=tmp_path / "ca.pem"), timeout_s=5) as client:
             with pytest.raises(InferenceError):
                 client.infer(splits.test.images[:1])
+
+
+def test_a_plaintext_coordinator_of_tls_workers_says_why_it_waits(trained, tmp_path):
+    run, _ = trained
+    _make_pki(tmp_path)
+    server = ["--tls-cert", str(tmp_path / "server.pem"), "--tls-key", str(tmp_path / "server.key")]
+    with LocalCluster(run.path, log_dir=tmp_path, tls=TLSFiles(ca=tmp_path / "ca.pem")) as cluster:
+        workers = cluster.start_workers(3, extra=server)
+        cluster.start_coordinators({"coordinator": []}, wait=False)  # no --worker-tls-*: plaintext
+        log = tmp_path / "coordinator.log"
+
+        def waiting_lines():
+            return [ln for ln in log.read_text().splitlines() if '"msg": "waiting for worker"' in ln]
+
+        named = [f'"address": "{w}"' for w in workers]
+        assert _until(lambda: all(any(a in ln for ln in waiting_lines()) for a in named)), log.read_text()
+        assert all("does the worker expect TLS?" in ln for ln in waiting_lines())

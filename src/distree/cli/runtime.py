@@ -80,6 +80,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         state_ttl_s=args.state_ttl_s,
         max_states=args.max_states,
         max_state_mib=args.max_state_mib,
+        max_session_states=args.max_session_states,
+        max_session_state_mib=args.max_session_state_mib,
     )
     run = RunDir(args.run_dir)
     return _serve_forever(
@@ -285,6 +287,17 @@ def add_runtime_commands(sub, add_data_args) -> None:
         type=float,
         default=1024.0,
         help="MiB of request state held at once; more is refused",
+    )
+    p.add_argument(
+        "--max-session-states",
+        type=int,
+        help="requests one coordinator's session may hold at once (default: --max-states); set lower when "
+        "several coordinators share the worker",
+    )
+    p.add_argument(
+        "--max-session-state-mib",
+        type=float,
+        help="MiB of request state one session may hold (default: --max-state-mib)",
     )
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--device", help="torch device (default: cuda when present, else cpu)")

@@ -124,16 +124,17 @@ class LocalCluster:
         return self.start_coordinators({name: extra}, {name: port} if port else None)[name]
 
     def start_coordinators(
-        self, extras: dict[str, Sequence[str]], ports: dict[str, int] | None = None
+        self, extras: dict[str, Sequence[str]], ports: dict[str, int] | None = None, wait: bool = True
     ) -> dict[str, str]:
         """Start one coordinator per name (with its extra arguments, on its port in
-        ``ports`` or a free one) at once; returns their addresses once all are healthy."""
+        ``ports`` or a free one) at once; returns their addresses once all are healthy
+        (at once with ``wait`` False: one whose workers are unusable never is)."""
         launched = {}
         for name, extra in extras.items():
             address = f"127.0.0.1:{(ports or {}).get(name) or free_port()}"
             args = ["serve", self.run_dir, "--workers", ",".join(self.worker_addresses), "--listen", address, *extra]
             launched[name] = (address, self._spawn(name, args))
-        for address, proc in launched.values():
+        for address, proc in launched.values() if wait else ():
             wait_serving(address, proc=proc, tls=self.tls)
         return {name: address for name, (address, _) in launched.items()}
 

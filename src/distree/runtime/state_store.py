@@ -36,13 +36,26 @@ class StoreFull(RuntimeError):
 
 class StateStore:
     """Request states by request id, with their time-to-live and limits on how many are
-    held and how many bytes their feature maps take."""
+    held and how many bytes their feature maps take: on the whole worker, and per Session
+    stream (one per coordinator), so that one coordinator cannot take a worker shared
+    with others. A session limit of None is the worker's."""
 
-    def __init__(self, label: str, ttl_s: float, max_states: int = 4096, max_bytes: int = 1 << 30):
+    def __init__(
+        self,
+        label: str,
+        ttl_s: float,
+        max_states: int = 4096,
+        max_bytes: int = 1 << 30,
+        *,
+        max_session_states: int | None = None,
+        max_session_bytes: int | None = None,
+    ):
         self.label = label
         self.ttl_s = ttl_s
         self.max_states = max_states
         self.max_bytes = max_bytes
+        self.max_session_states = max_session_states or max_states
+        self.max_session_bytes = max_session_bytes or max_bytes
         self._states: dict[str, RequestState] = {}
         self.dropped = 0
         self.expired = 0
@@ -73,6 +86,20 @@ class StateStore:
                 f"this worker holds {held / 2**20:.0f} MiB of request state; this request would pass its limit "
                 f"of {self.max_bytes / 2**20:.0f} MiB (--max-state-mib)"
             )
+        if state.session is not None:
+            mine = [s for s in self._states.values() if s.session is state.session]
+            if len(mine) >= self.max_session_states:
+                raise StoreFull(
+                    f"this coordinator's session holds {len(mine)} requests on this worker, "
+                    "its limit (--max-session-states)"
+                )
+            held = sum(s.activation.nbytes for s in mine)
+            if held + state.activation.nbytes > self.max_session_bytes:
+                raise StoreFull(
+                    f"this coordinator's session holds {held / 2**20:.0f} MiB of request state on this worker; "
+                    f"this request would pass its limit of {self.max_session_bytes / 2**20:.0f} MiB "
+                    "(--max-session-state-mib)"
+                )
         self._states[request_id] = state
         metrics.ACTIVE_STATES.labels(self.label).set(len(self._states))
 

@@ -59,12 +59,18 @@ class WorkerOptions:
     state_ttl_s: float = 30.0
     max_states: int = 4096  # requests holding state at once
     max_state_mib: float = 1024.0  # their feature maps' bytes
+    # The same per Session stream (one per coordinator); None: the worker's limits.
+    max_session_states: int | None = None
+    max_session_state_mib: float | None = None
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1 or self.max_states < 1:
-            raise ValueError("--max-batch and --max-states must be at least 1")
+        session_states = 1 if self.max_session_states is None else self.max_session_states
+        if min(self.max_batch, self.max_states, session_states) < 1:
+            raise ValueError("--max-batch, --max-states and --max-session-states must be at least 1")
         if not (self.max_wait_ms >= 0 and self.state_ttl_s > 0 and self.max_state_mib > 0):
             raise ValueError("--max-wait-ms must be >= 0, --state-ttl-s and --max-state-mib positive")
+        if self.max_session_state_mib is not None and not self.max_session_state_mib > 0:
+            raise ValueError("--max-session-state-mib must be positive")
 
 
 class BranchWorker(pb_grpc.WorkerServicer):
@@ -73,8 +79,14 @@ class BranchWorker(pb_grpc.WorkerServicer):
 
     def __init__(self, run: RunDir, branch: int, options: WorkerOptions, device: torch.device):
         self.runner = StageRunner(run, branch, device, options.max_batch, options.max_wait_ms)
+        mib = options.max_session_state_mib
         self.states = StateStore(
-            str(branch), options.state_ttl_s, options.max_states, int(options.max_state_mib * 2**20)
+            str(branch),
+            options.state_ttl_s,
+            options.max_states,
+            int(options.max_state_mib * 2**20),
+            max_session_states=options.max_session_states,
+            max_session_bytes=None if mib is None else int(mib * 2**20),
         )
         self.branch_index = branch
         self.label = str(branch)

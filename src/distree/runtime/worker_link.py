@@ -144,6 +144,8 @@ class WorkerLink:
         self.up = False
         self._opts = opts
         self._backoff = opts.retry_initial_s
+        self._waiting_why: str | None = None  # why the last probe failed, as last logged
+        self._plaintext = not tls.enabled
         self.next_try = 0.0
         self.next_check = 0.0
         self._session: _Session | None = None
@@ -247,11 +249,22 @@ class WorkerLink:
             self.failed(str(err))
             return
         except (grpc.aio.AioRpcError, RuntimeError) as err:
-            if isinstance(err, grpc.aio.AioRpcError) and err.code() == grpc.StatusCode.UNAUTHENTICATED:
-                log.error("worker rejected the token", extra={"branch": self.branch, "address": self.address})
-            self.failed(str(err.details() if isinstance(err, grpc.aio.AioRpcError) else err))
+            rpc = isinstance(err, grpc.aio.AioRpcError)
+            why = f"{err.code().name}: {err.details()}" if rpc else str(err)
+            if self._plaintext and "Socket closed" in why:  # what a TLS server does to plaintext
+                why += " (does the worker expect TLS? see --worker-tls-ca)"
+            where = {"branch": self.branch, "address": self.address}
+            if rpc and err.code() == grpc.StatusCode.UNAUTHENTICATED:
+                log.error("worker rejected the token", extra=where)
+            elif why != self._waiting_why:
+                # Once per reason, not per probe: a worker not started yet, or one that speaks
+                # TLS to a plaintext coordinator (or the reverse), is named with what gRPC said.
+                log.warning("waiting for worker", extra={**where, "why": why})
+            self._waiting_why = why
+            self.failed(why)
             return
         self.up = True
+        self._waiting_why = None
         self._backoff = self._opts.retry_initial_s
         metrics.WORKER_UP.labels(str(self.branch)).set(1)
         log.info("worker up", extra={"branch": self.branch, "address": self.address})
