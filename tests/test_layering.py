@@ -17,7 +17,7 @@ LAYERS = [
     {"data", "models"},
     {"policies"},
     {"run"},
-    {"inference"},
+    {"inference", "export"},
     {"training", "runtime", "simulation"},
     {"evaluation"},
     {"devtools"},

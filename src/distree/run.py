@@ -85,6 +85,11 @@ class RunDir:
         atomic_write_text(self.meta_file, json.dumps(meta.model_dump(mode="json"), indent=2) + "\n")
         self._meta = meta
 
+    def student_fingerprint(self) -> str:
+        """What identifies this run's student: its architecture and every weight (an export
+        records it; evaluating an export checks it)."""
+        return fingerprint(self.student_file, "", salt=self.meta.config.student.model_dump_json().encode())
+
     def branch_fingerprint(self, branch: int) -> str:
         """What identifies branch ``branch`` of this run's student: its architecture and
         weights (a worker reports it; the coordinator refuses a worker whose differs)."""

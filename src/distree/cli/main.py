@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from distree import __version__
+from distree.cli.export import add_export_commands
 from distree.cli.runtime import add_runtime_commands
 from distree.cli.simulation import add_simulation_commands
 from distree.config import ConfigError, load_run_config
@@ -89,13 +90,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     check_compatible(run, splits.test)
     bs = meta.config.eval_batch_size
     student = run.load_student().to(device)
-    # The test split's branch vectors serve both reports: record them once.
-    vectors = branch_vectors(student, splits.test.images, meta.data.normalization, bs, device)
-    measured = evaluate_run(run, splits.test, device, bs, vectors, student)
+    # The branch vectors of each split serve every table: computed once.
+    if args.backend == "torch":
+        if args.export:
+            raise ValueError("--export is read by --backend onnxruntime only")
+        backend, val_vectors = "torch", None
+        vectors = branch_vectors(student, splits.test.images, meta.data.normalization, bs, device)
+    else:
+        if not args.export:
+            raise ValueError("--backend onnxruntime needs --export DIR (made by 'distree export')")
+        from distree.evaluation.offline import export_branch_vectors
+        from distree.export.manifest import read_manifest
+
+        backend = f"onnxruntime {read_manifest(args.export).precision} ({args.export})"
+        vectors = export_branch_vectors(Path(args.export), run, splits.test.images, bs)
+        val_vectors = export_branch_vectors(Path(args.export), run, splits.val.images, bs)
+    measured = evaluate_run(run, splits.test, device, bs, vectors, student, backend=backend)
     print(format_run(measured))
     # Curves go where the user asked for output, never into the run unasked.
     out_dir = Path(args.out_dir) if args.out_dir else Path(args.json).parent if args.json else None
-    policies = evaluate_policies(run, splits, device, out_dir, vectors, student)
+    # Thresholds saved for torch's vectors are fitted again on another backend's.
+    policies = evaluate_policies(
+        run, splits, device, out_dir, vectors, student, val_vectors=val_vectors, refit=val_vectors is not None
+    )
     report = EvalResult(**dict(measured), **dict(policies))
     print(format_policies(report))
     if args.json:
@@ -188,6 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--out-dir", help="where the curve CSV and PNG go (default: beside --json; neither: no curve files)")
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="what runs the branches: the run's torch weights, or an export under onnxruntime (--export); "
+        "the thresholds are then fitted on the export's validation vectors",
+    )
+    p.add_argument("--export", help="with --backend onnxruntime: the directory 'distree export' wrote")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("calibrate", help="fit exit-policy thresholds on the validation split")
@@ -213,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the evaluation to this JSON file")
     p.set_defaults(func=cmd_quickstart)
 
+    add_export_commands(sub, _add_data_args)
     add_runtime_commands(sub, _add_data_args)
     add_simulation_commands(sub, _add_data_args)
     return parser

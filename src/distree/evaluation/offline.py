@@ -57,13 +57,14 @@ def evaluate_run(
     batch_size: int = 512,
     vectors: list[list[torch.Tensor]] | None = None,
     student: DistrEEStudent | None = None,
+    backend: str = "torch",
 ) -> RunResult:
     """Teacher, per-exit, full-execution and k-of-N-branches results.
 
     Computation is MACs per sample (FlopCounterMode FLOPs / 2), cumulative per exit: the
     stages of every branch up to that exit plus every exit head on the way. ``vectors``:
     the test split's branch vectors when already recorded; ``student`` the run's student
-    when already loaded.
+    when already loaded; ``backend`` what computed ``vectors``.
     """
     check_compatible(run, test)
     meta = run.meta
@@ -99,7 +100,32 @@ def evaluate_run(
         devices_present_subsets=devices_detail,
         stage_macs=macs.stage,
         head_macs=macs.head,
+        backend=backend,
     )
+
+
+def export_branch_vectors(
+    export_dir: Path, run: RunDir, images: torch.Tensor, batch_size: int
+) -> list[list[torch.Tensor]]:
+    """Pooled vectors [branch][exit] (N, C) of every branch of an export of ``run``, run
+    with onnxruntime; refuses an export of other weights."""
+    from distree.export.manifest import read_manifest
+    from distree.export.ort import OrtBranch
+
+    manifest = read_manifest(export_dir)
+    if manifest.fingerprint != run.student_fingerprint():
+        raise ValueError(f"{export_dir} was exported from other weights than {run.path}'s (export it again)")
+    out = []
+    for b in range(manifest.num_branches):
+        branch = OrtBranch(export_dir, b)
+        per_exit: list[list[torch.Tensor]] = [[] for _ in range(branch.num_stages)]
+        for x in images.split(batch_size):
+            h = x.numpy()
+            for k in range(branch.num_stages):
+                h, v = branch.run_stage(k, h)
+                per_exit[k].append(torch.from_numpy(v))
+        out.append([torch.cat(parts) for parts in per_exit])
+    return out
 
 
 def fit_calibration(
@@ -144,24 +170,30 @@ def evaluate_policies(
     out_dir: Path | None,
     test_vectors: list[list[torch.Tensor]] | None = None,
     student: DistrEEStudent | None = None,
+    val_vectors: list[list[torch.Tensor]] | None = None,
+    refit: bool = False,
 ) -> PolicyResults:
     """Every policy at its calibrated point on the test split, the sweep curves (CSV + PNG
     into ``out_dir``; none when it is None) and the same with k of N branches present.
 
     A run whose calibration lacks a policy is calibrated here for a 0.5-point drop, in
     memory only: evaluation writes into the run directory only what it is asked to.
+    ``refit`` calibrates in memory in any case, for the saved target (vectors from another
+    backend than the one the saved thresholds were fitted on).
     """
     check_compatible(run, splits.test)
     student = student or run.load_student().to(device)
-    saved = run.read_calibration()
-    in_memory = saved is None or any(p not in saved.policies for p in policy_names(calibrated=True))
-    if in_memory:
-        target = CalibrationTarget(max_drop_pp=DEFAULT_MAX_DROP_PP, confidence=DEFAULT_CONFIDENCE)
-        saved = fit_calibration(run, student, splits, device, target)
     meta = run.meta
     bs, norm = meta.config.eval_batch_size, meta.data.normalization
+    val_vec = val_vectors or branch_vectors(student, splits.val.images, norm, bs, device)
+    saved = run.read_calibration()
+    in_memory = refit or saved is None or any(p not in saved.policies for p in policy_names(calibrated=True))
+    if in_memory:
+        default = CalibrationTarget(max_drop_pp=DEFAULT_MAX_DROP_PP, confidence=DEFAULT_CONFIDENCE)
+        target = saved.target if saved is not None and refit else default
+        saved = calibrate_policies(student, val_vec, splits.val.labels, target, policy_names(calibrated=True))
     test_vec = test_vectors or branch_vectors(student, splits.test.images, norm, bs, device)
-    val_rec = fuse_exits(student, branch_vectors(student, splits.val.images, norm, bs, device))
+    val_rec = fuse_exits(student, val_vec)
     test_rec = fuse_exits(student, test_vec)
     y = splits.test.labels
     results = {}

@@ -95,6 +95,9 @@ class RunResult(_Record):
     devices_present_subsets: dict[str, dict[str, float]]  # k -> "i,j,..." -> accuracy
     stage_macs: list[list[int]]  # [branch][stage]
     head_macs: list[int]  # [exit]
+    #: What ran the branches: torch, or an export under onnxruntime ("onnxruntime fp32",
+    #: "onnxruntime int8"; the heads are fp32 torch in every case).
+    backend: str = "torch"
 
 
 class PolicyResults(_Record):
@@ -219,7 +222,7 @@ def _target_text(t: CalibrationTarget) -> str:
 
 def format_run(r: RunResult) -> str:
     """What ``distree eval`` prints first: the exits and the branches-present table."""
-    lines = [f"test samples: {r.test_samples}   (computation: MACs per sample)"]
+    lines = [f"test samples: {r.test_samples}   branches run by: {r.backend}   (computation: MACs per sample)"]
     for table in (exits_table(r), present_table(r)):
         lines += ["", *render(*table)]
     return "\n".join(lines)
@@ -228,7 +231,9 @@ def format_run(r: RunResult) -> str:
 def format_policies(r: EvalResult) -> str:
     """What ``distree eval`` prints after the policies are measured."""
     fitted = "fitted on the validation split"
-    if not r.calibration_saved:
+    if r.backend != "torch":
+        fitted += " now, on this backend's vectors"
+    elif not r.calibration_saved:
         fitted += " now, not saved: run distree calibrate"
     lines = [
         "",

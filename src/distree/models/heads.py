@@ -67,6 +67,18 @@ class ExitHead(nn.Module):
         """
         if len(vectors) != len(self.proj):
             raise ValueError(f"expected {len(self.proj)} branch vectors, got {len(vectors)}")
+        projected, keeps = self.project(vectors, mask)
+        if not projected:
+            raise ValueError("an exit head needs at least one branch vector")
+        if bool((sum(keeps[1:], keeps[0]) == 0).any()):
+            raise ValueError("every sample needs at least one present branch")
+        return self.fuse(projected, keeps, agreement)
+
+    def project(
+        self, vectors: Sequence[torch.Tensor | None], mask: torch.Tensor | None = None
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The present branches' projections (B, embed_dim), zero where ``mask`` removes a
+        sample, and their keep flags (B, 1)."""
         projected, keeps = [], []
         for b, v in enumerate(vectors):
             if v is None:
@@ -79,11 +91,12 @@ class ExitHead(nn.Module):
                 p = torch.where(keep.bool(), p, torch.zeros((), dtype=p.dtype, device=p.device))
             projected.append(p)
             keeps.append(keep)
-        if not projected:
-            raise ValueError("an exit head needs at least one branch vector")
+        return projected, keeps
+
+    def fuse(self, projected: list[torch.Tensor], keeps: list[torch.Tensor], agreement: bool = True) -> ExitOutput:
+        """The embedding, logits and agreement from ``project``'s output, unchecked (every
+        sample needs a kept branch): what an exported head computes."""
         count = sum(keeps[1:], keeps[0])
-        if bool((count == 0).any()):
-            raise ValueError("every sample needs at least one present branch")
         z = self.norm(sum(projected[1:], projected[0]) / count)
         agree = self._agreement(torch.stack(projected), torch.stack(keeps), count) if agreement else None
         return ExitOutput(z, self.classifier(z), agree)

@@ -1,0 +1,77 @@
+"""The ONNX export against the torch model it came from: every branch stage and every exit
+head, at batch 1 and 8, for the shipped models and a freshly trained one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distree.export.manifest import read_manifest
+from distree.export.onnx_export import export_onnx
+from distree.export.ort import OrtBranch, OrtHeads
+from distree.run import RunDir
+
+ROOT = Path(__file__).resolve().parents[2]
+TOLERANCE = 1e-4  # max abs difference, fp32
+
+
+@pytest.fixture(scope="module", params=["trained", "models/fashion-mnist", "models/cifar10"])
+def exported(request, tmp_path_factory):
+    if request.param == "trained":
+        run = request.getfixturevalue("trained")[0]
+    else:
+        run = RunDir(ROOT / request.param)
+    out = tmp_path_factory.mktemp("export")
+    export_onnx(run, out)
+    return run, out
+
+
+def _worst(a: np.ndarray, b: torch.Tensor) -> float:
+    assert a.shape == tuple(b.shape)
+    return float(np.abs(a - b.numpy()).max())
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_every_stage_and_head_matches_torch(exported, batch):
+    run, out = exported
+    student = run.load_student().eval()
+    manifest = read_manifest(out)
+    assert manifest.branch_fingerprints == [run.branch_fingerprint(b) for b in range(student.num_branches)]
+    images = torch.randint(
+        0, 256, (batch, *manifest.input_shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(batch)
+    )
+    with torch.no_grad():
+        h = {b: run.meta.data.normalization(images) for b in range(student.num_branches)}
+        expected = []  # [exit][branch] (state, pooled)
+        for k in range(student.num_exits):
+            row = []
+            for b, branch in enumerate(student.branches):
+                h[b], v = branch.run_stage(k, h[b])
+                row.append((h[b], v))
+            expected.append(row)
+    pooled = []  # [exit][branch]
+    for b in range(student.num_branches):
+        ort_branch = OrtBranch(out, b)
+        x = images.numpy()
+        for k in range(student.num_exits):
+            x, v = ort_branch.run_stage(k, x)
+            assert _worst(x, expected[k][b][0]) <= TOLERANCE, (b, k)
+            assert _worst(v, expected[k][b][1]) <= TOLERANCE, (b, k)
+            if b == 0:
+                pooled.append([])
+            pooled[k].append(v)
+    heads = OrtHeads(out)
+    some = [b % 2 == 0 for b in range(student.num_branches)]  # every other branch answered
+    for e, head in enumerate(student.heads):
+        for present in ([True] * student.num_branches, some):
+            z, logits, agreement = heads.run(e, [v if p else None for v, p in zip(pooled[e], present)])
+            with torch.no_grad():
+                want = head([exp[1] if p else None for exp, p in zip(expected[e], present)])
+            assert _worst(z, want.embedding) <= TOLERANCE
+            assert _worst(logits, want.logits) <= TOLERANCE
+            finite = np.isfinite(agreement)
+            assert (finite == torch.isfinite(want.agreement).numpy()).all()
+            assert _worst(agreement[finite], want.agreement[torch.from_numpy(finite)]) <= TOLERANCE
