@@ -26,6 +26,7 @@ from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
 from distree.runtime.stage_runner import StageRunner
 from distree.runtime.tensors import to_proto
+from distree.runtime.torch_stages import TorchStages
 
 
 def main() -> None:
@@ -41,7 +42,7 @@ def main() -> None:
     meta = run.read_meta()
     image = torch.zeros(args.rows, meta.data.in_channels, meta.data.image_size, meta.data.image_size, dtype=torch.uint8)
 
-    local = StageRunner(run, 0, torch.device("cpu"), max_batch=128, max_wait_ms=0.0)
+    local = StageRunner(TorchStages(run, 0, torch.device("cpu")), 0, max_batch=128, max_wait_ms=0.0)
     local.load()
     stages = local.num_stages
     t0, n = time.process_time(), 0

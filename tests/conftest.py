@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -100,3 +102,14 @@ def calibration_of(policies: dict[str, dict[int, list[float | None]]]):
         rest = {k: Calibration(**fit(t), met=True, message="") for k, t in by_count.items() if k != top}
         entries[name] = {**fit(by_count[top]), "met": True, "message": "", "by_present": rest}
     return CalibrationFile(target=CalibrationTarget(max_drop_pp=0.5), split="validation", samples=0, policies=entries)
+
+
+def until(predicate, timeout_s: float = 15.0) -> bool:
+    """Poll ``predicate`` until it holds (True) or ``timeout_s`` passes (False): for what
+    other processes do in their own time (log lines, health)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False

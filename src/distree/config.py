@@ -13,6 +13,20 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+#: Names users meet on the command line before anything is loaded: the command line reads
+#: them from here, so that ``distree --help``, ``--version`` and a board's onnxruntime
+#: worker never import torch.
+#: The environment variable a data set path is read from when ``--data`` is not given.
+DATA_ENV_VAR = "DISTREE_DATA"
+#: The environment variable listing policy plugin modules (comma-separated).
+PLUGINS_ENV_VAR = "DISTREE_PLUGINS"
+#: The data set formats ``--format`` names (``distree.data.loading.FORMATS`` reads them).
+DATA_FORMATS = ("image-folder", "cifar10-python", "idx", "npz")
+#: What the runtime and the demo use unless told otherwise: the feature criterion that
+#: predicts best whether an exit is right (docs/policies.md). Confidence (``max-prob``)
+#: saves more on the shipped models; the README says by how much.
+DEFAULT_POLICY = "feature-agreement"
+
 
 class ConfigError(ValueError):
     """A configuration file or value is invalid; the message names the field."""

@@ -120,3 +120,15 @@ def test_flags_are_validated_as_the_config_file_is(tmp_path, image_folder, capsy
     cfg.write_text("teacher_optim: {lr: .inf}\n")
     assert main(["train", "--data", str(image_folder), "--out", str(tmp_path / "r"), "--config", str(cfg)]) == 2
     assert "lr" in capsys.readouterr().err
+
+
+def test_policies_lists_every_policy_with_its_criterion_and_the_default(capsys):
+    from distree.config import DEFAULT_POLICY
+    from distree.policies import policy_class
+
+    assert main(["policies"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert set(lines) == set(policy_names())
+    assert all(policy_class(n).criterion in line for n, line in lines.items())
+    assert lines[DEFAULT_POLICY].rstrip().endswith("default")
+    assert "offline only" in lines["oracle"]

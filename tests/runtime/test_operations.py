@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import grpc
 import pytest
-from conftest import RUNTIME_BRANCHES
+from conftest import RUNTIME_BRANCHES, until
 
 from distree.cli.main import main
 from distree.devtools.cluster import LocalCluster, free_port
@@ -21,15 +20,6 @@ from distree.runtime.security import call_metadata
 
 def _health(address: str) -> int:
     return subprocess.run([sys.executable, "-m", "distree", "health", address], capture_output=True).returncode
-
-
-def _until(predicate, timeout_s: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_a_worker_on_a_taken_port_fails_to_start(trained, tmp_path):
@@ -82,9 +72,9 @@ def test_health_tells_the_truth_and_sigterm_drains(trained, tmp_path):
         assert _health(coord) == 0 and _health(workers[0]) == 0
         for b in range(RUNTIME_BRANCHES):
             cluster.kill(f"worker{b}")
-        assert _until(lambda: _health(coord) == 1), "the coordinator should say NOT_SERVING with no worker up"
+        assert until(lambda: _health(coord) == 1), "the coordinator should say NOT_SERVING with no worker up"
         cluster.start_worker(0, port=int(workers[0].rsplit(":", 1)[1]))
-        assert _until(lambda: _health(coord) == 0), "...and SERVING again once one is back"
+        assert until(lambda: _health(coord) == 0), "...and SERVING again once one is back"
         for name in ("coordinator", "worker0"):
             proc = cluster.procs[name]
             proc.terminate()  # SIGTERM, as docker stop and systemd send
@@ -118,7 +108,7 @@ def test_a_coordinator_with_another_token_than_its_workers_says_so(trained, tmp_
         cluster.start_coordinators({"coordinator": ["--token-file", str(tmp_path / "coordinator")]}, wait=False)
         log = tmp_path / "coordinator.log"
         rejected = [f'"address": "{w}"' for w in workers]
-        assert _until(lambda: all(a in log.read_text() for a in rejected)), log.read_text()
+        assert until(lambda: all(a in log.read_text() for a in rejected)), log.read_text()
     lines = [ln for ln in log.read_text().splitlines() if '"msg": "worker rejected the token"' in ln]
     assert {a for a in rejected if any(a in ln for ln in lines)} == set(rejected)
 
@@ -208,4 +198,4 @@ def test_a_paused_worker_is_left_out_then_used_again(trained, tmp_path):
             finally:
                 os.kill(paused, signal.SIGCONT)
             assert all(a.branches == [0, 2] for a in answers)
-            assert _until(lambda: client.infer(images[:1])[0].branches == [0, 1, 2])
+            assert until(lambda: client.infer(images[:1])[0].branches == [0, 1, 2])

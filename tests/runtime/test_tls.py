@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 
 import pytest
+from conftest import until
 
 from distree.devtools.cluster import LocalCluster
 from distree.runtime.client import DistreeClient, InferenceError
 from distree.runtime.security import TLSFiles
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
-
-
-def _until(predicate, timeout_s: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def _openssl(*args, cwd):
@@ -72,5 +63,5 @@ def test_a_plaintext_coordinator_of_tls_workers_says_why_it_waits(trained, tmp_p
             return [ln for ln in log.read_text().splitlines() if '"msg": "waiting for worker"' in ln]
 
         named = [f'"address": "{w}"' for w in workers]
-        assert _until(lambda: all(any(a in ln for ln in waiting_lines()) for a in named)), log.read_text()
+        assert until(lambda: all(any(a in ln for ln in waiting_lines()) for a in named)), log.read_text()
         assert all("does the worker expect TLS?" in ln for ln in waiting_lines())

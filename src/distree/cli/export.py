@@ -7,9 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-from distree.data import load_data
-from distree.run import RunDir
-
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -17,7 +14,9 @@ def _log(msg: str) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export every branch stage and exit head of a run."""
+    from distree.data import load_data
     from distree.export.onnx_export import export_onnx
+    from distree.run import RunDir
 
     if args.calibration_samples < 1:
         raise ValueError("--calibration-samples must be at least 1")

@@ -10,17 +10,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from distree import __version__
+from distree.cli.args import add_data_args as _add_data_args
+from distree.cli.args import policy_type
 from distree.cli.export import add_export_commands
 from distree.cli.runtime import add_runtime_commands
 from distree.cli.simulation import add_simulation_commands
 from distree.config import ConfigError, load_run_config
-from distree.data import ENV_VAR, DataError, load_data
-from distree.data.loading import FORMATS
-from distree.hardware import pick_device
-from distree.policies import load_plugins, policy_names
 
 # `distree train --time-limit` stopped before the end: not an error, but not finished either.
 EXIT_TIME_LIMIT = 3
@@ -30,18 +26,12 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data",
-        help=f"data set path (image folder, CIFAR-10 python release, IDX folder or .npz pair); "
-        f"default ${ENV_VAR}; 'cifar10' or 'fashion-mnist' downloads the official release",
-    )
-    p.add_argument("--format", choices=list(FORMATS), help="override format detection")
-    p.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     """Train teacher and student into --out."""
+    import torch
+
+    from distree.data import DataError, load_data
+    from distree.hardware import pick_device
     from distree.training.loop import TimeLimitReached
     from distree.training.pipeline import train_run
     from distree.training.sizing import fit_to_data, too_few_steps
@@ -123,12 +113,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _open_run(args: argparse.Namespace):
     """The run directory, its metadata, its data splits and the device."""
+    from distree.data import load_data
+    from distree.hardware import pick_device
     from distree.run import RunDir
 
     run = RunDir(args.run_dir)
     meta = run.meta
     splits = load_data(args.data, args.format, meta.config.data.val_fraction, meta.config.data.split_seed)
     return run, meta, splits, pick_device(args.device)
+
+
+def cmd_policies(args: argparse.Namespace) -> int:
+    """List the registered exit policies (built-in and plugins) and what each one reads."""
+    from distree.config import DEFAULT_POLICY
+    from distree.policies import policy_class, policy_names
+    from distree.tables import render
+
+    rows = []
+    for name in policy_names():
+        cls = policy_class(name)
+        probe = cls.__new__(cls)  # (its properties read class attributes only)
+        uses = [u for u, yes in (("calibrated", probe.calibrated), ("served", probe.servable)) if yes]
+        rows.append(
+            [name, cls.criterion, ", ".join(uses) or "offline only", "default" if name == DEFAULT_POLICY else ""]
+        )
+    print("\n".join(render(["policy", "criterion", "use", ""], rows)))
+    return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -221,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--max-drop", type=float, help="least computation with at most this accuracy drop (points)")
     target.add_argument("--budget", type=float, help="best accuracy within this fraction of full computation")
-    p.add_argument("--policy", choices=policy_names(calibrated=True), help="calibrate only this policy (default: all)")
+    p.add_argument("--policy", type=policy_type(calibrated=True), help="calibrate only this policy (default: all)")
     p.add_argument(
         "--confidence",
         type=float,
@@ -230,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 0.9; 0 fits the validation split exactly, with no margin)",
     )
     p.set_defaults(func=cmd_calibrate)
+    p = sub.add_parser("policies", help="list the exit policies (built-in and from plugins) and what each reads")
+    p.set_defaults(func=cmd_policies)
+
     p = sub.add_parser("quickstart", help="train on a slice of the data for one epoch, then evaluate")
     _add_data_args(p)
     p.add_argument("--out", help="run directory (default: a new temporary directory)")
@@ -261,19 +274,23 @@ def _plugin_args(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``distree`` command."""
-    # Plugins register policies that the parser's choices list: load them first.
+    # Modules named with --plugin are imported first, so that a bad one is reported now;
+    # those of $DISTREE_PLUGINS and entry points when a policy is first looked up.
     pre = argparse.ArgumentParser(add_help=False)
     _add_plugin_arg(pre)
     known, _ = pre.parse_known_args(argv)
-    try:
-        load_plugins(known.plugin)
-    except ValueError as err:
-        print(f"distree: error: {err}", file=sys.stderr)
-        return 2
+    if known.plugin:
+        from distree.policies import load_plugins
+
+        try:
+            load_plugins(known.plugin)
+        except ValueError as err:
+            print(f"distree: error: {err}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, OSError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError) as err:  # ConfigError and DataError among them
         print(f"distree {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -10,19 +10,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from distree.data import load_data
-from distree.hardware import pick_device
-from distree.policies import DEFAULT_POLICY, policy_names
-from distree.policies.scores import Full, MaxProb
-from distree.run import RunDir
+from distree.cli.args import policy_type
+from distree.config import DEFAULT_POLICY
 
 DEFAULT_DEMO_RUN = "models/cifar10"
-#: The default policy (a feature criterion) next to softmax confidence, the criterion it is
-#: measured against.
-DEMO_POLICIES = tuple(dict.fromkeys([DEFAULT_POLICY, MaxProb.name]))
-FULL = Full.name
+#: The default policy (a feature criterion) next to softmax confidence (``MaxProb``), the
+#: criterion it is measured against.
+DEMO_POLICIES = (DEFAULT_POLICY, "max-prob")
 DEMO_WARM_UP = 64  # images sent through each coordinator before anything is measured
 DEMO_ROUNDS_PER_COORDINATOR = 2  # the measured images go in this many rounds per coordinator
 
@@ -71,8 +65,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from distree.runtime.worker import WorkerOptions, serve_worker
 
     setup_logging(args.log_level)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.backend == "torch":
+        import torch
+
+        from distree.hardware import pick_device
+        from distree.run import RunDir
+        from distree.runtime.torch_stages import TorchStages
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        backend = TorchStages(RunDir(args.source), args.branch, pick_device(args.device))
+    else:
+        from distree.runtime.ort_stages import OrtStages
+
+        if args.device:
+            raise ValueError("--device is for --backend torch; onnxruntime runs on the CPU here")
+        backend = OrtStages(args.source, args.branch, args.threads)
     serve_metrics(args.metrics_port, _metrics_host(args))
     opts = WorkerOptions(
         max_batch=args.max_batch,
@@ -83,14 +91,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         max_session_states=args.max_session_states,
         max_session_state_mib=args.max_session_state_mib,
     )
-    run = RunDir(args.run_dir)
     return _serve_forever(
         serve_worker(
-            run,
+            backend,
             args.branch,
             args.listen,
             opts,
-            pick_device(args.device),
             _token(args),
             _tls(args),
             debug_rpcs=args.debug_rpcs,
@@ -101,6 +107,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the coordinator."""
+    from distree.run import RunDir
     from distree.runtime.coordinator import CoordinatorOptions, serve_coordinator
     from distree.runtime.logs import setup_logging
     from distree.runtime.metrics import serve_metrics
@@ -127,6 +134,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_infer(args: argparse.Namespace) -> int:
     """Send a data set's test split through a running coordinator."""
+    from distree.data import load_data
     from distree.runtime.loadgen import format_infer, run_infer
 
     splits = load_data(args.data, args.format)
@@ -181,7 +189,10 @@ def cmd_health(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Four workers and one coordinator per policy, plus one for full execution, as local
     processes; the same test images through each, compared side by side."""
+    from distree.data import load_data
     from distree.devtools.cluster import LocalCluster, settled_worker_infos
+    from distree.policies.scores import Full
+    from distree.run import RunDir
     from distree.runtime.client import DistreeClient
     from distree.runtime.loadgen import format_infer, send, summarize
 
@@ -194,7 +205,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     test = splits.test
     n = min(args.limit, len(test))
     policies = list(dict.fromkeys(args.policy or DEMO_POLICIES))
-    names = [*policies, FULL]
+    names = [*policies, Full.name]
     logs = Path(tempfile.mkdtemp(prefix="distree-demo-logs-"))
     n_branches = len(meta.config.student.branches)
     print(
@@ -241,7 +252,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             r["devices_macs_per_sample"] = round(macs / n)
             print(format_infer(r))
             results[p] = {k: v for k, v in r.items() if k != "requests"}
-    full = results[FULL]
+    full = results[Full.name]
     eager = " (eager: devices run ahead of the exit until cancelled; counted)" if args.mode == "eager" else ""
     print(f"against full execution, same workers, same {n} images; computation measured on the devices{eager}:")
     for policy in policies:
@@ -273,7 +284,15 @@ def _machine() -> str:
 def add_runtime_commands(sub, add_data_args) -> None:
     """Register worker, serve, infer and demo."""
     p = sub.add_parser("worker", help="serve one branch of a trained run (a device)")
-    p.add_argument("run_dir")
+    p.add_argument(
+        "source", metavar="RUN_OR_EXPORT", help="the run directory (--backend torch) or a 'distree export' directory"
+    )
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="torch on the run's weights, or onnxruntime on an export: no torch needed (default torch)",
+    )
     p.add_argument("--branch", type=int, required=True, help="which branch this device runs (0-based)")
     p.add_argument("--listen", default="127.0.0.1:50061", help="HOST:PORT to listen on")
     p.add_argument("--max-batch", type=int, default=128, help="most inputs batched into one stage's forward pass")
@@ -299,8 +318,8 @@ def add_runtime_commands(sub, add_data_args) -> None:
         type=float,
         help="MiB of request state one session may hold (default: --max-state-mib)",
     )
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    p.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
+    p.add_argument("--threads", type=int, help="compute threads (default: the backend's choice)")
+    p.add_argument("--device", help="--backend torch: torch device (default: cuda when present, else cpu)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     p.add_argument(
         "--metrics-addr", help="host the metrics listen on (default: the --listen host, so loopback stays loopback)"
@@ -322,7 +341,12 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.add_argument("--workers", required=True, help="HOST:PORT of each worker, comma-separated, in branch order")
     p.add_argument("--listen", default="127.0.0.1:50051")
     p.add_argument("--mode", choices=["lockstep", "eager"], default="lockstep")
-    p.add_argument("--policy", choices=policy_names(servable=True), default=DEFAULT_POLICY)
+    p.add_argument(
+        "--policy",
+        type=policy_type(servable=True),
+        default=DEFAULT_POLICY,
+        help=f"exit policy (default {DEFAULT_POLICY}; 'distree policies' lists them)",
+    )
     p.add_argument("--stage-timeout-ms", type=float, default=1000.0, help="per-stage deadline for worker answers")
     p.add_argument("--max-group-inputs", type=int, default=128, help="inputs of waiting calls that start as one group")
     p.add_argument("--max-groups", type=int, default=4, help="groups in flight at once")
@@ -361,7 +385,7 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.add_argument(
         "--policy",
         action="append",
-        choices=policy_names(servable=True, calibrated=True),
+        type=policy_type(servable=True, calibrated=True),
         help=f"an early-exit policy to compare with full execution; repeat for more ({', '.join(DEMO_POLICIES)})",
     )
     p.add_argument("--mode", choices=["lockstep", "eager"], default="lockstep")

@@ -8,9 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-from distree.hardware import pick_device
-from distree.run import RunDir
-
 DEFAULT_SCENARIO = "scenarios/four-boards-wifi.yaml"
 
 
@@ -28,19 +25,27 @@ def _floats(text: str) -> list[float]:
     return values
 
 
+def _run(args: argparse.Namespace):
+    from distree.run import RunDir
+
+    return RunDir(args.run_dir)
+
+
 def _model(args: argparse.Namespace):
     from distree.evaluation.record import load_model
+    from distree.hardware import pick_device
 
-    return load_model(RunDir(args.run_dir), args.data, pick_device(args.device), log=_log)
+    return load_model(_run(args), args.data, pick_device(args.device), log=_log)
 
 
 def cmd_record(args: argparse.Namespace) -> int:
     """Record the run's outputs on the test split for the simulator."""
     from distree.evaluation.record import record_trace
+    from distree.hardware import pick_device
     from distree.simulation.trace import TRACE_FILE
 
     t0 = time.perf_counter()
-    run = RunDir(args.run_dir)
+    run = _run(args)
     trace = record_trace(run, args.data, pick_device(args.device), args.max_drop, log=_log)
     _log(f"recorded {trace.meta.samples} samples in {time.perf_counter() - t0:.0f}s: {run.path / TRACE_FILE}")
     return 0
@@ -91,7 +96,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from distree.simulation.report import write_report
 
     scenarios = [_scenario(s, args.requests) for s in (args.scenario or [DEFAULT_SCENARIO])]
-    path = write_report(RunDir(args.run_dir), _model(args), scenarios, Path(args.out), log=_log)
+    path = write_report(_run(args), _model(args), scenarios, Path(args.out), log=_log)
     _log(f"report: {path}")
     return 0
 
@@ -122,7 +127,7 @@ def add_simulation_commands(sub, add_data_args) -> None:
     p = sub.add_parser("sweep", help="simulate a scenario over values of one parameter, to CSV")
     p.add_argument("scenario")
     common(p)
-    from distree.simulation.sweep import SWEEP_PARAMS
+    from distree.simulation.scenario import SWEEP_PARAMS  # (no torch)
 
     p.add_argument("--param", required=True, choices=SWEEP_PARAMS)
     p.add_argument("--values", required=True, type=_floats, help="comma-separated values")

@@ -6,20 +6,20 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from distree.config import DATA_ENV_VAR, DATA_FORMATS
 from distree.data import cache
 from distree.data.dataset import DataError, DataSplits, ImageSet, split_train_val
 from distree.data.download import RELEASES, download_release
 from distree.data.formats import cifar, idx, image_folder, npz
 
-ENV_VAR = "DISTREE_DATA"
+ENV_VAR = DATA_ENV_VAR
 
 Reader = Callable[[Path], tuple[ImageSet, ImageSet]]
-# Order matters only for ambiguous folders; the most specific layouts come first.
+_READERS = {"image-folder": image_folder, "cifar10-python": cifar, "idx": idx, "npz": npz}
+assert set(_READERS) == set(DATA_FORMATS), "every format --format names has a reader"
+# In DATA_FORMATS' order, which matters only for ambiguous folders: the most specific first.
 FORMATS: dict[str, tuple[Callable[[Path], bool], Reader]] = {
-    "image-folder": (image_folder.detect, image_folder.load),
-    "cifar10-python": (cifar.detect, cifar.load),
-    "idx": (idx.detect, idx.load),
-    "npz": (npz.detect, npz.load),
+    name: (_READERS[name].detect, _READERS[name].load) for name in DATA_FORMATS
 }
 
 

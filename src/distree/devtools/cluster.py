@@ -98,10 +98,12 @@ class LocalCluster:
         self.procs[name] = proc
         return proc
 
-    def _launch_worker(self, branch: int, port: int | None, extra: Sequence[str]) -> tuple[str, subprocess.Popen]:
+    def _launch_worker(
+        self, branch: int, port: int | None, extra: Sequence[str], source: str | Path | None = None
+    ) -> tuple[str, subprocess.Popen]:
         host, prefix = self.placement(branch) if self.placement else ("127.0.0.1", ())
         address = f"{host}:{port or free_port()}"
-        args = ["worker", self.run_dir, "--branch", str(branch), "--listen", address, *extra]
+        args = ["worker", str(source or self.run_dir), "--branch", str(branch), "--listen", address, *extra]
         return address, self._spawn(f"worker{branch}", args, prefix)
 
     def start_worker(self, branch: int, port: int | None = None, extra: Sequence[str] = ()) -> str:
@@ -110,9 +112,10 @@ class LocalCluster:
         wait_serving(address, proc=proc, tls=self.tls)
         return address
 
-    def start_workers(self, n: int, extra: Sequence[str] = ()) -> list[str]:
-        """Start ``n`` workers (branches 0..n-1) at once; returns their addresses once healthy."""
-        launched = [self._launch_worker(b, None, extra) for b in range(n)]
+    def start_workers(self, n: int, extra: Sequence[str] = (), source: str | Path | None = None) -> list[str]:
+        """Start ``n`` workers (branches 0..n-1) at once; returns their addresses once healthy.
+        ``source``: what they serve instead of the run (an export, with ``--backend onnxruntime``)."""
+        launched = [self._launch_worker(b, None, extra, source) for b in range(n)]
         for address, proc in launched:
             wait_serving(address, proc=proc, tls=self.tls)
         self.worker_addresses = [a for a, _ in launched]

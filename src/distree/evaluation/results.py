@@ -207,6 +207,13 @@ def by_present_table(r: EvalResult) -> Table:
     return ["policy", *(f"{k} present: drop / saving" for k in counts)], rows
 
 
+def columns(table: Table, names: list[str]) -> Table:
+    """Only the columns called ``names``, in that order."""
+    headers, rows = table
+    idx = [headers.index(n) for n in names]
+    return names, [[row[i] for i in idx] for row in rows]
+
+
 def labelled(tables: dict[str, Table], label: str = "data set") -> Table:
     """Several runs' tables of one kind as one, with the run's name in a first column."""
     headers = [label, *next(iter(tables.values()))[0]]

@@ -1,5 +1,6 @@
 """Exit policies: when the coordinator stops a request, and their calibration to a QoS target."""
 
+from distree import config
 from distree.policies.base import ExitPolicy, ExitThresholds, decide_exits, exit_scores
 from distree.policies.deadline import should_stop_for_deadline
 from distree.policies.registry import (
@@ -13,10 +14,7 @@ from distree.policies.registry import (
 # The built-in policies register themselves on import, before any user module.
 from distree.policies import scores  # noqa: E402, F401  isort: skip
 
-#: What the runtime and the demo use unless told otherwise: the feature criterion that
-#: predicts best whether an exit is right (docs/policies.md). Confidence (`max-prob`)
-#: saves more on the shipped models; the README says by how much.
-DEFAULT_POLICY = scores.FeatureAgreement.name
+DEFAULT_POLICY = config.DEFAULT_POLICY  # (defined where the command line reads it)
 
 __all__ = [
     "DEFAULT_POLICY",

@@ -28,13 +28,15 @@ from typing import TypeVar
 
 import torch
 
+from distree.config import PLUGINS_ENV_VAR
 from distree.policies.base import ExitPolicy
 
-PLUGINS_ENV = "DISTREE_PLUGINS"
+PLUGINS_ENV = PLUGINS_ENV_VAR
 ENTRY_POINT_GROUP = "distree.policies"
 
 _REGISTRY: dict[str, type[ExitPolicy]] = {}
 _loaded: set[str] = set()
+_plugins_env_seen: str | None = None  # $DISTREE_PLUGINS as the last lookup found it
 
 P = TypeVar("P", bound=type[ExitPolicy])
 
@@ -55,9 +57,21 @@ def register_policy(cls: P) -> P:
     return cls
 
 
+def _with_plugins() -> None:
+    """Before a lookup: import the plugins ``$DISTREE_PLUGINS`` names and the installed entry
+    points, once (again if the variable changed). The command line only sets the variable
+    from ``--plugin``, so a command that never looks a policy up never imports them."""
+    global _plugins_env_seen
+    env = os.environ.get(PLUGINS_ENV, "")
+    if env != _plugins_env_seen:
+        _plugins_env_seen = env  # first: a plugin that looks policies up must not recurse
+        load_plugins()
+
+
 def policy_names(*, servable: bool | None = None, calibrated: bool | None = None) -> list[str]:
     """Registered names in registration order (built-ins first), optionally only those
     that can be served or that calibration fits."""
+    _with_plugins()
     out = []
     for name, cls in _REGISTRY.items():
         probe = cls.__new__(cls)  # the properties read class attributes only
@@ -71,6 +85,7 @@ def policy_names(*, servable: bool | None = None, calibrated: bool | None = None
 
 def policy_class(name: str) -> type[ExitPolicy]:
     """The registered class called ``name``."""
+    _with_plugins()
     if name not in _REGISTRY:
         raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(_REGISTRY)}")
     return _REGISTRY[name]

@@ -10,8 +10,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-
-import torch
+from typing import Any
 
 from distree.runtime import metrics
 
@@ -25,7 +24,7 @@ class RequestState:
     """One request's place on this worker."""
 
     next_stage: int
-    activation: torch.Tensor
+    activation: Any  # the backend's feature map (``stage_runner.State``)
     session: object = None  # the Session stream that started the request, if any
     touched: float = field(default_factory=time.monotonic)
 

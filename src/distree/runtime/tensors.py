@@ -1,12 +1,16 @@
-"""Tensors on the wire: raw bytes with dtype and shape, checked on arrival."""
+"""Tensors on the wire: raw bytes with dtype and shape, checked on arrival.
+
+numpy arrays on both sides (``to_proto`` also takes a torch tensor); ``from_proto`` gives
+a torch tensor to the torch side, ``array_from_proto`` a numpy array to a process that
+runs without torch (a board's onnxruntime worker)."""
 
 from __future__ import annotations
 
 import math
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from distree.runtime.proto import distree_pb2 as pb
 
@@ -15,14 +19,17 @@ _WIRE_DTYPE = {np.dtype(v): k for k, v in DTYPES.items()}  # torch hands out nat
 _LITTLE = {k: np.dtype(v).newbyteorder("<") for k, v in DTYPES.items()}
 _NATIVE_IS_LITTLE = sys.byteorder == "little"
 
+if TYPE_CHECKING:
+    import torch
+
 
 class InvalidTensor(ValueError):
     """A tensor on the wire is malformed; the message says how."""
 
 
-def to_proto(t: torch.Tensor) -> pb.Tensor:
-    """Encode a uint8 or float32 tensor."""
-    arr = t.detach().cpu().contiguous().numpy()
+def to_proto(t: np.ndarray | torch.Tensor) -> pb.Tensor:
+    """Encode a uint8 or float32 array (or torch tensor)."""
+    arr = np.ascontiguousarray(t.detach().cpu().numpy() if hasattr(t, "detach") else t)
     name = _WIRE_DTYPE.get(arr.dtype)
     if name is None:
         raise InvalidTensor(f"cannot send dtype {arr.dtype.name}; only {', '.join(DTYPES)}")
@@ -37,6 +44,19 @@ def from_proto(
     shape: tuple[int | None, ...] | None = None,
     max_elements: int = 1 << 24,
 ) -> torch.Tensor:
+    """``array_from_proto`` as a torch tensor."""
+    import torch
+
+    return torch.from_numpy(array_from_proto(msg, what, dtypes, shape, max_elements))
+
+
+def array_from_proto(
+    msg: pb.Tensor,
+    what: str,
+    dtypes: tuple[str, ...] = ("uint8", "float32"),
+    shape: tuple[int | None, ...] | None = None,
+    max_elements: int = 1 << 24,
+) -> np.ndarray:
     """Decode and validate: dtype in ``dtypes``, shape matching ``shape`` (None = any size),
     at most ``max_elements`` elements, byte count consistent, finite values."""
     if msg.dtype not in dtypes:
@@ -62,4 +82,4 @@ def from_proto(
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise InvalidTensor(f"{what}: contains NaN or infinite values")
     # A copy in native byte order: the message's bytes are read-only.
-    return torch.from_numpy(arr.astype(DTYPES[msg.dtype]))
+    return arr.astype(DTYPES[msg.dtype])

@@ -13,17 +13,16 @@ import time
 from dataclasses import dataclass
 
 import grpc
-import torch
+import numpy as np
 
-from distree.run import RunDir
 from distree.runtime import metrics
 from distree.runtime.health import SERVING, serve_until_stopped, set_health, start_server
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
 from distree.runtime.security import TLSFiles
-from distree.runtime.stage_runner import StageRunner
+from distree.runtime.stage_runner import StageBackend, StageRunner
 from distree.runtime.state_store import BUSY, RequestState, StateStore, StoreFull
-from distree.runtime.tensors import InvalidTensor, from_proto, to_proto
+from distree.runtime.tensors import InvalidTensor, array_from_proto, to_proto
 
 log = logging.getLogger("distree.worker")
 
@@ -40,10 +39,10 @@ class StageError(Exception):
         self.message = message
 
 
-def _rows_to_keep(keep, rows: int) -> torch.Tensor:
+def _rows_to_keep(keep, rows: int) -> np.ndarray:
     """The ``keep`` list of a StageRequest as an index, checked against ``rows``."""
-    idx = torch.tensor(list(keep), dtype=torch.long)
-    if int(idx.min()) < 0 or int(idx.max()) >= rows or (idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all())):
+    idx = np.asarray(list(keep), dtype=np.int64)
+    if int(idx.min()) < 0 or int(idx.max()) >= rows or (idx.size > 1 and not bool((idx[1:] > idx[:-1]).all())):
         raise StageError(
             grpc.StatusCode.INVALID_ARGUMENT, f"keep must list distinct rows in 0..{rows - 1} in ascending order"
         )
@@ -77,8 +76,8 @@ class BranchWorker(pb_grpc.WorkerServicer):
     """The Worker service of one branch: checks each stage request, keeps the request's
     state between stages (``StateStore``) and runs the stage (``StageRunner``)."""
 
-    def __init__(self, run: RunDir, branch: int, options: WorkerOptions, device: torch.device):
-        self.runner = StageRunner(run, branch, device, options.max_batch, options.max_wait_ms)
+    def __init__(self, backend: StageBackend, branch: int, options: WorkerOptions):
+        self.runner = StageRunner(backend, branch, options.max_batch, options.max_wait_ms)
         mib = options.max_session_state_mib
         self.states = StateStore(
             str(branch),
@@ -124,13 +123,14 @@ class BranchWorker(pb_grpc.WorkerServicer):
             if rid in self.states:
                 raise StageError(grpc.StatusCode.ALREADY_EXISTS, f"request {rid} already started")
             try:
-                x = from_proto(request.input, "input", ("uint8",), (None, *self.input_shape), MAX_ROWS * 4096 * 3)
+                shape = (None, *self.input_shape)
+                x = array_from_proto(request.input, "input", ("uint8",), shape, MAX_ROWS * 4096 * 3)
             except InvalidTensor as err:
                 raise StageError(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
             if x.shape[0] > MAX_ROWS:
                 raise StageError(grpc.StatusCode.INVALID_ARGUMENT, f"input: at most {MAX_ROWS} rows per request")
             try:
-                self.states.put(rid, RequestState(0, x, session))
+                self.states.put(rid, RequestState(0, self.runner.backend.as_input(x), session))
             except StoreFull as err:
                 raise StageError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err)) from None
         state = self.states.get(rid)
@@ -287,11 +287,10 @@ class WorkerDebug(pb_grpc.WorkerDebugServicer):
 
 
 async def serve_worker(
-    run: RunDir,
+    backend: StageBackend,
     branch: int,
     listen: str,
     options: WorkerOptions,
-    device: torch.device,
     token: str | None = None,
     tls: TLSFiles = TLSFiles(),
     ready: asyncio.Event | None = None,
@@ -300,7 +299,7 @@ async def serve_worker(
 ) -> None:
     """Serve until cancelled; health is NOT_SERVING until the weights are loaded and warm.
     ``debug_rpcs`` adds the WorkerDebug service."""
-    worker = BranchWorker(run, branch, options, device)
+    worker = BranchWorker(backend, branch, options)
 
     def add(srv) -> None:
         pb_grpc.add_WorkerServicer_to_server(worker, srv)

@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from distree.config import ConfigError, parse_config
 
+#: What ``distree sweep --param`` varies (``distree.simulation.sweep``).
+SWEEP_PARAMS = ("devices", "bandwidth", "rtt", "rate", "availability")
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

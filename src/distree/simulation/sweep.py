@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from distree.simulation.engine import Model, simulate
-from distree.simulation.scenario import Availability, Scenario
+from distree.simulation.scenario import SWEEP_PARAMS, Availability, Scenario
 
 #: The period of the on/off process an availability sweep gives every device (seconds).
 AVAILABILITY_CYCLE_S = 10.0
@@ -49,7 +49,6 @@ def vary(scenario: Scenario, param: str, value: float) -> Scenario:
     raise ValueError(f"unknown sweep parameter {param!r}; choose from {', '.join(SWEEP_PARAMS)}")
 
 
-SWEEP_PARAMS = ("devices", "bandwidth", "rtt", "rate", "availability")
 COLUMNS = [
     "param",
     "value",

@@ -1,0 +1,41 @@
+"""Arguments several commands share, defined without importing torch: the parser of every
+command is built on each call, including ``--version`` and a board's onnxruntime worker."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from distree.config import DATA_ENV_VAR, DATA_FORMATS
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """``--data``, ``--format`` and ``--device``."""
+    p.add_argument(
+        "--data",
+        help=f"data set path (image folder, CIFAR-10 python release, IDX folder or .npz pair); "
+        f"default ${DATA_ENV_VAR}; 'cifar10' or 'fashion-mnist' downloads the official release",
+    )
+    p.add_argument("--format", choices=DATA_FORMATS, help="override format detection")
+    p.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
+
+
+def policy_type(**filters: bool) -> Callable[[str], str]:
+    """An argparse ``type`` accepting a registered policy name that passes ``filters``
+    (``servable``, ``calibrated``, as ``policy_names`` takes them); the registry is imported
+    only when the argument is given."""
+
+    def check(name: str) -> str:
+        from distree.policies import policy_names
+
+        try:
+            allowed = policy_names(**filters)
+        except ValueError as err:  # a plugin that does not import
+            raise argparse.ArgumentTypeError(str(err)) from None
+        if name not in allowed:
+            what = "".join(f"{k} " for k, v in filters.items() if v)
+            raise argparse.ArgumentTypeError(f"{name!r} is not a {what}policy; choose one of {', '.join(allowed)}")
+        return name
+
+    check.__name__ = "policy"
+    return check
