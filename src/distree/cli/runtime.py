@@ -389,7 +389,13 @@ def add_runtime_commands(sub, add_data_args) -> None:
         help=f"an early-exit policy to compare with full execution; repeat for more ({', '.join(DEMO_POLICIES)})",
     )
     p.add_argument("--mode", choices=["lockstep", "eager"], default="lockstep")
-    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="calls in flight (default 1: each call's latency without waiting behind others; more measures "
+        "throughput, and then latency is mostly the wait in line on a machine with few cores)",
+    )
     p.add_argument("--json", help="write the results to this file")
     p.set_defaults(func=cmd_demo, tls_cert=None, tls_key=None, tls_ca=None)
 
