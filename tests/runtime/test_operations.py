@@ -63,6 +63,22 @@ def test_workers_given_twice_or_for_another_branch_are_refused(trained, tmp_path
     assert "worker refused" in log and "serves branch 1, but this address is given for branch 0" in log
 
 
+def test_one_worker_reached_under_two_addresses_is_refused_the_second_time(trained, tmp_path):
+    run, splits = trained
+    with LocalCluster(run.path, log_dir=tmp_path) as cluster:
+        w = cluster.start_workers(RUNTIME_BRANCHES)
+        alias = w[0].replace("127.0.0.1", "localhost")  # the same process, by another name
+        cluster.worker_addresses = [w[0], alias, w[2]]
+        coord = cluster.start_coordinator()
+        log = tmp_path / "coordinator.log"
+        assert until(lambda: "already used at" in log.read_text()), log.read_text()
+        with DistreeClient(coord) as client:
+            answers = client.infer(splits.test.images[:4])
+    assert all(a.branches == [0, 2] for a in answers)  # branch 0's worker fused once, not twice
+    refused = [ln for ln in log.read_text().splitlines() if '"msg": "worker refused"' in ln]
+    assert any(f"already used at {w[0]} (branch 0)" in ln and alias in ln for ln in refused)
+
+
 def test_health_tells_the_truth_and_sigterm_drains(trained, tmp_path):
     run, _ = trained
     assert _health(f"127.0.0.1:{free_port()}") == 2

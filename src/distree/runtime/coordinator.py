@@ -152,7 +152,10 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         if twice:
             raise ValueError(f"worker addresses given more than once: {', '.join(twice)} (one address per branch)")
         backoff = LinkOptions(options.retry_initial_s, options.retry_max_s)
-        self.links = [WorkerLink(a, i, tls, token, backoff, run.branch_fingerprint(i)) for i, a in enumerate(workers)]
+        instances: dict[str, WorkerLink] = {}  # worker process -> the link that uses it
+        self.links = [
+            WorkerLink(a, i, tls, token, backoff, run.branch_fingerprint(i), instances) for i, a in enumerate(workers)
+        ]
         self._queue: RowQueue[_Call] = RowQueue()
         self._slots = asyncio.Semaphore(options.max_groups)
         self._running = 0  # groups in flight

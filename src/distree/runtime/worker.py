@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 
 import grpc
@@ -88,6 +89,7 @@ class BranchWorker(pb_grpc.WorkerServicer):
             max_session_bytes=None if mib is None else int(mib * 2**20),
         )
         self.branch_index = branch
+        self.instance = uuid.uuid4().hex  # this process, whatever address it is reached by
         self.label = str(branch)
         self.ready = False
         self.num_stages = self.runner.num_stages
@@ -260,6 +262,7 @@ class BranchWorker(pb_grpc.WorkerServicer):
             states_expired=self.states.expired,
             active_states=len(self.states),
             fingerprint=self.runner.fingerprint,
+            instance=self.instance,
         )
 
 

@@ -132,11 +132,20 @@ class WorkerLink:
     """One connection to one worker, with its health and retry back-off."""
 
     def __init__(
-        self, address: str, position: int, tls: TLSFiles, token: str | None, opts: LinkOptions, fingerprint: str = ""
+        self,
+        address: str,
+        position: int,
+        tls: TLSFiles,
+        token: str | None,
+        opts: LinkOptions,
+        fingerprint: str = "",
+        instances: dict[str, WorkerLink] | None = None,
     ):
         self.address = address
         self.branch = position  # the worker must serve this branch (checked by Info)
         self.fingerprint = fingerprint  # ...with these weights (checked by Info when given)
+        # The worker processes every link of one coordinator reaches, shared among them.
+        self._instances: dict[str, WorkerLink] = {} if instances is None else instances
         self.channel = make_channel(address, tls, (opts.retry_initial_s, opts.retry_max_s))
         self.stub = pb_grpc.WorkerStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
@@ -232,6 +241,12 @@ class WorkerLink:
             if h.status != health_pb2.HealthCheckResponse.SERVING:
                 raise RuntimeError("not serving yet")
             info = await self.stub.Info(pb.InfoRequest(), timeout=1.0, metadata=self.metadata)
+            owner = self._instances.get(info.instance) if info.instance else None
+            if owner is not None and owner is not self:
+                raise _Refused(
+                    f"this is the worker process already used at {owner.address} (branch {owner.branch}): "
+                    "one worker given twice, under two addresses?"
+                )
             if info.num_stages != num_stages:
                 raise _Refused(f"worker has {info.num_stages} stages, the model {num_stages}")
             if info.branch != self.branch:
@@ -263,6 +278,8 @@ class WorkerLink:
             self._waiting_why = why
             self.failed(why)
             return
+        if info.instance:
+            self._instances[info.instance] = self
         self.up = True
         self._waiting_why = None
         self._backoff = self._opts.retry_initial_s

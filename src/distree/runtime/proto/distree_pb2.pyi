@@ -83,7 +83,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoReply(_message.Message):
-    __slots__ = ("branch", "num_stages", "stages_run", "states_dropped", "states_expired", "active_states", "macs_run", "fingerprint")
+    __slots__ = ("branch", "num_stages", "stages_run", "states_dropped", "states_expired", "active_states", "macs_run", "fingerprint", "instance")
     BRANCH_FIELD_NUMBER: _ClassVar[int]
     NUM_STAGES_FIELD_NUMBER: _ClassVar[int]
     STAGES_RUN_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,7 @@ class InfoReply(_message.Message):
     ACTIVE_STATES_FIELD_NUMBER: _ClassVar[int]
     MACS_RUN_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
     branch: int
     num_stages: int
     stages_run: int
@@ -100,7 +101,8 @@ class InfoReply(_message.Message):
     active_states: int
     macs_run: int
     fingerprint: str
-    def __init__(self, branch: _Optional[int] = ..., num_stages: _Optional[int] = ..., stages_run: _Optional[int] = ..., states_dropped: _Optional[int] = ..., states_expired: _Optional[int] = ..., active_states: _Optional[int] = ..., macs_run: _Optional[int] = ..., fingerprint: _Optional[str] = ...) -> None: ...
+    instance: str
+    def __init__(self, branch: _Optional[int] = ..., num_stages: _Optional[int] = ..., stages_run: _Optional[int] = ..., states_dropped: _Optional[int] = ..., states_expired: _Optional[int] = ..., active_states: _Optional[int] = ..., macs_run: _Optional[int] = ..., fingerprint: _Optional[str] = ..., instance: _Optional[str] = ...) -> None: ...
 
 class InferRequest(_message.Message):
     __slots__ = ("images", "deadline_ms")
