@@ -47,6 +47,7 @@ def _eval_json() -> dict:
         "devices_present_subsets": {"1": {"0": 0.84, "1": 0.86}, "2": {"0,1": 0.9}},
         "stage_macs": [[1, 2], [1, 2]],
         "head_macs": [3, 4],
+        "backend": "torch",
         "target": {"max_drop_pp": 0.5, "budget": None, "confidence": 0.9},
         "calibration_saved": True,
         "policies": {"max-prob": _policy(0.89, 0.3), "full": _policy(0.9, 0.0, calibrated=False)},

@@ -87,7 +87,7 @@ def test_the_branches_present_table_uses_the_thresholds_for_each_count():
     # Two branches: never stop early. One branch: always stop at the first exit.
     saved = calibration_of({"max-prob": {2: [None, None], 1: [0.0, 0.0]}})
     table = branches_present_table(model, vectors, labels, saved, ["max-prob"])["max-prob"]
-    assert table["2"]["saving"] <= 0 < table["1"]["saving"]
+    assert table["2"].saving <= 0 < table["1"].saving
 
 
 def test_full_execution_is_charged_the_head_of_the_exit_it_stops_at_only():
