@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import RUNTIME_BRANCHES
@@ -54,3 +55,22 @@ def test_onnxruntime_workers_without_torch_serve_a_torch_coordinator(trained, tm
         expected = student(run.meta.data.normalization(images))[-1].logits.argmax(-1)
     assert [a.prediction for a in answers] == expected.tolist()
     assert "not installed on this board" not in (tmp_path / "worker0.log").read_text()
+
+
+def test_the_client_needs_no_torch(trained, tmp_path, no_torch):
+    run, splits = trained
+    images = tmp_path / "images.npy"
+    np.save(images, splits.test.images[:2].numpy())
+    with LocalCluster(run.path, log_dir=tmp_path) as cluster:
+        cluster.start_workers(RUNTIME_BRANCHES)
+        coordinator = cluster.start_coordinator()
+        script = (
+            "import sys, numpy as np\n"
+            "from distree.runtime.client import DistreeClient\n"
+            f"with DistreeClient({coordinator!r}, timeout_s=30) as c:\n"
+            f"    print(len(c.infer(np.load({str(images)!r}))))\n"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", script], env={"PYTHONPATH": str(no_torch)}, capture_output=True, text=True
+        )
+    assert proc.returncode == 0 and proc.stdout.strip() == "2", proc.stderr

@@ -1,17 +1,21 @@
-"""A Python client for the coordinator's inference service."""
+"""A Python client for the coordinator's inference service: grpcio and numpy only (it
+also takes torch tensors, without importing torch)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
-import torch
 
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
 from distree.runtime.security import TLSFiles, call_metadata, channel_options
 from distree.runtime.tensors import to_proto
+
+if TYPE_CHECKING:
+    import torch
 
 
 class InferenceError(RuntimeError):
@@ -45,7 +49,8 @@ class Answer:
 
 
 class DistreeClient:
-    """Blocking client: ``DistreeClient("host:port").infer(images_uint8_nchw)``."""
+    """Blocking client: ``DistreeClient("host:port").infer(images_uint8_nchw)``, the images a
+    numpy array or a torch tensor."""
 
     def __init__(self, address: str, token: str | None = None, tls: TLSFiles = TLSFiles(), timeout_s: float = 60.0):
         opts = channel_options()  # a restarted coordinator is reached again within seconds
@@ -72,10 +77,9 @@ class DistreeClient:
         """What the coordinator serves."""
         return self._call(self._stub.ModelInfo, pb.ModelInfoRequest())
 
-    def infer(self, images: torch.Tensor | np.ndarray, deadline_ms: float = 0.0) -> list[Answer]:
+    def infer(self, images: np.ndarray | torch.Tensor, deadline_ms: float = 0.0) -> list[Answer]:
         """Classify uint8 images (B, C, H, W); one Answer per image."""
-        t = torch.as_tensor(images)
-        reply = self._call(self._stub.Infer, pb.InferRequest(images=to_proto(t), deadline_ms=deadline_ms))
+        reply = self._call(self._stub.Infer, pb.InferRequest(images=to_proto(images), deadline_ms=deadline_ms))
         return [
             Answer(
                 prediction=r.prediction,
