@@ -4,9 +4,15 @@ command is built on each call, including ``--version`` and a board's onnxruntime
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 
 from distree.config import DATA_ENV_VAR, DATA_FORMATS
+
+
+def log(msg: str) -> None:
+    """A progress line on stderr (stdout holds a command's results)."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:

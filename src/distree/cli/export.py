@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+from distree.cli.args import log as _log
 
 
 def cmd_export(args: argparse.Namespace) -> int:

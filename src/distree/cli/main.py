@@ -12,6 +12,7 @@ from pathlib import Path
 
 from distree import __version__
 from distree.cli.args import add_data_args as _add_data_args
+from distree.cli.args import log as _log
 from distree.cli.args import policy_type
 from distree.cli.export import add_export_commands
 from distree.cli.runtime import add_runtime_commands
@@ -20,10 +21,6 @@ from distree.config import ConfigError, load_run_config
 
 # `distree train --time-limit` stopped before the end: not an error, but not finished either.
 EXIT_TIME_LIMIT = 3
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

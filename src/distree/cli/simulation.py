@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
+from distree.cli.args import log as _log
+
 DEFAULT_SCENARIO = "scenarios/four-boards-wifi.yaml"
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _floats(text: str) -> list[float]:

@@ -7,6 +7,7 @@ from itertools import combinations
 from pathlib import Path
 from statistics import mean
 
+import numpy as np
 import torch
 
 from distree.data import load_data
@@ -118,13 +119,8 @@ def export_branch_vectors(
     out = []
     for b in range(manifest.num_branches):
         branch = OrtBranch(export_dir, b)
-        per_exit: list[list[torch.Tensor]] = [[] for _ in range(branch.num_stages)]
-        for x in images.split(batch_size):
-            h = x.numpy()
-            for k in range(branch.num_stages):
-                h, v = branch.run_stage(k, h)
-                per_exit[k].append(torch.from_numpy(v))
-        out.append([torch.cat(parts) for parts in per_exit])
+        batches = [branch.pooled(x.numpy()) for x in images.split(batch_size)]  # [batch][exit]
+        out.append([torch.from_numpy(np.concatenate(per_exit)) for per_exit in zip(*batches)])
     return out
 
 

@@ -140,10 +140,11 @@ def export_onnx(
                 name = f"branch{b}_stage{k}.onnx"
                 if calib is None:
                     onnx.save(part, str(out / name))
-                else:
-                    onnx.save(part, str(Path(tmp) / name))
+                else:  # the fp32 cut is only the quantiser's input
+                    fp32 = Path(tmp) / name
+                    onnx.save(part, str(fp32))
                     name = f"branch{b}_stage{k}.int8.onnx"
-                    _quantize(Path(tmp) / name.replace(".int8", ""), out / name, names[first], calib)
+                    _quantize(fp32, out / name, names[first], calib)
                     x = norm(calib) if k == 0 else calib
                     calib = torch.cat([branch.run_stage(k, p)[0] for p in x.split(CALIBRATION_BATCH)])
                 per.append(StageFile(file=name, macs=macs.stage[b][k], dim=branch.out_dims[k]))

@@ -55,6 +55,14 @@ class OrtBranch:
         h, v = self._sessions[k].run([NEXT_STATE, POOLED], {name: x})
         return h, v
 
+    def pooled(self, images: np.ndarray) -> list[np.ndarray]:
+        """Every stage in turn on uint8 images (B, C, H, W): the pooled vector of each."""
+        out, h = [], images
+        for k in range(self.num_stages):
+            h, v = self.run_stage(k, h)
+            out.append(v)
+        return out
+
 
 class OrtHeads:
     """The exit heads of an export: fuse whichever branches answered."""
@@ -71,9 +79,7 @@ class OrtHeads:
         if len(vectors) != m.num_branches or all(v is None for v in vectors):
             raise ValueError(f"exit {e} needs {m.num_branches} entries with at least one vector")
         rows = next(v for v in vectors if v is not None).shape[0]
-        feeds: dict[str, np.ndarray] = {
-            PRESENT: np.array([[v is not None for v in vectors]] * rows, dtype=bool).reshape(rows, -1)
-        }
+        feeds: dict[str, np.ndarray] = {PRESENT: np.tile(np.array([v is not None for v in vectors]), (rows, 1))}
         for b, v in enumerate(vectors):
             dim = m.stages[b][e].dim
             feeds[pooled_input(b)] = np.zeros((rows, dim), np.float32) if v is None else v.astype(np.float32)

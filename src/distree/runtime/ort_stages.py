@@ -30,9 +30,7 @@ class OrtStages:
     def load(self) -> None:
         """Open every stage's session and run each once."""
         self._ort = OrtBranch(self.export_dir, self.branch, self.threads)
-        h = np.zeros((1, *self.input_shape), dtype=np.uint8)
-        for k in range(self.num_stages):
-            h, _ = self._ort.run_stage(k, h)
+        self._ort.pooled(np.zeros((1, *self.input_shape), dtype=np.uint8))
 
     def as_input(self, images: np.ndarray) -> np.ndarray:
         return images
