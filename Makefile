@@ -3,10 +3,16 @@ PYTHON ?= python3
 VENV := .venv
 DATA ?= ../shared/data/cifar10-jpeg
 
+# torch is installed first, by itself, so that the build chosen here is the one kept.
+# `pip install torch==2.13.0` takes the CPU build only where pip finds it first (a local
+# wheel folder, as on distree's development machines); on an ordinary Linux x86 machine it
+# is the CUDA build (several GB). For the CPU build there:
+#   make test TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+TORCH ?= torch==2.13.0
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	# The CPU build of torch first: an unpinned install would fetch a multi-GB CUDA build.
-	$(VENV)/bin/pip install --quiet torch==2.13.0
+	$(VENV)/bin/pip install --quiet $(TORCH)
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 

@@ -15,6 +15,32 @@ from distree.evaluation.offline import calibrate_run
 from distree.policies.calibration_file import CalibrationTarget
 from distree.training.pipeline import train_run
 
+#: What each install role lacks (pyproject's extras): in a process with ``missing_modules``
+#: first on PYTHONPATH, importing any of them fails, as it would on such an install.
+NOT_ON_A_COORDINATOR = ("matplotlib", "simpy", "onnx", "onnxscript", "onnxruntime")  # distree[torch]
+NOT_ON_A_BOARD = ("torch", "scipy", "PIL", "tqdm", "matplotlib", "simpy", "onnx", "onnxscript")  # distree[onnx]
+NOT_ON_A_CLIENT = (*NOT_ON_A_BOARD, "onnxruntime")  # distree's core
+
+
+def missing_modules(path, modules):
+    """A directory of packages whose import fails, naming the role's install."""
+    for name in modules:
+        (path / name).mkdir(parents=True)
+        (path / name / "__init__.py").write_text(f'raise ImportError("{name} is not in this install")\n')
+    return path
+
+
+@pytest.fixture
+def board_only(tmp_path):
+    """PYTHONPATH for a board's install: importing anything ``distree[onnx]`` lacks fails."""
+    return missing_modules(tmp_path / "board", NOT_ON_A_BOARD)
+
+
+@pytest.fixture
+def client_only(tmp_path):
+    """PYTHONPATH for a client's install: everything but distree's core requirements fails."""
+    return missing_modules(tmp_path / "client", NOT_ON_A_CLIENT)
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):

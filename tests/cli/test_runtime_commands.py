@@ -70,3 +70,26 @@ def test_infer_keeps_what_it_received_and_says_what_is_missing(trained, tmp_path
     assert "6 of 6 inputs got no answer" in capsys.readouterr().err
     r = json.loads(out.read_text())
     assert (r["answered"], r["failed"]) == (0, 6) and all("error" in q for q in r["requests"])
+
+
+def test_demo_on_onnxruntime_workers_answers_as_torch(trained, tmp_path, capsys):
+    run, splits = trained
+    out = tmp_path / "demo.json"
+    argv = ["demo", "--run-dir", str(run.path), "--data", str(_data_dir(run)), "--limit", "20", "--json", str(out)]
+    assert main([*argv, "--backend", "onnxruntime", "--policy", "max-prob"]) == 0
+    printed = capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert r["backend"] == "onnxruntime" and list(r["runs"]) == ["max-prob", "full"]
+    assert "against the torch model" in printed
+    for policy, got in r["runs"].items():
+        agree = got["torch_agreement"]
+        # fp32 onnxruntime against torch differs by ~1e-6: a threshold that close to a
+        # score on one of 20 inputs is the most this could explain.
+        assert agree["differ"] <= 1 and agree["predictions"] == 1 - agree["differ"] / 20, policy
+        assert sum(got["exit_histogram"]) == 20 and got["failed"] == 0
+
+
+def test_demo_refuses_an_export_without_onnxruntime(trained, tmp_path):
+    run, _ = trained
+    argv = ["demo", "--run-dir", str(run.path), "--data", str(_data_dir(run)), "--export", str(tmp_path)]
+    assert main(argv) == 2

@@ -208,6 +208,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     names = [*policies, Full.name]
     logs = Path(tempfile.mkdtemp(prefix="distree-demo-logs-"))
     n_branches = len(meta.config.student.branches)
+    source, backend_args = None, []
+    if args.backend == "onnxruntime":
+        source, backend_args = _demo_export(run, args.export, logs), ["--backend", "onnxruntime"]
+    elif args.export:
+        raise ValueError("--export is read by --backend onnxruntime only")
     print(
         f"starting {n_branches} workers and {len(names)} coordinators on loopback (logs in {logs}) ...",
         file=sys.stderr,
@@ -215,7 +220,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     results = {}
     with LocalCluster(run.path, log_dir=logs) as cluster:
-        workers = cluster.start_workers(n_branches)
+        workers = cluster.start_workers(n_branches, extra=backend_args, source=source)
         addresses = cluster.start_coordinators({p: ["--policy", p, "--mode", args.mode] for p in names})
         clients = {p: DistreeClient(addresses[p], tls=_tls(args)) for p in names}
         infos = {p: c.model_info() for p, c in clients.items()}
@@ -252,6 +257,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
             r["devices_macs_per_sample"] = round(macs / n)
             print(format_infer(r))
             results[p] = {k: v for k, v in r.items() if k != "requests"}
+            if source is not None:
+                results[p]["torch_agreement"] = _torch_agreement(run, p, test.images[:n], reqs)
+    if source is not None:
+        print(f"onnxruntime workers ({source}) against the torch model run in this process, same {n} images:")
+        for p in names:
+            a = results[p]["torch_agreement"]
+            print(
+                f"  {p:<23} same prediction on {a['predictions']:.2%}, same exit on {a['exits']:.2%} "
+                f"({a['differ']} of {n} inputs answered differently)"
+            )
     full = results[Full.name]
     eager = " (eager: devices run ahead of the exit until cancelled; counted)" if args.mode == "eager" else ""
     print(f"against full execution, same workers, same {n} images; computation measured on the devices{eager}:")
@@ -266,12 +281,55 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"{e['latency_ms']['p50']:.1f} ms against {full['latency_ms']['p50']:.1f} ms ({e['p50_speedup']:.2f}x), "
             f"accuracy {e['accuracy']:.2%} against {full['accuracy']:.2%}"
         )
-    summary = {"mode": args.mode, "samples": n, "runs": results, "machine": _machine()}
+    summary = {"mode": args.mode, "backend": args.backend, "samples": n, "runs": results, "machine": _machine()}
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
     print(f"all processes stopped; {summary['wall_s']}s in all", file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     return 0
+
+
+def _demo_export(run, export: str | None, logs: Path) -> Path:
+    """The export the onnxruntime workers serve: ``export``, checked against the run, or
+    one written now beside the logs."""
+    from distree.export.manifest import read_manifest
+
+    if export:
+        read_manifest(export, run)
+        return Path(export)
+    from distree.cli.args import log
+    from distree.export.onnx_export import export_onnx
+
+    out = logs / "export"
+    t0 = time.perf_counter()
+    export_onnx(run, out)
+    log(f"exported {run.path} to {out} for the onnxruntime workers in {time.perf_counter() - t0:.0f}s")
+    return out
+
+
+def _torch_agreement(run, policy: str, images, requests: list[dict]) -> dict:
+    """How often the runtime's answers in ``requests`` (one per input of ``images``, in
+    order) match the same policy and thresholds run on the torch model in this process."""
+    from distree.inference.inprocess import early_exit_batch
+    from distree.policies import make_policy
+    from distree.policies.calibration_file import model_thresholds
+
+    student = run.load_student()
+    p = make_policy(policy)
+    thresholds = model_thresholds(p, student, run.read_calibration())
+    exits, preds = [], []
+    for i in range(0, len(images), 256):
+        out = early_exit_batch(student, p, thresholds, images[i : i + 256], run.meta.data.normalization)
+        exits += out.exit.tolist()
+        preds += out.predictions.tolist()
+    same_pred = [r["prediction"] == q for r, q in zip(requests, preds, strict=True)]
+    same_exit = [r["exit"] == e for r, e in zip(requests, exits, strict=True)]
+    n = max(1, len(requests))
+    return {
+        "predictions": round(sum(same_pred) / n, 5),
+        "exits": round(sum(same_exit) / n, 5),
+        "differ": len(same_pred) - sum(same_pred),
+    }
 
 
 def _machine() -> str:
@@ -395,6 +453,16 @@ def add_runtime_commands(sub, add_data_args) -> None:
         default=1,
         help="calls in flight (default 1: each call's latency without waiting behind others; more measures "
         "throughput, and then latency is mostly the wait in line on a machine with few cores)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="what the workers run: the run's torch weights, or an ONNX export under onnxruntime, whose "
+        "answers are then compared with the torch model's (default torch)",
+    )
+    p.add_argument(
+        "--export", help="with --backend onnxruntime: a 'distree export' of the run (default: export it now)"
     )
     p.add_argument("--json", help="write the results to this file")
     p.set_defaults(func=cmd_demo, tls_cert=None, tls_key=None, tls_ca=None)

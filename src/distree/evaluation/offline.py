@@ -113,9 +113,7 @@ def export_branch_vectors(
     from distree.export.manifest import read_manifest
     from distree.export.ort import OrtBranch
 
-    manifest = read_manifest(export_dir)
-    if manifest.fingerprint != run.student_fingerprint():
-        raise ValueError(f"{export_dir} was exported from other weights than {run.path}'s (export it again)")
+    manifest = read_manifest(export_dir, run)
     out = []
     for b in range(manifest.num_branches):
         branch = OrtBranch(export_dir, b)

@@ -81,9 +81,9 @@ class ExportManifest(_Model):
         return len(self.heads)
 
 
-def read_manifest(export_dir: str | Path) -> ExportManifest:
+def read_manifest(export_dir: str | Path, run=None) -> ExportManifest:
     """Parse EXPORT/manifest.json, naming the file and the bad field; every file it lists
-    must exist."""
+    must exist. With ``run`` (a ``RunDir``), refuse an export of other weights than its."""
     path = Path(export_dir) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {export_dir} a 'distree export' directory?")
@@ -95,4 +95,6 @@ def read_manifest(export_dir: str | Path) -> ExportManifest:
     missing = [f for f in files if not (Path(export_dir) / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{path} lists files that are missing: {', '.join(missing[:5])}")
+    if run is not None and manifest.fingerprint != run.student_fingerprint():
+        raise ValueError(f"{export_dir} was exported from other weights than {run.path}'s (export it again)")
     return manifest

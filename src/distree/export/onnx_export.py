@@ -9,9 +9,11 @@ nothing); each head is traced on its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -75,13 +77,31 @@ class _Head(nn.Module):
         return fused.embedding, fused.logits, fused.agreement
 
 
+@contextlib.contextmanager
+def _quiet_exporter():
+    """torch's exporter warns, on every call, about its own internals (torchvision's ops
+    not registered, deprecated pytree classes, merged axis names): nothing about the model
+    a user can act on, and it would bury the export's own log."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*axis name.*")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def _trace(module: nn.Module, args: tuple, inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
     """``module`` on ``args`` as ONNX, every input's first axis the (dynamic) batch."""
     batch = torch.export.Dim("batch")
     shapes = tuple(
         tuple({0: batch} for _ in a) if isinstance(a, tuple) else {0: batch} for a in args
     )  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
+    module.eval()
+    with tempfile.TemporaryDirectory() as tmp, _quiet_exporter():
         path = Path(tmp) / "whole.onnx"
         torch.onnx.export(
             module,

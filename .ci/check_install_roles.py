@@ -1,0 +1,52 @@
+"""What each install role pulls in, resolved by pip without installing anything.
+
+A board's worker ('distree[onnx]') and a client (the core) must not pull in torch or the
+training, plotting and simulation stack; pip's own resolver, asked with --dry-run --report,
+says what an install would bring. Run from the repository root: python .ci/check_install_roles.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HEAVY = {"torch", "matplotlib", "simpy", "pillow", "tqdm", "scipy", "triton"}
+#: install target -> distributions it must not resolve to
+ROLES = {
+    ".": HEAVY | {"onnxruntime", "onnx"},  # a client
+    ".[onnx]": HEAVY | {"onnx"},  # a board's worker
+}
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def resolve(target: str) -> dict[str, str]:
+    """name -> version of every distribution ``pip install target`` would install."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet"]
+        subprocess.run([*cmd, "--report", str(report), target], check=True)
+        items = json.loads(report.read_text())["install"]
+    return {_canonical(i["metadata"]["name"]): i["metadata"]["version"] for i in items}
+
+
+def main() -> int:
+    failed = False
+    for target, forbidden in ROLES.items():
+        got = resolve(target)
+        bad = sorted(n for n in got if n in forbidden or n.startswith("nvidia-"))
+        print(f"pip install '{target}': {len(got)} distributions: {', '.join(sorted(got))}", flush=True)
+        if bad:
+            print(f"  FAIL: pulls in {', '.join(bad)}", flush=True)
+            failed = True
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
