@@ -184,20 +184,26 @@ def parse_config(cls: type[BaseModel], data: Any, source: str = "config") -> Any
         raise ConfigError(_format_errors(err, source)) from None
 
 
-def load_run_config(path: str | Path | None) -> RunConfig:
-    """Read a RunConfig from a YAML or JSON file; ``None`` gives the defaults."""
-    if path is None:
-        return RunConfig()
+def read_yaml_mapping(path: str | Path, what: str = "config") -> dict:
+    """The mapping at the top of a YAML (or JSON) file; ConfigError naming the file when it
+    is missing, does not parse, or holds something else."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+        raise ConfigError(f"{what} file not found: {p}")
     try:
         raw = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"cannot parse {p}: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of fields")
-    return parse_config(RunConfig, raw, str(p))
+    return raw
+
+
+def load_run_config(path: str | Path | None) -> RunConfig:
+    """Read a RunConfig from a YAML or JSON file; ``None`` gives the defaults."""
+    if path is None:
+        return RunConfig()
+    return parse_config(RunConfig, read_yaml_mapping(path), str(path))
 
 
 def dump_json(model: BaseModel, path: Path) -> None:

@@ -14,6 +14,7 @@ from distree import __version__
 from distree.cli.args import add_data_args as _add_data_args
 from distree.cli.args import log as _log
 from distree.cli.args import policy_type
+from distree.cli.cluster import add_cluster_commands
 from distree.cli.export import add_export_commands
 from distree.cli.runtime import add_runtime_commands
 from distree.cli.simulation import add_simulation_commands
@@ -251,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_commands(sub, _add_data_args)
     add_runtime_commands(sub, _add_data_args)
     add_simulation_commands(sub, _add_data_args)
+    add_cluster_commands(sub)
     return parser
 
 

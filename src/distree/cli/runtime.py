@@ -12,11 +12,14 @@ from pathlib import Path
 
 from distree.cli.args import policy_type
 from distree.config import DEFAULT_POLICY
+from distree.runtime.cluster_file import CoordinatorEntry
 
 DEFAULT_DEMO_RUN = "models/cifar10"
 #: The default policy (a feature criterion) next to softmax confidence (``MaxProb``), the
 #: criterion it is measured against.
 DEMO_POLICIES = (DEFAULT_POLICY, "max-prob")
+#: What ``serve`` uses for what neither a flag nor a cluster file sets: a cluster file's defaults.
+SERVE_DEFAULTS = CoordinatorEntry()
 DEMO_WARM_UP = 64  # images sent through each coordinator before anything is measured
 DEMO_ROUNDS_PER_COORDINATOR = 2  # the measured images go in this many rounds per coordinator
 
@@ -114,6 +117,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from distree.runtime.security import TLSFiles
 
     setup_logging(args.log_level)
+    worker_tls = TLSFiles(args.worker_tls_cert, args.worker_tls_key, args.worker_tls_ca)
+    tls, token = _tls(args), _token(args)
+    if args.cluster:
+        from distree.runtime.cluster_file import load_cluster
+
+        if args.run_dir or args.workers:
+            raise ValueError("--cluster names the run and the workers: give RUN_DIR and --workers only without it")
+        cluster = load_cluster(args.cluster)
+        c = cluster.coordinator
+        run_dir, workers = cluster.run, cluster.addresses
+        # A flag given on the command line wins over the file.
+        args.listen, args.policy = args.listen or c.listen, args.policy or c.policy
+        args.mode, args.metrics_port = args.mode or c.mode, args.metrics_port or c.metrics_port
+        if cluster.tls and not tls.enabled:
+            tls = TLSFiles(cluster.tls.cert, cluster.tls.key, cluster.tls.ca)
+        if cluster.worker_tls and not worker_tls.enabled:
+            worker_tls = TLSFiles(cluster.worker_tls.cert, cluster.worker_tls.key, cluster.worker_tls.ca)
+        if token is None and cluster.token_file:
+            token = _token(argparse.Namespace(token=None, token_file=cluster.token_file))
+    else:
+        if not (args.run_dir and args.workers):
+            raise ValueError("give RUN_DIR and --workers, or --cluster FILE")
+        run_dir, workers = args.run_dir, [w.strip() for w in args.workers.split(",") if w.strip()]
+    args.listen = args.listen or SERVE_DEFAULTS.listen
+    args.policy = args.policy or SERVE_DEFAULTS.policy
+    args.mode = args.mode or SERVE_DEFAULTS.mode
     serve_metrics(args.metrics_port, _metrics_host(args))
     opts = CoordinatorOptions(
         mode=args.mode,
@@ -123,12 +152,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_groups=args.max_groups,
         min_group_inputs=args.min_group_inputs,
     )
-    worker_tls = TLSFiles(args.worker_tls_cert, args.worker_tls_key, args.worker_tls_ca)
-    workers = [w.strip() for w in args.workers.split(",") if w.strip()]
     return _serve_forever(
-        serve_coordinator(
-            RunDir(args.run_dir), workers, args.listen, opts, _token(args), _tls(args), worker_tls, grace_s=args.grace_s
-        )
+        serve_coordinator(RunDir(run_dir), workers, args.listen, opts, token, tls, worker_tls, grace_s=args.grace_s)
     )
 
 
@@ -395,14 +420,19 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("serve", help="run the coordinator over a set of workers")
-    p.add_argument("run_dir")
-    p.add_argument("--workers", required=True, help="HOST:PORT of each worker, comma-separated, in branch order")
-    p.add_argument("--listen", default="127.0.0.1:50051")
-    p.add_argument("--mode", choices=["lockstep", "eager"], default="lockstep")
+    p.add_argument("run_dir", nargs="?", help="the trained run (not with --cluster)")
+    p.add_argument("--workers", help="HOST:PORT of each worker, comma-separated, in branch order")
+    p.add_argument(
+        "--cluster",
+        type=Path,
+        metavar="FILE",
+        help="a cluster file: the run, the workers, and the coordinator's settings (flags given here win)",
+    )
+    p.add_argument("--listen", help=f"HOST:PORT to listen on (default {SERVE_DEFAULTS.listen})")
+    p.add_argument("--mode", choices=["lockstep", "eager"], help=f"how stages are sent (default {SERVE_DEFAULTS.mode})")
     p.add_argument(
         "--policy",
         type=policy_type(servable=True),
-        default=DEFAULT_POLICY,
         help=f"exit policy (default {DEFAULT_POLICY}; 'distree policies' lists them)",
     )
     p.add_argument("--stage-timeout-ms", type=float, default=1000.0, help="per-stage deadline for worker answers")

@@ -26,6 +26,7 @@ class OrtStages:
         self.stage_macs = [s.macs for s in manifest.stages[branch]]
         # The weights it was exported from: the coordinator checks them as a torch worker's.
         self.fingerprint = manifest.branch_fingerprints[branch]
+        self.description = f"onnxruntime {manifest.precision}"
 
     def load(self) -> None:
         """Open every stage's session and run each once."""

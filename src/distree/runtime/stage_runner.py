@@ -35,6 +35,7 @@ class StageBackend(Protocol):
     input_shape: tuple[int, int, int]  # (C, H, W) of the uint8 images stage 0 takes
     stage_macs: list[int]  # per input, known once loaded
     fingerprint: str  # of the weights served (what Info reports)
+    description: str  # what runs the stages, e.g. "torch cpu" (what Info reports)
 
     def load(self) -> None:
         """Load the weights and run every stage once."""

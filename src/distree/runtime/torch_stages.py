@@ -28,6 +28,7 @@ class TorchStages:
         self.num_stages = self.model.num_stages
         self.stage_macs: list[int] = []
         self.fingerprint = ""
+        self.description = f"torch {device}"
 
     def load(self) -> None:
         """Load this branch's weights (only its own) and count every stage's MACs."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -263,7 +265,15 @@ class BranchWorker(pb_grpc.WorkerServicer):
             active_states=len(self.states),
             fingerprint=self.runner.fingerprint,
             instance=self.instance,
+            backend=self.runner.backend.description,
+            peak_rss_mib=peak_rss_mib(),
         )
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
 class WorkerDebug(pb_grpc.WorkerDebugServicer):

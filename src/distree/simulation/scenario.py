@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from distree.config import ConfigError, parse_config
+from distree.config import ConfigError, parse_config, read_yaml_mapping
 
 #: What ``distree sweep --param`` varies (``distree.simulation.sweep``).
 SWEEP_PARAMS = ("devices", "bandwidth", "rtt", "rate", "availability")
@@ -154,13 +153,5 @@ def _inline_trace_files(raw: dict, base: Path) -> dict:
 
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file; errors name the bad field."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"scenario file not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"cannot parse {p}: {err}") from None
-    if isinstance(raw, dict):
-        raw = _inline_trace_files(raw, p.parent)
-    return parse_config(Scenario, raw, str(p))
+    raw = _inline_trace_files(read_yaml_mapping(path, "scenario"), Path(path).parent)
+    return parse_config(Scenario, raw, str(path))

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#distree/runtime/proto/distree.proto\x12\ndistree.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"r\n\x0cStageRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\x05\x12!\n\x05input\x18\x03 \x01(\x0b\x32\x12.distree.v1.Tensor\x12\x0c\n\x04keep\x18\x04 \x03(\x05\x12\x0e\n\x06run_on\x18\x05 \x01(\x08\"\x88\x01\n\nStageReply\x12\r\n\x05stage\x18\x01 \x01(\x05\x12\"\n\x06pooled\x18\x02 \x01(\x0b\x32\x12.distree.v1.Tensor\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x10\n\x08queue_ms\x18\x06 \x01(\x01\"b\n\nStageBatch\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.distree.v1.StageRequest\x12\x0c\n\x04\x64rop\x18\x02 \x03(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x10\n\x08handover\x18\x04 \x01(\x08\"E\n\x0fStageBatchReply\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.distree.v1.StageReply\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"!\n\x0b\x44ropRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1c\n\tDropReply\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\"\r\n\x0bInfoRequest\"\xc3\x01\n\tInfoReply\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\x05\x12\x12\n\nnum_stages\x18\x02 \x01(\x05\x12\x12\n\nstages_run\x18\x03 \x01(\x03\x12\x16\n\x0estates_dropped\x18\x04 \x01(\x03\x12\x16\n\x0estates_expired\x18\x05 \x01(\x03\x12\x15\n\ractive_states\x18\x06 \x01(\x03\x12\x10\n\x08macs_run\x18\x07 \x01(\x03\x12\x13\n\x0b\x66ingerprint\x18\x08 \x01(\t\x12\x10\n\x08instance\x18\t \x01(\t\"G\n\x0cInferRequest\x12\"\n\x06images\x18\x01 \x01(\x0b\x32\x12.distree.v1.Tensor\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x02 \x01(\x01\"\xa0\x01\n\x0bInferResult\x12\x12\n\nprediction\x18\x01 \x01(\x05\x12\x15\n\rprobabilities\x18\x02 \x03(\x02\x12\x0c\n\x04\x65xit\x18\x03 \x01(\x05\x12\x10\n\x08\x62ranches\x18\x04 \x03(\x05\x12\x10\n\x08stage_ms\x18\x05 \x03(\x01\x12\x13\n\x0bstop_reason\x18\x06 \x01(\t\x12\x11\n\tworker_ms\x18\x07 \x03(\x01\x12\x0c\n\x04macs\x18\x08 \x01(\x03\"6\n\nInferReply\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.distree.v1.InferResult\"\x12\n\x10ModelInfoRequest\"\xb7\x01\n\x0eModelInfoReply\x12\x13\n\x0bin_channels\x18\x01 \x01(\x05\x12\x12\n\nimage_size\x18\x02 \x01(\x05\x12\x0f\n\x07\x63lasses\x18\x03 \x03(\t\x12\x11\n\tnum_exits\x18\x04 \x01(\x05\x12\x14\n\x0cnum_branches\x18\x05 \x01(\x05\x12\x0e\n\x06policy\x18\x06 \x01(\t\x12\x0c\n\x04mode\x18\x07 \x01(\t\x12\x11\n\texit_macs\x18\x08 \x03(\x03\x12\x11\n\tfull_macs\x18\t \x01(\x03\x32\x84\x01\n\x06Worker\x12\x42\n\x07Session\x12\x16.distree.v1.StageBatch\x1a\x1b.distree.v1.StageBatchReply(\x01\x30\x01\x12\x36\n\x04Info\x12\x17.distree.v1.InfoRequest\x1a\x15.distree.v1.InfoReply2\xc5\x01\n\x0bWorkerDebug\x12<\n\x08RunStage\x12\x18.distree.v1.StageRequest\x1a\x16.distree.v1.StageReply\x12@\n\tRunStages\x12\x16.distree.v1.StageBatch\x1a\x1b.distree.v1.StageBatchReply\x12\x36\n\x04\x44rop\x12\x17.distree.v1.DropRequest\x1a\x15.distree.v1.DropReply2\x8f\x01\n\x0b\x43oordinator\x12\x39\n\x05Infer\x12\x18.distree.v1.InferRequest\x1a\x16.distree.v1.InferReply\x12\x45\n\tModelInfo\x12\x1c.distree.v1.ModelInfoRequest\x1a\x1a.distree.v1.ModelInfoReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#distree/runtime/proto/distree.proto\x12\ndistree.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"r\n\x0cStageRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\x05\x12!\n\x05input\x18\x03 \x01(\x0b\x32\x12.distree.v1.Tensor\x12\x0c\n\x04keep\x18\x04 \x03(\x05\x12\x0e\n\x06run_on\x18\x05 \x01(\x08\"\x88\x01\n\nStageReply\x12\r\n\x05stage\x18\x01 \x01(\x05\x12\"\n\x06pooled\x18\x02 \x01(\x0b\x32\x12.distree.v1.Tensor\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x10\n\x08queue_ms\x18\x06 \x01(\x01\"b\n\nStageBatch\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.distree.v1.StageRequest\x12\x0c\n\x04\x64rop\x18\x02 \x03(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x10\n\x08handover\x18\x04 \x01(\x08\"E\n\x0fStageBatchReply\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.distree.v1.StageReply\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"!\n\x0b\x44ropRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1c\n\tDropReply\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\"\r\n\x0bInfoRequest\"\xea\x01\n\tInfoReply\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\x05\x12\x12\n\nnum_stages\x18\x02 \x01(\x05\x12\x12\n\nstages_run\x18\x03 \x01(\x03\x12\x16\n\x0estates_dropped\x18\x04 \x01(\x03\x12\x16\n\x0estates_expired\x18\x05 \x01(\x03\x12\x15\n\ractive_states\x18\x06 \x01(\x03\x12\x10\n\x08macs_run\x18\x07 \x01(\x03\x12\x13\n\x0b\x66ingerprint\x18\x08 \x01(\t\x12\x10\n\x08instance\x18\t \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\n \x01(\t\x12\x14\n\x0cpeak_rss_mib\x18\x0b \x01(\x01\"G\n\x0cInferRequest\x12\"\n\x06images\x18\x01 \x01(\x0b\x32\x12.distree.v1.Tensor\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x02 \x01(\x01\"\xa0\x01\n\x0bInferResult\x12\x12\n\nprediction\x18\x01 \x01(\x05\x12\x15\n\rprobabilities\x18\x02 \x03(\x02\x12\x0c\n\x04\x65xit\x18\x03 \x01(\x05\x12\x10\n\x08\x62ranches\x18\x04 \x03(\x05\x12\x10\n\x08stage_ms\x18\x05 \x03(\x01\x12\x13\n\x0bstop_reason\x18\x06 \x01(\t\x12\x11\n\tworker_ms\x18\x07 \x03(\x01\x12\x0c\n\x04macs\x18\x08 \x01(\x03\"6\n\nInferReply\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.distree.v1.InferResult\"\x12\n\x10ModelInfoRequest\"\xb7\x01\n\x0eModelInfoReply\x12\x13\n\x0bin_channels\x18\x01 \x01(\x05\x12\x12\n\nimage_size\x18\x02 \x01(\x05\x12\x0f\n\x07\x63lasses\x18\x03 \x03(\t\x12\x11\n\tnum_exits\x18\x04 \x01(\x05\x12\x14\n\x0cnum_branches\x18\x05 \x01(\x05\x12\x0e\n\x06policy\x18\x06 \x01(\t\x12\x0c\n\x04mode\x18\x07 \x01(\t\x12\x11\n\texit_macs\x18\x08 \x03(\x03\x12\x11\n\tfull_macs\x18\t \x01(\x03\x32\x84\x01\n\x06Worker\x12\x42\n\x07Session\x12\x16.distree.v1.StageBatch\x1a\x1b.distree.v1.StageBatchReply(\x01\x30\x01\x12\x36\n\x04Info\x12\x17.distree.v1.InfoRequest\x1a\x15.distree.v1.InfoReply2\xc5\x01\n\x0bWorkerDebug\x12<\n\x08RunStage\x12\x18.distree.v1.StageRequest\x1a\x16.distree.v1.StageReply\x12@\n\tRunStages\x12\x16.distree.v1.StageBatch\x1a\x1b.distree.v1.StageBatchReply\x12\x36\n\x04\x44rop\x12\x17.distree.v1.DropRequest\x1a\x15.distree.v1.DropReply2\x8f\x01\n\x0b\x43oordinator\x12\x39\n\x05Infer\x12\x18.distree.v1.InferRequest\x1a\x16.distree.v1.InferReply\x12\x45\n\tModelInfo\x12\x1c.distree.v1.ModelInfoRequest\x1a\x1a.distree.v1.ModelInfoReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,21 +48,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFOREQUEST']._serialized_start=596
   _globals['_INFOREQUEST']._serialized_end=609
   _globals['_INFOREPLY']._serialized_start=612
-  _globals['_INFOREPLY']._serialized_end=807
-  _globals['_INFERREQUEST']._serialized_start=809
-  _globals['_INFERREQUEST']._serialized_end=880
-  _globals['_INFERRESULT']._serialized_start=883
-  _globals['_INFERRESULT']._serialized_end=1043
-  _globals['_INFERREPLY']._serialized_start=1045
-  _globals['_INFERREPLY']._serialized_end=1099
-  _globals['_MODELINFOREQUEST']._serialized_start=1101
-  _globals['_MODELINFOREQUEST']._serialized_end=1119
-  _globals['_MODELINFOREPLY']._serialized_start=1122
-  _globals['_MODELINFOREPLY']._serialized_end=1305
-  _globals['_WORKER']._serialized_start=1308
-  _globals['_WORKER']._serialized_end=1440
-  _globals['_WORKERDEBUG']._serialized_start=1443
-  _globals['_WORKERDEBUG']._serialized_end=1640
-  _globals['_COORDINATOR']._serialized_start=1643
-  _globals['_COORDINATOR']._serialized_end=1786
+  _globals['_INFOREPLY']._serialized_end=846
+  _globals['_INFERREQUEST']._serialized_start=848
+  _globals['_INFERREQUEST']._serialized_end=919
+  _globals['_INFERRESULT']._serialized_start=922
+  _globals['_INFERRESULT']._serialized_end=1082
+  _globals['_INFERREPLY']._serialized_start=1084
+  _globals['_INFERREPLY']._serialized_end=1138
+  _globals['_MODELINFOREQUEST']._serialized_start=1140
+  _globals['_MODELINFOREQUEST']._serialized_end=1158
+  _globals['_MODELINFOREPLY']._serialized_start=1161
+  _globals['_MODELINFOREPLY']._serialized_end=1344
+  _globals['_WORKER']._serialized_start=1347
+  _globals['_WORKER']._serialized_end=1479
+  _globals['_WORKERDEBUG']._serialized_start=1482
+  _globals['_WORKERDEBUG']._serialized_end=1679
+  _globals['_COORDINATOR']._serialized_start=1682
+  _globals['_COORDINATOR']._serialized_end=1825
 # @@protoc_insertion_point(module_scope)

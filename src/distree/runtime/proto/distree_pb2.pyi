@@ -83,7 +83,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoReply(_message.Message):
-    __slots__ = ("branch", "num_stages", "stages_run", "states_dropped", "states_expired", "active_states", "macs_run", "fingerprint", "instance")
+    __slots__ = ("branch", "num_stages", "stages_run", "states_dropped", "states_expired", "active_states", "macs_run", "fingerprint", "instance", "backend", "peak_rss_mib")
     BRANCH_FIELD_NUMBER: _ClassVar[int]
     NUM_STAGES_FIELD_NUMBER: _ClassVar[int]
     STAGES_RUN_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +93,8 @@ class InfoReply(_message.Message):
     MACS_RUN_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    PEAK_RSS_MIB_FIELD_NUMBER: _ClassVar[int]
     branch: int
     num_stages: int
     stages_run: int
@@ -102,7 +104,9 @@ class InfoReply(_message.Message):
     macs_run: int
     fingerprint: str
     instance: str
-    def __init__(self, branch: _Optional[int] = ..., num_stages: _Optional[int] = ..., stages_run: _Optional[int] = ..., states_dropped: _Optional[int] = ..., states_expired: _Optional[int] = ..., active_states: _Optional[int] = ..., macs_run: _Optional[int] = ..., fingerprint: _Optional[str] = ..., instance: _Optional[str] = ...) -> None: ...
+    backend: str
+    peak_rss_mib: float
+    def __init__(self, branch: _Optional[int] = ..., num_stages: _Optional[int] = ..., stages_run: _Optional[int] = ..., states_dropped: _Optional[int] = ..., states_expired: _Optional[int] = ..., active_states: _Optional[int] = ..., macs_run: _Optional[int] = ..., fingerprint: _Optional[str] = ..., instance: _Optional[str] = ..., backend: _Optional[str] = ..., peak_rss_mib: _Optional[float] = ...) -> None: ...
 
 class InferRequest(_message.Message):
     __slots__ = ("images", "deadline_ms")
