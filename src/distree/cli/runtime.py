@@ -84,7 +84,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if args.device:
             raise ValueError("--device is for --backend torch; onnxruntime runs on the CPU here")
         backend = OrtStages(args.source, args.branch, args.threads)
-    serve_metrics(args.metrics_port, _metrics_host(args))
+    serve_metrics(args.metrics_port, "worker", _metrics_host(args))
     opts = WorkerOptions(
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
@@ -143,7 +143,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     args.listen = args.listen or SERVE_DEFAULTS.listen
     args.policy = args.policy or SERVE_DEFAULTS.policy
     args.mode = args.mode or SERVE_DEFAULTS.mode
-    serve_metrics(args.metrics_port, _metrics_host(args))
+    serve_metrics(args.metrics_port, "coordinator", _metrics_host(args))
     opts = CoordinatorOptions(
         mode=args.mode,
         policy=args.policy,

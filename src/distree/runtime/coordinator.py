@@ -296,6 +296,9 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             arrived = torch.cat([torch.full((len(c.images),), c.arrived, dtype=torch.float64) for c in calls])
             deadline = torch.cat([torch.full((len(c.images),), c.deadline_ms, dtype=torch.float64) for c in calls])
             metrics.GROUP_INPUTS.observe(len(images))
+            started = time.perf_counter()
+            for c in calls:
+                metrics.COORD_QUEUE_SECONDS.observe(started - c.arrived)
             results = await self.run_group(images, arrived, deadline)
         except Exception as err:  # noqa: BLE001 - every caller gets the error
             for c in calls:

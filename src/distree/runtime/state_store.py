@@ -33,6 +33,11 @@ class StoreFull(RuntimeError):
     """A new request would pass the store's limits."""
 
 
+#: Why a request's state goes before its last stage: the coordinator stopped it (it
+#: exited), cancelled it (its call ended), or it went silent past the TTL.
+DROP_REASONS = ("stop", "cancel", "expired")
+
+
 class StateStore:
     """Request states by request id, with their time-to-live and limits on how many are
     held and how many bytes their feature maps take: on the whole worker, and per Session
@@ -50,6 +55,10 @@ class StateStore:
         max_session_bytes: int | None = None,
     ):
         self.label = label
+        # Every series exists from the start, at 0: a dashboard's rate() sees the first drop.
+        for reason in DROP_REASONS:
+            metrics.STATES_DROPPED.labels(label, reason)
+        metrics.ACTIVE_STATES.labels(label).set(0)
         self.ttl_s = ttl_s
         self.max_states = max_states
         self.max_bytes = max_bytes
@@ -108,7 +117,7 @@ class StateStore:
             metrics.ACTIVE_STATES.labels(self.label).set(len(self._states))
 
     def drop(self, request_id: str, reason: str) -> bool:
-        """Forget a request before its last stage (reason: stop, cancel, expired)."""
+        """Forget a request before its last stage (reason: one of ``DROP_REASONS``)."""
         if self._states.pop(request_id, None) is None:
             return False
         if reason == "expired":

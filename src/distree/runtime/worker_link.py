@@ -143,6 +143,9 @@ class WorkerLink:
     ):
         self.address = address
         self.branch = position  # the worker must serve this branch (checked by Info)
+        for family in (metrics.WORKER_FAILURES, metrics.STAGE_DEADLINE_MISSES):
+            family.labels(str(position))  # each series exists from the start, at 0
+        metrics.WORKER_UP.labels(str(position)).set(0)
         self.fingerprint = fingerprint  # ...with these weights (checked by Info when given)
         # The worker processes every link of one coordinator reaches, shared among them.
         self._instances: dict[str, WorkerLink] = {} if instances is None else instances
