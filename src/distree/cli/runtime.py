@@ -157,8 +157,46 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
+def _write_json(where: str, data) -> None:
+    """``data`` as JSON into the file ``where``, or to stdout for ``-``."""
+    text = json.dumps(data, indent=2) + "\n"
+    if where == "-":
+        sys.stdout.write(text)
+    else:
+        Path(where).write_text(text)
+
+
+def _infer_images(args: argparse.Namespace) -> int:
+    """Classify image files (and the images in folders) given on the command line."""
+    from distree.images import image_files
+    from distree.runtime.client import DistreeClient, InferenceError
+
+    files = image_files(args.images)
+    out = sys.stderr if args.json == "-" else sys.stdout  # stdout holds the JSON then
+    records = []
+    with DistreeClient(args.server, token=_token(args), tls=_tls(args)) as client:
+        try:
+            answers = client.classify(files, args.deadline_ms, batch=args.batch)
+        except InferenceError as err:
+            print(f"distree infer: {err}", file=sys.stderr)
+            return 1
+    for f, a in zip(files, answers, strict=True):
+        print(f"{f}\t{a.class_name}\t{a.probability:.3f}\texit {a.exit}", file=out)
+        records.append(
+            {"image": str(f), "class": a.class_name, "prediction": a.prediction, "probability": round(a.probability, 5)}
+            | {"exit": a.exit, "branches": a.branches, "stop_reason": a.stop_reason, "macs": a.macs}
+        )
+    if args.json:
+        _write_json(args.json, {"server": args.server, "images": records})
+    return 0
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
-    """Send a data set's test split through a running coordinator."""
+    """Send a data set's test split, or image files, through a running coordinator."""
+    if args.images:
+        if args.data:
+            raise ValueError("give image files or --data, not both")
+        return _infer_images(args)
     from distree.data import load_data
     from distree.runtime.loadgen import format_infer, run_infer
 
@@ -175,10 +213,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
         deadline_ms=args.deadline_ms,
         batch=args.batch,
     )
-    print(format_infer(result))
+    print(format_infer(result), file=sys.stderr if args.json == "-" else sys.stdout)
     # Written whatever happened: the answers received are kept even when calls failed.
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        _write_json(args.json, result)
     if result["failed"]:
         print(
             f"distree infer: {result['failed']} of {result['samples']} inputs got no answer "
@@ -455,14 +493,22 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.add_argument("--worker-tls-ca", type=Path, help="CA that signed the workers' certificates")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("infer", help="send a data set's test split through a running coordinator")
+    p = sub.add_parser(
+        "infer", help="classify image files or folders, or send a data set's test split, through a running coordinator"
+    )
+    p.add_argument(
+        "images",
+        nargs="*",
+        metavar="IMAGE",
+        help="image files or folders of them (any size: converted to the model's input); without them, --data",
+    )
     p.add_argument("--server", required=True, help="coordinator HOST:PORT")
     add_data_args(p)
     p.add_argument("--limit", type=int, help="send only the first N test images")
     p.add_argument("--concurrency", type=int, default=4, help="calls in flight")
     p.add_argument("--batch", type=int, default=1, help="inputs per call")
     p.add_argument("--deadline-ms", type=float, default=0.0, help="per-input deadline (0 = none)")
-    p.add_argument("--json", help="write the summary and every request to this file")
+    p.add_argument("--json", help="write the summary and every answer to this file ('-': to stdout)")
     _tls_args(p, "client")
     p.set_defaults(func=cmd_infer)
 

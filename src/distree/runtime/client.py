@@ -3,12 +3,15 @@ also takes torch tensors, without importing torch)."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
 
+from distree.images import ImageLike, as_model_input
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
 from distree.runtime.security import TLSFiles, call_metadata, channel_options
@@ -46,11 +49,18 @@ class Answer:
     stop_reason: str
     worker_ms: list[float]  # the slowest answering worker's own time per stage
     macs: int  # charged to this input: stages of the branches that answered, heads the policy read
+    class_name: str = ""  # the prediction's name (``classify`` fills it in)
+
+    @property
+    def probability(self) -> float:
+        """The predicted class's probability."""
+        return self.probabilities[self.prediction]
 
 
 class DistreeClient:
-    """Blocking client: ``DistreeClient("host:port").infer(images_uint8_nchw)``, the images a
-    numpy array or a torch tensor."""
+    """Blocking client: ``DistreeClient("host:port").classify(["frame.png"])`` for images as
+    they come, ``.infer(images_uint8_nchw)`` for a numpy array or torch tensor already of
+    the model's shape."""
 
     def __init__(self, address: str, token: str | None = None, tls: TLSFiles = TLSFiles(), timeout_s: float = 60.0):
         opts = channel_options()  # a restarted coordinator is reached again within seconds
@@ -62,6 +72,7 @@ class DistreeClient:
         self._stub = pb_grpc.CoordinatorStub(self._channel)
         self._metadata = call_metadata(token)
         self.timeout_s = timeout_s
+        self._info: pb.ModelInfoReply | None = None
 
     def _call(self, method, request):
         try:
@@ -93,6 +104,20 @@ class DistreeClient:
             )
             for r in reply.results
         ]
+
+    def classify(
+        self, images: ImageLike | Sequence[ImageLike], deadline_ms: float = 0.0, batch: int = 64
+    ) -> list[Answer]:
+        """Classify images as they come: file paths, bytes, PIL images or uint8 arrays of any
+        size ((H, W), (H, W, C), (C, H, W), or a batch of them), converted to the model's
+        size and channels (``distree.images``); one Answer per image, with its class name,
+        in ``batch``-sized calls."""
+        if self._info is None:
+            self._info = self.model_info()
+        info = self._info
+        x = as_model_input(images, (info.in_channels, info.image_size, info.image_size))
+        answers = [a for i in range(0, len(x), batch) for a in self.infer(x[i : i + batch], deadline_ms)]
+        return [dataclasses.replace(a, class_name=info.classes[a.prediction]) for a in answers]
 
     def close(self) -> None:
         """Close the channel."""
