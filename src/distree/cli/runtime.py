@@ -67,7 +67,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from distree.runtime.metrics import serve_metrics
     from distree.runtime.worker import WorkerOptions, serve_worker
 
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     if args.backend == "torch":
         import torch
 
@@ -116,7 +116,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from distree.runtime.metrics import serve_metrics
     from distree.runtime.security import TLSFiles
 
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     worker_tls = TLSFiles(args.worker_tls_cert, args.worker_tls_key, args.worker_tls_ca)
     tls, token = _tls(args), _token(args)
     if args.cluster:
@@ -448,7 +448,13 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.add_argument(
         "--grace-s", type=float, default=5.0, help="on SIGTERM/SIGINT: time calls in flight get to finish (default 5)"
     )
-    p.add_argument("--log-level", default="info")
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="debug adds a line per group (coordinator) and per stage run (worker), with its request_id (default info)",
+    )
+    p.add_argument("--log-format", default="json", choices=["json", "text"], help="log lines on stderr (default json)")
     p.add_argument(
         "--debug-rpcs",
         action="store_true",
@@ -486,7 +492,13 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.add_argument(
         "--grace-s", type=float, default=5.0, help="on SIGTERM/SIGINT: time calls in flight get to finish (default 5)"
     )
-    p.add_argument("--log-level", default="info")
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="debug adds a line per group (coordinator) and per stage run (worker), with its request_id (default info)",
+    )
+    p.add_argument("--log-format", default="json", choices=["json", "text"], help="log lines on stderr (default json)")
     _tls_args(p, "coordinator")
     p.add_argument("--worker-tls-cert", type=Path, help="client certificate towards workers (mutual TLS)")
     p.add_argument("--worker-tls-key", type=Path)

@@ -223,6 +223,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         rows = images.shape[0]
         active = started = [w for w in self.links if w.up]
         if not active:
+            log.warning("group failed: no worker is up", extra={"request_id": rid, "inputs": rows})
             raise NoBranchError("no branch is available (all workers are down)")
         n, E = self.student.num_branches, self.student.num_exits
         loop = StageLoop(
@@ -245,6 +246,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                 got, slowest = await self._gather(calls, k, sends.rows(loop))
                 active = [w for w in active if w in got]
                 if not got:
+                    log.warning("group failed: no branch answered", extra={"request_id": rid, "stage": k})
                     raise NoBranchError(f"no branch answered stage {k}")
                 vectors: list[torch.Tensor | None] = [None] * n
                 for w, v in got.items():
@@ -279,7 +281,19 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                     stop_reason=out.reason[r].value,
                     worker_ms=worker_ms[: e + 1],
                     macs=int(out.macs[r]),
+                    request_id=rid,
                 )
+            )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "group answered",
+                extra={
+                    "request_id": rid,
+                    "inputs": rows,
+                    "workers": [w.address for w in started],
+                    "exits": out.exit.tolist(),
+                    "stage_ms": [round(t, 3) for t in loop.stage_ms],
+                },
             )
         return results
 

@@ -166,6 +166,12 @@ class BranchWorker(pb_grpc.WorkerServicer):
                 state.activation, state.next_stage, state.touched = h, stage + 1, time.monotonic()
         queue_ms = max(0.0, (time.perf_counter() - t0) * 1000 - compute_ms)
         metrics.QUEUE_SECONDS.labels(self.label, str(stage)).observe(queue_ms / 1000)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "stage run",
+                extra={"request_id": rid, "stage": stage, "rows": x.shape[0], "compute_ms": round(compute_ms, 3)}
+                | {"queue_ms": round(queue_ms, 3)},
+            )
         return pb.StageReply(stage=stage, pooled=to_proto(v), compute_ms=compute_ms, queue_ms=queue_ms, request_id=rid)
 
     async def _run_batch(self, batch: pb.StageBatch, session: object = None) -> pb.StageBatchReply:

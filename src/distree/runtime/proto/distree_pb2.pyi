@@ -117,7 +117,7 @@ class InferRequest(_message.Message):
     def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., deadline_ms: _Optional[float] = ...) -> None: ...
 
 class InferResult(_message.Message):
-    __slots__ = ("prediction", "probabilities", "exit", "branches", "stage_ms", "stop_reason", "worker_ms", "macs")
+    __slots__ = ("prediction", "probabilities", "exit", "branches", "stage_ms", "stop_reason", "worker_ms", "macs", "request_id")
     PREDICTION_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     EXIT_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +126,7 @@ class InferResult(_message.Message):
     STOP_REASON_FIELD_NUMBER: _ClassVar[int]
     WORKER_MS_FIELD_NUMBER: _ClassVar[int]
     MACS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     prediction: int
     probabilities: _containers.RepeatedScalarFieldContainer[float]
     exit: int
@@ -134,7 +135,8 @@ class InferResult(_message.Message):
     stop_reason: str
     worker_ms: _containers.RepeatedScalarFieldContainer[float]
     macs: int
-    def __init__(self, prediction: _Optional[int] = ..., probabilities: _Optional[_Iterable[float]] = ..., exit: _Optional[int] = ..., branches: _Optional[_Iterable[int]] = ..., stage_ms: _Optional[_Iterable[float]] = ..., stop_reason: _Optional[str] = ..., worker_ms: _Optional[_Iterable[float]] = ..., macs: _Optional[int] = ...) -> None: ...
+    request_id: str
+    def __init__(self, prediction: _Optional[int] = ..., probabilities: _Optional[_Iterable[float]] = ..., exit: _Optional[int] = ..., branches: _Optional[_Iterable[int]] = ..., stage_ms: _Optional[_Iterable[float]] = ..., stop_reason: _Optional[str] = ..., worker_ms: _Optional[_Iterable[float]] = ..., macs: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class InferReply(_message.Message):
     __slots__ = ("results",)
