@@ -65,7 +65,7 @@ def _one(image: ImageLike, shape: tuple[int, int, int]) -> np.ndarray:
     image = image.convert("L" if c == 1 else "RGB")
     if image.size != (w, h):
         image = image.resize((w, h), _pil().Resampling.BILINEAR)
-    a = np.asarray(image, dtype=np.uint8)
+    a = np.array(image, dtype=np.uint8)  # a copy: what Pillow exposes is read-only
     return a[None] if c == 1 else a.transpose(2, 0, 1)
 
 

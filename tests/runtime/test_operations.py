@@ -44,7 +44,7 @@ def test_a_worker_on_a_taken_port_fails_to_start(trained, tmp_path):
             text=True,
             timeout=120,
         )
-    assert second.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in second.stderr
+    assert second.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in second.stderr
 
 
 def test_workers_given_twice_or_for_another_branch_are_refused(trained, tmp_path, capsys):
@@ -145,7 +145,7 @@ def test_metrics_listen_where_the_service_does_and_a_taken_port_is_one_line(trai
     with LocalCluster(run.path, log_dir=tmp_path) as cluster:
         cluster.start_worker(0, extra=["--metrics-port", str(port)])
         assert _listening(port) == {"0100007F"}  # 127.0.0.1, not 0.0.0.0
-        with pytest.raises(RuntimeError, match="exited with status 2"):
+        with pytest.raises(RuntimeError, match="exited with status 1"):
             cluster.start_worker(1, extra=["--metrics-port", str(port)])
     log = (tmp_path / "worker1.log").read_text()
     assert f"cannot serve metrics on 127.0.0.1:{port}" in log and "Traceback" not in log

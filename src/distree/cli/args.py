@@ -10,6 +10,27 @@ from collections.abc import Callable
 from distree.config import DATA_ENV_VAR, DATA_FORMATS
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it has none worth saying (unset,
+    off, empty) or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        d = action.default
+        unset = d is None or d is False or d is argparse.SUPPRESS or d == []
+        if "default" in text or unset or not action.option_strings:
+            return text
+        return f"{text} (default {d})"
+
+
+class DistreeParser(argparse.ArgumentParser):
+    """The parser of ``distree`` and of each sub-command: defaults shown in the help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _DefaultsShown)
+        super().__init__(*args, **kwargs)
+
+
 def log(msg: str) -> None:
     """A progress line on stderr (stdout holds a command's results)."""
     print(msg, file=sys.stderr, flush=True)

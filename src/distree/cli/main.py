@@ -11,16 +11,22 @@ import time
 from pathlib import Path
 
 from distree import __version__
+from distree.cli.args import DistreeParser, policy_type
 from distree.cli.args import add_data_args as _add_data_args
 from distree.cli.args import log as _log
-from distree.cli.args import policy_type
 from distree.cli.cluster import add_cluster_commands
 from distree.cli.export import add_export_commands
 from distree.cli.runtime import add_runtime_commands
 from distree.cli.simulation import add_simulation_commands
 from distree.config import ConfigError, load_run_config
 
-# `distree train --time-limit` stopped before the end: not an error, but not finished either.
+# Exit statuses (README, "Exit statuses"). 0: done.
+#: It ran and failed (a file, a port, a peer), or a target was not met (calibrate).
+EXIT_FAILED = 1
+#: Bad input, nothing ran: a flag, a path that is not there, or the content of a file it
+#: names (config, data, scenario, cluster file).
+EXIT_USAGE = 2
+#: `distree train --time-limit` stopped before the end: not an error, but not finished either.
 EXIT_TIME_LIMIT = 3
 
 
@@ -187,7 +193,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
-    parser = argparse.ArgumentParser(prog="distree", description="Distributed early-exit DNN inference.")
+    parser = DistreeParser(prog="distree", description="Distributed early-exit DNN inference.")
     parser.add_argument("--version", action="version", version=f"distree {__version__}")
     _add_plugin_arg(parser)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -285,13 +291,16 @@ def main(argv: list[str] | None = None) -> int:
             load_plugins(known.plugin)
         except ValueError as err:
             print(f"distree: error: {err}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (OSError, ValueError, RuntimeError) as err:  # ConfigError and DataError among them
+    except (ValueError, FileNotFoundError) as err:  # ConfigError, DataError: bad input, nothing ran
         print(f"distree {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except (OSError, RuntimeError) as err:  # it ran and failed: a file, a port, a peer
+        print(f"distree {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"distree {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -501,7 +501,7 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.add_argument("--log-format", default="json", choices=["json", "text"], help="log lines on stderr (default json)")
     _tls_args(p, "coordinator")
     p.add_argument("--worker-tls-cert", type=Path, help="client certificate towards workers (mutual TLS)")
-    p.add_argument("--worker-tls-key", type=Path)
+    p.add_argument("--worker-tls-key", type=Path, help="private key of --worker-tls-cert")
     p.add_argument("--worker-tls-ca", type=Path, help="CA that signed the workers' certificates")
     p.set_defaults(func=cmd_serve)
 
@@ -534,7 +534,9 @@ def add_runtime_commands(sub, add_data_args) -> None:
         type=policy_type(servable=True, calibrated=True),
         help=f"an early-exit policy to compare with full execution; repeat for more ({', '.join(DEMO_POLICIES)})",
     )
-    p.add_argument("--mode", choices=["lockstep", "eager"], default="lockstep")
+    p.add_argument(
+        "--mode", choices=["lockstep", "eager"], default="lockstep", help="how the coordinators send stages"
+    )
     p.add_argument(
         "--concurrency",
         type=int,
@@ -559,8 +561,8 @@ def add_runtime_commands(sub, add_data_args) -> None:
         "health", help="ask a worker or coordinator whether it serves (exit 0 serving, 1 not serving, 2 unreachable)"
     )
     p.add_argument("address", help="HOST:PORT")
-    p.add_argument("--timeout-s", type=float, default=3.0)
+    p.add_argument("--timeout-s", type=float, default=3.0, help="how long to wait for the answer")
     p.add_argument("--tls-ca", type=Path, help="PEM CA of a TLS server")
     p.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
-    p.add_argument("--tls-key", type=Path)
+    p.add_argument("--tls-key", type=Path, help="private key of --tls-cert")
     p.set_defaults(func=cmd_health)

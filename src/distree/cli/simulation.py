@@ -101,7 +101,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def add_simulation_commands(sub, add_data_args) -> None:
     """Register record, simulate, sweep and report."""
     p = sub.add_parser("record", help="record the run's outputs on the test split for the simulator")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="run directory made by 'distree train'")
     add_data_args(p)
     p.add_argument(
         "--max-drop", type=float, default=0.5, help="accuracy drop (points) the single-device baseline may lose"
@@ -109,7 +109,7 @@ def add_simulation_commands(sub, add_data_args) -> None:
     p.set_defaults(func=cmd_record)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("run_dir")
+        p.add_argument("run_dir", help="run directory made by 'distree train'")
         add_data_args(p)
         p.add_argument("--requests", type=int, help="override the scenario's number of requests")
         p.add_argument("--systems", help="comma-separated systems (default: all the scenario compares)")
@@ -122,17 +122,17 @@ def add_simulation_commands(sub, add_data_args) -> None:
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("sweep", help="simulate a scenario over values of one parameter, to CSV")
-    p.add_argument("scenario")
+    p.add_argument("scenario", help="scenario file (YAML; see scenarios/)")
     common(p)
     from distree.simulation.scenario import SWEEP_PARAMS  # (no torch)
 
-    p.add_argument("--param", required=True, choices=SWEEP_PARAMS)
+    p.add_argument("--param", required=True, choices=SWEEP_PARAMS, help="the scenario parameter to vary")
     p.add_argument("--values", required=True, type=_floats, help="comma-separated values")
     p.add_argument("--csv", required=True, help="output CSV file")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="Markdown report with plots from the simulator")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="run directory made by 'distree train'")
     add_data_args(p)
     p.add_argument("--scenario", action="append", help=f"scenario file, repeatable (default {DEFAULT_SCENARIO})")
     p.add_argument("--requests", type=int, help="override each scenario's number of requests")

@@ -1,0 +1,55 @@
+"""Command-line conventions: every option has help that shows its default, and the exit
+statuses the README documents."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from distree.cli.args import DistreeParser
+from distree.cli.main import EXIT_FAILED, EXIT_USAGE, build_parser, main
+
+
+def _options(parser: argparse.ArgumentParser, prefix=()):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                assert isinstance(sub, DistreeParser), name
+                yield from _options(sub, (*prefix, name))
+        elif not isinstance(action, argparse._HelpAction | argparse._VersionAction):
+            yield " ".join(prefix), action, parser
+
+
+def test_every_option_has_help_and_shows_its_default():
+    missing, hidden = [], []
+    for command, action, parser in _options(build_parser()):
+        name = "/".join(action.option_strings) or action.dest
+        if not action.help:
+            missing.append(f"{command} {name}")
+        d = action.default
+        if action.option_strings and d is not None and d is not False and d != [] and d is not argparse.SUPPRESS:
+            if "default" not in parser.formatter_class(prog="x")._get_help_string(action):
+                hidden.append(f"{command} {name}")
+    assert not missing, f"options without help: {missing}"
+    assert not hidden, f"defaults not shown: {hidden}"
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["worker", "--help"])
+    assert "(default 128)" in " ".join(capsys.readouterr().out.split())  # --max-batch
+
+
+def test_exit_statuses(tmp_path, capsys):
+    assert main(["cluster", "check", str(tmp_path / "nope.yaml")]) == EXIT_USAGE == 2  # a path that is not there
+    bad = tmp_path / "c.yaml"
+    bad.write_text("run: r\nworkers: [{name: a, address: nohost, branch: 0}]\n")
+    assert main(["cluster", "check", str(bad), "--skip-weights"]) == EXIT_USAGE  # a bad field
+    assert "not HOST:PORT" in capsys.readouterr().err
+    down = tmp_path / "down.yaml"
+    down.write_text("run: r\nworkers: [{name: a, address: '127.0.0.1:9', branch: 0}]\n")
+    assert main(["cluster", "check", str(down), "--skip-weights", "--timeout-s", "0.5"]) == EXIT_FAILED == 1
+    with pytest.raises(SystemExit) as usage:
+        main(["serve", "--no-such-flag"])
+    assert usage.value.code == EXIT_USAGE
