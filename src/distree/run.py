@@ -21,6 +21,7 @@ from distree.config import RunConfig, parse_config
 from distree.data.augment import Normalization
 from distree.models import DistrEEStudent, WideResNet
 from distree.policies.calibration_file import CalibrationFile
+from distree.provenance import Provenance
 from distree.weights import atomic_write_text, fingerprint, load_weights
 
 
@@ -50,6 +51,7 @@ class RunMeta(BaseModel):
     config: RunConfig
     data: DataInfo
     teacher_from: str | None = None
+    provenance: Provenance | None = None  # of the command that created the run
 
 
 class RunDir:

@@ -77,6 +77,8 @@ def test_train_time_limit_exits_3_and_says_how_to_continue(tmp_path, image_folde
     assert main([*argv, "--time-limit", "-1"]) == 2
     assert "--time-limit must be a positive" in capsys.readouterr().err
     assert main([*argv, "--time-limit", "60"]) == 0
+    made = json.loads((tmp_path / "run" / "run.json").read_text())["provenance"]
+    assert made["command"] == ["distree", *argv, "--time-limit", "0.000001"]  # the command that created it
 
 
 def test_train_sizes_an_unset_config_and_warns_of_a_short_schedule(tmp_path, image_folder, capsys):

@@ -4,9 +4,11 @@ statuses the README documents."""
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 
+import distree
 from distree.cli.args import DistreeParser
 from distree.cli.main import EXIT_FAILED, EXIT_USAGE, build_parser, main
 
@@ -50,6 +52,11 @@ def test_exit_statuses(tmp_path, capsys):
     down = tmp_path / "down.yaml"
     down.write_text("run: r\nworkers: [{name: a, address: '127.0.0.1:9', branch: 0}]\n")
     assert main(["cluster", "check", str(down), "--skip-weights", "--timeout-s", "0.5"]) == EXIT_FAILED == 1
+    out = tmp_path / "check.json"
+    assert main(["cluster", "check", str(down), "--skip-weights", "--timeout-s", "0.5", "--json", str(out)]) == 1
+    made = json.loads(out.read_text())["provenance"]  # every result JSON says what made it
+    assert made["command"][:3] == ["distree", "cluster", "check"] and made["distree"] == distree.__version__
+    assert made["git_commit"] is None or len(made["git_commit"].removesuffix("-dirty")) == 40
     with pytest.raises(SystemExit) as usage:
         main(["serve", "--no-such-flag"])
     assert usage.value.code == EXIT_USAGE

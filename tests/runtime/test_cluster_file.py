@@ -70,7 +70,7 @@ def test_serve_and_check_a_cluster_from_its_file(trained, tmp_path, capsys):
         assert main(["cluster", "check", str(f), "--json", str(out)]) == 0
         printed = capsys.readouterr().out
         assert f"{RUNTIME_BRANCHES} of {RUNTIME_BRANCHES} workers pass" in printed
-        rows = json.loads(out.read_text())
+        rows = json.loads(out.read_text())["workers"]
         assert [r["ok"] for r in rows] == [True] * RUNTIME_BRANCHES
         assert all(r["weights_match"] and r["rtt_ms"] > 0 and r["peak_rss_mib"] > 0 for r in rows)
         assert {r["backend"] for r in rows} == {"torch cpu"}

@@ -31,6 +31,24 @@ class DistreeParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+def write_json(where: str, data: dict, args: argparse.Namespace) -> None:
+    """A command's result as JSON into the file ``where`` (``-``: stdout), with the
+    provenance of what made it (``distree.provenance``) unless it carries its own."""
+    import json
+
+    from distree.provenance import provenance
+
+    if "provenance" not in data:
+        data = {**data, "provenance": provenance(args.argv).model_dump()}
+    text = json.dumps(data, indent=2) + "\n"
+    if where == "-":
+        sys.stdout.write(text)
+    else:
+        from pathlib import Path
+
+        Path(where).write_text(text)
+
+
 def log(msg: str) -> None:
     """A progress line on stderr (stdout holds a command's results)."""
     print(msg, file=sys.stderr, flush=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-from pathlib import Path
+
+from distree.cli.args import write_json
 
 
 def cmd_cluster_check(args: argparse.Namespace) -> int:
@@ -52,7 +52,7 @@ def cmd_cluster_check(args: argparse.Namespace) -> int:
         + (f"; failing: {', '.join(r.name for r in failed)}" if failed else "")
     )
     if args.json:
-        Path(args.json).write_text(json.dumps([dataclasses.asdict(r) | {"ok": r.ok} for r in rows], indent=2) + "\n")
+        write_json(args.json, {"workers": [dataclasses.asdict(r) | {"ok": r.ok} for r in rows]}, args)
     return 1 if failed else 0
 
 

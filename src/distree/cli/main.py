@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from distree import __version__
-from distree.cli.args import DistreeParser, policy_type
+from distree.cli.args import DistreeParser, policy_type, write_json
 from distree.cli.args import add_data_args as _add_data_args
 from distree.cli.args import log as _log
 from distree.cli.cluster import add_cluster_commands
@@ -19,6 +18,7 @@ from distree.cli.export import add_export_commands
 from distree.cli.runtime import add_runtime_commands
 from distree.cli.simulation import add_simulation_commands
 from distree.config import ConfigError, load_run_config
+from distree.provenance import provenance
 
 # Exit statuses (README, "Exit statuses"). 0: done.
 #: It ran and failed (a file, a port, a peer), or a target was not met (calibrate).
@@ -66,7 +66,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         _log(f"warning: {warning}")
     limit = None if args.time_limit is None else args.time_limit * 60 - (time.perf_counter() - t0)
     try:
-        run = train_run(Path(args.out), splits, config, device, teacher_from=teacher, log=_log, time_limit=limit)
+        run = train_run(
+            Path(args.out),
+            splits,
+            config,
+            device,
+            teacher_from=teacher,
+            log=_log,
+            time_limit=limit,
+            provenance=provenance(args.argv),
+        )
     except TimeLimitReached as stop:
         _log(f"{stop}. Run the same command again to continue from there.")
         return EXIT_TIME_LIMIT
@@ -107,10 +116,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     policies = evaluate_policies(
         run, splits, device, out_dir, vectors, student, val_vectors=val_vectors, refit=val_vectors is not None
     )
-    report = EvalResult(**dict(measured), **dict(policies))
+    report = EvalResult(**dict(measured), **dict(policies), provenance=provenance(args.argv))
     print(format_policies(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report.model_dump(mode="json"), indent=2) + "\n")
+        write_json(args.json, report.model_dump(mode="json"), args)
         _log(f"wrote {args.json}")
     return 0
 
@@ -293,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"distree: error: {err}", file=sys.stderr)
             return EXIT_USAGE
     args = build_parser().parse_args(argv)
+    args.argv = ["distree", *(sys.argv[1:] if argv is None else argv)]  # what results record as their command
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:  # ConfigError, DataError: bad input, nothing ran

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from distree.cli.args import policy_type
+from distree.cli.args import policy_type, write_json
 from distree.config import DEFAULT_POLICY
 from distree.runtime.cluster_file import CoordinatorEntry
 
@@ -157,15 +156,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
-def _write_json(where: str, data) -> None:
-    """``data`` as JSON into the file ``where``, or to stdout for ``-``."""
-    text = json.dumps(data, indent=2) + "\n"
-    if where == "-":
-        sys.stdout.write(text)
-    else:
-        Path(where).write_text(text)
-
-
 def _infer_images(args: argparse.Namespace) -> int:
     """Classify image files (and the images in folders) given on the command line."""
     from distree.images import image_files
@@ -187,7 +177,7 @@ def _infer_images(args: argparse.Namespace) -> int:
             | {"exit": a.exit, "branches": a.branches, "stop_reason": a.stop_reason, "macs": a.macs}
         )
     if args.json:
-        _write_json(args.json, {"server": args.server, "images": records})
+        write_json(args.json, {"server": args.server, "images": records}, args)
     return 0
 
 
@@ -216,7 +206,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     print(format_infer(result), file=sys.stderr if args.json == "-" else sys.stdout)
     # Written whatever happened: the answers received are kept even when calls failed.
     if args.json:
-        _write_json(args.json, result)
+        write_json(args.json, result, args)
     if result["failed"]:
         print(
             f"distree infer: {result['failed']} of {result['samples']} inputs got no answer "
@@ -348,7 +338,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
     print(f"all processes stopped; {summary['wall_s']}s in all", file=sys.stderr)
     if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(args.json, summary, args)
     return 0
 
 
@@ -534,9 +524,7 @@ def add_runtime_commands(sub, add_data_args) -> None:
         type=policy_type(servable=True, calibrated=True),
         help=f"an early-exit policy to compare with full execution; repeat for more ({', '.join(DEMO_POLICIES)})",
     )
-    p.add_argument(
-        "--mode", choices=["lockstep", "eager"], default="lockstep", help="how the coordinators send stages"
-    )
+    p.add_argument("--mode", choices=["lockstep", "eager"], default="lockstep", help="how the coordinators send stages")
     p.add_argument(
         "--concurrency",
         type=int,

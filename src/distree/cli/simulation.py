@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from distree.cli.args import log as _log
+from distree.cli.args import write_json
 
 DEFAULT_SCENARIO = "scenarios/four-boards-wifi.yaml"
 
@@ -71,7 +71,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(format_results(report))
     _log(f"simulated in {report['wall_s']}s")
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report, args)
     return 0
 
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, model_serializer
 
 from distree.policies import policy_class
 from distree.policies.calibration_file import CalibrationTarget, PolicyCalibration
+from distree.provenance import Provenance
 from distree.tables import render
 
 Table = tuple[list[str], list[list[str]]]
@@ -112,6 +113,15 @@ class PolicyResults(_Record):
 
 class EvalResult(PolicyResults, RunResult):  # RunResult's fields come first
     """Contents of eval.json."""
+
+    provenance: Provenance | None = None  # what made it (absent in files written before it was recorded)
+
+    @model_serializer(mode="wrap")
+    def _without_absent(self, handler):
+        out = handler(self)
+        if out.get("provenance") is None:
+            out.pop("provenance", None)
+        return out
 
 
 def _pct(x: float, digits: int = 2) -> str:

@@ -13,6 +13,7 @@ from distree.config import RunConfig
 from distree.data.augment import Normalization
 from distree.data.dataset import DataSplits
 from distree.inference.recorded import accuracy, student_exits, teacher_logits
+from distree.provenance import Provenance
 from distree.run import DataInfo, RunDir, RunMeta
 from distree.training.loop import Phase, TimeLimitReached, train_phase
 from distree.training.objectives import StudentObjective, TeacherObjective, TeacherTargets, ViewTable
@@ -23,7 +24,9 @@ class RunExistsError(RuntimeError):
     """The output directory already holds a different or a finished run."""
 
 
-def _prepare(run: RunDir, config: RunConfig, splits: DataSplits, teacher_from: Path | None) -> RunMeta:
+def _prepare(
+    run: RunDir, config: RunConfig, splits: DataSplits, teacher_from: Path | None, provenance: Provenance | None
+) -> RunMeta:
     """Write run.json for a new run, or check that an existing one is the same run."""
     if run.meta_file.is_file():
         old = run.read_meta()
@@ -49,6 +52,7 @@ def _prepare(run: RunDir, config: RunConfig, splits: DataSplits, teacher_from: P
             train_samples=len(splits.train),
         ),
         teacher_from=str(teacher_from) if teacher_from else None,
+        provenance=provenance,
     )
     run.write_meta(meta)
     return meta
@@ -62,6 +66,7 @@ def train_run(
     teacher_from: Path | None = None,
     log: Callable[[str], None] = print,
     time_limit: float | None = None,
+    provenance: Provenance | None = None,
 ) -> RunDir:
     """Train (or resume) the teacher and the student of one run; returns the run directory.
 
@@ -69,7 +74,7 @@ def train_run(
     epoch boundary that fits; the same call on the same directory then continues.
     """
     run = RunDir(out)
-    meta = _prepare(run, config, splits, teacher_from)
+    meta = _prepare(run, config, splits, teacher_from, provenance)
     if run.student_file.is_file():
         raise RunExistsError(f"{run.path} is a finished run; evaluate it or use another --out")
     norm = meta.data.normalization

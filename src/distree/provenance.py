@@ -1,0 +1,66 @@
+"""What made a result: the distree release, the source commit when it runs from a git
+checkout, the command line, and the main libraries' versions. run.json and every result
+JSON the command line writes carry it, so a figure can be traced to what produced it."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from distree import __version__
+
+_LIBRARIES = ("torch", "onnxruntime", "grpcio", "numpy")
+
+
+class Provenance(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    distree: str
+    git_commit: str | None = None  # with "-dirty" when the checkout has uncommitted changes
+    command: list[str]
+    python: str
+    libraries: dict[str, str]  # those installed, of torch, onnxruntime, grpcio, numpy
+    machine: str
+    created: str  # UTC, ISO 8601
+
+
+def _git_commit() -> str | None:
+    """The checkout's commit, when distree runs from one (an editable install)."""
+    src = Path(__file__).resolve().parent
+    try:
+
+        def git(*args: str) -> str:
+            return subprocess.run(
+                ["git", "-C", str(src), *args], capture_output=True, text=True, timeout=5, check=True
+            ).stdout.strip()
+
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
+def provenance(command: list[str] | None = None) -> Provenance:
+    """This process's provenance; ``command`` is the command line (default ``sys.argv``)."""
+    libraries = {}
+    for name in _LIBRARIES:
+        try:
+            libraries[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return Provenance(
+        distree=__version__,
+        git_commit=_git_commit(),
+        command=list(command if command is not None else sys.argv),
+        python=platform.python_version(),
+        libraries=libraries,
+        machine=f"{platform.machine()}, {platform.system()} {platform.release()}",
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
