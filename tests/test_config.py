@@ -36,3 +36,29 @@ def test_bad_depth_and_exits():
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_run_config(tmp_path / "nope.yaml")
+
+
+def test_set_overrides_fields_and_leaves_the_rest_unset(tmp_path):
+    from distree.config import load_run_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("student: {embed_dim: 32}\n")
+    c = load_run_config(cfg, ["student.embed_dim=64", "data.crop_padding=2", "distill.temperature=2"])
+    assert c.student.embed_dim == 64 and c.data.crop_padding == 2 and c.distill.temperature == 2
+    assert "teacher_optim" not in c.model_fields_set  # still unset: sized to the data set later
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("student.embed_dimm=64", "embed_dimm"),
+        ("student.embed_dim=zero", "embed_dim"),
+        ("student", "KEY=VALUE"),
+        ("data.crop_padding.x=1", "is a value"),
+    ],
+)
+def test_a_bad_set_is_named(assignment, message):
+    from distree.config import ConfigError, load_run_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_run_config(None, ["data.crop_padding=1", assignment])

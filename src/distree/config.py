@@ -199,11 +199,37 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict:
     return raw
 
 
-def load_run_config(path: str | Path | None) -> RunConfig:
-    """Read a RunConfig from a YAML or JSON file; ``None`` gives the defaults."""
-    if path is None:
-        return RunConfig()
-    return parse_config(RunConfig, read_yaml_mapping(path), str(path))
+def set_field(raw: dict, assignment: str) -> dict:
+    """``raw`` with one ``dotted.key=value`` applied (the value read as YAML: numbers,
+    booleans, lists, strings); the mapping is validated afterwards, as a file is."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. student.embed_dim=64")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {assignment!r}: cannot read the value: {err}") from None
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for p in parents:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {assignment!r}: {p} is a value, not a group of fields")
+        node = child
+    node[leaf] = value
+    return raw
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Read a RunConfig from a YAML or JSON file (``None``: the defaults), with
+    ``--set KEY=VALUE`` ``overrides`` applied before validation, so that a bad key or
+    value is named as a file's would be, and what is not set stays unset (sized to the
+    data set)."""
+    raw = read_yaml_mapping(path) if path is not None else {}
+    for assignment in overrides:
+        raw = set_field(raw, assignment)
+    source = str(path) if path is not None else "the defaults"
+    return parse_config(RunConfig, raw, source + (" with --set" if overrides else ""))
 
 
 def dump_json(model: BaseModel, path: Path) -> None:

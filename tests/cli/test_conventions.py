@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +61,15 @@ def test_exit_statuses(tmp_path, capsys):
     with pytest.raises(SystemExit) as usage:
         main(["serve", "--no-such-flag"])
     assert usage.value.code == EXIT_USAGE
+
+
+def test_shipped_defaults_work_from_any_directory(tmp_path, monkeypatch):
+    from distree.cli.args import shipped
+
+    monkeypatch.chdir(tmp_path)
+    assert Path(shipped("models/cifar10"), "run.json").is_file()
+    assert Path(shipped("scenarios/four-boards-wifi.yaml")).is_file()
+    (tmp_path / "models" / "cifar10").mkdir(parents=True)  # one here wins
+    assert shipped("models/cifar10") == "models/cifar10"
+    with pytest.raises(FileNotFoundError, match="give its path"):
+        shipped("models/none")

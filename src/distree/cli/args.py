@@ -49,6 +49,23 @@ def write_json(where: str, data: dict, args: argparse.Namespace) -> None:
         Path(where).write_text(text)
 
 
+def shipped(path: str) -> str:
+    """A default path of something distree's repository ships (``models/cifar10``,
+    ``scenarios/...``): as given when it exists from here, else in the checkout distree
+    runs from, so that the defaults work from any directory."""
+    from pathlib import Path
+
+    if Path(path).exists():
+        return path
+    checkout = Path(__file__).resolve().parents[3] / path  # src/distree/cli/args.py -> the repository
+    if checkout.exists():
+        return str(checkout)
+    raise FileNotFoundError(
+        f"{path} is not here nor in a distree checkout ({checkout.parent}); it ships with distree's "
+        "repository: give its path"
+    )
+
+
 def log(msg: str) -> None:
     """A progress line on stderr (stdout holds a command's results)."""
     print(msg, file=sys.stderr, flush=True)

@@ -42,7 +42,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.time_limit is not None and args.time_limit <= 0:
         raise ConfigError(f"--time-limit must be a positive number of minutes, got {args.time_limit}")
-    config = load_run_config(args.config)
+    config = load_run_config(args.config, args.set)
     if args.epochs is not None:
         config = config.with_epochs(args.epochs)
     device = pick_device(args.device)
@@ -212,6 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory to create (or resume)")
     p.add_argument("--config", help="YAML or JSON run configuration (default: built-in defaults)")
     p.add_argument("--epochs", type=int, help="epochs of each phase (overrides the config)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set one config field, e.g. --set student.embed_dim=64 --set data.crop_padding=4 (repeatable; "
+        "applied over --config, validated as the file is, recorded in run.json)",
+    )
     p.add_argument("--limit", type=int, help="use only this many training samples (quick runs)")
     p.add_argument("--teacher", help="take the trained teacher from this run directory")
     p.add_argument(

@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from distree.cli.args import policy_type, write_json
+from distree.cli.args import policy_type, shipped, write_json
 from distree.config import DEFAULT_POLICY
 from distree.runtime.cluster_file import CoordinatorEntry
 
@@ -252,7 +252,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     def devices_macs_run() -> int:  # what the workers have computed so far, from their counters
         return sum(i.macs_run for i in settled_worker_infos(workers, timeout_s=5.0))
 
-    run = RunDir(args.run_dir)
+    run = RunDir(args.run_dir or shipped(DEFAULT_DEMO_RUN))
     meta = run.meta
     splits = load_data(args.data, args.format, meta.config.data.val_fraction, meta.config.data.split_seed)
     test = splits.test
@@ -515,7 +515,7 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("demo", help="the distributed runtime end to end on local processes")
-    p.add_argument("--run-dir", default=DEFAULT_DEMO_RUN, help=f"trained run (default {DEFAULT_DEMO_RUN})")
+    p.add_argument("--run-dir", help=f"trained run (default {DEFAULT_DEMO_RUN}, from here or from distree's checkout)")
     add_data_args(p)
     p.add_argument("--limit", type=int, default=1000, help="test images to send (default 1000)")
     p.add_argument(

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from distree.cli.args import log as _log
-from distree.cli.args import write_json
+from distree.cli.args import shipped, write_json
 
 DEFAULT_SCENARIO = "scenarios/four-boards-wifi.yaml"
 
@@ -92,7 +92,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Write the Markdown report with its plots."""
     from distree.simulation.report import write_report
 
-    scenarios = [_scenario(s, args.requests) for s in (args.scenario or [DEFAULT_SCENARIO])]
+    scenarios = [_scenario(s, args.requests) for s in (args.scenario or [shipped(DEFAULT_SCENARIO)])]
     path = write_report(_run(args), _model(args), scenarios, Path(args.out), log=_log)
     _log(f"report: {path}")
     return 0
