@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from conftest import RUNTIME_BRANCHES
+
 from distree.cli.main import main
 from distree.cli.runtime import DEMO_POLICIES
 from distree.devtools.cluster import LocalCluster
@@ -93,3 +95,23 @@ def test_demo_refuses_an_export_without_onnxruntime(trained, tmp_path):
     run, _ = trained
     argv = ["demo", "--run-dir", str(run.path), "--data", str(_data_dir(run)), "--export", str(tmp_path)]
     assert main(argv) == 2
+
+
+def test_demo_on_the_workers_of_a_cluster_file(trained, tmp_path, capsys):
+    import yaml
+
+    run, _ = trained
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    with LocalCluster(run.path, log_dir=tmp_path, token="s3cret") as boards:
+        addresses = boards.start_workers(RUNTIME_BRANCHES)
+        workers = [{"name": f"b{i}", "address": a, "branch": i} for i, a in enumerate(addresses)]
+        f = tmp_path / "cluster.yaml"
+        f.write_text(yaml.safe_dump({"run": str(run.path), "token_file": "token", "workers": workers}))
+        out = tmp_path / "demo.json"
+        argv = ["demo", "--cluster", str(f), "--data", str(_data_dir(run)), "--limit", "8", "--policy", "max-prob"]
+        assert main([*argv, "--json", str(out)]) == 0
+        assert f"the {RUNTIME_BRANCHES} workers of" in capsys.readouterr().err
+        r = json.loads(out.read_text())
+        assert r["runs"]["full"]["answered"] == 8 and r["runs"]["full"]["devices_macs_per_sample"] > 0
+        assert main([*argv, "--run-dir", str(run.path)]) == 2  # the file names the run

@@ -31,6 +31,30 @@ def _tls_args(p: argparse.ArgumentParser, who: str) -> None:
     p.add_argument("--tls-ca", type=Path, help="PEM CA: verifies peers (mutual TLS on servers)")
 
 
+def _service_args(p: argparse.ArgumentParser) -> None:
+    """What a long-running server (worker, coordinator) takes: metrics, shutdown, logs."""
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument(
+        "--metrics-addr", help="host the metrics listen on (default: the --listen host, so loopback stays loopback)"
+    )
+    p.add_argument(
+        "--grace-s", type=float, default=5.0, help="on SIGTERM/SIGINT: time calls in flight get to finish (default 5)"
+    )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="debug adds a line per group (coordinator) and per stage run (worker), with its request_id (default info)",
+    )
+    p.add_argument("--log-format", default="json", choices=["json", "text"], help="log lines on stderr (default json)")
+    p.add_argument(
+        "--trace",
+        choices=["otlp", "console"],
+        help="trace the gRPC calls with OpenTelemetry: to $OTEL_EXPORTER_OTLP_ENDPOINT, or as JSON on stdout "
+        "(needs distree[tracing])",
+    )
+
+
 def _tls(args: argparse.Namespace):
     from distree.runtime.security import TLSFiles
 
@@ -64,9 +88,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Serve one branch."""
     from distree.runtime.logs import setup_logging
     from distree.runtime.metrics import serve_metrics
+    from distree.runtime.tracing import setup_tracing
     from distree.runtime.worker import WorkerOptions, serve_worker
 
     setup_logging(args.log_level, args.log_format)
+    setup_tracing(args.trace, f"distree-worker-{args.branch}")
     if args.backend == "torch":
         import torch
 
@@ -114,8 +140,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from distree.runtime.logs import setup_logging
     from distree.runtime.metrics import serve_metrics
     from distree.runtime.security import TLSFiles
+    from distree.runtime.tracing import setup_tracing
 
     setup_logging(args.log_level, args.log_format)
+    setup_tracing(args.trace, "distree-coordinator")
     worker_tls = TLSFiles(args.worker_tls_cert, args.worker_tls_key, args.worker_tls_ca)
     tls, token = _tls(args), _token(args)
     if args.cluster:
@@ -250,8 +278,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from distree.runtime.loadgen import format_infer, send, summarize
 
     def devices_macs_run() -> int:  # what the workers have computed so far, from their counters
-        return sum(i.macs_run for i in settled_worker_infos(workers, timeout_s=5.0))
+        return sum(i.macs_run for i in settled_worker_infos(workers, timeout_s=5.0, token=token))
 
+    token, on_cluster = None, None
+    if args.cluster:  # the boards of a cluster file instead of local workers
+        from distree.runtime.cluster_file import load_cluster
+
+        if args.run_dir or args.backend != "torch" or args.export:
+            raise ValueError("--cluster names the run, and its workers run what they run: no --run-dir or --backend")
+        on_cluster = load_cluster(args.cluster)
+        if on_cluster.worker_tls:
+            raise ValueError(
+                "demo --cluster reaches workers in plaintext: for TLS workers use serve --cluster and infer"
+            )
+        args.run_dir = str(on_cluster.run)
+        token = _token(argparse.Namespace(token=None, token_file=on_cluster.token_file))
     run = RunDir(args.run_dir or shipped(DEFAULT_DEMO_RUN))
     meta = run.meta
     splits = load_data(args.data, args.format, meta.config.data.val_fraction, meta.config.data.split_seed)
@@ -266,16 +307,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         source, backend_args = _demo_export(run, args.export, logs), ["--backend", "onnxruntime"]
     elif args.export:
         raise ValueError("--export is read by --backend onnxruntime only")
-    print(
-        f"starting {n_branches} workers and {len(names)} coordinators on loopback (logs in {logs}) ...",
-        file=sys.stderr,
-    )
+    where = f"the {n_branches} workers of {args.cluster}" if on_cluster else f"{n_branches} workers"
+    print(f"{where} and {len(names)} local coordinators (logs in {logs}) ...", file=sys.stderr)
     t0 = time.perf_counter()
     results = {}
-    with LocalCluster(run.path, log_dir=logs) as cluster:
-        workers = cluster.start_workers(n_branches, extra=backend_args, source=source)
+    with LocalCluster(run.path, log_dir=logs, token=token) as cluster:
+        if on_cluster:
+            workers = cluster.worker_addresses = on_cluster.addresses
+        else:
+            workers = cluster.start_workers(n_branches, extra=backend_args, source=source)
         addresses = cluster.start_coordinators({p: ["--policy", p, "--mode", args.mode] for p in names})
-        clients = {p: DistreeClient(addresses[p], tls=_tls(args)) for p in names}
+        clients = {p: DistreeClient(addresses[p], token=token, tls=_tls(args)) for p in names}
         infos = {p: c.model_info() for p, c in clients.items()}
         warm = min(n, DEMO_WARM_UP)
         # The images go in rounds, each coordinator's turn in a rotating order, so that none
@@ -431,20 +473,7 @@ def add_runtime_commands(sub, add_data_args) -> None:
     )
     p.add_argument("--threads", type=int, help="compute threads (default: the backend's choice)")
     p.add_argument("--device", help="--backend torch: torch device (default: cuda when present, else cpu)")
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
-    p.add_argument(
-        "--metrics-addr", help="host the metrics listen on (default: the --listen host, so loopback stays loopback)"
-    )
-    p.add_argument(
-        "--grace-s", type=float, default=5.0, help="on SIGTERM/SIGINT: time calls in flight get to finish (default 5)"
-    )
-    p.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="debug adds a line per group (coordinator) and per stage run (worker), with its request_id (default info)",
-    )
-    p.add_argument("--log-format", default="json", choices=["json", "text"], help="log lines on stderr (default json)")
+    _service_args(p)
     p.add_argument(
         "--debug-rpcs",
         action="store_true",
@@ -475,20 +504,7 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.add_argument(
         "--min-group-inputs", type=int, default=32, help="inputs a group needs to start while other groups run"
     )
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
-    p.add_argument(
-        "--metrics-addr", help="host the metrics listen on (default: the --listen host, so loopback stays loopback)"
-    )
-    p.add_argument(
-        "--grace-s", type=float, default=5.0, help="on SIGTERM/SIGINT: time calls in flight get to finish (default 5)"
-    )
-    p.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="debug adds a line per group (coordinator) and per stage run (worker), with its request_id (default info)",
-    )
-    p.add_argument("--log-format", default="json", choices=["json", "text"], help="log lines on stderr (default json)")
+    _service_args(p)
     _tls_args(p, "coordinator")
     p.add_argument("--worker-tls-cert", type=Path, help="client certificate towards workers (mutual TLS)")
     p.add_argument("--worker-tls-key", type=Path, help="private key of --worker-tls-cert")
@@ -515,6 +531,12 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("demo", help="the distributed runtime end to end on local processes")
+    p.add_argument(
+        "--cluster",
+        type=Path,
+        metavar="FILE",
+        help="run the demo on the workers of a cluster file (already running) instead of starting local ones",
+    )
     p.add_argument("--run-dir", help=f"trained run (default {DEFAULT_DEMO_RUN}, from here or from distree's checkout)")
     add_data_args(p)
     p.add_argument("--limit", type=int, default=1000, help="test images to send (default 1000)")

@@ -24,18 +24,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def settled_worker_infos(addresses: Sequence[str], timeout_s: float = 10.0) -> list:
+def settled_worker_infos(addresses: Sequence[str], timeout_s: float = 10.0, token: str | None = None) -> list:
     """Each worker's Info counters once no request state is left on any of them (drops, and
     eager workers' runs ahead, end after the last answer), or after ``timeout_s``."""
     from distree.runtime.proto import distree_pb2 as pb
     from distree.runtime.proto import distree_pb2_grpc as pb_grpc
+    from distree.runtime.security import call_metadata
 
     deadline = time.monotonic() + timeout_s
     while True:
         infos = []
         for address in addresses:
             with grpc.insecure_channel(address) as channel:
-                infos.append(pb_grpc.WorkerStub(channel).Info(pb.InfoRequest(), timeout=5))
+                infos.append(
+                    pb_grpc.WorkerStub(channel).Info(pb.InfoRequest(), timeout=5, metadata=call_metadata(token))
+                )
         if all(i.active_states == 0 for i in infos) or time.monotonic() > deadline:
             return infos
         time.sleep(0.05)
