@@ -7,6 +7,7 @@ field is an error that names it instead of a silently ignored key.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +221,7 @@ def set_field(raw: dict, assignment: str) -> dict:
     return raw
 
 
-def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+def load_run_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
     """Read a RunConfig from a YAML or JSON file (``None``: the defaults), with
     ``--set KEY=VALUE`` ``overrides`` applied before validation, so that a bad key or
     value is named as a file's would be, and what is not set stays unset (sized to the

@@ -22,8 +22,7 @@ def cmd_cluster_check(args: argparse.Namespace) -> int:
 
         run = RunDir(cluster.run)
         expected = run.branch_fingerprint
-    t = cluster.worker_tls
-    tls = TLSFiles(t.cert, t.key, t.ca) if t else TLSFiles()
+    tls = cluster.worker_tls.files() if cluster.worker_tls else TLSFiles()
     rows = check_cluster(cluster, expected, resolve_token(None, cluster.token_file), tls, args.timeout_s)
 
     def yes(v: bool | None) -> str:

@@ -139,7 +139,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from distree.runtime.coordinator import CoordinatorOptions, serve_coordinator
     from distree.runtime.logs import setup_logging
     from distree.runtime.metrics import serve_metrics
-    from distree.runtime.security import TLSFiles
+    from distree.runtime.security import TLSFiles, resolve_token
     from distree.runtime.tracing import setup_tracing
 
     setup_logging(args.log_level, args.log_format)
@@ -158,11 +158,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.listen, args.policy = args.listen or c.listen, args.policy or c.policy
         args.mode, args.metrics_port = args.mode or c.mode, args.metrics_port or c.metrics_port
         if cluster.tls and not tls.enabled:
-            tls = TLSFiles(cluster.tls.cert, cluster.tls.key, cluster.tls.ca)
+            tls = cluster.tls.files()
         if cluster.worker_tls and not worker_tls.enabled:
-            worker_tls = TLSFiles(cluster.worker_tls.cert, cluster.worker_tls.key, cluster.worker_tls.ca)
+            worker_tls = cluster.worker_tls.files()
         if token is None and cluster.token_file:
-            token = _token(argparse.Namespace(token=None, token_file=cluster.token_file))
+            token = resolve_token(None, cluster.token_file)
     else:
         if not (args.run_dir and args.workers):
             raise ValueError("give RUN_DIR and --workers, or --cluster FILE")
@@ -251,12 +251,9 @@ def cmd_health(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     tls = _tls(args)
-    channel = (
-        grpc.secure_channel(args.address, tls.channel_credentials())
-        if tls.enabled
-        else grpc.insecure_channel(args.address)
-    )
-    with channel:
+    from distree.runtime.security import make_blocking_channel
+
+    with make_blocking_channel(args.address, tls) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=args.timeout_s)
         except grpc.RpcError as err:
@@ -283,6 +280,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     token, on_cluster = None, None
     if args.cluster:  # the boards of a cluster file instead of local workers
         from distree.runtime.cluster_file import load_cluster
+        from distree.runtime.security import resolve_token
 
         if args.run_dir or args.backend != "torch" or args.export:
             raise ValueError("--cluster names the run, and its workers run what they run: no --run-dir or --backend")
@@ -292,7 +290,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "demo --cluster reaches workers in plaintext: for TLS workers use serve --cluster and infer"
             )
         args.run_dir = str(on_cluster.run)
-        token = _token(argparse.Namespace(token=None, token_file=on_cluster.token_file))
+        token = resolve_token(None, on_cluster.token_file)
     run = RunDir(args.run_dir or shipped(DEFAULT_DEMO_RUN))
     meta = run.meta
     splits = load_data(args.data, args.format, meta.config.data.val_fraction, meta.config.data.split_seed)
@@ -302,9 +300,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     names = [*policies, Full.name]
     logs = Path(tempfile.mkdtemp(prefix="distree-demo-logs-"))
     n_branches = len(meta.config.student.branches)
-    source, backend_args = None, []
+    source, backend_args, student = None, [], None
     if args.backend == "onnxruntime":
         source, backend_args = _demo_export(run, args.export, logs), ["--backend", "onnxruntime"]
+        student = run.load_student()  # the reference every answer is compared with
     elif args.export:
         raise ValueError("--export is read by --backend onnxruntime only")
     where = f"the {n_branches} workers of {args.cluster}" if on_cluster else f"{n_branches} workers"
@@ -353,7 +352,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(format_infer(r))
             results[p] = {k: v for k, v in r.items() if k != "requests"}
             if source is not None:
-                results[p]["torch_agreement"] = _torch_agreement(run, p, test.images[:n], reqs)
+                results[p]["torch_agreement"] = _torch_agreement(run, student, p, test.images[:n], reqs)
     if source is not None:
         print(f"onnxruntime workers ({source}) against the torch model run in this process, same {n} images:")
         for p in names:
@@ -402,14 +401,14 @@ def _demo_export(run, export: str | None, logs: Path) -> Path:
     return out
 
 
-def _torch_agreement(run, policy: str, images, requests: list[dict]) -> dict:
+def _torch_agreement(run, student, policy: str, images, requests: list[dict]) -> dict:
     """How often the runtime's answers in ``requests`` (one per input of ``images``, in
-    order) match the same policy and thresholds run on the torch model in this process."""
+    order) match the same policy and thresholds run on ``student``, the run's torch model,
+    in this process."""
     from distree.inference.inprocess import early_exit_batch
     from distree.policies import make_policy
     from distree.policies.calibration_file import model_thresholds
 
-    student = run.load_student()
     p = make_policy(policy)
     thresholds = model_thresholds(p, student, run.read_calibration())
     exits, preds = [], []

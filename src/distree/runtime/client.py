@@ -14,7 +14,7 @@ import numpy as np
 from distree.images import ImageLike, as_model_input
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
-from distree.runtime.security import TLSFiles, call_metadata, channel_options
+from distree.runtime.security import TLSFiles, call_metadata, make_blocking_channel
 from distree.runtime.tensors import to_proto
 
 if TYPE_CHECKING:
@@ -64,12 +64,7 @@ class DistreeClient:
     the model's shape."""
 
     def __init__(self, address: str, token: str | None = None, tls: TLSFiles = TLSFiles(), timeout_s: float = 60.0):
-        opts = channel_options()  # a restarted coordinator is reached again within seconds
-        self._channel = (
-            grpc.secure_channel(address, tls.channel_credentials(), options=opts)
-            if tls.enabled
-            else grpc.insecure_channel(address, options=opts)
-        )
+        self._channel = make_blocking_channel(address, tls)  # a restarted coordinator is reached within seconds
         self._stub = pb_grpc.CoordinatorStub(self._channel)
         self._metadata = call_metadata(token)
         self.timeout_s = timeout_s

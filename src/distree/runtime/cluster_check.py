@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from distree.runtime.cluster_file import ClusterFile, WorkerEntry
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
-from distree.runtime.security import TLSFiles, call_metadata, channel_options
+from distree.runtime.security import TLSFiles, call_metadata, make_blocking_channel
 
 RTT_PROBES = 3  # Info calls per worker; the median is reported
 
@@ -53,12 +53,7 @@ def check_worker(
 ) -> WorkerCheck:
     """Health, then ``Info`` (``RTT_PROBES`` times) of one worker."""
     row = WorkerCheck(w.name, w.address, w.branch)
-    opts = channel_options()
-    channel = (
-        grpc.secure_channel(w.address, tls.channel_credentials(), options=opts)
-        if tls.enabled
-        else grpc.insecure_channel(w.address, options=opts)
-    )
+    channel = make_blocking_channel(w.address, tls)
     metadata = call_metadata(token)
     with channel:
         try:

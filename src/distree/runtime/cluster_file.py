@@ -15,11 +15,14 @@ run's weights before traffic starts. Paths in the file are relative to the file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from distree.config import DEFAULT_POLICY, parse_config, read_yaml_mapping
+
+if TYPE_CHECKING:
+    from distree.runtime.security import TLSFiles
 
 
 class _Entry(BaseModel):
@@ -66,6 +69,12 @@ class TLSEntry(_Entry):
     cert: Path | None = None
     key: Path | None = None
     ca: Path | None = None
+
+    def files(self) -> TLSFiles:
+        """As the runtime takes them."""
+        from distree.runtime.security import TLSFiles  # grpc: not for `distree --help`
+
+        return TLSFiles(self.cert, self.key, self.ca)
 
 
 class ClusterFile(_Entry):

@@ -143,6 +143,14 @@ def make_channel(address: str, tls: TLSFiles, reconnect_s: tuple[float, float] =
     return aio.insecure_channel(address, options=opts)
 
 
+def make_blocking_channel(address: str, tls: TLSFiles) -> grpc.Channel:
+    """``make_channel`` for blocking callers (the client, checks and probes)."""
+    opts = channel_options()
+    if tls.enabled:
+        return grpc.secure_channel(address, tls.channel_credentials(), options=opts)
+    return grpc.insecure_channel(address, options=opts)
+
+
 TOKEN_ENV = "DISTREE_TOKEN"
 
 
