@@ -100,10 +100,10 @@ def main() -> None:
             with grpc.insecure_channel(address) as channel:
                 debug = pb_grpc.WorkerDebugStub(channel)
                 for _ in range(args.requests):
-                    rid = uuid.uuid4().hex
+                    gid = uuid.uuid4().hex
                     for k in range(stages):
                         debug.RunStage(
-                            pb.StageRequest(request_id=rid, stage=k, input=to_proto(image) if k == 0 else None),
+                            pb.StageRequest(group_id=gid, stage=k, input=to_proto(image) if k == 0 else None),
                             timeout=10,
                         )
             rows[name]["worker_peak_rss_mib"] = round(_peak_rss_mib(cluster.procs["worker0"].pid), 1)

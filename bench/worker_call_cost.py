@@ -65,9 +65,9 @@ def main() -> None:
             for kind in ("RunStage", "RunStages", "Session", "Info"):
                 calls, cpu0, t0 = 0, cluster.cpu_seconds()["worker0"], time.perf_counter()
                 while time.perf_counter() - t0 < args.seconds:
-                    rid = uuid.uuid4().hex
+                    gid = uuid.uuid4().hex
                     for k in range(stages):
-                        req = pb.StageRequest(request_id=rid, stage=k, input=to_proto(image) if k == 0 else None)
+                        req = pb.StageRequest(group_id=gid, stage=k, input=to_proto(image) if k == 0 else None)
                         if kind == "RunStage":
                             debug.RunStage(req, timeout=5)
                         elif kind == "RunStages":

@@ -50,10 +50,12 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     torch.manual_seed(0)
 
 
-def tiny_student_config(branches: int = 2, exits: list[int] | None = None, depth: int = 10) -> StudentConfig:
+def tiny_student_config(branches: int = 2, exit_points: list[int] | None = None, depth: int = 10) -> StudentConfig:
     """A student small enough for unit tests."""
     return StudentConfig(
-        branches=[WideResNetConfig(depth=depth, width=0.25) for _ in range(branches)], exits=exits, embed_dim=16
+        branches=[WideResNetConfig(depth=depth, width=0.25) for _ in range(branches)],
+        embed_dim=16,
+        **({"exit_points": exit_points} if exit_points else {}),
     )
 
 

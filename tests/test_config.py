@@ -26,11 +26,23 @@ def test_bad_value_is_named(tmp_path):
 def test_bad_depth_and_exits():
     with pytest.raises(ValueError, match="6n\\+4"):
         WideResNetConfig(depth=12)
-    with pytest.raises(ValueError, match="exits"):
-        StudentConfig(branches=[WideResNetConfig(depth=16)], exits=[2, 4])
+    with pytest.raises(ValueError, match="exit_points"):
+        StudentConfig(branches=[WideResNetConfig(depth=16)], exit_points=[2, 4])
     with pytest.raises(ValueError, match="same depth"):
         StudentConfig(branches=[WideResNetConfig(depth=16), WideResNetConfig(depth=10)])
-    assert StudentConfig(branches=[WideResNetConfig(depth=16)], exits=[1, 3, 6]).exit_points == [1, 3, 6]
+    assert StudentConfig(branches=[WideResNetConfig(depth=16)], exit_points=[1, 3, 6]).exit_points == [1, 3, 6]
+
+
+def test_exit_points_default_and_earlier_name():
+    """Unset, the exit points are the group ends; run files written under the earlier
+    name (exits, null for the default) still load, and are written back as exit_points."""
+    wrn16 = [{"depth": 16}]
+    assert StudentConfig(branches=wrn16).exit_points == [2, 4, 6]
+    assert StudentConfig.model_validate({"branches": wrn16, "exits": None}).exit_points == [2, 4, 6]
+    old = StudentConfig.model_validate({"branches": wrn16, "exits": [1, 6]})
+    assert old.exit_points == [1, 6] and "exits" not in old.model_dump()
+    with pytest.raises(ValueError, match="exits"):  # both names at once is a typo somewhere
+        StudentConfig.model_validate({"branches": wrn16, "exits": [1, 6], "exit_points": [1, 6]})
 
 
 def test_missing_config_file(tmp_path):

@@ -58,6 +58,12 @@ class WideResNetConfig(_Strict):
         return (self.depth - 4) // 6
 
 
+def _group_ends(branches: list[WideResNetConfig]) -> list[int]:
+    """The default exit points: the end of each residual group."""
+    n = branches[0].blocks_per_group if branches else 0
+    return [n, 2 * n, 3 * n]
+
+
 class StudentConfig(_Strict):
     """The DistrEE student: N parallel thin WideResNet branches and fused exit heads."""
 
@@ -65,12 +71,24 @@ class StudentConfig(_Strict):
         default_factory=lambda: [WideResNetConfig(depth=10, width=1.0) for _ in range(4)],
         min_length=1,
     )
-    exits: list[int] | None = Field(
-        None,
+    exit_points: list[int] = Field(
+        default_factory=lambda data: _group_ends(data.get("branches") or []),
         description="exit points as the number of residual blocks completed; "
         "default: one at the end of each residual group",
     )
     embed_dim: int = Field(128, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _earlier_name(cls, data: object) -> object:
+        # Configs and run.json files written before the name was unified call it exits
+        # (null meaning the default).
+        if isinstance(data, dict) and "exits" in data and "exit_points" not in data:
+            data = dict(data)
+            exits = data.pop("exits")
+            if exits is not None:
+                data["exit_points"] = exits
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> StudentConfig:
@@ -78,27 +96,18 @@ class StudentConfig(_Strict):
         if len(depths) != 1:
             raise ValueError(f"branches: all branches need the same depth (got {sorted(depths)})")
         total = self.total_blocks
-        if self.exits is not None:
-            e = self.exits
-            if not e or any(not 1 <= x <= total for x in e) or sorted(set(e)) != e or e[-1] != total:
-                raise ValueError(
-                    f"exits: must be strictly increasing block counts in 1..{total} ending at "
-                    f"{total} (the last block), got {e}"
-                )
+        e = self.exit_points
+        if not e or any(not 1 <= x <= total for x in e) or sorted(set(e)) != e or e[-1] != total:
+            raise ValueError(
+                f"exit_points: must be strictly increasing block counts in 1..{total} ending at "
+                f"{total} (the last block), got {e}"
+            )
         return self
 
     @property
     def total_blocks(self) -> int:
         """Residual blocks per branch."""
         return 3 * self.branches[0].blocks_per_group
-
-    @property
-    def exit_points(self) -> list[int]:
-        """Exit points as block counts, defaulting to the end of each residual group."""
-        if self.exits is not None:
-            return list(self.exits)
-        n = self.branches[0].blocks_per_group
-        return [n, 2 * n, 3 * n]
 
 
 class OptimConfig(_Strict):

@@ -95,7 +95,7 @@ class RunDir:
     def branch_fingerprint(self, branch: int) -> str:
         """What identifies branch ``branch`` of this run's student: its architecture and
         weights (a worker reports it; the coordinator refuses a worker whose differs)."""
-        arch = self.meta.config.student.model_dump_json(include={"branches", "exits"}).encode()
+        arch = self.meta.config.student.model_dump_json(include={"branches", "exit_points"}).encode()
         return fingerprint(self.student_file, f"branches.{branch}.", salt=arch + str(branch).encode())
 
     def read_calibration(self) -> CalibrationFile | None:

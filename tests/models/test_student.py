@@ -14,7 +14,7 @@ def _student(**kw) -> DistrEEStudent:
 def test_stage_by_stage_equals_whole_forward():
     """Per-request, interleaved stage execution with external state equals a batched pass."""
     torch.manual_seed(0)
-    model = _student(branches=3, exits=[1, 2, 4, 6], depth=16)
+    model = _student(branches=3, exit_points=[1, 2, 4, 6], depth=16)
     x = torch.randn(4, 3, 8, 8)
     with torch.no_grad():
         whole = model(x)

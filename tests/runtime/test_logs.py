@@ -11,26 +11,26 @@ from distree.devtools.cluster import LocalCluster
 from distree.runtime.client import DistreeClient
 
 
-def test_a_request_id_crosses_every_hop_it_took(trained, tmp_path):
+def test_a_group_id_crosses_every_hop_it_took(trained, tmp_path):
     run, splits = trained
     with LocalCluster(run.path, log_dir=tmp_path) as cluster:
         cluster.start_workers(RUNTIME_BRANCHES, extra=["--log-level", "debug"])
         address = cluster.start_coordinator(extra=["--log-level", "debug", "--log-format", "text", "--policy", "full"])
         with DistreeClient(address, timeout_s=30) as client:
             answers = client.infer(splits.test.images[:3])
-        rid = answers[0].request_id
-        assert len(rid) == 32 and {a.request_id for a in answers} == {rid}  # one call, one group
+        gid = answers[0].group_id
+        assert len(gid) == 32 and {a.group_id for a in answers} == {gid}  # one call, one group
 
         def logged(name: str) -> bool:
-            return rid in (tmp_path / f"{name}.log").read_text()
+            return gid in (tmp_path / f"{name}.log").read_text()
 
         assert until(lambda: logged("coordinator"))
-        line = next(x for x in (tmp_path / "coordinator.log").read_text().splitlines() if rid in x)
-        assert "debug" in line and "group answered" in line and f"request_id={rid}" in line  # text format
+        line = next(x for x in (tmp_path / "coordinator.log").read_text().splitlines() if gid in x)
+        assert "debug" in line and "group answered" in line and f"group_id={gid}" in line  # text format
         for b in answers[0].branches:
-            assert until(lambda b=b: logged(f"worker{b}")), f"worker {b} never logged {rid}"
+            assert until(lambda b=b: logged(f"worker{b}")), f"worker {b} never logged {gid}"
             records = [json.loads(x) for x in (tmp_path / f"worker{b}.log").read_text().splitlines()]
-            stages = sorted(r["stage"] for r in records if r.get("request_id") == rid)
+            stages = sorted(r["stage"] for r in records if r.get("group_id") == gid)
             assert stages == list(range(len(answers[0].stage_ms)))  # every stage it ran, one JSON line each
 
 
@@ -42,4 +42,4 @@ def test_at_info_level_no_line_per_request(trained, tmp_path):
         with DistreeClient(address, timeout_s=30) as client:
             (answer,) = client.infer(splits.test.images[:1])
     for log in tmp_path.glob("*.log"):
-        assert answer.request_id not in log.read_text(), log.name
+        assert answer.group_id not in log.read_text(), log.name

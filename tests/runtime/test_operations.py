@@ -159,13 +159,13 @@ def test_a_worker_refuses_state_past_its_limits(trained, tmp_path):
         address = cluster.start_worker(0, extra=["--debug-rpcs", "--max-states", "2"])
         with grpc.insecure_channel(address) as ch:
             stub = pb_grpc.WorkerDebugStub(ch)
-            for rid in ("a", "b"):
-                stub.RunStage(pb.StageRequest(request_id=rid, stage=0, input=tensor), timeout=5)
+            for gid in ("a", "b"):
+                stub.RunStage(pb.StageRequest(group_id=gid, stage=0, input=tensor), timeout=5)
             with pytest.raises(grpc.RpcError) as err:
-                stub.RunStage(pb.StageRequest(request_id="c", stage=0, input=tensor), timeout=5)
+                stub.RunStage(pb.StageRequest(group_id="c", stage=0, input=tensor), timeout=5)
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-states" in err.value.details()
-            stub.Drop(pb.DropRequest(request_id="a"), timeout=5)
-            stub.RunStage(pb.StageRequest(request_id="c", stage=0, input=tensor), timeout=5)  # room again
+            stub.Drop(pb.DropRequest(group_id="a"), timeout=5)
+            stub.RunStage(pb.StageRequest(group_id="c", stage=0, input=tensor), timeout=5)  # room again
 
 
 def test_a_worker_with_other_weights_for_its_branch_is_refused(trained, tmp_path):

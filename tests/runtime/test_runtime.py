@@ -200,25 +200,25 @@ def test_token_and_malformed_inputs(trained, tmp_path):
                 stub.Infer(pb.InferRequest(images=bad["shape"], deadline_ms=float("nan")), timeout=10, metadata=md)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         floats = pb.Tensor(dtype="float32", shape=[1, 3, 8, 8], data=bytes(192 * 4))
-        float_input = pb.StageRequest(request_id="x", stage=0, input=floats)
+        float_input = pb.StageRequest(group_id="x", stage=0, input=floats)
         with grpc.insecure_channel(workers[0]) as ch:
             with pytest.raises(grpc.RpcError) as err:
                 pb_grpc.WorkerDebugStub(ch).RunStage(float_input, timeout=5, metadata=md)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             with pytest.raises(grpc.RpcError) as err:
-                pb_grpc.WorkerDebugStub(ch).RunStage(pb.StageRequest(request_id="y", stage=1), timeout=5, metadata=md)
+                pb_grpc.WorkerDebugStub(ch).RunStage(pb.StageRequest(group_id="y", stage=1), timeout=5, metadata=md)
             assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             # A group of two inputs, then a stage that keeps a row it does not have.
             stub = pb_grpc.WorkerDebugStub(ch)
             two = pb.Tensor(dtype="uint8", shape=list(good.shape), data=good.numpy().tobytes())
-            stub.RunStage(pb.StageRequest(request_id="z", stage=0, input=two), timeout=5, metadata=md)
+            stub.RunStage(pb.StageRequest(group_id="z", stage=0, input=two), timeout=5, metadata=md)
             for keep in ([2], [1, 0], [-1]):
                 with pytest.raises(grpc.RpcError) as err:
-                    stub.RunStage(pb.StageRequest(request_id="z", stage=1, keep=keep), timeout=5, metadata=md)
+                    stub.RunStage(pb.StageRequest(group_id="z", stage=1, keep=keep), timeout=5, metadata=md)
                 assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "keep" in err.value.details()
-            one = stub.RunStage(pb.StageRequest(request_id="z", stage=1, keep=[1]), timeout=5, metadata=md)
+            one = stub.RunStage(pb.StageRequest(group_id="z", stage=1, keep=[1]), timeout=5, metadata=md)
             assert list(one.pooled.shape)[0] == 1
-            stub.Drop(pb.DropRequest(request_id="z"), timeout=5, metadata=md)
+            stub.Drop(pb.DropRequest(group_id="z"), timeout=5, metadata=md)
         # ...and everything still serves.
         with DistreeClient(coord, token="s3cret") as client:
             assert len(client.infer(good)) == 2
@@ -241,7 +241,7 @@ def test_debug_rpcs_are_served_only_when_asked(shared_cluster):
     workers, _ = shared_cluster
     with grpc.insecure_channel(workers[0]) as ch:
         with pytest.raises(grpc.RpcError) as err:
-            pb_grpc.WorkerDebugStub(ch).Drop(pb.DropRequest(request_id="x"), timeout=5)
+            pb_grpc.WorkerDebugStub(ch).Drop(pb.DropRequest(group_id="x"), timeout=5)
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 

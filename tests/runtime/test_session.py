@@ -55,10 +55,10 @@ def test_rotating_sessions_keep_groups_and_rows(worker, monkeypatch):
     async def go():
         link = worker_link.WorkerLink(address, 0, TLSFiles(), None, worker_link.LinkOptions())
         try:
-            first = await link.run_stage(pb.StageRequest(request_id="g", stage=0, input=to_proto(images)))
-            second = await link.run_stage(pb.StageRequest(request_id="g", stage=1, keep=[0, 2]))
+            first = await link.run_stage(pb.StageRequest(group_id="g", stage=0, input=to_proto(images)))
+            second = await link.run_stage(pb.StageRequest(group_id="g", stage=1, keep=[0, 2]))
             with pytest.raises(RuntimeError, match="keep"):
-                await link.run_stage(pb.StageRequest(request_id="g", stage=2, keep=[5]))
+                await link.run_stage(pb.StageRequest(group_id="g", stage=2, keep=[5]))
             link.drop("g")
             await asyncio.sleep(0.2)  # the drop rides on the next message
             return first, second
@@ -72,7 +72,7 @@ def test_rotating_sessions_keep_groups_and_rows(worker, monkeypatch):
 
 def test_broken_session_drops_its_groups_handover_does_not(worker):
     address, images = worker
-    start = pb.StageBatch(items=[pb.StageRequest(request_id="a", stage=0, input=to_proto(images))], seq=1)
+    start = pb.StageBatch(items=[pb.StageRequest(group_id="a", stage=0, input=to_proto(images))], seq=1)
 
     async def one_session(cancel: bool) -> None:
         async with grpc.aio.insecure_channel(address) as ch:
@@ -94,7 +94,7 @@ def test_broken_session_drops_its_groups_handover_does_not(worker):
     asyncio.run(one_session(cancel=False))
     assert _wait_active(address, 1) == 1  # kept: its next stage may come on another session
     with grpc.insecure_channel(address) as ch:
-        assert pb_grpc.WorkerDebugStub(ch).Drop(pb.DropRequest(request_id="a"), timeout=5).dropped
+        assert pb_grpc.WorkerDebugStub(ch).Drop(pb.DropRequest(group_id="a"), timeout=5).dropped
 
 
 def test_a_stage_racing_itself_is_refused(worker):
@@ -104,11 +104,11 @@ def test_a_stage_racing_itself_is_refused(worker):
     async def go():
         async with grpc.aio.insecure_channel(address) as ch:
             call, q = _raw_session(ch)
-            q.put_nowait(pb.StageBatch(items=[pb.StageRequest(request_id="r", stage=0, input=to_proto(images))], seq=1))
+            q.put_nowait(pb.StageBatch(items=[pb.StageRequest(group_id="r", stage=0, input=to_proto(images))], seq=1))
             await call.read()
             # Both in one message: the worker starts them together, so they truly race
             # (two messages may arrive after the first stage already finished).
-            twice = [pb.StageRequest(request_id="r", stage=1)] * 2
+            twice = [pb.StageRequest(group_id="r", stage=1)] * 2
             q.put_nowait(pb.StageBatch(items=twice, seq=2))
             reply = await call.read()
             call.cancel()
@@ -127,7 +127,7 @@ def test_run_on_streams_every_stage_then_frees_the_group(worker):
         link = worker_link.WorkerLink(address, 0, TLSFiles(), None, worker_link.LinkOptions())
         try:
             info = await link.stub.Info(pb.InfoRequest(), timeout=5)
-            futures = link.run_on(pb.StageRequest(request_id="e", stage=0, input=to_proto(images)), info.num_stages)
+            futures = link.run_on(pb.StageRequest(group_id="e", stage=0, input=to_proto(images)), info.num_stages)
             return await asyncio.wait_for(asyncio.gather(*futures), 10)
         finally:
             await link.channel.close()
@@ -140,7 +140,7 @@ def test_run_on_streams_every_stage_then_frees_the_group(worker):
 
 def test_run_on_needs_a_session(worker):
     address, images = worker
-    item = pb.StageRequest(request_id="u", stage=0, input=to_proto(images), run_on=True)
+    item = pb.StageRequest(group_id="u", stage=0, input=to_proto(images), run_on=True)
     with grpc.insecure_channel(address) as ch:
         reply = pb_grpc.WorkerDebugStub(ch).RunStages(pb.StageBatch(items=[item]), timeout=5)
     assert "run_on needs a Session" in reply.items[0].error

@@ -69,7 +69,7 @@ def test_branch_term_trains_each_branch_alone_through_every_head():
 def test_terms_vanish_when_student_matches_teacher():
     """With a teacher that says exactly what the student's exit says, KD and FT are zero."""
     torch.manual_seed(0)
-    student = DistrEEStudent(tiny_student_config(branches=2, exits=[3]), 3, 4, 8).eval()
+    student = DistrEEStudent(tiny_student_config(branches=2, exit_points=[3]), 3, 4, 8).eval()
     teacher = WideResNet(WideResNetConfig(depth=10, width=0.5), 3, 4)
     obj = StudentObjective(student, teacher, DistillConfig(branch_dropout=0.0)).eval()
     x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 4, (4,))

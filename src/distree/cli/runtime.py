@@ -44,7 +44,7 @@ def _service_args(p: argparse.ArgumentParser) -> None:
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
-        help="debug adds a line per group (coordinator) and per stage run (worker), with its request_id (default info)",
+        help="debug adds a line per group (coordinator) and per stage run (worker), with its group_id (default info)",
     )
     p.add_argument("--log-format", default="json", choices=["json", "text"], help="log lines on stderr (default json)")
     p.add_argument(
@@ -449,26 +449,26 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.add_argument("--listen", default="127.0.0.1:50061", help="HOST:PORT to listen on")
     p.add_argument("--max-batch", type=int, default=128, help="most inputs batched into one stage's forward pass")
     p.add_argument("--max-wait-ms", type=float, default=0.0, help="extra wait to fill a batch (0: what is queued)")
-    p.add_argument("--state-ttl-s", type=float, default=30.0, help="drop a request's state after this silence")
+    p.add_argument("--state-ttl-s", type=float, default=30.0, help="drop a group's state after this silence")
     p.add_argument(
-        "--max-states", type=int, default=4096, help="requests holding state at once; more: RESOURCE_EXHAUSTED"
+        "--max-states", type=int, default=4096, help="groups holding state at once; more: RESOURCE_EXHAUSTED"
     )
     p.add_argument(
         "--max-state-mib",
         type=float,
         default=1024.0,
-        help="MiB of request state held at once; more is refused",
+        help="MiB of group state held at once; more is refused",
     )
     p.add_argument(
         "--max-session-states",
         type=int,
-        help="requests one coordinator's session may hold at once (default: --max-states); set lower when "
+        help="groups one coordinator's session may hold at once (default: --max-states); set lower when "
         "several coordinators share the worker",
     )
     p.add_argument(
         "--max-session-state-mib",
         type=float,
-        help="MiB of request state one session may hold (default: --max-state-mib)",
+        help="MiB of group state one session may hold (default: --max-state-mib)",
     )
     p.add_argument("--threads", type=int, help="compute threads (default: the backend's choice)")
     p.add_argument("--device", help="--backend torch: torch device (default: cuda when present, else cpu)")

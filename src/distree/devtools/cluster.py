@@ -25,7 +25,7 @@ def free_port() -> int:
 
 
 def settled_worker_infos(addresses: Sequence[str], timeout_s: float = 10.0, token: str | None = None) -> list:
-    """Each worker's Info counters once no request state is left on any of them (drops, and
+    """Each worker's Info counters once no group state is left on any of them (drops, and
     eager workers' runs ahead, end after the last answer), or after ``timeout_s``."""
     from distree.runtime.proto import distree_pb2 as pb
     from distree.runtime.proto import distree_pb2_grpc as pb_grpc

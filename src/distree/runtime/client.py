@@ -49,7 +49,7 @@ class Answer:
     stop_reason: str
     worker_ms: list[float]  # the slowest answering worker's own time per stage
     macs: int  # charged to this input: stages of the branches that answered, heads the policy read
-    request_id: str = ""  # the group it ran in, as the coordinator's and workers' debug logs name it
+    group_id: str = ""  # the group it ran in, as the coordinator's and workers' debug logs name it
     class_name: str = ""  # the prediction's name (``classify`` fills it in)
 
     @property
@@ -97,7 +97,7 @@ class DistreeClient:
                 stop_reason=r.stop_reason,
                 worker_ms=list(r.worker_ms),
                 macs=r.macs,
-                request_id=r.request_id,
+                group_id=r.group_id,
             )
             for r in reply.results
         ]

@@ -87,7 +87,7 @@ class _Lockstep:
         self.keep: list[int] = []
 
     def stage(self, k: int, active: list[WorkerLink]) -> dict[WorkerLink, asyncio.Future]:
-        req = self.first if k == 0 else pb.StageRequest(request_id=self.first.request_id, stage=k, keep=self.keep)
+        req = self.first if k == 0 else pb.StageRequest(group_id=self.first.group_id, stage=k, keep=self.keep)
         return {w: w.run_stage(req) for w in active}
 
     def rows(self, loop: StageLoop) -> int:
@@ -219,11 +219,11 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         ``arrived`` (B,) is each input's arrival (perf_counter seconds) and ``deadline_ms``
         (B,) its deadline from arrival (inf for none). Rows leave the group as they exit;
         the workers are told which rows go on with every stage."""
-        rid = uuid.uuid4().hex
+        gid = uuid.uuid4().hex
         rows = images.shape[0]
         active = started = [w for w in self.links if w.up]
         if not active:
-            log.warning("group failed: no worker is up", extra={"request_id": rid, "inputs": rows})
+            log.warning("group failed: no worker is up", extra={"group_id": gid, "inputs": rows})
             raise NoBranchError("no branch is available (all workers are down)")
         n, E = self.student.num_branches, self.student.num_exits
         loop = StageLoop(
@@ -236,7 +236,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             arrived_s=arrived,
             deadline_ms=deadline_ms,
         )
-        first = pb.StageRequest(request_id=rid, stage=0, input=to_proto(images))
+        first = pb.StageRequest(group_id=gid, stage=0, input=to_proto(images))
         sends = _Eager(first, active, E) if self.options.mode == "eager" else _Lockstep(first)
         worker_ms = []
         try:
@@ -246,7 +246,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                 got, slowest = await self._gather(calls, k, sends.rows(loop))
                 active = [w for w in active if w in got]
                 if not got:
-                    log.warning("group failed: no branch answered", extra={"request_id": rid, "stage": k})
+                    log.warning("group failed: no branch answered", extra={"group_id": gid, "stage": k})
                     raise NoBranchError(f"no branch answered stage {k}")
                 vectors: list[torch.Tensor | None] = [None] * n
                 for w, v in got.items():
@@ -265,7 +265,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             # Workers that answered the last stage freed the state themselves; the others
             # drop it now (eager ones stop running on).
             finished = [] if len(worker_ms) < E else active
-            self._drop_later(rid, [w for w in started if w not in finished])
+            self._drop_later(gid, [w for w in started if w not in finished])
         out = loop.result()
         probs = torch.softmax(out.logits, dim=-1)
         results = []
@@ -281,14 +281,14 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                     stop_reason=out.reason[r].value,
                     worker_ms=worker_ms[: e + 1],
                     macs=int(out.macs[r]),
-                    request_id=rid,
+                    group_id=gid,
                 )
             )
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "group answered",
                 extra={
-                    "request_id": rid,
+                    "group_id": gid,
                     "inputs": rows,
                     "workers": [w.address for w in started],
                     "exits": out.exit.tolist(),
@@ -297,11 +297,11 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             )
         return results
 
-    def _drop_later(self, rid: str, links: list[WorkerLink]) -> None:
-        """Tell workers to drop a request, without making the answer wait for it (a dead
+    def _drop_later(self, gid: str, links: list[WorkerLink]) -> None:
+        """Tell workers to drop a group, without making the answer wait for it (a dead
         worker holds nothing; a live one that misses the message expires the state)."""
         for w in links:
-            w.drop(rid)
+            w.drop(gid)
 
     async def _run_calls(self, calls: list[_Call]) -> None:
         """Run the Infer calls taken together as one group and answer each."""

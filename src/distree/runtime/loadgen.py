@@ -56,7 +56,7 @@ def send(
                 "stage_ms": [round(v, 3) for v in a.stage_ms],
                 "worker_ms": [round(v, 3) for v in a.worker_ms],
                 "macs": a.macs,
-                "request_id": a.request_id,
+                "group_id": a.group_id,
             }
             for j, a in enumerate(answers)
         ]

@@ -50,7 +50,7 @@ STAGE_SECONDS = Histogram(
 )
 QUEUE_SECONDS = Histogram(
     "distree_worker_queue_seconds",
-    "Time a request's rows waited for their batch to start",
+    "Time a group's rows waited for their batch to start",
     ["branch", "stage"],
     buckets=LATENCY_BUCKETS,
     **_W,
@@ -63,7 +63,7 @@ BATCH_SIZE = Histogram(
     **_W,
 )
 STATES_DROPPED = Counter(
-    "distree_worker_dropped_states_total", "Request states dropped", ["branch", "reason"], **_W
+    "distree_worker_dropped_states_total", "Group states dropped", ["branch", "reason"], **_W
 )  # reason: stop, cancel, expired
 ACTIVE_STATES = Gauge("distree_worker_active_states", "Requests holding state on this worker", ["branch"], **_W)
 

@@ -23,7 +23,7 @@ from distree.runtime.batching import RowQueue
 # costs less than handing them to the compute thread and back.
 INLINE_ROWS = 4
 
-#: A request's feature map between stages, in the backend's own type (a torch tensor, a
+#: A group's feature map between stages, in the backend's own type (a torch tensor, a
 #: numpy array): it has ``.shape``, ``.nbytes`` and takes a numpy row index.
 State = Any
 

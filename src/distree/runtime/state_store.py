@@ -1,4 +1,4 @@
-"""A worker's request states: each request's feature map between its stages.
+"""A worker's Group states: each group's feature map between its stages.
 
 A state is dropped at once on Drop, when its call or session is cancelled, and after a
 time-to-live when the coordinator went silent.
@@ -20,8 +20,8 @@ BUSY = -1  # a state's next_stage while one of its stages runs
 
 
 @dataclass
-class RequestState:
-    """One request's place on this worker."""
+class GroupState:
+    """One group's place on this worker."""
 
     next_stage: int
     activation: Any  # the backend's feature map (``stage_runner.State``)
@@ -30,16 +30,16 @@ class RequestState:
 
 
 class StoreFull(RuntimeError):
-    """A new request would pass the store's limits."""
+    """A new group would pass the store's limits."""
 
 
-#: Why a request's state goes before its last stage: the coordinator stopped it (it
+#: Why a group's state goes before its last stage: the coordinator stopped it (it
 #: exited), cancelled it (its call ended), or it went silent past the TTL.
 DROP_REASONS = ("stop", "cancel", "expired")
 
 
 class StateStore:
-    """Request states by request id, with their time-to-live and limits on how many are
+    """Group states by group id, with their time-to-live and limits on how many are
     held and how many bytes their feature maps take: on the whole worker, and per Session
     stream (one per coordinator), so that one coordinator cannot take a worker shared
     with others. A session limit of None is the worker's."""
@@ -64,7 +64,7 @@ class StateStore:
         self.max_bytes = max_bytes
         self.max_session_states = max_session_states or max_states
         self.max_session_bytes = max_session_bytes or max_bytes
-        self._states: dict[str, RequestState] = {}
+        self._states: dict[str, GroupState] = {}
         self.dropped = 0
         self.expired = 0
         self._expiry: asyncio.Task | None = None
@@ -72,53 +72,53 @@ class StateStore:
     def __len__(self) -> int:
         return len(self._states)
 
-    def __contains__(self, request_id: str) -> bool:
-        return request_id in self._states
+    def __contains__(self, group_id: str) -> bool:
+        return group_id in self._states
 
-    def get(self, request_id: str) -> RequestState | None:
-        """The request's state, or None."""
-        return self._states.get(request_id)
+    def get(self, group_id: str) -> GroupState | None:
+        """The group's state, or None."""
+        return self._states.get(group_id)
 
     @property
     def bytes(self) -> int:
         """Bytes of every held feature map."""
         return sum(s.activation.nbytes for s in self._states.values())
 
-    def put(self, request_id: str, state: RequestState) -> None:
-        """Hold a new request's state; StoreFull when that would pass a limit."""
+    def put(self, group_id: str, state: GroupState) -> None:
+        """Hold a new group's state; StoreFull when that would pass a limit."""
         if len(self._states) >= self.max_states:
-            raise StoreFull(f"this worker holds {len(self._states)} requests, its limit (--max-states)")
+            raise StoreFull(f"this worker holds {len(self._states)} groups, its limit (--max-states)")
         held = self.bytes
         if held + state.activation.nbytes > self.max_bytes:
             raise StoreFull(
-                f"this worker holds {held / 2**20:.0f} MiB of request state; this request would pass its limit "
+                f"this worker holds {held / 2**20:.0f} MiB of group state; this group would pass its limit "
                 f"of {self.max_bytes / 2**20:.0f} MiB (--max-state-mib)"
             )
         if state.session is not None:
             mine = [s for s in self._states.values() if s.session is state.session]
             if len(mine) >= self.max_session_states:
                 raise StoreFull(
-                    f"this coordinator's session holds {len(mine)} requests on this worker, "
+                    f"this coordinator's session holds {len(mine)} groups on this worker, "
                     "its limit (--max-session-states)"
                 )
             held = sum(s.activation.nbytes for s in mine)
             if held + state.activation.nbytes > self.max_session_bytes:
                 raise StoreFull(
-                    f"this coordinator's session holds {held / 2**20:.0f} MiB of request state on this worker; "
-                    f"this request would pass its limit of {self.max_session_bytes / 2**20:.0f} MiB "
+                    f"this coordinator's session holds {held / 2**20:.0f} MiB of group state on this worker; "
+                    f"this group would pass its limit of {self.max_session_bytes / 2**20:.0f} MiB "
                     "(--max-session-state-mib)"
                 )
-        self._states[request_id] = state
+        self._states[group_id] = state
         metrics.ACTIVE_STATES.labels(self.label).set(len(self._states))
 
-    def finish(self, request_id: str) -> None:
-        """Forget a request that ran its last stage."""
-        if self._states.pop(request_id, None) is not None:
+    def finish(self, group_id: str) -> None:
+        """Forget a group that ran its last stage."""
+        if self._states.pop(group_id, None) is not None:
             metrics.ACTIVE_STATES.labels(self.label).set(len(self._states))
 
-    def drop(self, request_id: str, reason: str) -> bool:
-        """Forget a request before its last stage (reason: one of ``DROP_REASONS``)."""
-        if self._states.pop(request_id, None) is None:
+    def drop(self, group_id: str, reason: str) -> bool:
+        """Forget a group before its last stage (reason: one of ``DROP_REASONS``)."""
+        if self._states.pop(group_id, None) is None:
             return False
         if reason == "expired":
             self.expired += 1
@@ -129,9 +129,9 @@ class StateStore:
         return True
 
     def drop_session(self, session: object) -> None:
-        """Forget every request a Session stream started (it ended without handover)."""
-        for rid in [r for r, s in self._states.items() if s.session is session]:
-            self.drop(rid, "cancel")
+        """Forget every group a Session stream started (it ended without handover)."""
+        for gid in [r for r, s in self._states.items() if s.session is session]:
+            self.drop(gid, "cancel")
 
     def start(self) -> None:
         """Start expiring silent states (inside the event loop)."""
@@ -146,6 +146,6 @@ class StateStore:
         while True:
             await asyncio.sleep(max(0.05, self.ttl_s / 4))
             cutoff = time.monotonic() - self.ttl_s
-            for rid in [r for r, s in self._states.items() if s.touched < cutoff]:
-                log.info("state expired", extra={"request_id": rid})
-                self.drop(rid, "expired")
+            for gid in [r for r, s in self._states.items() if s.touched < cutoff]:
+                log.info("state expired", extra={"group_id": gid})
+                self.drop(gid, "expired")

@@ -1,8 +1,8 @@
 """``distree worker``: one device, one branch, stages run on request.
 
-The service checks every stage request and answers it; each request's feature map stays
+The service checks every stage request and answers it; each group's feature map stays
 here between stages (``state_store.py``), and the stages run batched with the other
-requests waiting at the same stage (``stage_runner.py``).
+groups waiting at the same stage (``stage_runner.py``).
 """
 
 from __future__ import annotations
@@ -24,17 +24,17 @@ from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
 from distree.runtime.security import TLSFiles
 from distree.runtime.stage_runner import StageBackend, StageRunner
-from distree.runtime.state_store import BUSY, RequestState, StateStore, StoreFull
+from distree.runtime.state_store import BUSY, GroupState, StateStore, StoreFull
 from distree.runtime.tensors import InvalidTensor, array_from_proto, to_proto
 
 log = logging.getLogger("distree.worker")
 
 
-MAX_ROWS = 4096  # inputs per request
+MAX_ROWS = 4096  # inputs per group
 
 
 class StageError(Exception):
-    """A request's stage cannot run; carries the gRPC status to answer with."""
+    """A group's stage cannot run; carries the gRPC status to answer with."""
 
     def __init__(self, code: grpc.StatusCode, message: str):
         super().__init__(message)
@@ -59,7 +59,7 @@ class WorkerOptions:
     max_batch: int = 128  # most inputs (rows) in one forward pass
     max_wait_ms: float = 0.0
     state_ttl_s: float = 30.0
-    max_states: int = 4096  # requests holding state at once
+    max_states: int = 4096  # groups holding state at once
     max_state_mib: float = 1024.0  # their feature maps' bytes
     # The same per Session stream (one per coordinator); None: the worker's limits.
     max_session_states: int | None = None
@@ -111,40 +111,40 @@ class BranchWorker(pb_grpc.WorkerServicer):
         self.runner.stop()
         self.states.stop()
 
-    def _drop(self, request_id: str, reason: str) -> bool:
-        return self.states.drop(request_id, reason)
+    def _drop(self, group_id: str, reason: str) -> bool:
+        return self.states.drop(group_id, reason)
 
     async def _stage(self, request: pb.StageRequest, stage: int, session: object = None) -> pb.StageReply:
-        """Run one stage of one request; raises StageError for a request it cannot run."""
-        rid = request.request_id
+        """Run one stage of one group; raises StageError for a group it cannot run."""
+        gid = request.group_id
         if not self.ready:
             raise StageError(grpc.StatusCode.UNAVAILABLE, "worker is still loading its weights")
-        if not rid:
-            raise StageError(grpc.StatusCode.INVALID_ARGUMENT, "request_id is empty")
+        if not gid:
+            raise StageError(grpc.StatusCode.INVALID_ARGUMENT, "group_id is empty")
         if not 0 <= stage < self.num_stages:
             raise StageError(grpc.StatusCode.INVALID_ARGUMENT, f"stage {stage} not in 0..{self.num_stages - 1}")
         if stage == 0:
-            if rid in self.states:
-                raise StageError(grpc.StatusCode.ALREADY_EXISTS, f"request {rid} already started")
+            if gid in self.states:
+                raise StageError(grpc.StatusCode.ALREADY_EXISTS, f"group {gid} already started")
             try:
                 shape = (None, *self.input_shape)
                 x = array_from_proto(request.input, "input", ("uint8",), shape, MAX_ROWS * 4096 * 3)
             except InvalidTensor as err:
                 raise StageError(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
             if x.shape[0] > MAX_ROWS:
-                raise StageError(grpc.StatusCode.INVALID_ARGUMENT, f"input: at most {MAX_ROWS} rows per request")
+                raise StageError(grpc.StatusCode.INVALID_ARGUMENT, f"input: at most {MAX_ROWS} rows per group")
             try:
-                self.states.put(rid, RequestState(0, self.runner.backend.as_input(x), session))
+                self.states.put(gid, GroupState(0, self.runner.backend.as_input(x), session))
             except StoreFull as err:
                 raise StageError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err)) from None
-        state = self.states.get(rid)
+        state = self.states.get(gid)
         if state is None:
-            raise StageError(grpc.StatusCode.FAILED_PRECONDITION, f"no state for request {rid} (dropped or expired)")
+            raise StageError(grpc.StatusCode.FAILED_PRECONDITION, f"no state for request {gid} (dropped or expired)")
         if state.next_stage == BUSY:
-            raise StageError(grpc.StatusCode.FAILED_PRECONDITION, f"request {rid} is already running a stage")
+            raise StageError(grpc.StatusCode.FAILED_PRECONDITION, f"group {gid} is already running a stage")
         if state.next_stage != stage:
             raise StageError(
-                grpc.StatusCode.FAILED_PRECONDITION, f"request {rid} is at stage {state.next_stage}, not {stage}"
+                grpc.StatusCode.FAILED_PRECONDITION, f"group {gid} is at stage {state.next_stage}, not {stage}"
             )
         x = state.activation
         if request.keep:
@@ -154,14 +154,14 @@ class BranchWorker(pb_grpc.WorkerServicer):
         try:
             h, v, compute_ms = await self.runner.run(stage, x)
         except asyncio.CancelledError:
-            self._drop(rid, "cancel")
+            self._drop(gid, "cancel")
             raise
         except Exception:
             state.next_stage = stage
             raise
-        if rid in self.states:  # a Drop may have arrived meanwhile
+        if gid in self.states:  # a Drop may have arrived meanwhile
             if stage == self.num_stages - 1:
-                self.states.finish(rid)
+                self.states.finish(gid)
             else:
                 state.activation, state.next_stage, state.touched = h, stage + 1, time.monotonic()
         queue_ms = max(0.0, (time.perf_counter() - t0) * 1000 - compute_ms)
@@ -169,16 +169,16 @@ class BranchWorker(pb_grpc.WorkerServicer):
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "stage run",
-                extra={"request_id": rid, "stage": stage, "rows": x.shape[0], "compute_ms": round(compute_ms, 3)}
+                extra={"group_id": gid, "stage": stage, "rows": x.shape[0], "compute_ms": round(compute_ms, 3)}
                 | {"queue_ms": round(queue_ms, 3)},
             )
-        return pb.StageReply(stage=stage, pooled=to_proto(v), compute_ms=compute_ms, queue_ms=queue_ms, request_id=rid)
+        return pb.StageReply(stage=stage, pooled=to_proto(v), compute_ms=compute_ms, queue_ms=queue_ms, group_id=gid)
 
     async def _run_batch(self, batch: pb.StageBatch, session: object = None) -> pb.StageBatchReply:
         """Drop the listed requests, then run one stage of each listed request, batched;
-        a request that cannot run gets its own error."""
-        for rid in batch.drop:
-            self._drop(rid, "stop")
+        a group that cannot run gets its own error."""
+        for gid in batch.drop:
+            self._drop(gid, "stop")
 
         async def one(item: pb.StageRequest) -> pb.StageReply:
             try:
@@ -186,7 +186,7 @@ class BranchWorker(pb_grpc.WorkerServicer):
                     raise StageError(grpc.StatusCode.INVALID_ARGUMENT, "run_on needs a Session stream")
                 return await self._stage(item, item.stage, session)
             except StageError as err:
-                return pb.StageReply(stage=item.stage, request_id=item.request_id, error=err.message)
+                return pb.StageReply(stage=item.stage, group_id=item.group_id, error=err.message)
 
         if len(batch.items) == 1:  # the common case at low load: no task per item
             return pb.StageBatchReply(items=[await one(batch.items[0])], seq=batch.seq)
@@ -195,7 +195,7 @@ class BranchWorker(pb_grpc.WorkerServicer):
     async def Session(self, request_iterator, context):  # noqa: N802
         """Both modes over one stream: every StageBatch gets its reply as soon as it is done
         (batches run concurrently), and a ``run_on`` item (eager) one more reply per later
-        stage, until it is dropped. When it ends, the requests it started are dropped at
+        stage, until it is dropped. When it ends, the groups it started are dropped at
         once (the coordinator died or cancelled it), unless a batch said ``handover``: then
         they live on, reached through the coordinator's next session."""
         session = object()
@@ -208,24 +208,24 @@ class BranchWorker(pb_grpc.WorkerServicer):
                 reply = await self._run_batch(batch, session)
             except Exception as err:  # noqa: BLE001 - the batch is answered, the stream lives
                 log.exception("stage batch failed")
-                items = [pb.StageReply(stage=i.stage, request_id=i.request_id, error=str(err)) for i in batch.items]
+                items = [pb.StageReply(stage=i.stage, group_id=i.group_id, error=str(err)) for i in batch.items]
                 replies.put_nowait(pb.StageBatchReply(items=items, seq=batch.seq))
                 return
             replies.put_nowait(reply)
             for item, answer in zip(batch.items, reply.items):
                 if item.run_on and not answer.error:
-                    spawn(run_on(item.request_id, item.stage + 1, batch.seq))
+                    spawn(run_on(item.group_id, item.stage + 1, batch.seq))
 
-        async def run_on(rid: str, first: int, seq: int) -> None:
-            """Eager: the request's later stages, one reply each, until it is dropped."""
+        async def run_on(gid: str, first: int, seq: int) -> None:
+            """Eager: the group's later stages, one reply each, until it is dropped."""
             for k in range(first, self.num_stages):
                 try:
-                    answer = await self._stage(pb.StageRequest(request_id=rid, stage=k), k, session)
+                    answer = await self._stage(pb.StageRequest(group_id=gid, stage=k), k, session)
                 except StageError:
                     return  # dropped (the coordinator has its answer) or expired
                 except Exception as err:  # noqa: BLE001 - the coordinator hears of it
                     log.exception("stage failed")
-                    answer = pb.StageReply(stage=k, request_id=rid, error=str(err))
+                    answer = pb.StageReply(stage=k, group_id=gid, error=str(err))
                 replies.put_nowait(pb.StageBatchReply(items=[answer], seq=seq))
                 if answer.error:
                     return
@@ -290,7 +290,7 @@ class WorkerDebug(pb_grpc.WorkerDebugServicer):
         self.worker = worker
 
     async def RunStage(self, request, context):  # noqa: N802 - gRPC method name
-        """Run one stage of one request (group) in its own call."""
+        """Run one stage of one group (group) in its own call."""
         try:
             return await self.worker._stage(request, request.stage)
         except StageError as err:
@@ -301,8 +301,8 @@ class WorkerDebug(pb_grpc.WorkerDebugServicer):
         return await self.worker._run_batch(request)
 
     async def Drop(self, request, context):  # noqa: N802
-        """Forget a request's state."""
-        return pb.DropReply(dropped=self.worker._drop(request.request_id, "stop"))
+        """Forget a group's state."""
+        return pb.DropReply(dropped=self.worker._drop(request.group_id, "stop"))
 
 
 async def serve_worker(

@@ -44,7 +44,7 @@ class LinkOptions:
     retry_max_s: float = 5.0
 
 
-_Key = tuple[str, int]  # (request id, stage): what a reply answers
+_Key = tuple[str, int]  # (group id, stage): what a reply answers
 
 CHECK_INTERVAL_S = 1.0  # health checks of a worker in use
 
@@ -56,7 +56,7 @@ class _Session:
         self.opened = time.monotonic()
         self._out: asyncio.Queue[pb.StageBatch | None] = asyncio.Queue()
         # A waiter leaves when answered or cancelled (a stage deadline, or an eager
-        # request's later stages once it has exited).
+        # group's later stages once it has exited).
         self._waiting: dict[_Key, asyncio.Future] = {}
         self._seq = itertools.count(1)
         self._closing = False
@@ -72,7 +72,7 @@ class _Session:
         return not self._closing and time.monotonic() - self.opened < SESSION_ROTATE_S
 
     def send(self, batch: pb.StageBatch, waiters: dict[_Key, asyncio.Future]) -> None:
-        """Queue a batch; each waiter gets the StageReply for its (request id, stage)."""
+        """Queue a batch; each waiter gets the StageReply for its (group id, stage)."""
         batch.seq = next(self._seq)
         for key, f in waiters.items():
             self._waiting[key] = f
@@ -106,7 +106,7 @@ class _Session:
             async for reply in self._call:
                 self.last_reply = time.monotonic()
                 for item in reply.items:
-                    f = self._waiting.pop((item.request_id, item.stage), None)
+                    f = self._waiting.pop((item.group_id, item.stage), None)
                     if f is None or f.done():
                         continue  # the coordinator moved on (a deadline, or an exit)
                     if item.error:
@@ -166,26 +166,26 @@ class WorkerLink:
         self._flush_scheduled = False
 
     def run_stage(self, request: pb.StageRequest) -> asyncio.Future:
-        """Queue one request's stage for this worker; the future gets its StageReply."""
+        """Queue one group's stage for this worker; the future gets its StageReply."""
         return self._queue(request, 1)[0]
 
     def run_on(self, request: pb.StageRequest, num_stages: int) -> list[asyncio.Future]:
-        """Eager: queue a request's stage and have the worker run every later one too (sets
+        """Eager: queue a group's stage and have the worker run every later one too (sets
         ``request.run_on``); one future per stage from ``request.stage``. Cancel those not
-        needed, and drop the request to stop the worker."""
+        needed, and drop the group to stop the worker."""
         request.run_on = True
         return self._queue(request, num_stages - request.stage)
 
     def _queue(self, request: pb.StageRequest, stages: int) -> list[asyncio.Future]:
         loop = asyncio.get_running_loop()
-        waiters = {(request.request_id, request.stage + i): loop.create_future() for i in range(stages)}
+        waiters = {(request.group_id, request.stage + i): loop.create_future() for i in range(stages)}
         self._pending.append((request, waiters))
         self._schedule_flush()
         return list(waiters.values())
 
-    def drop(self, request_id: str) -> None:
-        """Queue a request for the worker to forget (sent with the next batch)."""
-        self._drops.append(request_id)
+    def drop(self, group_id: str) -> None:
+        """Queue a group for the worker to forget (sent with the next batch)."""
+        self._drops.append(group_id)
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#distree/runtime/proto/distree.proto\x12\ndistree.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"r\n\x0cStageRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\x05\x12!\n\x05input\x18\x03 \x01(\x0b\x32\x12.distree.v1.Tensor\x12\x0c\n\x04keep\x18\x04 \x03(\x05\x12\x0e\n\x06run_on\x18\x05 \x01(\x08\"\x88\x01\n\nStageReply\x12\r\n\x05stage\x18\x01 \x01(\x05\x12\"\n\x06pooled\x18\x02 \x01(\x0b\x32\x12.distree.v1.Tensor\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x10\n\x08queue_ms\x18\x06 \x01(\x01\"b\n\nStageBatch\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.distree.v1.StageRequest\x12\x0c\n\x04\x64rop\x18\x02 \x03(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x10\n\x08handover\x18\x04 \x01(\x08\"E\n\x0fStageBatchReply\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.distree.v1.StageReply\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"!\n\x0b\x44ropRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1c\n\tDropReply\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\"\r\n\x0bInfoRequest\"\xea\x01\n\tInfoReply\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\x05\x12\x12\n\nnum_stages\x18\x02 \x01(\x05\x12\x12\n\nstages_run\x18\x03 \x01(\x03\x12\x16\n\x0estates_dropped\x18\x04 \x01(\x03\x12\x16\n\x0estates_expired\x18\x05 \x01(\x03\x12\x15\n\ractive_states\x18\x06 \x01(\x03\x12\x10\n\x08macs_run\x18\x07 \x01(\x03\x12\x13\n\x0b\x66ingerprint\x18\x08 \x01(\t\x12\x10\n\x08instance\x18\t \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\n \x01(\t\x12\x14\n\x0cpeak_rss_mib\x18\x0b \x01(\x01\"G\n\x0cInferRequest\x12\"\n\x06images\x18\x01 \x01(\x0b\x32\x12.distree.v1.Tensor\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x02 \x01(\x01\"\xb4\x01\n\x0bInferResult\x12\x12\n\nprediction\x18\x01 \x01(\x05\x12\x15\n\rprobabilities\x18\x02 \x03(\x02\x12\x0c\n\x04\x65xit\x18\x03 \x01(\x05\x12\x10\n\x08\x62ranches\x18\x04 \x03(\x05\x12\x10\n\x08stage_ms\x18\x05 \x03(\x01\x12\x13\n\x0bstop_reason\x18\x06 \x01(\t\x12\x11\n\tworker_ms\x18\x07 \x03(\x01\x12\x0c\n\x04macs\x18\x08 \x01(\x03\x12\x12\n\nrequest_id\x18\t \x01(\t\"6\n\nInferReply\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.distree.v1.InferResult\"\x12\n\x10ModelInfoRequest\"\xb7\x01\n\x0eModelInfoReply\x12\x13\n\x0bin_channels\x18\x01 \x01(\x05\x12\x12\n\nimage_size\x18\x02 \x01(\x05\x12\x0f\n\x07\x63lasses\x18\x03 \x03(\t\x12\x11\n\tnum_exits\x18\x04 \x01(\x05\x12\x14\n\x0cnum_branches\x18\x05 \x01(\x05\x12\x0e\n\x06policy\x18\x06 \x01(\t\x12\x0c\n\x04mode\x18\x07 \x01(\t\x12\x11\n\texit_macs\x18\x08 \x03(\x03\x12\x11\n\tfull_macs\x18\t \x01(\x03\x32\x84\x01\n\x06Worker\x12\x42\n\x07Session\x12\x16.distree.v1.StageBatch\x1a\x1b.distree.v1.StageBatchReply(\x01\x30\x01\x12\x36\n\x04Info\x12\x17.distree.v1.InfoRequest\x1a\x15.distree.v1.InfoReply2\xc5\x01\n\x0bWorkerDebug\x12<\n\x08RunStage\x12\x18.distree.v1.StageRequest\x1a\x16.distree.v1.StageReply\x12@\n\tRunStages\x12\x16.distree.v1.StageBatch\x1a\x1b.distree.v1.StageBatchReply\x12\x36\n\x04\x44rop\x12\x17.distree.v1.DropRequest\x1a\x15.distree.v1.DropReply2\x8f\x01\n\x0b\x43oordinator\x12\x39\n\x05Infer\x12\x18.distree.v1.InferRequest\x1a\x16.distree.v1.InferReply\x12\x45\n\tModelInfo\x12\x1c.distree.v1.ModelInfoRequest\x1a\x1a.distree.v1.ModelInfoReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#distree/runtime/proto/distree.proto\x12\ndistree.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"p\n\x0cStageRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\x05\x12!\n\x05input\x18\x03 \x01(\x0b\x32\x12.distree.v1.Tensor\x12\x0c\n\x04keep\x18\x04 \x03(\x05\x12\x0e\n\x06run_on\x18\x05 \x01(\x08\"\x86\x01\n\nStageReply\x12\r\n\x05stage\x18\x01 \x01(\x05\x12\"\n\x06pooled\x18\x02 \x01(\x0b\x32\x12.distree.v1.Tensor\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x12\x10\n\x08group_id\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x10\n\x08queue_ms\x18\x06 \x01(\x01\"b\n\nStageBatch\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.distree.v1.StageRequest\x12\x0c\n\x04\x64rop\x18\x02 \x03(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x10\n\x08handover\x18\x04 \x01(\x08\"E\n\x0fStageBatchReply\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.distree.v1.StageReply\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"\x1f\n\x0b\x44ropRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\"\x1c\n\tDropReply\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\"\r\n\x0bInfoRequest\"\xea\x01\n\tInfoReply\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\x05\x12\x12\n\nnum_stages\x18\x02 \x01(\x05\x12\x12\n\nstages_run\x18\x03 \x01(\x03\x12\x16\n\x0estates_dropped\x18\x04 \x01(\x03\x12\x16\n\x0estates_expired\x18\x05 \x01(\x03\x12\x15\n\ractive_states\x18\x06 \x01(\x03\x12\x10\n\x08macs_run\x18\x07 \x01(\x03\x12\x13\n\x0b\x66ingerprint\x18\x08 \x01(\t\x12\x10\n\x08instance\x18\t \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\n \x01(\t\x12\x14\n\x0cpeak_rss_mib\x18\x0b \x01(\x01\"G\n\x0cInferRequest\x12\"\n\x06images\x18\x01 \x01(\x0b\x32\x12.distree.v1.Tensor\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x02 \x01(\x01\"\xb2\x01\n\x0bInferResult\x12\x12\n\nprediction\x18\x01 \x01(\x05\x12\x15\n\rprobabilities\x18\x02 \x03(\x02\x12\x0c\n\x04\x65xit\x18\x03 \x01(\x05\x12\x10\n\x08\x62ranches\x18\x04 \x03(\x05\x12\x10\n\x08stage_ms\x18\x05 \x03(\x01\x12\x13\n\x0bstop_reason\x18\x06 \x01(\t\x12\x11\n\tworker_ms\x18\x07 \x03(\x01\x12\x0c\n\x04macs\x18\x08 \x01(\x03\x12\x10\n\x08group_id\x18\t \x01(\t\"6\n\nInferReply\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.distree.v1.InferResult\"\x12\n\x10ModelInfoRequest\"\xb7\x01\n\x0eModelInfoReply\x12\x13\n\x0bin_channels\x18\x01 \x01(\x05\x12\x12\n\nimage_size\x18\x02 \x01(\x05\x12\x0f\n\x07\x63lasses\x18\x03 \x03(\t\x12\x11\n\tnum_exits\x18\x04 \x01(\x05\x12\x14\n\x0cnum_branches\x18\x05 \x01(\x05\x12\x0e\n\x06policy\x18\x06 \x01(\t\x12\x0c\n\x04mode\x18\x07 \x01(\t\x12\x11\n\texit_macs\x18\x08 \x03(\x03\x12\x11\n\tfull_macs\x18\t \x01(\x03\x32\x84\x01\n\x06Worker\x12\x42\n\x07Session\x12\x16.distree.v1.StageBatch\x1a\x1b.distree.v1.StageBatchReply(\x01\x30\x01\x12\x36\n\x04Info\x12\x17.distree.v1.InfoRequest\x1a\x15.distree.v1.InfoReply2\xc5\x01\n\x0bWorkerDebug\x12<\n\x08RunStage\x12\x18.distree.v1.StageRequest\x1a\x16.distree.v1.StageReply\x12@\n\tRunStages\x12\x16.distree.v1.StageBatch\x1a\x1b.distree.v1.StageBatchReply\x12\x36\n\x04\x44rop\x12\x17.distree.v1.DropRequest\x1a\x15.distree.v1.DropReply2\x8f\x01\n\x0b\x43oordinator\x12\x39\n\x05Infer\x12\x18.distree.v1.InferRequest\x1a\x16.distree.v1.InferReply\x12\x45\n\tModelInfo\x12\x1c.distree.v1.ModelInfoRequest\x1a\x1a.distree.v1.ModelInfoReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,35 +34,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENSOR']._serialized_start=51
   _globals['_TENSOR']._serialized_end=103
   _globals['_STAGEREQUEST']._serialized_start=105
-  _globals['_STAGEREQUEST']._serialized_end=219
-  _globals['_STAGEREPLY']._serialized_start=222
-  _globals['_STAGEREPLY']._serialized_end=358
-  _globals['_STAGEBATCH']._serialized_start=360
-  _globals['_STAGEBATCH']._serialized_end=458
-  _globals['_STAGEBATCHREPLY']._serialized_start=460
-  _globals['_STAGEBATCHREPLY']._serialized_end=529
-  _globals['_DROPREQUEST']._serialized_start=531
-  _globals['_DROPREQUEST']._serialized_end=564
-  _globals['_DROPREPLY']._serialized_start=566
-  _globals['_DROPREPLY']._serialized_end=594
-  _globals['_INFOREQUEST']._serialized_start=596
-  _globals['_INFOREQUEST']._serialized_end=609
-  _globals['_INFOREPLY']._serialized_start=612
-  _globals['_INFOREPLY']._serialized_end=846
-  _globals['_INFERREQUEST']._serialized_start=848
-  _globals['_INFERREQUEST']._serialized_end=919
-  _globals['_INFERRESULT']._serialized_start=922
-  _globals['_INFERRESULT']._serialized_end=1102
-  _globals['_INFERREPLY']._serialized_start=1104
-  _globals['_INFERREPLY']._serialized_end=1158
-  _globals['_MODELINFOREQUEST']._serialized_start=1160
-  _globals['_MODELINFOREQUEST']._serialized_end=1178
-  _globals['_MODELINFOREPLY']._serialized_start=1181
-  _globals['_MODELINFOREPLY']._serialized_end=1364
-  _globals['_WORKER']._serialized_start=1367
-  _globals['_WORKER']._serialized_end=1499
-  _globals['_WORKERDEBUG']._serialized_start=1502
-  _globals['_WORKERDEBUG']._serialized_end=1699
-  _globals['_COORDINATOR']._serialized_start=1702
-  _globals['_COORDINATOR']._serialized_end=1845
+  _globals['_STAGEREQUEST']._serialized_end=217
+  _globals['_STAGEREPLY']._serialized_start=220
+  _globals['_STAGEREPLY']._serialized_end=354
+  _globals['_STAGEBATCH']._serialized_start=356
+  _globals['_STAGEBATCH']._serialized_end=454
+  _globals['_STAGEBATCHREPLY']._serialized_start=456
+  _globals['_STAGEBATCHREPLY']._serialized_end=525
+  _globals['_DROPREQUEST']._serialized_start=527
+  _globals['_DROPREQUEST']._serialized_end=558
+  _globals['_DROPREPLY']._serialized_start=560
+  _globals['_DROPREPLY']._serialized_end=588
+  _globals['_INFOREQUEST']._serialized_start=590
+  _globals['_INFOREQUEST']._serialized_end=603
+  _globals['_INFOREPLY']._serialized_start=606
+  _globals['_INFOREPLY']._serialized_end=840
+  _globals['_INFERREQUEST']._serialized_start=842
+  _globals['_INFERREQUEST']._serialized_end=913
+  _globals['_INFERRESULT']._serialized_start=916
+  _globals['_INFERRESULT']._serialized_end=1094
+  _globals['_INFERREPLY']._serialized_start=1096
+  _globals['_INFERREPLY']._serialized_end=1150
+  _globals['_MODELINFOREQUEST']._serialized_start=1152
+  _globals['_MODELINFOREQUEST']._serialized_end=1170
+  _globals['_MODELINFOREPLY']._serialized_start=1173
+  _globals['_MODELINFOREPLY']._serialized_end=1356
+  _globals['_WORKER']._serialized_start=1359
+  _globals['_WORKER']._serialized_end=1491
+  _globals['_WORKERDEBUG']._serialized_start=1494
+  _globals['_WORKERDEBUG']._serialized_end=1691
+  _globals['_COORDINATOR']._serialized_start=1694
+  _globals['_COORDINATOR']._serialized_end=1837
 # @@protoc_insertion_point(module_scope)

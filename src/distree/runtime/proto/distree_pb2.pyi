@@ -17,34 +17,34 @@ class Tensor(_message.Message):
     def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class StageRequest(_message.Message):
-    __slots__ = ("request_id", "stage", "input", "keep", "run_on")
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("group_id", "stage", "input", "keep", "run_on")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     KEEP_FIELD_NUMBER: _ClassVar[int]
     RUN_ON_FIELD_NUMBER: _ClassVar[int]
-    request_id: str
+    group_id: str
     stage: int
     input: Tensor
     keep: _containers.RepeatedScalarFieldContainer[int]
     run_on: bool
-    def __init__(self, request_id: _Optional[str] = ..., stage: _Optional[int] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., keep: _Optional[_Iterable[int]] = ..., run_on: _Optional[bool] = ...) -> None: ...
+    def __init__(self, group_id: _Optional[str] = ..., stage: _Optional[int] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., keep: _Optional[_Iterable[int]] = ..., run_on: _Optional[bool] = ...) -> None: ...
 
 class StageReply(_message.Message):
-    __slots__ = ("stage", "pooled", "compute_ms", "request_id", "error", "queue_ms")
+    __slots__ = ("stage", "pooled", "compute_ms", "group_id", "error", "queue_ms")
     STAGE_FIELD_NUMBER: _ClassVar[int]
     POOLED_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     stage: int
     pooled: Tensor
     compute_ms: float
-    request_id: str
+    group_id: str
     error: str
     queue_ms: float
-    def __init__(self, stage: _Optional[int] = ..., pooled: _Optional[_Union[Tensor, _Mapping]] = ..., compute_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., error: _Optional[str] = ..., queue_ms: _Optional[float] = ...) -> None: ...
+    def __init__(self, stage: _Optional[int] = ..., pooled: _Optional[_Union[Tensor, _Mapping]] = ..., compute_ms: _Optional[float] = ..., group_id: _Optional[str] = ..., error: _Optional[str] = ..., queue_ms: _Optional[float] = ...) -> None: ...
 
 class StageBatch(_message.Message):
     __slots__ = ("items", "drop", "seq", "handover")
@@ -67,10 +67,10 @@ class StageBatchReply(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[StageReply, _Mapping]]] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class DropRequest(_message.Message):
-    __slots__ = ("request_id",)
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
-    request_id: str
-    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+    __slots__ = ("group_id",)
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    group_id: str
+    def __init__(self, group_id: _Optional[str] = ...) -> None: ...
 
 class DropReply(_message.Message):
     __slots__ = ("dropped",)
@@ -117,7 +117,7 @@ class InferRequest(_message.Message):
     def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., deadline_ms: _Optional[float] = ...) -> None: ...
 
 class InferResult(_message.Message):
-    __slots__ = ("prediction", "probabilities", "exit", "branches", "stage_ms", "stop_reason", "worker_ms", "macs", "request_id")
+    __slots__ = ("prediction", "probabilities", "exit", "branches", "stage_ms", "stop_reason", "worker_ms", "macs", "group_id")
     PREDICTION_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     EXIT_FIELD_NUMBER: _ClassVar[int]
@@ -126,7 +126,7 @@ class InferResult(_message.Message):
     STOP_REASON_FIELD_NUMBER: _ClassVar[int]
     WORKER_MS_FIELD_NUMBER: _ClassVar[int]
     MACS_FIELD_NUMBER: _ClassVar[int]
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     prediction: int
     probabilities: _containers.RepeatedScalarFieldContainer[float]
     exit: int
@@ -135,8 +135,8 @@ class InferResult(_message.Message):
     stop_reason: str
     worker_ms: _containers.RepeatedScalarFieldContainer[float]
     macs: int
-    request_id: str
-    def __init__(self, prediction: _Optional[int] = ..., probabilities: _Optional[_Iterable[float]] = ..., exit: _Optional[int] = ..., branches: _Optional[_Iterable[int]] = ..., stage_ms: _Optional[_Iterable[float]] = ..., stop_reason: _Optional[str] = ..., worker_ms: _Optional[_Iterable[float]] = ..., macs: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    group_id: str
+    def __init__(self, prediction: _Optional[int] = ..., probabilities: _Optional[_Iterable[float]] = ..., exit: _Optional[int] = ..., branches: _Optional[_Iterable[int]] = ..., stage_ms: _Optional[_Iterable[float]] = ..., stop_reason: _Optional[str] = ..., worker_ms: _Optional[_Iterable[float]] = ..., macs: _Optional[int] = ..., group_id: _Optional[str] = ...) -> None: ...
 
 class InferReply(_message.Message):
     __slots__ = ("results",)

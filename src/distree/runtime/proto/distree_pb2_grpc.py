@@ -52,7 +52,7 @@ class WorkerServicer:
     def Session(self, request_iterator, context):
         """One long-lived stream (what the coordinator uses, in both modes): one reply per batch,
         with its seq, in the order they finish, and one more per later stage of each run_on
-        item. Requests started on a session are dropped when it ends, unless a batch said
+        item. Groups started on a session are dropped when it ends, unless a batch said
         handover.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -145,7 +145,7 @@ class Worker:
 
 
 class WorkerDebugStub:
-    """Served only by `distree worker --debug-rpcs`: a request's stages call by call, for
+    """Served only by `distree worker --debug-rpcs`: a group's stages call by call, for
     tests and measurements; the coordinator never uses them.
     """
 
@@ -173,26 +173,26 @@ class WorkerDebugStub:
 
 
 class WorkerDebugServicer:
-    """Served only by `distree worker --debug-rpcs`: a request's stages call by call, for
+    """Served only by `distree worker --debug-rpcs`: a group's stages call by call, for
     tests and measurements; the coordinator never uses them.
     """
 
     def RunStage(self, request, context):
-        """Run one stage of a request (stage 0 creates its state).
+        """Run one stage of a group (stage 0 creates its state).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RunStages(self, request, context):
-        """One stage of each listed request (and drops), one reply each.
+        """One stage of each listed group (and drops), one reply each.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Drop(self, request, context):
-        """Forget a request's state at once.
+        """Forget a group's state at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -225,7 +225,7 @@ def add_WorkerDebugServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class WorkerDebug:
-    """Served only by `distree worker --debug-rpcs`: a request's stages call by call, for
+    """Served only by `distree worker --debug-rpcs`: a group's stages call by call, for
     tests and measurements; the coordinator never uses them.
     """
 
