@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from distree.runtime.state_store import RequestState, StateStore, StoreFull
+from distree.runtime.state_store import GroupState, StateStore, StoreFull
 from distree.runtime.worker import WorkerOptions
 
 
-def _state(session, kib: int = 1) -> RequestState:
-    return RequestState(0, torch.zeros(kib * 1024, dtype=torch.uint8), session)
+def _state(session, kib: int = 1) -> GroupState:
+    return GroupState(0, torch.zeros(kib * 1024, dtype=torch.uint8), session)
 
 
 def test_one_session_cannot_take_a_worker_that_others_share():
