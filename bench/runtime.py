@@ -13,11 +13,14 @@ Prints, on this machine:
     wall time when every process shares this machine's cores;
   throughput at saturation: runtime (calls of --batch inputs, --calls in flight) vs
     in-process (at its best of batch 32, 64, 128 and 256), in --rounds alternating rounds,
-    median ratio; and the runtime with one input
-    per call (--concurrency calls in flight), where the coordinator groups waiting calls.
+    median ratio;
+  single-image clients: one input per call from each of --clients clients (8, 32 and 128
+    by default; the coordinator groups waiting calls), in the same alternating rounds: the
+    median throughput ratio to in-process, the coordinator's CPU per stage per input, and
+    the p50/p99 latency a client sees, at each count.
 
 Usage: python bench/runtime.py RUN_DIR --data PATH [--n 300] [--n-sat 2000] [--policy conf-then-feature-diff]
-       [--mode lockstep] [--batch 128] [--calls 4] [--concurrency 32] [--rounds 5]
+       [--mode lockstep] [--batch 128] [--calls 4] [--clients 8,32,128] [--concurrency 32] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from distree.devtools.cluster import LocalCluster
 from distree.inference.inprocess import early_exit_batch
 from distree.policies import DEFAULT_POLICY, make_policy
 from distree.policies.calibration_file import model_thresholds
+from distree.provenance import provenance
 from distree.run import RunDir
 from distree.runtime.loadgen import run_infer
 
@@ -59,7 +63,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128, help="inputs per call at saturation")
     ap.add_argument("--calls", type=int, default=4, help="calls of --batch inputs in flight at saturation")
     ap.add_argument(
-        "--concurrency", type=int, default=32, help="one-input calls in flight (saturation without client batching)"
+        "--clients", default="8,32,128", help="single-image client counts (one input per call, one call each in flight)"
+    )
+    ap.add_argument(
+        "--concurrency", type=int, default=32, help="the client count whose ratio is throughput_ratio_one_input_calls"
     )
     ap.add_argument("--rounds", type=int, default=5, help="alternating saturation rounds (median ratio)")
     ap.add_argument("--json")
@@ -115,12 +122,28 @@ def main() -> None:
         cpu1, client1 = cluster.cpu_seconds(), time.process_time()
         # Saturation in alternating rounds (in-process, then runtime), so that both sides
         # of each ratio saw the same machine; the median ratio is the figure.
-        rounds = []
+        client_counts = sorted({*(int(c) for c in args.clients.split(",")), args.concurrency})
+        rounds, single_image = [], {c: [] for c in client_counts}
         for _ in range(args.rounds):
             inproc = in_process_throughput(best_b)
             rt = run_infer(coord, sat_images, sat_labels, concurrency=args.calls, batch=args.batch)
             rounds.append({"in_process": round(inproc, 1), "runtime": rt["throughput_per_s"]})
-        sat1 = run_infer(coord, sat_images, sat_labels, concurrency=args.concurrency)
+            for c in client_counts:
+                inproc = in_process_throughput(best_b)
+                coord_cpu0 = cluster.cpu_seconds()["coordinator"]
+                rt = run_infer(coord, sat_images, sat_labels, concurrency=c)
+                coord_cpu = cluster.cpu_seconds()["coordinator"] - coord_cpu0
+                stage_inputs = sum(r["exit"] + 1 for r in rt["requests"])
+                single_image[c].append(
+                    {
+                        "in_process": round(inproc, 1),
+                        "runtime": rt["throughput_per_s"],
+                        "ratio": round(rt["throughput_per_s"] / inproc, 3),
+                        "coordinator_cpu_ms_per_stage_input": round(coord_cpu * 1000 / stage_inputs, 3),
+                        "latency_ms": {q: rt["latency_ms"][q] for q in ("p50", "p99")},
+                        "failed": rt["failed"],
+                    }
+                )
         # The same overhead with fewer processes competing for the CPU: stop workers from
         # the last one down, so that 2 and then 1 branch answer every stage.
         fewer = {}
@@ -135,6 +158,12 @@ def main() -> None:
     ratios = [r["runtime"] / r["in_process"] for r in rounds]
     median = sorted(range(len(rounds)), key=ratios.__getitem__)[len(rounds) // 2]
     inproc_best, sat = rounds[median]["in_process"], {"throughput_per_s": rounds[median]["runtime"]}
+    # Per client count, the round of median ratio (its figures belong together).
+    single_image_median = {
+        c: sorted(runs, key=lambda r: r["ratio"])[len(runs) // 2] | {"ratios": [r["ratio"] for r in runs]}
+        for c, runs in single_image.items()
+    }
+    sat1 = single_image_median[args.concurrency]
 
     # CPU each process spent per stage at batch 1, against one branch's compute in one process.
     stages_run = sum(r["exit"] + 1 for r in single["requests"])
@@ -158,6 +187,7 @@ def main() -> None:
     # slowest worker's own time for it (queueing, batching and compute on the device).
     transport = _transport(single["requests"])
     result = {
+        "provenance": provenance().model_dump(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {platform.processor()}",
         "run": str(run.path),
         "policy": args.policy,
@@ -184,14 +214,16 @@ def main() -> None:
         },
         "throughput_per_s": {
             "runtime": sat["throughput_per_s"],
-            "runtime_one_input_calls": sat1["throughput_per_s"],
+            "runtime_one_input_calls": sat1["runtime"],
             "in_process": inproc_best,
             "in_process_by_batch": {str(b): round(t, 1) for b, t in inproc_by_batch.items()},
         },
         "saturation_rounds": rounds,
         "saturation": {"batch": args.batch, "calls": args.calls, "one_input_calls": args.concurrency},
         "throughput_ratio": round(sat["throughput_per_s"] / inproc_best, 3),
-        "throughput_ratio_one_input_calls": round(sat1["throughput_per_s"] / inproc_best, 3),
+        "throughput_ratio_one_input_calls": sat1["ratio"],
+        "single_image_clients": {str(c): m for c, m in single_image_median.items()},
+        "single_image_rounds": {str(c): runs for c, runs in single_image.items()},
     }
     lat = result["batch1_latency_ms"]
     print(f"machine: {result['machine']}")
@@ -231,10 +263,14 @@ def main() -> None:
         f"{', '.join(map(str, inproc_by_batch))}); ratio {result['throughput_ratio']:.2f} (median of "
         f"{', '.join(f'{r:.2f}' for r in ratios)})"
     )
-    print(
-        f"throughput with one input per call: runtime {sat1['throughput_per_s']:.0f}/s ({args.concurrency} calls "
-        f"in flight); ratio {result['throughput_ratio_one_input_calls']:.2f}"
-    )
+    print("single-image clients (one input per call; median of the alternating rounds):")
+    for c, m in single_image_median.items():
+        print(
+            f"  {c:>4} clients: runtime {m['runtime']:.0f}/s, in-process {m['in_process']:.0f}/s, ratio "
+            f"{m['ratio']:.2f} (of {', '.join(f'{r:.2f}' for r in m['ratios'])}); coordinator CPU per stage "
+            f"per input {m['coordinator_cpu_ms_per_stage_input']:.3f} ms; latency p50 {m['latency_ms']['p50']:.1f} "
+            f"ms, p99 {m['latency_ms']['p99']:.1f} ms" + (f"; {m['failed']} FAILED" if m["failed"] else "")
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 

@@ -187,3 +187,34 @@ def test_a_policy_of_the_users_own_drives_the_loop():
     out = loop.result()
     assert out.exit.tolist() == [1, 1, 1] and set(out.reason) == {StopReason.POLICY}
     assert out.macs.tolist() == [_cost(True, 1, [[0, 1]] * 2)] * 3
+
+
+def test_rows_that_left_are_known_after_each_step_and_match_the_final_result():
+    """``left`` names the rows each step stopped, and ``exited`` gives their records while
+    other rows still run (what the coordinator answers calls with), the same as ``result``."""
+
+    class EverySecondRow(ExitPolicy):  # stops rows 0 and 2 of each step's running rows
+        name = "every-second-row"
+
+        def score(self, e, seen):
+            n = seen.logits[e].shape[0]
+            return torch.tensor([1.0 if i % 2 == 0 else 0.0 for i in range(n)])
+
+    torch.manual_seed(1)
+    loop = _loop(EverySecondRow(), (0.5, 0.5), rows=4)
+    seen = {}
+    for k in range(3):
+        loop.step(k, _v(loop.alive.numel(), 0, 1))
+        left = loop.left.tolist()
+        seen[k] = (left, loop.exited(loop.left))
+        if k < 2:
+            with pytest.raises(RuntimeError):
+                loop.exited(loop.alive)  # rows still running have no exit yet
+        if loop.done:
+            break
+    assert [seen[k][0] for k in sorted(seen)] == [[0, 2], [1], [3]]
+    final = loop.result()
+    for left, part in seen.values():
+        assert part.exit.tolist() == final.exit[left].tolist()
+        assert torch.equal(part.logits, final.logits[left]) and part.macs.tolist() == final.macs[left].tolist()
+        assert part.reason == [final.reason[r] for r in left]

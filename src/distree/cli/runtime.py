@@ -178,6 +178,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_group_inputs=args.max_group_inputs,
         max_groups=args.max_groups,
         min_group_inputs=args.min_group_inputs,
+        max_group_wait_ms=args.max_group_wait_ms,
     )
     return _serve_forever(
         serve_coordinator(RunDir(run_dir), workers, args.listen, opts, token, tls, worker_tls, grace_s=args.grace_s)
@@ -501,7 +502,13 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.add_argument("--max-group-inputs", type=int, default=128, help="inputs of waiting calls that start as one group")
     p.add_argument("--max-groups", type=int, default=4, help="groups in flight at once")
     p.add_argument(
-        "--min-group-inputs", type=int, default=32, help="inputs a group needs to start while other groups run"
+        "--min-group-inputs", type=int, default=32, help="inputs a group needs to start at once while other groups run"
+    )
+    p.add_argument(
+        "--max-group-wait-ms",
+        type=float,
+        default=50.0,
+        help="while other groups run, the longest a call waits for others to join its group",
     )
     _service_args(p)
     _tls_args(p, "coordinator")

@@ -103,6 +103,7 @@ class StageLoop:
         self._arrived = arrived_s.double() if has_deadline else None
         self._deadline = deadline_ms.double() if has_deadline else None
         self._outputs: list[ExitOutput] = []  # per stage so far, running rows only
+        self.left = self.alive[:0]  # original indices of the rows the latest step stopped
 
     @property
     def done(self) -> bool:
@@ -134,6 +135,7 @@ class StageLoop:
         present = [b for b, v in enumerate(vectors) if v is not None]
         if not present:
             raise ValueError(f"no branch answered stage {k}")
+        self.left = self.alive[:0]
         if stage_ms is not None:
             self.stage_ms.append(stage_ms)
         last = k == self.num_exits - 1
@@ -159,7 +161,7 @@ class StageLoop:
             return ~stop
         if self.logits is None:
             self.logits = torch.zeros(self.exit.numel(), out.logits.shape[-1])
-        rows = self.alive[stop]
+        rows = self.left = self.alive[stop]
         self.exit[rows] = k
         self.logits[rows] = out.logits[stop].float()
         # A policy that reads no exit on the way pays only for the head its rows leave at.
@@ -184,3 +186,18 @@ class StageLoop:
         if not self.done or self.logits is None:
             raise RuntimeError(f"{self.alive.numel()} rows have not exited yet")
         return Exited(self.exit, self.logits, self.macs, self.head_macs, list(self.reason), self.branches)  # type: ignore[arg-type]
+
+    def exited(self, rows: torch.Tensor) -> Exited:
+        """The exits of some rows that have left (original indices, e.g. ``left``), while
+        others may still run: a driver answers rows as they leave."""
+        if self.logits is None or bool((self.exit[rows] < 0).any()):
+            raise RuntimeError("some of these rows have not exited yet")
+        idx = rows.tolist()
+        return Exited(
+            self.exit[rows],
+            self.logits[rows],
+            self.macs[rows],
+            self.head_macs[rows],
+            [self.reason[r] for r in idx],  # type: ignore[misc]
+            [self.branches[r] for r in idx],
+        )

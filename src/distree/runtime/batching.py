@@ -29,6 +29,10 @@ class RowQueue(Generic[T]):
         self.rows += rows
         self._wake.set()
 
+    def first(self) -> T | None:
+        """The item that has waited longest, or None."""
+        return self._items[0][0] if self._items else None
+
     async def take(self, max_rows: int, max_wait_s: float = 0.0) -> list[T]:
         """Wait for at least one item, then take the queued ones in order while their rows
         fit in ``max_rows`` (the first is taken whatever its size), waiting at most

@@ -14,6 +14,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -55,7 +56,8 @@ class CoordinatorOptions:
     retry_max_s: float = 5.0
     max_group_inputs: int = 128  # inputs of waiting calls that start together
     max_groups: int = 4  # groups in flight at once
-    min_group_inputs: int = 32  # inputs a group needs to start while others run
+    min_group_inputs: int = 32  # inputs a group needs to start at once while others run
+    max_group_wait_ms: float = 50.0  # ...or the longest a call waits for more to join it
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -66,6 +68,8 @@ class CoordinatorOptions:
             raise ValueError("the stage timeout must be positive")
         if self.max_group_inputs < 1 or self.max_groups < 1 or self.min_group_inputs < 1:
             raise ValueError("max_group_inputs, min_group_inputs and max_groups must be at least 1")
+        if not 0 <= self.max_group_wait_ms < math.inf:
+            raise ValueError("max_group_wait_ms must be a finite number >= 0")
 
 
 @dataclass
@@ -76,6 +80,47 @@ class _Call:
     arrived: float  # perf_counter seconds
     deadline_ms: float  # inf for none
     future: asyncio.Future
+
+
+def fill_wait_s(oldest_arrived: float | None, rows: int, min_rows: int, max_wait_s: float, now: float) -> float | None:
+    """While groups run: how much longer the waiting calls (``rows`` inputs, the oldest
+    arrived at ``oldest_arrived``) wait for more to join them before their group starts
+    anyway. 0: start now (``min_rows`` wait, or the oldest has waited ``max_wait_s``);
+    None: nothing waits."""
+    if oldest_arrived is None:
+        return None
+    if rows >= min_rows:
+        return 0.0
+    return max(0.0, oldest_arrived + max_wait_s - now)
+
+
+class _CallAnswers:
+    """The calls of one group, each answered once all its rows have exited (the rows are
+    the calls' inputs in order)."""
+
+    def __init__(self, calls: list[_Call]):
+        self.calls = calls
+        self.owner: list[int] = []  # the call of each row
+        for i, c in enumerate(calls):
+            self.owner += [i] * len(c.images)
+        self._running = [len(c.images) for c in calls]  # rows of each call not yet exited
+        self._results: list[dict[int, pb.InferResult]] = [{} for _ in calls]
+
+    def answer(self, rows: list[int], results: list[pb.InferResult]) -> None:
+        """Rows that exited, with their results; answers the calls they complete."""
+        for r, result in zip(rows, results, strict=True):
+            i = self.owner[r]
+            self._results[i][r] = result
+            self._running[i] -= 1
+            if not self._running[i] and not self.calls[i].future.done():
+                got = self._results[i]
+                self.calls[i].future.set_result([got[r] for r in sorted(got)])
+
+    def fail(self, err: Exception) -> None:
+        """Every call not answered yet gets ``err``."""
+        for c in self.calls:
+            if not c.future.done():
+                c.future.set_exception(err)
 
 
 class _Lockstep:
@@ -212,13 +257,19 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         return got, worker_ms
 
     async def run_group(
-        self, images: torch.Tensor, arrived: torch.Tensor, deadline_ms: torch.Tensor
-    ) -> list[pb.InferResult]:
+        self,
+        images: torch.Tensor,
+        arrived: torch.Tensor,
+        deadline_ms: torch.Tensor,
+        answer: Callable[[list[int], list[pb.InferResult]], None],
+    ) -> None:
         """Run a group of inputs (uint8 (B, C, H, W)) through the stage loop together.
 
         ``arrived`` (B,) is each input's arrival (perf_counter seconds) and ``deadline_ms``
-        (B,) its deadline from arrival (inf for none). Rows leave the group as they exit;
-        the workers are told which rows go on with every stage."""
+        (B,) its deadline from arrival (inf for none). Rows leave the group as they exit,
+        and ``answer(rows, results)`` hears of them then, not when the group ends; the
+        workers are told which rows go on with every stage. Raises NoBranchError for the
+        rows still running when no branch is left."""
         gid = uuid.uuid4().hex
         rows = images.shape[0]
         active = started = [w for w in self.links if w.up]
@@ -238,7 +289,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         )
         first = pb.StageRequest(group_id=gid, stage=0, input=to_proto(images))
         sends = _Eager(first, active, E) if self.options.mode == "eager" else _Lockstep(first)
-        worker_ms = []
+        worker_ms: list[float] = []
         try:
             for k in range(E):
                 t0 = time.perf_counter()
@@ -257,6 +308,8 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                 # The heads are a few thousand MACs: cheaper inline than a thread hop.
                 go_on = loop.step(k, vectors, stage_ms=dt, now_s=now)
                 metrics.COORD_STAGE_SECONDS.labels(str(k)).observe(dt / 1000)
+                if loop.left.numel():
+                    answer(loop.left.tolist(), self._results(gid, loop, worker_ms))
                 if loop.done:
                     break
                 sends.went_on(go_on)
@@ -266,24 +319,6 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             # drop it now (eager ones stop running on).
             finished = [] if len(worker_ms) < E else active
             self._drop_later(gid, [w for w in started if w not in finished])
-        out = loop.result()
-        probs = torch.softmax(out.logits, dim=-1)
-        results = []
-        for r, (e, p) in enumerate(zip(out.exit.tolist(), probs.tolist())):
-            metrics.EXITS.labels(str(e)).inc()
-            results.append(
-                pb.InferResult(
-                    prediction=max(range(len(p)), key=p.__getitem__),
-                    probabilities=p,
-                    exit=e,
-                    branches=out.branches[r],
-                    stage_ms=loop.stage_ms[: e + 1],
-                    stop_reason=out.reason[r].value,
-                    worker_ms=worker_ms[: e + 1],
-                    macs=int(out.macs[r]),
-                    group_id=gid,
-                )
-            )
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "group answered",
@@ -291,9 +326,32 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                     "group_id": gid,
                     "inputs": rows,
                     "workers": [w.address for w in started],
-                    "exits": out.exit.tolist(),
+                    "exits": loop.exit.tolist(),
                     "stage_ms": [round(t, 3) for t in loop.stage_ms],
                 },
+            )
+
+    def _results(self, gid: str, loop: StageLoop, worker_ms: list[float]) -> list[pb.InferResult]:
+        """The answers of the rows the loop's latest step stopped."""
+        out = loop.exited(loop.left)
+        probs = torch.softmax(out.logits, dim=-1)
+        results = []
+        for e, p, prediction, reason, branches, macs in zip(
+            out.exit.tolist(), probs.tolist(), out.predictions.tolist(), out.reason, out.branches, out.macs.tolist()
+        ):
+            metrics.EXITS.labels(str(e)).inc()
+            results.append(
+                pb.InferResult(
+                    prediction=prediction,
+                    probabilities=p,
+                    exit=e,
+                    branches=branches,
+                    stage_ms=loop.stage_ms[: e + 1],
+                    stop_reason=reason.value,
+                    worker_ms=worker_ms[: e + 1],
+                    macs=macs,
+                    group_id=gid,
+                )
             )
         return results
 
@@ -304,44 +362,52 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             w.drop(gid)
 
     async def _run_calls(self, calls: list[_Call]) -> None:
-        """Run the Infer calls taken together as one group and answer each."""
+        """Run the Infer calls taken together as one group, and answer each call as soon as
+        all its inputs have exited."""
+        answers = _CallAnswers(calls)
         try:
             images = torch.cat([c.images for c in calls]) if len(calls) > 1 else calls[0].images
-            arrived = torch.cat([torch.full((len(c.images),), c.arrived, dtype=torch.float64) for c in calls])
-            deadline = torch.cat([torch.full((len(c.images),), c.deadline_ms, dtype=torch.float64) for c in calls])
+            arrived = torch.tensor([c.arrived for c in calls], dtype=torch.float64)[answers.owner]
+            deadline = torch.tensor([c.deadline_ms for c in calls], dtype=torch.float64)[answers.owner]
             metrics.GROUP_INPUTS.observe(len(images))
             started = time.perf_counter()
             for c in calls:
                 metrics.COORD_QUEUE_SECONDS.observe(started - c.arrived)
-            results = await self.run_group(images, arrived, deadline)
-        except Exception as err:  # noqa: BLE001 - every caller gets the error
-            for c in calls:
-                if not c.future.done():
-                    c.future.set_exception(err)
-            return
+            await self.run_group(images, arrived, deadline, answers.answer)
+        except Exception as err:  # noqa: BLE001 - every call not yet answered gets the error
+            answers.fail(err)
         finally:
             self._running -= 1
             self._admission.set()
             self._slots.release()
-        start = 0
-        for c in calls:
-            if not c.future.done():
-                c.future.set_result(results[start : start + len(c.images)])
-            start += len(c.images)
+
+    def _fill_wait_s(self) -> float | None:
+        oldest = self._queue.first()
+        return fill_wait_s(
+            None if oldest is None else oldest.arrived,
+            self._queue.rows,
+            self.options.min_group_inputs,
+            self.options.max_group_wait_ms / 1000,
+            time.perf_counter(),
+        )
 
     async def admit(self) -> None:
         """Start groups: the Infer calls that wait are taken together, with at most
-        ``max_groups`` groups in flight (while they run, the next group fills up).
+        ``max_groups`` groups in flight.
 
-        An idle coordinator starts a call at once. While groups run, a new one starts only
-        with ``min_group_inputs`` inputs waiting: calls that trickle in one by one then ride
-        together in the next group instead of each paying a whole stage loop."""
+        An idle coordinator starts a call at once. While groups run, the calls that arrive
+        wait for others to join them, until ``min_group_inputs`` inputs wait or the oldest
+        has waited ``max_group_wait_ms``: calls that trickle in one by one then ride together
+        and pay one stage loop between them, at a bounded delay each."""
         while True:
             await self._slots.acquire()
             try:
-                while self._running and self._queue.rows < self.options.min_group_inputs:
+                while self._running and (wait := self._fill_wait_s()) != 0:
                     self._admission.clear()
-                    await self._admission.wait()
+                    try:
+                        await asyncio.wait_for(self._admission.wait(), wait)
+                    except TimeoutError:
+                        pass
                 calls = await self._queue.take(self.options.max_group_inputs)
             except asyncio.CancelledError:
                 self._slots.release()

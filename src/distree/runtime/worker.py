@@ -139,7 +139,7 @@ class BranchWorker(pb_grpc.WorkerServicer):
                 raise StageError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err)) from None
         state = self.states.get(gid)
         if state is None:
-            raise StageError(grpc.StatusCode.FAILED_PRECONDITION, f"no state for request {gid} (dropped or expired)")
+            raise StageError(grpc.StatusCode.FAILED_PRECONDITION, f"no state for group {gid} (dropped or expired)")
         if state.next_stage == BUSY:
             raise StageError(grpc.StatusCode.FAILED_PRECONDITION, f"group {gid} is already running a stage")
         if state.next_stage != stage:
@@ -175,7 +175,7 @@ class BranchWorker(pb_grpc.WorkerServicer):
         return pb.StageReply(stage=stage, pooled=to_proto(v), compute_ms=compute_ms, queue_ms=queue_ms, group_id=gid)
 
     async def _run_batch(self, batch: pb.StageBatch, session: object = None) -> pb.StageBatchReply:
-        """Drop the listed requests, then run one stage of each listed request, batched;
+        """Drop the listed groups, then run one stage of each listed group, batched;
         a group that cannot run gets its own error."""
         for gid in batch.drop:
             self._drop(gid, "stop")
