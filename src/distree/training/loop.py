@@ -18,7 +18,7 @@ from distree.config import DataConfig, OptimConfig
 from distree.data.augment import Normalization, apply_views, random_views
 from distree.data.dataset import ImageSet
 from distree.hardware import autocast, training_memory_format
-from distree.training.checkpoint import load_train_state, save_train_state
+from distree.training.checkpoint import load_train_state, remove_train_state, save_train_state
 from distree.training.objectives import ViewTable
 from distree.weights import save_weights
 
@@ -106,7 +106,7 @@ def train_phase(
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     state_file = resume_dir / f"{phase.name}.safetensors"
     start = 0
-    if state_file.is_file():
+    if state_file.with_suffix(".json").is_file():
         start = load_train_state(state_file, obj, opt)["epochs_done"]
         log(f"{phase.name}: resuming after epoch {start}/{cfg.epochs}")
     images = train.images.to(device)
@@ -176,8 +176,7 @@ def train_phase(
             f"loss {train_terms['loss']:.4f} val {val} ({record['seconds']}s{eta})"
         )
     save_weights(phase.objective.trained, final_weights)
-    state_file.unlink(missing_ok=True)
-    state_file.with_suffix(".json").unlink(missing_ok=True)
+    remove_train_state(state_file)
 
 
 #: Epochs that ``next_epoch_seconds`` looks back over.
