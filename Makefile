@@ -33,14 +33,23 @@ proto: $(VENV)/.installed  # regenerate the committed gRPC code from distree.pro
 
 # Every committed figure that depends on a trained run, re-made by its command:
 #   make results RUN=models/fashion-mnist RUN_DATA=../shared/data/fashion-mnist
-# (RUN/eval.json and eval.txt, the simulator report and each shipped scenario under reports/NAME/).
+# (RUN/calibration.json; RUN/eval.json and eval.txt; the simulator report and each shipped
+# scenario under reports/NAME/; the int8 export evaluated as it ships, RUN/eval-onnxruntime-int8.*;
+# the runtime demo, RUN/demo.json). The README tables then come from bench/results_table.py.
 RUN ?= models/cifar10
 RUN_DATA ?= $(DATA)
+EXPORT_DIR := build/export-$(notdir $(RUN))
 .PHONY: results
 results: $(VENV)/.installed
+	$(VENV)/bin/distree calibrate $(RUN) --data $(RUN_DATA) --max-drop 0.5
 	$(VENV)/bin/distree eval $(RUN) --data $(RUN_DATA) --json $(RUN)/eval.json > $(RUN)/eval.txt
 	$(VENV)/bin/distree report $(RUN) --data $(RUN_DATA) --out reports/$(notdir $(RUN))
 	for s in scenarios/*.yaml; do \
 	  $(VENV)/bin/distree simulate $$s $(RUN) --data $(RUN_DATA) \
 	    --json reports/$(notdir $(RUN))/simulate-$$(basename $$s .yaml).json > /dev/null || exit 1; \
 	done
+	rm -rf $(EXPORT_DIR)
+	$(VENV)/bin/distree export $(RUN) --out $(EXPORT_DIR) --int8 --data $(RUN_DATA)
+	$(VENV)/bin/distree eval $(RUN) --data $(RUN_DATA) --backend onnxruntime --export $(EXPORT_DIR) \
+	  --json $(RUN)/eval-onnxruntime-int8.json > $(RUN)/eval-onnxruntime-int8.txt
+	$(VENV)/bin/distree demo --run-dir $(RUN) --data $(RUN_DATA) --json $(RUN)/demo.json
