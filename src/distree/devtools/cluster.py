@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from distree.runtime.security import TLSFiles
+from distree.runtime.security import TLSFiles, make_blocking_channel
 
 
 def free_port() -> int:
@@ -35,7 +35,7 @@ def settled_worker_infos(addresses: Sequence[str], timeout_s: float = 10.0, toke
     while True:
         infos = []
         for address in addresses:
-            with grpc.insecure_channel(address) as channel:
+            with make_blocking_channel(address, TLSFiles()) as channel:
                 infos.append(
                     pb_grpc.WorkerStub(channel).Info(pb.InfoRequest(), timeout=5, metadata=call_metadata(token))
                 )
@@ -49,8 +49,7 @@ def wait_serving(
 ) -> None:
     """Block until the gRPC health service at ``address`` says SERVING."""
     deadline = time.monotonic() + timeout_s
-    ch = grpc.secure_channel(address, tls.channel_credentials()) if tls.enabled else grpc.insecure_channel(address)
-    with ch:
+    with make_blocking_channel(address, tls) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
