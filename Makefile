@@ -51,5 +51,5 @@ results: $(VENV)/.installed
 	rm -rf $(EXPORT_DIR)
 	$(VENV)/bin/distree export $(RUN) --out $(EXPORT_DIR) --int8 --data $(RUN_DATA)
 	$(VENV)/bin/distree eval $(RUN) --data $(RUN_DATA) --backend onnxruntime --export $(EXPORT_DIR) \
-	  --json $(RUN)/eval-onnxruntime-int8.json > $(RUN)/eval-onnxruntime-int8.txt
+	  --json $(RUN)/eval-onnxruntime-int8.json --out-dir $(EXPORT_DIR)/curves > $(RUN)/eval-onnxruntime-int8.txt
 	$(VENV)/bin/distree demo --run-dir $(RUN) --data $(RUN_DATA) --json $(RUN)/demo.json

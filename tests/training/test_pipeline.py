@@ -48,9 +48,9 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, splits, monke
     real = loop.save_train_state
     calls = {"n": 0}
 
-    def crash_after_first_student_epoch(path, *a, **k):
-        real(path, *a, **k)
-        if "student" in path.name:
+    def crash_after_first_student_epoch(resume_dir, phase, *a, **k):
+        real(resume_dir, phase, *a, **k)
+        if phase == "student":
             calls["n"] += 1
             raise KeyboardInterrupt
 
@@ -58,7 +58,7 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, splits, monke
     with pytest.raises(KeyboardInterrupt):
         train_run(tmp_path / "cut", splits, cfg, torch.device("cpu"), log=lambda m: None)
     monkeypatch.setattr(loop, "save_train_state", real)
-    assert (tmp_path / "cut" / "resume" / "student.safetensors").is_file()
+    assert (tmp_path / "cut" / "resume" / "student.json").is_file()
     logs = []
     resumed = train_run(tmp_path / "cut", splits, cfg, torch.device("cpu"), log=logs.append)
     assert any("resuming after epoch 1/2" in m for m in logs)
@@ -87,9 +87,9 @@ def test_time_limit_stops_at_an_epoch_boundary_and_the_run_continues(tmp_path, s
     real = loop.save_train_state
     saved = []
 
-    def crash_after_second_teacher_epoch(path, *a, **k):
-        real(path, *a, **k)
-        saved.append(path)
+    def crash_after_second_teacher_epoch(resume_dir, phase, *a, **k):
+        real(resume_dir, phase, *a, **k)
+        saved.append(phase)
         if len(saved) == 2:  # saved, but killed before the epoch was logged
             raise KeyboardInterrupt
 
@@ -102,7 +102,7 @@ def test_time_limit_stops_at_an_epoch_boundary_and_the_run_continues(tmp_path, s
     # fit in a microsecond: the run stops before it, with its state kept.
     with pytest.raises(TimeLimitReached, match="after epoch 2/3"):
         train_run(tmp_path / "cut", splits, cfg, torch.device("cpu"), log=lambda m: None, time_limit=1e-6)
-    assert (tmp_path / "cut" / "resume" / "teacher.safetensors").is_file()
+    assert (tmp_path / "cut" / "resume" / "teacher.json").is_file()
     logs = []
     resumed = train_run(tmp_path / "cut", splits, cfg, torch.device("cpu"), log=logs.append, time_limit=3600)
     assert any("teacher: resuming after epoch 2/3" in m for m in logs)

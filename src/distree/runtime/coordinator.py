@@ -374,6 +374,8 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             for c in calls:
                 metrics.COORD_QUEUE_SECONDS.observe(started - c.arrived)
             await self.run_group(images, arrived, deadline, answers.answer)
+            # Only a policy that never stops at the last exit could leave rows running.
+            answers.fail(RuntimeError("the group ended with inputs that never exited"))
         except Exception as err:  # noqa: BLE001 - every call not yet answered gets the error
             answers.fail(err)
         finally:
@@ -406,7 +408,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                     self._admission.clear()
                     try:
                         await asyncio.wait_for(self._admission.wait(), wait)
-                    except TimeoutError:
+                    except asyncio.TimeoutError:  # not TimeoutError before Python 3.11
                         pass
                 calls = await self._queue.take(self.options.max_group_inputs)
             except asyncio.CancelledError:

@@ -1,15 +1,18 @@
 """Training state as safetensors plus JSON: weights, optimizer state and progress, no pickles.
 
-A state is three files beside each other, so that each stays small enough to commit (a
-run that spans sessions commits its state; a WRN-16-3 teacher's weights and its momentum
-are 6.2 MB each, 12.4 MB together):
+A phase's state is a progress file and two tensor files named after the epoch they hold,
+so that each stays small enough to commit (a run that spans sessions commits its state;
+a WRN-16-3 teacher's weights and its momentum are 6.2 MB each, 12.4 MB together):
 
-    PHASE.safetensors        the module's weights and the RNG state
-    PHASE.optim.safetensors  the optimizer's tensors (momentum buffers)
-    PHASE.json               progress, the optimizer's settings and scalars
+    PHASE.json                      progress, the optimizer's settings and scalars, and
+                                    the names of the two files below
+    PHASE-eN.safetensors            the module's weights and the RNG state after epoch N
+    PHASE-eN.optim.safetensors      the optimizer's tensors (momentum buffers)
 
-Both tensor files carry the progress's ``stamp`` in their metadata: a process killed while
-it replaced the three leaves files of two epochs, which ``load_train_state`` refuses.
+The progress file is written last, atomically, and is what a resume reads: a process
+killed while saving epoch N+1 leaves the progress file naming epoch N's files, which are
+removed only after it names the new ones. Both tensor files also carry the progress in
+their metadata, checked on load.
 """
 
 from __future__ import annotations
@@ -28,21 +31,29 @@ from distree.weights import atomic_write_text
 
 
 class TrainStateError(RuntimeError):
-    """The files of a resume state do not belong together, or one is missing."""
+    """The files of a resume state are missing or do not belong together."""
 
 
-def state_files(path: Path) -> tuple[Path, Path, Path]:
-    """(weights, optimizer, progress) files of the state at ``path`` (``PHASE.safetensors``)."""
-    return path, path.with_suffix(".optim.safetensors"), path.with_suffix(".json")
+def progress_file(resume_dir: Path, phase: str) -> Path:
+    """The file whose presence means ``phase`` has a state to resume from."""
+    return resume_dir / f"{phase}.json"
 
 
 def _stamp(progress: dict[str, Any]) -> str:
     return json.dumps(progress, sort_keys=True)
 
 
-def save_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: dict[str, Any]) -> None:
-    """Save weights and RNG state, optimizer state (safetensors) and ``progress`` (JSON)."""
-    weights_file, optim_file, progress_file = state_files(path)
+def _phase_files(resume_dir: Path, phase: str) -> list[Path]:
+    """Every tensor file (or unfinished temporary) of ``phase`` in ``resume_dir``."""
+    return sorted(resume_dir.glob(f"{phase}-e*.safetensors*"))
+
+
+def save_train_state(
+    resume_dir: Path, phase: str, model: nn.Module, optimizer: torch.optim.Optimizer, progress: dict[str, Any]
+) -> None:
+    """Save weights and RNG state, optimizer state (safetensors) and ``progress`` (JSON,
+    with ``epochs_done``), then remove the phase's older tensor files."""
+    resume_dir.mkdir(parents=True, exist_ok=True)
     opt = optimizer.state_dict()
     weights = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     weights["rng.cpu"] = torch.get_rng_state()
@@ -54,13 +65,18 @@ def save_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
                 optim[f"optim.{pid}.{name}"] = value.detach().contiguous().cpu()
             else:
                 scalars[f"{pid}.{name}"] = value
+    base = f"{phase}-e{progress['epochs_done']}"
+    files = {"weights": f"{base}.safetensors", "optimizer": f"{base}.optim.safetensors"}
     stamp = {"stamp": _stamp(progress)}
-    for file, tensors in ((optim_file, optim), (weights_file, weights)):
-        tmp = file.with_name(file.name + f".tmp{os.getpid()}")
+    for key, tensors in (("weights", weights), ("optimizer", optim)):
+        tmp = resume_dir / f"{files[key]}.tmp{os.getpid()}"
         save_file(tensors, str(tmp), metadata=stamp)
-        os.replace(tmp, file)
-    meta = {"progress": progress, "param_groups": opt["param_groups"], "optim_scalars": scalars}
-    atomic_write_text(progress_file, json.dumps(meta, indent=2))
+        os.replace(tmp, resume_dir / files[key])
+    meta = {"progress": progress, "files": files, "param_groups": opt["param_groups"], "optim_scalars": scalars}
+    atomic_write_text(progress_file(resume_dir, phase), json.dumps(meta, indent=2))
+    for f in _phase_files(resume_dir, phase):
+        if f.name not in files.values():
+            f.unlink(missing_ok=True)
 
 
 def _read(file: Path, stamp: str) -> dict[str, torch.Tensor]:
@@ -70,20 +86,25 @@ def _read(file: Path, stamp: str) -> dict[str, torch.Tensor]:
         saved = (f.metadata() or {}).get("stamp")
     if saved != stamp:
         raise TrainStateError(
-            f"resume state {file} belongs to another epoch ({saved}) than its progress file ({stamp}): training "
-            "was stopped while it saved; delete the resume folder to start the phase over"
+            f"resume state {file} holds another epoch ({saved}) than its progress file says ({stamp}); "
+            "delete the resume folder to start the phase over"
         )
     return load_file(str(file))
 
 
-def load_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def load_train_state(
+    resume_dir: Path, phase: str, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
     """Restore what ``save_train_state`` wrote; returns the saved progress."""
-    weights_file, optim_file, progress_file = state_files(path)
-    if not progress_file.is_file():
-        raise TrainStateError(f"resume state incomplete: {progress_file} is missing")
-    meta = json.loads(progress_file.read_text())
+    meta = json.loads(progress_file(resume_dir, phase).read_text())
+    if "files" not in meta:
+        raise TrainStateError(
+            f"{progress_file(resume_dir, phase)} is a resume state of an earlier distree (one file for weights "
+            "and optimizer); delete the resume folder to start the phase over"
+        )
     stamp = _stamp(meta["progress"])
-    weights, optim = _read(weights_file, stamp), _read(optim_file, stamp)
+    weights = _read(resume_dir / meta["files"]["weights"], stamp)
+    optim = _read(resume_dir / meta["files"]["optimizer"], stamp)
     model.load_state_dict({k[6:]: v for k, v in weights.items() if k.startswith("model.")}, strict=True)
     state: dict[int, dict[str, Any]] = {}
     for k, v in optim.items():
@@ -97,7 +118,9 @@ def load_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
     return meta["progress"]
 
 
-def remove_train_state(path: Path) -> None:
-    """Delete the state at ``path`` (a finished phase)."""
-    for file in state_files(path):
-        file.unlink(missing_ok=True)
+def remove_train_state(resume_dir: Path, phase: str) -> None:
+    """Delete ``phase``'s state (the phase finished): the progress file first, so that a
+    state is never half there."""
+    progress_file(resume_dir, phase).unlink(missing_ok=True)
+    for f in _phase_files(resume_dir, phase):
+        f.unlink(missing_ok=True)

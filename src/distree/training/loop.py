@@ -18,7 +18,7 @@ from distree.config import DataConfig, OptimConfig
 from distree.data.augment import Normalization, apply_views, random_views
 from distree.data.dataset import ImageSet
 from distree.hardware import autocast, training_memory_format
-from distree.training.checkpoint import load_train_state, remove_train_state, save_train_state
+from distree.training.checkpoint import load_train_state, progress_file, remove_train_state, save_train_state
 from distree.training.objectives import ViewTable
 from distree.weights import save_weights
 
@@ -104,10 +104,9 @@ def train_phase(
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    state_file = resume_dir / f"{phase.name}.safetensors"
     start = 0
-    if state_file.with_suffix(".json").is_file():
-        start = load_train_state(state_file, obj, opt)["epochs_done"]
+    if progress_file(resume_dir, phase.name).is_file():
+        start = load_train_state(resume_dir, phase.name, obj, opt)["epochs_done"]
         log(f"{phase.name}: resuming after epoch {start}/{cfg.epochs}")
     images = train.images.to(device)
     labels = train.labels.to(device)
@@ -159,8 +158,7 @@ def train_phase(
             "val": val,
             "seconds": round(time.perf_counter() - t0, 1),
         }
-        resume_dir.mkdir(parents=True, exist_ok=True)
-        save_train_state(state_file, obj, opt, {"epochs_done": epoch + 1})
+        save_train_state(resume_dir, phase.name, obj, opt, {"epochs_done": epoch + 1})
         # Written after the state, so that every epoch in the log can be resumed from.
         with metrics_file.open("a") as f:
             f.write(json.dumps(record) + "\n")
@@ -176,7 +174,7 @@ def train_phase(
             f"loss {train_terms['loss']:.4f} val {val} ({record['seconds']}s{eta})"
         )
     save_weights(phase.objective.trained, final_weights)
-    remove_train_state(state_file)
+    remove_train_state(resume_dir, phase.name)
 
 
 #: Epochs that ``next_epoch_seconds`` looks back over.
