@@ -11,7 +11,7 @@ coordinator's own Python, and the rest; then the functions with the most self ti
 Needs py-spy (``pip install py-spy``) and the right to trace a child process.
 
 Usage: python bench/profile_coordinator.py RUN_DIR --data PATH [--mode lockstep]
-       [--policy max-prob] [--clients 1,32] [--event-loop asyncio] [--n 600] [--json FILE]
+       [--policy max-prob] [--clients 1,32] [--n 600] [--json FILE]
 """
 
 from __future__ import annotations
@@ -92,7 +92,6 @@ def main() -> None:
     ap.add_argument("--policy", default="max-prob")
     ap.add_argument("--clients", default="1,32", help="single-image client counts to profile under")
     ap.add_argument("--n", type=int, default=600, help="test images per load")
-    ap.add_argument("--event-loop", default="asyncio", choices=["asyncio", "uvloop"], help="the servers' event loop")
     ap.add_argument("--json")
     args = ap.parse_args()
     if shutil.which("py-spy") is None:
@@ -106,14 +105,12 @@ def main() -> None:
         "provenance": provenance().model_dump(),
         "mode": args.mode,
         "policy": args.policy,
-        "event_loop": args.event_loop,
         "loads": {},
     }
     tmp = Path(tempfile.mkdtemp(prefix="distree-profile-"))
     with LocalCluster(run.path, log_dir=tmp) as cluster:
-        loop_flag = ["--event-loop", args.event_loop]
-        cluster.start_workers(len(meta.config.student.branches), extra=loop_flag)
-        coord = cluster.start_coordinator(extra=["--policy", args.policy, "--mode", args.mode, *loop_flag])
+        cluster.start_workers(len(meta.config.student.branches))
+        coord = cluster.start_coordinator(extra=["--policy", args.policy, "--mode", args.mode])
         pid = cluster.procs["coordinator"].pid
         run_infer(coord, images[:32], labels[:32], concurrency=4)  # warm-up
         for clients in (int(c) for c in args.clients.split(",")):

@@ -40,17 +40,13 @@ def _offline(run: RunDir, splits, policy: str):
 
 @pytest.fixture(scope="module")
 def shared_cluster(trained, tmp_path_factory):
-    """Workers and one coordinator per mode, shared by the tests that do not break them.
-    The eager coordinator runs on uvloop, the rest on asyncio's own loop: both event loops
-    give the offline answers."""
+    """Workers and one coordinator per mode, shared by the tests that do not break them."""
     run, _ = trained
-    loops = {"lockstep": "asyncio", "eager": "uvloop"}
     with LocalCluster(run.path, log_dir=tmp_path_factory.mktemp("cluster")) as cluster:
         workers = cluster.start_workers(N_BRANCHES)
         coords = {
             mode: cluster.start_coordinator(
-                f"coordinator-{mode}",
-                ["--mode", mode, "--policy", "conf-then-feature-diff", "--event-loop", loops[mode]],
+                f"coordinator-{mode}", ["--mode", mode, "--policy", "conf-then-feature-diff"]
             )
             for mode in ("lockstep", "eager")
         }

@@ -48,13 +48,6 @@ def _service_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--log-format", default="json", choices=["json", "text"], help="log lines on stderr (default json)")
     p.add_argument(
-        "--event-loop",
-        default="asyncio",
-        choices=["asyncio", "uvloop"],
-        help="the event loop the server runs on; uvloop (pip install uvloop, not on Windows) costs less CPU per "
-        "message (docs/runtime.md) (default asyncio)",
-    )
-    p.add_argument(
         "--trace",
         choices=["otlp", "console"],
         help="trace the gRPC calls with OpenTelemetry: to $OTEL_EXPORTER_OTLP_ENDPOINT, or as JSON on stdout "
@@ -83,17 +76,9 @@ def _metrics_host(args: argparse.Namespace) -> str:
     return args.metrics_addr or _host(args.listen)
 
 
-def _serve_forever(coro, event_loop: str = "asyncio") -> int:
-    run = asyncio.run
-    if event_loop == "uvloop":
-        try:
-            import uvloop
-        except ImportError:
-            coro.close()
-            raise SystemExit("--event-loop uvloop needs uvloop: pip install uvloop") from None
-        run = uvloop.run
+def _serve_forever(coro) -> int:
     try:
-        run(coro)
+        asyncio.run(coro)
     except KeyboardInterrupt:
         pass
     return 0
@@ -144,8 +129,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             _tls(args),
             debug_rpcs=args.debug_rpcs,
             grace_s=args.grace_s,
-        ),
-        args.event_loop,
+        )
     )
 
 
@@ -197,8 +181,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_group_wait_ms=args.max_group_wait_ms,
     )
     return _serve_forever(
-        serve_coordinator(RunDir(run_dir), workers, args.listen, opts, token, tls, worker_tls, grace_s=args.grace_s),
-        args.event_loop,
+        serve_coordinator(RunDir(run_dir), workers, args.listen, opts, token, tls, worker_tls, grace_s=args.grace_s)
     )
 
 
