@@ -13,7 +13,7 @@ from conftest import RUNTIME_BRANCHES
 from prometheus_client.parser import text_string_to_metric_families
 
 from distree import __version__
-from distree.devtools.cluster import LocalCluster, free_port
+from distree.devtools.cluster import LocalCluster, free_ports
 from distree.runtime.client import DistreeClient
 from distree.runtime.metrics import REGISTRIES
 
@@ -35,7 +35,7 @@ def _scrape(port: int) -> dict[str, list]:
 @pytest.fixture(scope="module")
 def scraped(trained, tmp_path_factory):
     run, splits = trained
-    worker_port, coordinator_port = free_port(), free_port()
+    worker_port, coordinator_port = free_ports(2)
     with LocalCluster(run.path, log_dir=tmp_path_factory.mktemp("metrics")) as cluster:
         addresses = cluster.start_workers(RUNTIME_BRANCHES)
         # Worker 0 again, on its port, with its metrics served.

@@ -19,9 +19,20 @@ from distree.runtime.security import TLSFiles, make_blocking_channel
 
 def free_port() -> int:
     """A TCP port that is free on loopback now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` different TCP ports free on loopback now (each socket stays bound until all
+    are chosen, so none is offered twice)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def settled_worker_infos(addresses: Sequence[str], timeout_s: float = 10.0, token: str | None = None) -> list:
@@ -86,6 +97,15 @@ class LocalCluster:
         self.procs: dict[str, subprocess.Popen] = {}
         self.worker_addresses: list[str] = []
         self._logs: list = []
+        self._ports: set[int] = set()  # handed out by this cluster
+
+    def _free_port(self) -> int:
+        """``free_port``, never one this cluster handed out before: processes started
+        together bind only later, and the kernel may offer a port again until then."""
+        while (port := free_port()) in self._ports:
+            pass
+        self._ports.add(port)
+        return port
 
     def _spawn(self, name: str, args: Sequence[str], prefix: Sequence[str] = ()) -> subprocess.Popen:
         out = subprocess.DEVNULL
@@ -104,7 +124,7 @@ class LocalCluster:
         self, branch: int, port: int | None, extra: Sequence[str], source: str | Path | None = None
     ) -> tuple[str, subprocess.Popen]:
         host, prefix = self.placement(branch) if self.placement else ("127.0.0.1", ())
-        address = f"{host}:{port or free_port()}"
+        address = f"{host}:{port or self._free_port()}"
         args = ["worker", str(source or self.run_dir), "--branch", str(branch), "--listen", address, *extra]
         return address, self._spawn(f"worker{branch}", args, prefix)
 
@@ -136,7 +156,7 @@ class LocalCluster:
         (at once with ``wait`` False: one whose workers are unusable never is)."""
         launched = {}
         for name, extra in extras.items():
-            address = f"127.0.0.1:{(ports or {}).get(name) or free_port()}"
+            address = f"127.0.0.1:{(ports or {}).get(name) or self._free_port()}"
             args = ["serve", self.run_dir, "--workers", ",".join(self.worker_addresses), "--listen", address, *extra]
             launched[name] = (address, self._spawn(name, args))
         for address, proc in launched.values() if wait else ():
