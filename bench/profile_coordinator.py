@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 from distree.data import load_data
@@ -81,6 +83,19 @@ def profile(pid: int, seconds: float, out: Path) -> list[tuple[list[str], int]]:
         stack, _, count = line.rpartition(" ")
         samples.append((stack.split(";"), int(count)))
     return samples
+
+
+@contextlib.contextmanager
+def concurrent_load(coord: str, images, labels, clients: int):
+    """The same load, run in a thread while the profiler samples."""
+    thread = threading.Thread(
+        target=run_infer, args=(coord, images, labels), kwargs={"concurrency": clients}, daemon=True
+    )
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
 
 
 def main() -> None:
@@ -148,24 +163,6 @@ def main() -> None:
                 print(f"  {share:6.1%}  {f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-
-
-class concurrent_load:
-    """The same load run in a thread while the profiler samples."""
-
-    def __init__(self, coord: str, images, labels, clients: int):
-        import threading
-
-        self.thread = threading.Thread(
-            target=run_infer, args=(coord, images, labels), kwargs={"concurrency": clients}, daemon=True
-        )
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.thread.join()
 
 
 if __name__ == "__main__":

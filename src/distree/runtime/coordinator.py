@@ -101,20 +101,21 @@ class _CallAnswers:
     def __init__(self, calls: list[_Call]):
         self.calls = calls
         self.owner: list[int] = []  # the call of each row
+        self._first: list[int] = []  # the row of each call's first input
         for i, c in enumerate(calls):
+            self._first.append(len(self.owner))
             self.owner += [i] * len(c.images)
         self._running = [len(c.images) for c in calls]  # rows of each call not yet exited
-        self._results: list[dict[int, pb.InferResult]] = [{} for _ in calls]
+        self._results: list[list[pb.InferResult | None]] = [[None] * len(c.images) for c in calls]
 
     def answer(self, rows: list[int], results: list[pb.InferResult]) -> None:
         """Rows that exited, with their results; answers the calls they complete."""
         for r, result in zip(rows, results, strict=True):
             i = self.owner[r]
-            self._results[i][r] = result
+            self._results[i][r - self._first[i]] = result
             self._running[i] -= 1
             if not self._running[i] and not self.calls[i].future.done():
-                got = self._results[i]
-                self.calls[i].future.set_result([got[r] for r in sorted(got)])
+                self.calls[i].future.set_result(self._results[i])
 
     def fail(self, err: Exception) -> None:
         """Every call not answered yet gets ``err``."""
