@@ -113,3 +113,42 @@ def test_precomputed_teacher_targets_equal_the_live_teacher(padding, views):
     assert (other_loss - live_loss).abs() > 1e-4
     with pytest.raises(ValueError, match="pass the view rows"):
         obj(x, y)
+
+
+def test_teacher_targets_stopped_at_the_deadline_continue_from_their_store(tmp_path, monkeypatch):
+    """A computation stopped at the time limit keeps what it did; the next call computes
+    only the rest and ends with the outputs of one uninterrupted pass. Another key (another
+    teacher or view table) ignores the store."""
+    import distree.training.objectives as objectives
+    from distree.data.augment import Normalization
+    from distree.training.checkpoint import TimeLimitReached
+    from distree.training.objectives import TeacherTargets, ViewTable
+
+    teacher = _objective(branch_dropout=0.0)._teacher[0]
+    images = torch.randint(0, 256, (11, 3, 8, 8), dtype=torch.uint8)
+    norm = Normalization.fit(images)
+    table = ViewTable(len(images), 2, flip=True, views=2, seed=0)
+    cpu = torch.device("cpu")
+    whole = TeacherTargets(teacher, images, norm, table, batch_size=4, device=cpu)
+
+    clock = iter(range(100))  # each batch reads the clock once; the deadline passes at the 4th
+    monkeypatch.setattr(objectives.time, "monotonic", lambda: next(clock))
+    store = tmp_path / "targets.safetensors"
+    with pytest.raises(TimeLimitReached, match="6/11 images"):
+        TeacherTargets(teacher, images, norm, table, batch_size=4, device=cpu, store=store, key="a", deadline=2.5)
+    monkeypatch.undo()
+
+    logs = []
+    resumed = TeacherTargets(
+        teacher, images, norm, table, batch_size=4, device=cpu, log=logs.append, store=store, key="a"
+    )
+    assert "6/11 training images read" in logs[0] and "each of 5 training images" in logs[1]
+    assert torch.equal(resumed.logits, whole.logits) and torch.equal(resumed.features, whole.features)
+
+    # Complete now: a third call computes nothing; another key starts over.
+    logs.clear()
+    TeacherTargets(teacher, images, norm, table, batch_size=4, device=cpu, log=logs.append, store=store, key="a")
+    assert logs == ["student: the teacher's outputs on 11/11 training images read from " + str(store)]
+    logs.clear()
+    TeacherTargets(teacher, images, norm, table, batch_size=4, device=cpu, log=logs.append, store=store, key="b")
+    assert "each of 11 training images" in logs[0]

@@ -106,6 +106,7 @@ def test_time_limit_stops_at_an_epoch_boundary_and_the_run_continues(tmp_path, s
     logs = []
     resumed = train_run(tmp_path / "cut", splits, cfg, torch.device("cpu"), log=logs.append, time_limit=3600)
     assert any("teacher: resuming after epoch 2/3" in m for m in logs)
+    assert not (tmp_path / "cut" / "resume").exists(), "a finished run keeps no resume state or teacher outputs"
     a, b = load_file(str(ref.student_file)), load_file(str(resumed.student_file))
     for k in a:
         assert torch.equal(a[k], b[k]), k

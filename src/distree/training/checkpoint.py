@@ -30,6 +30,14 @@ from torch import nn
 from distree.weights import atomic_write_text
 
 
+class TimeLimitReached(Exception):
+    """Training stopped cleanly because going on would pass the deadline.
+
+    What was done is on disk (the resume state of the last finished epoch, or the
+    teacher's outputs computed so far): the same command continues.
+    """
+
+
 class TrainStateError(RuntimeError):
     """The files of a resume state are missing or do not belong together."""
 

@@ -18,16 +18,15 @@ from distree.config import DataConfig, OptimConfig
 from distree.data.augment import Normalization, apply_views, random_views
 from distree.data.dataset import ImageSet
 from distree.hardware import autocast, training_memory_format
-from distree.training.checkpoint import load_train_state, progress_file, remove_train_state, save_train_state
+from distree.training.checkpoint import (
+    TimeLimitReached,
+    load_train_state,
+    progress_file,
+    remove_train_state,
+    save_train_state,
+)
 from distree.training.objectives import ViewTable
 from distree.weights import save_weights
-
-
-class TimeLimitReached(Exception):
-    """Training stopped at an epoch boundary because the next epoch would pass the deadline.
-
-    The resume state of the last finished epoch is on disk: the same command continues.
-    """
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from collections.abc import Callable
@@ -18,6 +19,14 @@ from distree.run import DataInfo, RunDir, RunMeta
 from distree.training.loop import Phase, TimeLimitReached, train_phase
 from distree.training.objectives import StudentObjective, TeacherObjective, TeacherTargets, ViewTable
 from distree.weights import load_weights
+
+#: The teacher's outputs on the student's views, kept beside the resume state while the
+#: student trains (too large to commit; see ``TeacherTargets``).
+TEACHER_TARGETS_FILE = "teacher-targets.safetensors"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class RunExistsError(RuntimeError):
@@ -127,10 +136,26 @@ def train_run(
     if config.data.crop_padding == 0 or config.distill.teacher_views:
         d = config.data
         table = ViewTable(len(splits.train), d.crop_padding, d.flip, config.distill.teacher_views, config.seed)
-        targets = TeacherTargets(teacher, splits.train.images, norm, table, config.eval_batch_size, device, log)
+        store = run.resume_dir / TEACHER_TARGETS_FILE
+        key = (
+            f"{_sha256(run.teacher_file)}:{len(splits.train)}:{d.crop_padding}:{d.flip}:{table.per_image}:{config.seed}"
+        )
+        targets = TeacherTargets(
+            teacher,
+            splits.train.images,
+            norm,
+            table,
+            config.eval_batch_size,
+            device,
+            log,
+            store=store,
+            key=key,
+            deadline=deadline,
+        )
     objective = StudentObjective(student, teacher, config.distill, targets)
     phase = Phase("student", objective, config.student_optim, validate_student, views=table)
     train_phase(phase, final_weights=run.student_file, **common)
+    (run.resume_dir / TEACHER_TARGETS_FILE).unlink(missing_ok=True)
     if run.resume_dir.is_dir() and not any(run.resume_dir.iterdir()):
         run.resume_dir.rmdir()
     return run
