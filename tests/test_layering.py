@@ -13,7 +13,8 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 #: Bottom to top. A package may import its own modules and those of lower layers only;
 #: packages of one layer never import each other.
 LAYERS = [
-    {"config", "hardware", "weights", "tables", "images", "provenance"},
+    {"config", "hardware", "weights", "tables", "images", "provenance", "arrays"},
+    {"exits"},
     {"data", "models"},
     {"policies"},
     {"run"},

@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
+from distree.exits import ExitRecords
 from distree.inference.costs import ExitCosts
-from distree.inference.stage_loop import StageLoop, StopReason, head_fusion
-from distree.models import ExitHead, StudentMacs
+from distree.inference.stage_loop import StageLoop, StopReason
+from distree.models import ExitHead, HeadFusion, StudentMacs
 from distree.policies import ExitPolicy, ExitThresholds, make_policy
 
 NEVER, ALWAYS = 2.0, -1.0  # max-prob thresholds no score reaches / every score passes
@@ -23,7 +24,7 @@ def _heads(num_exits=3, branches=2, dim=4):
 def _loop(policy="max-prob", thresholds=(NEVER, NEVER), rows=4, heads=None, **kw):
     p = make_policy(policy) if isinstance(policy, str) else policy
     t = thresholds if isinstance(thresholds, ExitThresholds) else ExitThresholds.same(list(thresholds), 2)
-    return StageLoop(head_fusion(heads or _heads()), p, t, ExitCosts(MACS, p), rows, num_exits=3, **kw)
+    return StageLoop(HeadFusion(heads or _heads()), p, t, ExitCosts(MACS, p), rows, num_exits=3, **kw)
 
 
 def _v(rows, *present):
@@ -218,3 +219,78 @@ def test_rows_that_left_are_known_after_each_step_and_match_the_final_result():
         assert part.exit.tolist() == final.exit[left].tolist()
         assert torch.equal(part.logits, final.logits[left]) and part.macs.tolist() == final.macs[left].tolist()
         assert part.reason == [final.reason[r] for r in left]
+
+
+def _splitting_threshold(scores):
+    """A threshold some of ``scores`` reach and some do not, halfway between two of them (no
+    score sits on it, where float32 rounding in numpy or torch could decide); inf if all
+    are equal."""
+    values = scores[torch.isfinite(scores)].double().unique()
+    if values.numel() < 2:
+        return math.inf
+    i = values.numel() // 2
+    return float((values[i - 1] + values[i]) / 2)
+
+
+class _NumpyHeads:
+    """The same heads, called on numpy arrays and giving numpy arrays: a fusion like an
+    export's (``OrtHeads``), for the loop's numpy path."""
+
+    def __init__(self, heads):
+        import array_api_compat.numpy
+
+        self.xp = array_api_compat.numpy
+        self.torch = HeadFusion(heads)
+
+    def __call__(self, k, vectors, agreement):
+        out = self.torch(k, [None if v is None else torch.from_numpy(v) for v in vectors], agreement)
+        return type(out)(*(None if t is None else t.numpy() for t in out))
+
+
+@pytest.mark.parametrize("policy", ["max-prob", "entropy", "patience", "feature-diff", "feature-agreement", "full"])
+def test_the_loop_on_numpy_arrays_decides_as_on_torch_tensors(policy):
+    """Rows that leave at each exit, by the policy and by the deadline, and a branch lost on
+    the way: the same exits, reasons, branches, MACs and logits on either kind of array."""
+    p = make_policy(policy)
+    heads = _heads()
+    torch.manual_seed(3)
+    rows = 64
+    vectors = [[torch.randn(rows, 4) for _ in range(2)] for _ in range(3)]
+    present = [[0, 1], [0, 1], [1]]
+    deadline = torch.full((rows,), math.inf, dtype=torch.float64)
+    deadline[::7] = 15.0  # stopped by the deadline after the first stage
+    # Thresholds that some rows reach at each exit and others do not.
+    outputs, middle = [], []
+    for k in range(2):
+        outputs.append(HeadFusion(heads)(k, [v if b in present[k] else None for b, v in enumerate(vectors[k])], True))
+        s = p.score(k, ExitRecords.of(outputs, stack=False))
+        middle.append(_splitting_threshold(s))
+    thresholds = ExitThresholds.same(middle if p.calibrated else [p.fixed_threshold] * 2, 2)
+
+    results = []
+    for fusion, to_array in ((HeadFusion(heads), lambda t: t), (_NumpyHeads(heads), lambda t: t.numpy())):
+        loop = StageLoop(
+            fusion,
+            p,
+            thresholds,
+            ExitCosts(MACS, p),
+            rows,
+            num_exits=3,
+            arrived_s=to_array(torch.zeros(rows, dtype=torch.float64)),
+            deadline_ms=to_array(deadline),
+        )
+        for k in range(3):
+            running = torch.as_tensor(loop.alive)
+            vs = [to_array(v[running]) if b in present[k] else None for b, v in enumerate(vectors[k])]
+            loop.step(k, vs, stage_ms=10.0, now_s=(k + 1) * 0.010)
+            if loop.done:
+                break
+        results.append(loop.result())
+    on_torch, on_numpy = results
+    assert isinstance(on_numpy.exit, type(on_numpy.logits)) and not torch.is_tensor(on_numpy.exit)
+    assert on_numpy.exit.tolist() == on_torch.exit.tolist()
+    assert len(set(on_torch.exit.tolist())) >= 2, "rows should leave at more than one exit"
+    assert on_numpy.reason == on_torch.reason and on_numpy.branches == on_torch.branches
+    assert on_numpy.macs.tolist() == on_torch.macs.tolist()
+    assert on_numpy.head_macs.tolist() == on_torch.head_macs.tolist()
+    torch.testing.assert_close(torch.from_numpy(on_numpy.logits), on_torch.logits, rtol=0, atol=1e-6)

@@ -135,11 +135,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the coordinator."""
-    from distree.run import RunDir
     from distree.runtime.coordinator import CoordinatorOptions, serve_coordinator
     from distree.runtime.logs import setup_logging
     from distree.runtime.metrics import serve_metrics
     from distree.runtime.security import TLSFiles, resolve_token
+    from distree.runtime.served_model import served_model
     from distree.runtime.tracing import setup_tracing
 
     setup_logging(args.log_level, args.log_format)
@@ -151,6 +151,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         if args.run_dir or args.workers:
             raise ValueError("--cluster names the run and the workers: give RUN_DIR and --workers only without it")
+        if args.backend != "torch":
+            raise ValueError("--cluster names a run, whose heads run in torch: --backend onnxruntime takes EXPORT")
         cluster = load_cluster(args.cluster)
         c = cluster.coordinator
         run_dir, workers = cluster.run, cluster.addresses
@@ -165,11 +167,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             token = resolve_token(None, cluster.token_file)
     else:
         if not (args.run_dir and args.workers):
-            raise ValueError("give RUN_DIR and --workers, or --cluster FILE")
+            raise ValueError("give RUN_DIR (or EXPORT with --backend onnxruntime) and --workers, or --cluster FILE")
         run_dir, workers = args.run_dir, [w.strip() for w in args.workers.split(",") if w.strip()]
     args.listen = args.listen or SERVE_DEFAULTS.listen
     args.policy = args.policy or SERVE_DEFAULTS.policy
     args.mode = args.mode or SERVE_DEFAULTS.mode
+    model = served_model(run_dir, args.backend)
     serve_metrics(args.metrics_port, "coordinator", _metrics_host(args))
     opts = CoordinatorOptions(
         mode=args.mode,
@@ -181,7 +184,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_group_wait_ms=args.max_group_wait_ms,
     )
     return _serve_forever(
-        serve_coordinator(RunDir(run_dir), workers, args.listen, opts, token, tls, worker_tls, grace_s=args.grace_s)
+        serve_coordinator(model, workers, args.listen, opts, token, tls, worker_tls, grace_s=args.grace_s)
     )
 
 
@@ -316,7 +319,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             workers = cluster.worker_addresses = on_cluster.addresses
         else:
             workers = cluster.start_workers(n_branches, extra=backend_args, source=source)
-        addresses = cluster.start_coordinators({p: ["--policy", p, "--mode", args.mode] for p in names})
+        # With --backend onnxruntime the coordinators fuse with the export's heads too: no torch in the cluster.
+        extras = {p: ["--policy", p, "--mode", args.mode, *backend_args] for p in names}
+        addresses = cluster.start_coordinators(extras, source=source)
         clients = {p: DistreeClient(addresses[p], token=token, tls=_tls(args)) for p in names}
         infos = {p: c.model_info() for p, c in clients.items()}
         warm = min(n, DEMO_WARM_UP)
@@ -483,7 +488,20 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("serve", help="run the coordinator over a set of workers")
-    p.add_argument("run_dir", nargs="?", help="the trained run (not with --cluster)")
+    p.add_argument(
+        "run_dir",
+        nargs="?",
+        metavar="RUN_OR_EXPORT",
+        help="the trained run (--backend torch) or a 'distree export' directory (--backend onnxruntime); "
+        "not with --cluster",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="where the exit heads run: torch on the run's weights, or onnxruntime on an export, so that the "
+        "coordinator needs no torch (default torch)",
+    )
     p.add_argument("--workers", help="HOST:PORT of each worker, comma-separated, in branch order")
     p.add_argument(
         "--cluster",

@@ -143,13 +143,28 @@ class LocalCluster:
         self.worker_addresses = [a for a, _ in launched]
         return self.worker_addresses
 
-    def start_coordinator(self, name: str = "coordinator", extra: Sequence[str] = (), port: int | None = None) -> str:
+    def start_coordinator(
+        self,
+        name: str = "coordinator",
+        extra: Sequence[str] = (),
+        port: int | None = None,
+        source: str | Path | None = None,
+        prefix: Sequence[str] = (),
+    ) -> str:
         """Start (or restart, on ``port``) a coordinator over the workers; returns its
-        address once healthy."""
-        return self.start_coordinators({name: extra}, {name: port} if port else None)[name]
+        address once healthy. ``source``: what it serves instead of the run (an export, with
+        ``--backend onnxruntime``); ``prefix``: the command it runs under (e.g. ``env ...``)."""
+        return self.start_coordinators({name: extra}, {name: port} if port else None, source=source, prefix=prefix)[
+            name
+        ]
 
     def start_coordinators(
-        self, extras: dict[str, Sequence[str]], ports: dict[str, int] | None = None, wait: bool = True
+        self,
+        extras: dict[str, Sequence[str]],
+        ports: dict[str, int] | None = None,
+        wait: bool = True,
+        source: str | Path | None = None,
+        prefix: Sequence[str] = (),
     ) -> dict[str, str]:
         """Start one coordinator per name (with its extra arguments, on its port in
         ``ports`` or a free one) at once; returns their addresses once all are healthy
@@ -157,8 +172,9 @@ class LocalCluster:
         launched = {}
         for name, extra in extras.items():
             address = f"127.0.0.1:{(ports or {}).get(name) or self._free_port()}"
-            args = ["serve", self.run_dir, "--workers", ",".join(self.worker_addresses), "--listen", address, *extra]
-            launched[name] = (address, self._spawn(name, args))
+            workers = ",".join(self.worker_addresses)
+            args = ["serve", str(source or self.run_dir), "--workers", workers, "--listen", address, *extra]
+            launched[name] = (address, self._spawn(name, args, prefix))
         for address, proc in launched.values() if wait else ():
             wait_serving(address, proc=proc, tls=self.tls)
         return {name: address for name, (address, _) in launched.items()}

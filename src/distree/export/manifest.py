@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 MANIFEST = "manifest.json"
+#: The copy of the run's calibration.json in an export.
+CALIBRATION_FILE = "calibration.json"
 
 #: Names every exported file is called with. Stage 0 takes the raw images (its graph
 #: normalises them, as the torch worker does); a later stage takes the feature map the
@@ -71,6 +73,9 @@ class ExportManifest(_Model):
     stages: list[list[StageFile]]  # [branch][stage]
     heads: list[HeadFile]  # [exit]
     int8_calibration: Int8Calibration | None = None
+    #: A copy of the run's calibration.json (the thresholds fitted on the run's torch
+    #: outputs), which a coordinator serving the export reads; None if the run had none.
+    calibration: str | None = None
 
     @property
     def num_branches(self) -> int:
@@ -92,6 +97,7 @@ def read_manifest(export_dir: str | Path, run=None) -> ExportManifest:
     except (json.JSONDecodeError, ValidationError) as err:
         raise ValueError(f"{path}: {err}") from None
     files = [s.file for per in manifest.stages for s in per] + [h.file for h in manifest.heads]
+    files += [manifest.calibration] if manifest.calibration else []
     missing = [f for f in files if not (Path(export_dir) / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{path} lists files that are missing: {', '.join(missing[:5])}")

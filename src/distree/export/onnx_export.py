@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from torch import nn
 from distree.data.augment import Normalization
 from distree.export.manifest import (
     AGREEMENT,
+    CALIBRATION_FILE,
     EMBEDDING,
     IMAGES,
     LOGITS,
@@ -179,6 +181,10 @@ def export_onnx(
             onnx.save(model, str(out / f"head{e}.onnx"))
             heads.append(HeadFile(file=f"head{e}.onnx", macs=macs.head[e]))
         log(f"heads: {', '.join(h.file for h in heads)}")
+    calibration = None
+    if run.calibration_file.is_file():
+        calibration = CALIBRATION_FILE
+        shutil.copyfile(run.calibration_file, out / CALIBRATION_FILE)
     manifest = ExportManifest(
         precision="fp32" if int8_images is None else "int8",
         opset=OPSET,
@@ -193,6 +199,7 @@ def export_onnx(
         stages=stages,
         heads=heads,
         int8_calibration=None if int8_images is None else Int8Calibration(samples=len(int8_images), method="MinMax"),
+        calibration=calibration,
     )
     (out / MANIFEST).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
     return manifest

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import array_api_compat.numpy
 import numpy as np
 import onnxruntime as ort
 
+from distree.exits import ExitOutput
 from distree.export.manifest import (
     AGREEMENT,
     EMBEDDING,
@@ -65,7 +67,10 @@ class OrtBranch:
 
 
 class OrtHeads:
-    """The exit heads of an export: fuse whichever branches answered."""
+    """The exit heads of an export: fuse whichever branches answered. Called as the stage
+    loop calls a fusion (``distree.inference.stage_loop.Fusion``), on numpy arrays."""
+
+    xp = array_api_compat.numpy
 
     def __init__(self, export_dir: str | Path, threads: int | None = None):
         self.dir = Path(export_dir)
@@ -85,3 +90,7 @@ class OrtHeads:
             feeds[pooled_input(b)] = np.zeros((rows, dim), np.float32) if v is None else v.astype(np.float32)
         z, logits, agreement = self._sessions[e].run([EMBEDDING, LOGITS, AGREEMENT], feeds)
         return z, logits, agreement
+
+    def __call__(self, k: int, vectors: list[np.ndarray | None], agreement: bool) -> ExitOutput:
+        z, logits, agree = self.run(k, vectors)
+        return ExitOutput(z, logits, agree if agreement else None)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
+import numpy as np
 
-from distree.models.student import StudentMacs
+from distree.exits import StudentMacs
 from distree.policies import ExitPolicy
 
 
@@ -38,9 +38,9 @@ class ExitCosts:
         branches = range(len(self.macs.stage)) if present is None else present
         return sum(self.stage(k, branches) + self.head(k, k == e) for k in range(e + 1))
 
-    def per_exit(self, present: Sequence[int] | None = None) -> torch.Tensor:
-        """(E,) float: ``until(e)`` for every exit e."""
-        return torch.tensor([float(self.until(e, present)) for e in range(len(self.macs.head))])
+    def per_exit(self, present: Sequence[int] | None = None) -> np.ndarray:
+        """(E,) float64: ``until(e)`` for every exit e."""
+        return np.array([float(self.until(e, present)) for e in range(len(self.macs.head))])
 
     def full(self, present: Sequence[int] | None = None) -> int:
         """Full execution's cost with the ``present`` branches: every stage, the last head."""

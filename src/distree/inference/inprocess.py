@@ -12,8 +12,8 @@ import torch
 
 from distree.data.augment import Normalization
 from distree.inference.costs import ExitCosts
-from distree.inference.stage_loop import Exited, StageLoop, head_fusion
-from distree.models import DistrEEStudent
+from distree.inference.stage_loop import Exited, StageLoop
+from distree.models import DistrEEStudent, HeadFusion
 from distree.policies import ExitPolicy, ExitThresholds
 
 
@@ -24,7 +24,7 @@ def early_exit_batch(
     """uint8 images (B, C, H, W) -> every input's exit, logits and cost."""
     model.eval()
     loop = StageLoop(
-        head_fusion(model.heads),
+        HeadFusion(model.heads),
         policy,
         thresholds,
         ExitCosts(model.macs, policy),

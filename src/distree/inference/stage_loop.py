@@ -10,20 +10,28 @@ vectorised over recorded outputs (``first_passing``) and charges the same costs
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any, Protocol
 
-import torch
-from torch import nn
-
+from distree.exits import Array, ExitOutput, ExitRecords
 from distree.inference.costs import ExitCosts
-from distree.models.heads import ExitOutput, ExitRecords
 from distree.policies import ExitPolicy, ExitThresholds, should_stop_for_deadline
 
-#: Stage k's vectors (per branch (A, d), None for a branch that did not answer) and whether
-#: the policy reads agreement -> the fused ExitOutput of the A rows.
-Fuse = Callable[[int, Sequence[torch.Tensor | None], bool], ExitOutput]
+
+class Fusion(Protocol):
+    """The exit heads as the loop calls them: the model's in PyTorch
+    (``distree.models.HeadFusion``), or an export's in onnxruntime
+    (``distree.export.ort.OrtHeads``), which needs no torch."""
+
+    #: The array API namespace of the vectors it takes and the outputs it gives; the loop
+    #: keeps its own records in the same kind of array.
+    xp: Any
+
+    def __call__(self, k: int, vectors: Sequence[Array | None], agreement: bool) -> ExitOutput:
+        """Stage k's vectors (per branch (A, d), None for a branch that did not answer) and
+        whether the policy reads agreement -> the fused ExitOutput of the A rows."""
 
 
 class StopReason(str, Enum):
@@ -38,22 +46,17 @@ class StopReason(str, Enum):
 class Exited:
     """Where every row of a batch left, what it answered and what it cost."""
 
-    exit: torch.Tensor  # (rows,) int64
-    logits: torch.Tensor  # (rows, classes) at each row's exit
-    macs: torch.Tensor  # (rows,) int64, charged by ``ExitCosts``
-    head_macs: torch.Tensor  # (rows,) int64, the exit heads' part of ``macs``
+    exit: Array  # (rows,) int64
+    logits: Array  # (rows, classes) float32 at each row's exit
+    macs: Array  # (rows,) int64, charged by ``ExitCosts``
+    head_macs: Array  # (rows,) int64, the exit heads' part of ``macs``
     reason: list[StopReason]
     branches: list[list[int]]  # the branches fused at each row's exit
 
     @property
-    def predictions(self) -> torch.Tensor:
+    def predictions(self) -> Array:
         """(rows,) predicted class."""
         return self.logits.argmax(-1)
-
-
-def head_fusion(heads: nn.ModuleList) -> Fuse:
-    """Fusion by the model's exit heads."""
-    return lambda k, vectors, agreement: heads[k](vectors, agreement=agreement)
 
 
 class StageLoop:
@@ -66,51 +69,56 @@ class StageLoop:
     ``arrived_s`` (rows,) and ``deadline_ms`` (rows,) (inf: none) turn on the deadline rule:
     a row stops at the exit in hand when the next stage, expected to take as long as the
     slowest stage so far, would end after its deadline.
+
+    Arrays in and out are of the fusion's kind (``fuse.xp``): torch tensors or numpy arrays.
     """
 
     def __init__(
         self,
-        fuse: Fuse,
+        fuse: Fusion,
         policy: ExitPolicy,
         thresholds: ExitThresholds,
         costs: ExitCosts,
         rows: int,
         *,
         num_exits: int,
-        arrived_s: torch.Tensor | None = None,
-        deadline_ms: torch.Tensor | None = None,
+        arrived_s: Array | None = None,
+        deadline_ms: Array | None = None,
     ):
         self.fuse = fuse
+        self.xp = xp = fuse.xp
         self.policy = policy
         self.thresholds = thresholds
         self.costs = costs
         self.num_exits = num_exits
-        self.alive = torch.arange(rows)  # original row index of each running row
-        self.exit = torch.full((rows,), -1, dtype=torch.long)
+        self.alive = xp.arange(rows)  # original row index of each running row
+        self.exit = xp.full((rows,), -1, dtype=xp.int64)
         self.reason: list[StopReason | None] = [None] * rows
         self.branches: list[list[int]] = [[] for _ in range(rows)]  # present at each row's exit
-        self.macs = torch.zeros(rows, dtype=torch.long)  # at each row's exit: stages and heads
-        self.head_macs = torch.zeros(rows, dtype=torch.long)  # the heads' part (the coordinator's)
+        self.macs = xp.zeros(rows, dtype=xp.int64)  # at each row's exit: stages and heads
+        self.head_macs = xp.zeros(rows, dtype=xp.int64)  # the heads' part (the coordinator's)
         # Every running row has been through the same stages with the same branches and
         # heads, so what they have cost so far is one number each.
         self._stage_macs = 0
         self._head_macs = 0
-        self.logits: torch.Tensor | None = None  # (rows, classes) at each row's exit
+        self.logits: Array | None = None  # (rows, classes) at each row's exit
         self.stage_ms: list[float] = []
-        has_deadline = deadline_ms is not None and bool(torch.isfinite(deadline_ms).any())
+        if deadline_ms is not None:
+            deadline_ms = xp.asarray(deadline_ms, dtype=xp.float64)
+        has_deadline = deadline_ms is not None and bool(xp.any(xp.isfinite(deadline_ms)))
         if has_deadline and arrived_s is None:
             raise ValueError("deadlines need the rows' arrival times")
-        self._arrived = arrived_s.double() if has_deadline else None
-        self._deadline = deadline_ms.double() if has_deadline else None
+        self._arrived = xp.asarray(arrived_s, dtype=xp.float64) if has_deadline else None
+        self._deadline = deadline_ms if has_deadline else None
         self._outputs: list[ExitOutput] = []  # per stage so far, running rows only
         self.left = self.alive[:0]  # original indices of the rows the latest step stopped
 
     @property
     def done(self) -> bool:
         """Every row has exited."""
-        return self.alive.numel() == 0
+        return self.alive.shape[0] == 0
 
-    def _late(self, stage_ms: float | None, now_s: float | None) -> torch.Tensor | None:
+    def _late(self, stage_ms: float | None, now_s: float | None) -> Array | None:
         """(A,) bool: running rows whose deadline the next stage would pass."""
         if self._deadline is None:
             return None
@@ -119,15 +127,14 @@ class StageLoop:
         elapsed = (now_s - self._arrived[self.alive]) * 1000
         return should_stop_for_deadline(elapsed, max(self.stage_ms), self._deadline[self.alive])
 
-    @torch.no_grad()
     def step(
         self,
         k: int,
-        vectors: Sequence[torch.Tensor | None],
+        vectors: Sequence[Array | None],
         *,
         stage_ms: float | None = None,
         now_s: float | None = None,
-    ) -> torch.Tensor:
+    ) -> Array:
         """Fuse stage ``k``'s vectors (per branch (A, d) for the A running rows, None for a
         branch that did not answer) and decide. ``stage_ms`` is how long the stage took and
         ``now_s`` the clock (seconds, as ``arrived_s``); both are needed only with
@@ -138,8 +145,9 @@ class StageLoop:
         self.left = self.alive[:0]
         if stage_ms is not None:
             self.stage_ms.append(stage_ms)
+        xp = self.xp
         last = k == self.num_exits - 1
-        running = self.alive.numel()
+        running = self.alive.shape[0]
         self._stage_macs += self.costs.stage(k, present)
         late = self._late(stage_ms, now_s)
         if self.policy.reads_exits:
@@ -150,9 +158,9 @@ class StageLoop:
             stop = self.policy.should_exit(k, ExitRecords.of(self._outputs, stack=False), thresholds)
         else:
             if not last and (late is None or not bool(late.any())):
-                return torch.ones(running, dtype=torch.bool)  # no row leaves: no head to run
+                return xp.ones(running, dtype=xp.bool)  # no row leaves: no head to run
             out = self.fuse(k, vectors, False)
-            stop = torch.full((running,), last)
+            stop = xp.full((running,), last, dtype=xp.bool)
         forced = None
         if late is not None:
             forced = late & ~stop
@@ -160,10 +168,10 @@ class StageLoop:
         if not bool(stop.any()):  # the common case: every row goes on, nothing to re-index
             return ~stop
         if self.logits is None:
-            self.logits = torch.zeros(self.exit.numel(), out.logits.shape[-1])
+            self.logits = xp.zeros((self.exit.shape[0], out.logits.shape[-1]), dtype=xp.float32)
         rows = self.left = self.alive[stop]
         self.exit[rows] = k
-        self.logits[rows] = out.logits[stop].float()
+        self.logits[rows] = xp.astype(out.logits[stop], xp.float32)
         # A policy that reads no exit on the way pays only for the head its rows leave at.
         heads = self._head_macs + (0 if self.policy.reads_exits else self.costs.head(k, leaving=True))
         self.macs[rows] = self._stage_macs + heads
@@ -184,10 +192,10 @@ class StageLoop:
     def result(self) -> Exited:
         """Every row's exit, once all have left."""
         if not self.done or self.logits is None:
-            raise RuntimeError(f"{self.alive.numel()} rows have not exited yet")
+            raise RuntimeError(f"{self.alive.shape[0]} rows have not exited yet")
         return Exited(self.exit, self.logits, self.macs, self.head_macs, list(self.reason), self.branches)  # type: ignore[arg-type]
 
-    def exited(self, rows: torch.Tensor) -> Exited:
+    def exited(self, rows: Array) -> Exited:
         """The exits of some rows that have left (original indices, e.g. ``left``), while
         others may still run: a driver answers rows as they leave."""
         if self.logits is None or bool((self.exit[rows] < 0).any()):

@@ -3,40 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
+import array_api_compat.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class ExitOutput(NamedTuple):
-    embedding: torch.Tensor  # (B, embed_dim)
-    logits: torch.Tensor  # (B, num_classes)
-    #: (B,) how much the present branches' own features agree: the mean pairwise cosine of
-    #: their embeddings (each branch's projection, layer-normalised); -inf with one branch.
-    #: None when the head was asked not to compute it.
-    agreement: torch.Tensor | None
-
-
-class ExitRecords(NamedTuple):
-    """The outputs of a run of exits for the same rows: each field indexed by exit first,
-    a stacked tensor (E, N, ...) or a list of per-exit tensors. Policies read these."""
-
-    logits: Sequence[torch.Tensor]  # [exit] (N, K)
-    embeddings: Sequence[torch.Tensor] | None = None  # [exit] (N, D)
-    agreement: Sequence[torch.Tensor] | None = None  # [exit] (N,)
-
-    @classmethod
-    def of(cls, outputs: Sequence[ExitOutput], stack: bool = True) -> ExitRecords:
-        """The records of consecutive exits' outputs: stacked (E, N, ...) or as lists."""
-        agreement = None if any(o.agreement is None for o in outputs) else [o.agreement for o in outputs]
-        fields = ([o.logits for o in outputs], [o.embedding for o in outputs], agreement)
-        return cls(*(f if f is None or not stack else torch.stack(f) for f in fields))
-
-    def until(self, e: int) -> ExitRecords:
-        """The records of exits 0..e only."""
-        return ExitRecords(*(None if f is None else f[: e + 1] for f in self))
+from distree.exits import ExitOutput
 
 
 class ExitHead(nn.Module):
@@ -116,3 +89,17 @@ def _mean_pairwise_cosine(unit_sum: torch.Tensor, n: torch.Tensor) -> torch.Tens
     pairs = n * (n - 1)
     value = (unit_sum.pow(2).sum(-1) - n) / pairs.clamp(min=1)
     return torch.where(pairs > 0, value, torch.full_like(value, float("-inf")))
+
+
+class HeadFusion:
+    """A student's exit heads as the stage loop calls them (``distree.inference.stage_loop.Fusion``):
+    on torch tensors, without autograd."""
+
+    xp = array_api_compat.torch
+
+    def __init__(self, heads: nn.ModuleList):
+        self.heads = heads
+
+    @torch.no_grad()
+    def __call__(self, k: int, vectors: Sequence[torch.Tensor | None], agreement: bool) -> ExitOutput:
+        return self.heads[k](vectors, agreement=agreement)

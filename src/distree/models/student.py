@@ -3,38 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import cached_property
 
 import torch
 from torch import nn
 
 from distree.config import StudentConfig
+from distree.exits import ExitOutput, StudentMacs
 from distree.models.branch import Branch
-from distree.models.heads import ExitHead, ExitOutput
+from distree.models.heads import ExitHead
 from distree.models.macs import count_macs
-
-
-@dataclass(frozen=True)
-class StudentMacs:
-    """Per-sample multiply-accumulates of every stage of every branch and of every head."""
-
-    stage: list[list[int]]  # [branch][stage]
-    head: list[int]  # [exit], with all branches present
-
-    def stages_until(self, exit_index: int, present: Sequence[int] | None = None) -> int:
-        """MACs of stages 0..e of the present branches (default: all)."""
-        branches = range(len(self.stage)) if present is None else present
-        return sum(sum(self.stage[b][: exit_index + 1]) for b in branches)
-
-    def exit_cumulative(self, exit_index: int, present: Sequence[int] | None = None) -> int:
-        """MACs to reach and decide at exit ``exit_index``: stages 0..e of the present
-        branches plus heads 0..e (a policy evaluates every head on the way)."""
-        return self.stages_until(exit_index, present) + sum(self.head[: exit_index + 1])
-
-    def full(self, present: Sequence[int] | None = None) -> int:
-        """MACs of full execution: every stage of the present branches plus the last head."""
-        return self.stages_until(len(self.head) - 1, present) + self.head[-1]
 
 
 class DistrEEStudent(nn.Module):

@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from distree.models.heads import ExitRecords
+from distree.arrays import namespace
+from distree.exits import Array, ExitRecords
 
 
 class ExitPolicy(ABC):
@@ -48,7 +48,7 @@ class ExitPolicy(ABC):
     #: only those heads are paid for.
     reads_exits: bool = True
 
-    def __init__(self, labels: torch.Tensor | None = None):
+    def __init__(self, labels: Array | None = None):
         if labels is not None and not self.needs_labels:
             raise ValueError(f"policy {self.name!r} does not read labels")
         self.labels = labels
@@ -64,20 +64,22 @@ class ExitPolicy(ABC):
         return not self.needs_labels
 
     @abstractmethod
-    def score(self, e: int, seen: ExitRecords) -> torch.Tensor:
+    def score(self, e: int, seen: ExitRecords) -> Array:
         """Score (B,) at exit ``e`` from the records of exits 0..e (logits (B, K), embeddings
-        (B, D), agreement (B,) per exit).
+        (B, D), agreement (B,) per exit): torch tensors or numpy arrays, and the score in
+        the same kind (``distree.policies.scores`` has helpers that take either).
 
         Higher means more confident that stopping now is safe; -inf means never stop here.
         """
 
-    def should_exit(self, e: int, seen: ExitRecords, thresholds: Sequence[float]) -> torch.Tensor:
+    def should_exit(self, e: int, seen: ExitRecords, thresholds: Sequence[float]) -> Array:
         """(B,) bool: stop at exit ``e``. The last exit (index len(thresholds)) always stops."""
+        xp = namespace(seen.logits[e])
         if e >= len(thresholds):
-            return torch.ones(seen.logits[e].shape[0], dtype=torch.bool)
+            return xp.ones(seen.logits[e].shape[0], dtype=xp.bool)
         # In float64, as ``first_passing`` compares recorded scores: a score equal to its
         # threshold decides the same way online and offline.
-        return self.score(e, seen).double() >= thresholds[e]
+        return xp.astype(self.score(e, seen), xp.float64) >= thresholds[e]
 
 
 @dataclass(frozen=True)
@@ -105,9 +107,10 @@ class ExitThresholds:
         return list(self.by_present[present])
 
 
-def exit_scores(policy: ExitPolicy, records: ExitRecords) -> torch.Tensor:
+def exit_scores(policy: ExitPolicy, records: ExitRecords) -> Array:
     """Scores (E, N) of every exit for recorded exit outputs (logits (E, N, K), ...)."""
-    return torch.stack([policy.score(e, records.until(e)) for e in range(len(records.logits))])
+    xp = namespace(records.logits)
+    return xp.stack([policy.score(e, records.until(e)) for e in range(len(records.logits))])
 
 
 def first_passing(scores: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
@@ -122,6 +125,8 @@ def first_passing(scores: np.ndarray, thresholds: Sequence[float]) -> np.ndarray
     return stop.argmax(0)
 
 
-def decide_exits(scores: torch.Tensor, thresholds: Sequence[float]) -> torch.Tensor:
-    """``first_passing`` for a tensor of scores (E, N); returns int64 (N,)."""
-    return torch.from_numpy(first_passing(scores.double().numpy(), thresholds))
+def decide_exits(scores: Array, thresholds: Sequence[float]) -> Array:
+    """``first_passing`` for scores (E, N) in either kind of array; int64 (N,) in the same kind."""
+    xp = namespace(scores)
+    exits = first_passing(np.asarray(xp.astype(scores, xp.float64)), thresholds)
+    return xp.asarray(exits, dtype=xp.int64)

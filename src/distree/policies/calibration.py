@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, field_serializer, field_validator
 from scipy.stats import beta
 
 from distree.policies.base import first_passing
+from distree.policies.calibration_file import Calibration
 
 GRID = 96
 EXHAUSTIVE_LIMIT = 12_000
@@ -47,36 +47,6 @@ class Outcome:
     exit_histogram: list[int]
     losses: int = 0  # samples right at full execution and wrong where the policy stopped
     gains: int = 0  # samples wrong at full execution and right where the policy stopped
-
-
-class Calibration(BaseModel):
-    """Fitted thresholds and what they gave on the set they were fitted on; the record
-    calibration.json holds per policy and per number of branches present (an infinite
-    threshold, never stop there, is written as null)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    thresholds: list[float]
-    accuracy: float
-    drop_pp: float
-    macs_per_sample: float
-    saving: float
-    met: bool
-    message: str
-    #: With a confidence: the upper confidence bound (pp) on the population drop of the chosen
-    #: setting, from the held-out part, and that part's size. accuracy and drop_pp above are
-    #: measured on every calibration sample, the part that chose the path included.
-    drop_bound_pp: float | None = None
-    confidence: float | None = None
-    held_out: int | None = None
-
-    @field_validator("thresholds", mode="before")
-    @classmethod
-    def _null_is_inf(cls, values: list[float | None]) -> list[float]:
-        return [math.inf if v is None else v for v in values]
-
-    @field_serializer("thresholds")
-    def _inf_is_null(self, values: list[float]) -> list[float | None]:
-        return [None if math.isinf(v) else v for v in values]
 
 
 def outcome(scores: torch.Tensor, correct: torch.Tensor, exit_macs: torch.Tensor, thresholds: list[float]) -> Outcome:

@@ -13,12 +13,53 @@ branches present (k < N). An infinite threshold (never stop there) is written as
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+import math
+from typing import Protocol
 
-from distree.models import DistrEEStudent
+from pydantic import BaseModel, ConfigDict, field_serializer, field_validator
+
 from distree.policies.base import ExitPolicy, ExitThresholds
-from distree.policies.calibration import Calibration
 from distree.policies.registry import make_policy
+
+
+class HasExits(Protocol):
+    """A model's shape as thresholds see it (a DistrEEStudent, an export's manifest)."""
+
+    @property
+    def num_branches(self) -> int: ...
+
+    @property
+    def num_exits(self) -> int: ...
+
+
+class Calibration(BaseModel):
+    """Fitted thresholds and what they gave on the set they were fitted on; the record
+    calibration.json holds per policy and per number of branches present (an infinite
+    threshold, never stop there, is written as null)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    thresholds: list[float]
+    accuracy: float
+    drop_pp: float
+    macs_per_sample: float
+    saving: float
+    met: bool
+    message: str
+    #: With a confidence: the upper confidence bound (pp) on the population drop of the chosen
+    #: setting, from the held-out part, and that part's size. accuracy and drop_pp above are
+    #: measured on every calibration sample, the part that chose the path included.
+    drop_bound_pp: float | None = None
+    confidence: float | None = None
+    held_out: int | None = None
+
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _null_is_inf(cls, values: list[float | None]) -> list[float]:
+        return [math.inf if v is None else v for v in values]
+
+    @field_serializer("thresholds")
+    def _inf_is_null(self, values: list[float]) -> list[float | None]:
+        return [None if math.isinf(v) else v for v in values]
 
 
 class CalibrationTarget(BaseModel):
@@ -71,7 +112,7 @@ def thresholds_for(policy: ExitPolicy, saved: CalibrationFile | None, *, branche
     return ExitThresholds(by_present)
 
 
-def model_thresholds(policy: str | ExitPolicy, model: DistrEEStudent, saved: CalibrationFile | None) -> ExitThresholds:
+def model_thresholds(policy: str | ExitPolicy, model: HasExits, saved: CalibrationFile | None) -> ExitThresholds:
     """``thresholds_for`` a policy (by name or object) on ``model``'s branches and exits."""
     policy = make_policy(policy) if isinstance(policy, str) else policy
     return thresholds_for(policy, saved, branches=model.num_branches, exits=model.num_exits)

@@ -26,9 +26,8 @@ from collections.abc import Iterable
 from importlib.metadata import entry_points
 from typing import TypeVar
 
-import torch
-
 from distree.config import PLUGINS_ENV_VAR
+from distree.exits import Array
 from distree.policies.base import ExitPolicy
 
 PLUGINS_ENV = PLUGINS_ENV_VAR
@@ -91,7 +90,7 @@ def policy_class(name: str) -> type[ExitPolicy]:
     return _REGISTRY[name]
 
 
-def make_policy(name: str, labels: torch.Tensor | None = None) -> ExitPolicy:
+def make_policy(name: str, labels: Array | None = None) -> ExitPolicy:
     """The policy called ``name``; ``labels`` go only to a policy that reads them."""
     cls = policy_class(name)
     return cls(labels) if cls.needs_labels else cls()

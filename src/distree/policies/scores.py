@@ -4,12 +4,53 @@ the first exit), full execution, oracle."""
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+import math
 
-from distree.models.heads import ExitRecords
+import numpy as np
+
+from distree.arrays import is_torch_array, namespace
+from distree.exits import Array, ExitRecords
 from distree.policies.base import ExitPolicy
 from distree.policies.registry import register_policy
+
+# The scores take torch tensors (a model in PyTorch) and numpy arrays (an ONNX export,
+# served without torch). On torch tensors they call torch's own kernels, so a torch
+# executor's scores are bit for bit those calibration recorded; numpy computes the same
+# formulas in float32 (tests/policies/test_scores_numpy.py holds them equal within rounding).
+
+
+def softmax(logits: Array) -> Array:
+    """Class probabilities (B, K) of logits (B, K), in float32."""
+    if is_torch_array(logits):
+        return logits.float().softmax(-1)
+    return np.exp(log_softmax(logits))
+
+
+def log_softmax(logits: Array) -> Array:
+    """Log class probabilities (B, K) of logits (B, K), in float32."""
+    if is_torch_array(logits):
+        return logits.float().log_softmax(-1)
+    x = np.asarray(logits, dtype=np.float32)
+    shifted = x - x.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def cosine(a: Array, b: Array, eps: float = 1e-8) -> Array:
+    """Cosine (B,) of rows of (B, D) a and b, in float32 (0 for a zero row)."""
+    if is_torch_array(a):
+        import torch.nn.functional as F  # torch is there: a torch tensor came in
+
+        return F.cosine_similarity(a.float(), b.float(), dim=-1, eps=eps)
+    a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
+    na = np.maximum(np.linalg.norm(a, axis=-1), eps)
+    nb = np.maximum(np.linalg.norm(b, axis=-1), eps)
+    return ((a / na[:, None]) * (b / nb[:, None])).sum(-1)
+
+
+def _constant(like: Array, value: float) -> Array:
+    """(B,) float32 ``value`` for the B rows of ``like``."""
+    xp = namespace(like)
+    return xp.full((like.shape[0],), value, dtype=xp.float32)
 
 
 @register_policy
@@ -24,11 +65,11 @@ class FeatureDiff(ExitPolicy):
     name = "feature-diff"
     criterion = "change of the fused embedding between exits (cosine)"
 
-    def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
+    def score(self, e: int, seen: ExitRecords) -> Array:  # noqa: D102
         if e == 0:
-            return torch.full((seen.logits[0].shape[0],), float("-inf"))
+            return _constant(seen.logits[0], -math.inf)
         z = seen.embeddings
-        return F.cosine_similarity(z[e].float(), z[e - 1].float(), dim=-1) - 1.0
+        return cosine(z[e], z[e - 1]) - 1.0
 
 
 @register_policy
@@ -47,10 +88,11 @@ class FeatureAgreement(ExitPolicy):
     criterion = "the branches' features agree (mean pairwise cosine)"
     reads_agreement = True
 
-    def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
+    def score(self, e: int, seen: ExitRecords) -> Array:  # noqa: D102
         if seen.agreement is None:
             raise ValueError("feature-agreement needs the exit heads' agreement records")
-        return seen.agreement[e].float()
+        xp = namespace(seen.agreement[e])
+        return xp.astype(seen.agreement[e], xp.float32)
 
 
 @register_policy
@@ -64,7 +106,7 @@ class ConfThenFeatureDiff(FeatureDiff):
     name = "conf-then-feature-diff"
     criterion = "softmax confidence at exit 0, then feature difference"
 
-    def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
+    def score(self, e: int, seen: ExitRecords) -> Array:  # noqa: D102
         if e == 0:
             return MaxProb().score(0, seen)
         return super().score(e, seen)
@@ -77,8 +119,8 @@ class MaxProb(ExitPolicy):
     name = "max-prob"
     criterion = "softmax confidence"
 
-    def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
-        return F.softmax(seen.logits[e].float(), dim=-1).amax(-1)
+    def score(self, e: int, seen: ExitRecords) -> Array:  # noqa: D102
+        return namespace(seen.logits[e]).max(softmax(seen.logits[e]), axis=-1)
 
 
 @register_policy
@@ -88,9 +130,10 @@ class Entropy(ExitPolicy):
     name = "entropy"
     criterion = "softmax entropy"
 
-    def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
-        logp = F.log_softmax(seen.logits[e].float(), dim=-1)
-        return (logp.exp() * logp).sum(-1)
+    def score(self, e: int, seen: ExitRecords) -> Array:  # noqa: D102
+        logp = log_softmax(seen.logits[e])
+        xp = namespace(logp)
+        return xp.sum(xp.exp(logp) * logp, axis=-1)
 
 
 @register_policy
@@ -100,13 +143,14 @@ class Patience(ExitPolicy):
     name = "patience"
     criterion = "consecutive exits agree on the class"
 
-    def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
-        preds = [seen.logits[i].argmax(-1) for i in range(e + 1)]
-        run = torch.ones_like(preds[e], dtype=torch.float32)
-        alive = torch.ones_like(preds[e], dtype=torch.bool)
+    def score(self, e: int, seen: ExitRecords) -> Array:  # noqa: D102
+        xp = namespace(seen.logits[e])
+        preds = [xp.argmax(seen.logits[i], axis=-1) for i in range(e + 1)]
+        run = xp.ones(preds[e].shape, dtype=xp.float32)
+        alive = xp.ones(preds[e].shape, dtype=xp.bool)
         for i in range(e - 1, -1, -1):
-            alive &= preds[i] == preds[e]
-            run += alive.float()
+            alive = alive & (preds[i] == preds[e])
+            run = run + xp.astype(alive, xp.float32)
         return run
 
 
@@ -119,8 +163,8 @@ class Full(ExitPolicy):
     fixed_threshold = float("inf")
     reads_exits = False
 
-    def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
-        return torch.full((seen.logits[e].shape[0],), float("-inf"))
+    def score(self, e: int, seen: ExitRecords) -> Array:  # noqa: D102
+        return _constant(seen.logits[e], -math.inf)
 
 
 @register_policy
@@ -132,7 +176,9 @@ class Oracle(ExitPolicy):
     fixed_threshold = 0.0
     needs_labels = True
 
-    def score(self, e: int, seen: ExitRecords) -> torch.Tensor:  # noqa: D102
+    def score(self, e: int, seen: ExitRecords) -> Array:  # noqa: D102
         if self.labels is None:
             raise ValueError("the oracle policy needs the labels; it exists for evaluation only")
-        return torch.where(seen.logits[e].argmax(-1) == self.labels, 0.0, float("-inf"))
+        xp = namespace(seen.logits[e])
+        right = xp.argmax(seen.logits[e], axis=-1) == self.labels
+        return xp.where(right, _constant(seen.logits[e], 0.0), _constant(seen.logits[e], -math.inf))

@@ -1,6 +1,8 @@
 """``distree serve``: the coordinator.
 
-Holds the exit heads and the calibrated policy. For every input it runs the stage loop:
+Holds the exit heads and the calibrated policy: a run's heads in PyTorch, or an export's
+in onnxruntime with no torch in the process (``ServedModel``). For every input it runs
+the stage loop:
 send the input to every usable worker, gather pooled vectors stage by stage with a
 per-stage deadline, fuse those that arrived, apply the policy, and on exit tell the
 workers to drop the request. A worker that fails or misses a deadline is left out of
@@ -18,22 +20,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
-import torch
+import numpy as np
 
+from distree.exits import Array
 from distree.inference.costs import ExitCosts
-from distree.inference.stage_loop import StageLoop, head_fusion
+from distree.inference.stage_loop import StageLoop
 from distree.policies import DEFAULT_POLICY, make_policy
 from distree.policies.calibration_file import model_thresholds
-from distree.run import RunDir
+from distree.policies.scores import softmax
 from distree.runtime import metrics
 from distree.runtime.batching import RowQueue
 from distree.runtime.health import NOT_SERVING, SERVING, serve_until_stopped, set_health, start_server
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
 from distree.runtime.security import TLSFiles
-from distree.runtime.tensors import InvalidTensor, from_proto, to_proto
+from distree.runtime.served_model import ServedModel
+from distree.runtime.tensors import InvalidTensor, array_from_proto, to_proto
 from distree.runtime.worker_link import LinkOptions, WorkerLink
-from distree.weights import load_weights
 
 log = logging.getLogger("distree.coordinator")
 
@@ -76,7 +79,7 @@ class CoordinatorOptions:
 class _Call:
     """An Infer call waiting for its group."""
 
-    images: torch.Tensor
+    images: np.ndarray
     arrived: float  # perf_counter seconds
     deadline_ms: float  # inf for none
     future: asyncio.Future
@@ -137,13 +140,13 @@ class _Lockstep:
         return {w: w.run_stage(req) for w in active}
 
     def rows(self, loop: StageLoop) -> int:
-        return loop.alive.numel()  # a worker runs only the rows still running
+        return loop.alive.shape[0]  # a worker runs only the rows still running
 
-    def running(self, vectors: torch.Tensor, loop: StageLoop) -> torch.Tensor:
+    def running(self, vectors: Array, loop: StageLoop) -> Array:
         return vectors
 
-    def went_on(self, go_on: torch.Tensor) -> None:
-        self.keep = go_on.nonzero().flatten().tolist() if not bool(go_on.all()) else []
+    def went_on(self, go_on: Array) -> None:
+        self.keep = np.flatnonzero(np.asarray(go_on)).tolist() if not bool(go_on.all()) else []
 
     def close(self) -> None:
         pass
@@ -160,12 +163,12 @@ class _Eager:
         return {w: self.ahead[w][k] for w in active}
 
     def rows(self, loop: StageLoop) -> int:
-        return loop.exit.numel()  # every row of the group, exited or not
+        return loop.exit.shape[0]  # every row of the group, exited or not
 
-    def running(self, vectors: torch.Tensor, loop: StageLoop) -> torch.Tensor:
+    def running(self, vectors: Array, loop: StageLoop) -> Array:
         return vectors[loop.alive]
 
-    def went_on(self, go_on: torch.Tensor) -> None:
+    def went_on(self, go_on: Array) -> None:
         pass
 
     def close(self) -> None:
@@ -178,29 +181,30 @@ class _Eager:
 class Coordinator(pb_grpc.CoordinatorServicer):
     """The application-facing inference service."""
 
-    def __init__(self, run: RunDir, workers: list[str], options: CoordinatorOptions, tls: TLSFiles, token: str | None):
-        meta = run.meta
-        self.meta = meta
+    def __init__(
+        self, model: ServedModel, workers: list[str], options: CoordinatorOptions, tls: TLSFiles, token: str | None
+    ):
+        self.model = model
         self.options = options
-        self.student = run.build_student(meta)
-        # Only the heads' weights: the branches live on the devices.
-        load_weights(self.student.heads, run.student_file, prefix="heads.")
-        self.student.eval()
         self.policy = make_policy(options.policy)
-        self.thresholds = model_thresholds(self.policy, self.student, run.read_calibration())
-        self.costs = ExitCosts(self.student.macs, self.policy)
+        try:
+            self.thresholds = model_thresholds(self.policy, model, model.calibration)
+        except ValueError as err:
+            raise ValueError(f"{model.source}: {err}") from None
+        self.costs = ExitCosts(model.macs, self.policy)
         self.exit_macs = [int(m) for m in self.costs.per_exit().tolist()]
-        self.input_shape = (meta.data.in_channels, meta.data.image_size, meta.data.image_size)
-        n = self.student.num_branches
+        self.input_shape = model.input_shape
+        n = model.num_branches
         if len(workers) != n:
-            raise ValueError(f"{run.path} has {n} branches but {len(workers)} worker addresses were given")
+            raise ValueError(f"{model.source} has {n} branches but {len(workers)} worker addresses were given")
         twice = sorted({a for a in workers if workers.count(a) > 1})
         if twice:
             raise ValueError(f"worker addresses given more than once: {', '.join(twice)} (one address per branch)")
         backoff = LinkOptions(options.retry_initial_s, options.retry_max_s)
         instances: dict[str, WorkerLink] = {}  # worker process -> the link that uses it
         self.links = [
-            WorkerLink(a, i, tls, token, backoff, run.branch_fingerprint(i), instances) for i, a in enumerate(workers)
+            WorkerLink(a, i, tls, token, backoff, model.branch_fingerprints[i], instances)
+            for i, a in enumerate(workers)
         ]
         self._queue: RowQueue[_Call] = RowQueue()
         self._slots = asyncio.Semaphore(options.max_groups)
@@ -214,7 +218,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         while True:
             now = time.monotonic()
             await asyncio.gather(
-                *(w.probe(self.student.num_exits) for w in self.links if not w.up and now >= w.next_try),
+                *(w.probe(self.model.num_exits) for w in self.links if not w.up and now >= w.next_try),
                 *(w.check() for w in self.links if w.up and now >= w.next_check),
             )
             await asyncio.sleep(0.05)
@@ -223,7 +227,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
 
     async def _gather(
         self, calls: dict[WorkerLink, asyncio.Future], k: int, rows: int
-    ) -> tuple[dict[WorkerLink, torch.Tensor], float]:
+    ) -> tuple[dict[WorkerLink, Array], float]:
         """Wait for stage ``k`` (``rows`` vectors) from every call until the stage deadline;
         drop the rest.
 
@@ -232,6 +236,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         for t in pending:
             t.cancel()
         got = {}
+        xp = self.model.fusion.xp  # the vectors go to the heads as the kind of array they take
         worker_ms = 0.0
         timeout_s = self.options.stage_timeout_ms / 1000
         for w, t in calls.items():
@@ -251,7 +256,9 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                 continue
             reply = t.result()
             try:
-                got[w] = from_proto(reply.pooled, f"branch {w.branch} vectors", ("float32",), (rows, None))
+                got[w] = xp.asarray(
+                    array_from_proto(reply.pooled, f"branch {w.branch} vectors", ("float32",), (rows, None))
+                )
                 worker_ms = max(worker_ms, reply.queue_ms + reply.compute_ms)
             except InvalidTensor as bad:
                 w.failed(str(bad))
@@ -259,9 +266,9 @@ class Coordinator(pb_grpc.CoordinatorServicer):
 
     async def run_group(
         self,
-        images: torch.Tensor,
-        arrived: torch.Tensor,
-        deadline_ms: torch.Tensor,
+        images: np.ndarray,
+        arrived: np.ndarray,
+        deadline_ms: np.ndarray,
         answer: Callable[[list[int], list[pb.InferResult]], None],
     ) -> None:
         """Run a group of inputs (uint8 (B, C, H, W)) through the stage loop together.
@@ -277,9 +284,9 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         if not active:
             log.warning("group failed: no worker is up", extra={"group_id": gid, "inputs": rows})
             raise NoBranchError("no branch is available (all workers are down)")
-        n, E = self.student.num_branches, self.student.num_exits
+        n, E = self.model.num_branches, self.model.num_exits
         loop = StageLoop(
-            head_fusion(self.student.heads),
+            self.model.fusion,
             self.policy,
             self.thresholds,
             self.costs,
@@ -300,7 +307,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                 if not got:
                     log.warning("group failed: no branch answered", extra={"group_id": gid, "stage": k})
                     raise NoBranchError(f"no branch answered stage {k}")
-                vectors: list[torch.Tensor | None] = [None] * n
+                vectors: list[Array | None] = [None] * n
                 for w, v in got.items():
                     vectors[w.branch] = sends.running(v, loop)
                 now = time.perf_counter()
@@ -309,7 +316,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                 # The heads are a few thousand MACs: cheaper inline than a thread hop.
                 go_on = loop.step(k, vectors, stage_ms=dt, now_s=now)
                 metrics.COORD_STAGE_SECONDS.labels(str(k)).observe(dt / 1000)
-                if loop.left.numel():
+                if loop.left.shape[0]:
                     answer(loop.left.tolist(), self._results(gid, loop, worker_ms))
                 if loop.done:
                     break
@@ -335,7 +342,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
     def _results(self, gid: str, loop: StageLoop, worker_ms: list[float]) -> list[pb.InferResult]:
         """The answers of the rows the loop's latest step stopped."""
         out = loop.exited(loop.left)
-        probs = torch.softmax(out.logits, dim=-1)
+        probs = softmax(out.logits)
         results = []
         for e, p, prediction, reason, branches, macs in zip(
             out.exit.tolist(), probs.tolist(), out.predictions.tolist(), out.reason, out.branches, out.macs.tolist()
@@ -367,9 +374,9 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         all its inputs have exited."""
         answers = _CallAnswers(calls)
         try:
-            images = torch.cat([c.images for c in calls]) if len(calls) > 1 else calls[0].images
-            arrived = torch.tensor([c.arrived for c in calls], dtype=torch.float64)[answers.owner]
-            deadline = torch.tensor([c.deadline_ms for c in calls], dtype=torch.float64)[answers.owner]
+            images = np.concatenate([c.images for c in calls]) if len(calls) > 1 else calls[0].images
+            arrived = np.array([c.arrived for c in calls], dtype=np.float64)[answers.owner]
+            deadline = np.array([c.deadline_ms for c in calls], dtype=np.float64)[answers.owner]
             metrics.GROUP_INPUTS.observe(len(images))
             started = time.perf_counter()
             for c in calls:
@@ -423,7 +430,9 @@ class Coordinator(pb_grpc.CoordinatorServicer):
     async def Infer(self, request, context):  # noqa: N802 - gRPC method name
         """Answer a batch of inputs; they run with the other calls waiting at the time."""
         try:
-            images = from_proto(request.images, "images", ("uint8",), (None, *self.input_shape), MAX_INPUTS * 4096 * 3)
+            images = array_from_proto(
+                request.images, "images", ("uint8",), (None, *self.input_shape), MAX_INPUTS * 4096 * 3
+            )
         except InvalidTensor as err:
             metrics.REQUESTS.labels("invalid").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
@@ -436,9 +445,8 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         # the workers past the stage deadline, and other calls' groups run in between.
         loop = asyncio.get_running_loop()
         deadline = request.deadline_ms or math.inf
-        calls = [
-            _Call(part, t0, deadline, loop.create_future()) for part in images.split(self.options.max_group_inputs)
-        ]
+        size = self.options.max_group_inputs
+        calls = [_Call(images[i : i + size], t0, deadline, loop.create_future()) for i in range(0, len(images), size)]
         for call in calls:
             self._queue.put(call, len(call.images))
         self._admission.set()
@@ -456,21 +464,22 @@ class Coordinator(pb_grpc.CoordinatorServicer):
 
     async def ModelInfo(self, request, context):  # noqa: N802
         """Shapes, classes, exits, policy and per-exit MACs of the served model."""
+        m = self.model
         return pb.ModelInfoReply(
-            in_channels=self.meta.data.in_channels,
-            image_size=self.meta.data.image_size,
-            classes=self.meta.data.classes,
-            num_exits=self.student.num_exits,
-            num_branches=self.student.num_branches,
+            in_channels=m.input_shape[0],
+            image_size=m.input_shape[1],
+            classes=m.classes,
+            num_exits=m.num_exits,
+            num_branches=m.num_branches,
             policy=self.options.policy,
             mode=self.options.mode,
             exit_macs=self.exit_macs,
-            full_macs=int(self.student.macs.full()),
+            full_macs=int(m.macs.full()),
         )
 
 
 async def serve_coordinator(
-    run: RunDir,
+    model: ServedModel,
     workers: list[str],
     listen: str,
     options: CoordinatorOptions,
@@ -481,7 +490,7 @@ async def serve_coordinator(
 ) -> None:
     """Serve until stopped (``serve_until_stopped``); SERVING while at least one worker is
     usable, NOT_SERVING while none is."""
-    coord = Coordinator(run, workers, options, worker_tls, token)
+    coord = Coordinator(model, workers, options, worker_tls, token)
     server, health_servicer, port = await start_server(
         lambda srv: pb_grpc.add_CoordinatorServicer_to_server(coord, srv), listen, token, tls
     )

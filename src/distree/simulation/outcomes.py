@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import array_api_compat.torch
 import torch
 
 from distree.inference.recorded import fuse_exits
-from distree.inference.stage_loop import Fuse
+from distree.inference.stage_loop import Fusion
 from distree.models import DistrEEStudent, ExitOutput, ExitRecords
 
 
@@ -38,17 +39,10 @@ class ExitTables:
             self._records[mask] = fuse_exits(self.student, self.vectors, present)
         return self._records[mask]
 
-    def fusion(self, sample: int) -> Fuse:
+    def fusion(self, sample: int) -> Fusion:
         """The stage loop's fusion for one request on ``sample``: the recorded outputs of
         the branches that answered each stage, exactly as the heads would fuse them."""
-
-        def fuse(k: int, vectors: Sequence[torch.Tensor | None], agreement: bool) -> ExitOutput:
-            rec = self.records([b for b, v in enumerate(vectors) if v is not None])
-            rows = slice(sample, sample + 1)
-            agree = rec.agreement[k][rows] if agreement and rec.agreement is not None else None
-            return ExitOutput(rec.embeddings[k][rows], rec.logits[k][rows], agree)
-
-        return fuse
+        return _SampleFusion(self, sample)
 
     def sample_vectors(self, sample: int, k: int, present: Sequence[int]) -> list[torch.Tensor | None]:
         """Stage ``k``'s recorded vectors (1, d) of ``sample`` from the ``present`` branches."""
@@ -56,3 +50,18 @@ class ExitTables:
         return [
             self.vectors[b][k][sample : sample + 1] if b in keep else None for b in range(self.student.num_branches)
         ]
+
+
+class _SampleFusion:
+    """``ExitTables.fusion``: one sample's rows of the recorded exit outputs."""
+
+    xp = array_api_compat.torch
+
+    def __init__(self, tables: ExitTables, sample: int):
+        self.tables, self.sample = tables, sample
+
+    def __call__(self, k: int, vectors: Sequence[torch.Tensor | None], agreement: bool) -> ExitOutput:
+        rec = self.tables.records([b for b, v in enumerate(vectors) if v is not None])
+        rows = slice(self.sample, self.sample + 1)
+        agree = rec.agreement[k][rows] if agreement and rec.agreement is not None else None
+        return ExitOutput(rec.embeddings[k][rows], rec.logits[k][rows], agree)

@@ -1,0 +1,101 @@
+"""What the coordinator serves: the exit heads as a fusion, what each stage and head
+costs, the input's shape and the calibration, from a run (the heads in PyTorch) or from an
+ONNX export (the heads in onnxruntime, and no torch in the process).
+
+The stage loop, the policies and the protocol are the same either way; only where the
+heads run differs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from distree.config import parse_config
+from distree.exits import StudentMacs
+from distree.inference.stage_loop import Fusion
+from distree.policies.calibration_file import CalibrationFile
+
+#: Where the coordinator runs the exit heads: a run's weights in PyTorch, or an export's
+#: ONNX files in onnxruntime.
+HEAD_BACKENDS = ("torch", "onnxruntime")
+HeadBackend = Literal["torch", "onnxruntime"]
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The model as the coordinator sees it."""
+
+    source: Path  # the run or export directory, for messages
+    fusion: Fusion
+    macs: StudentMacs
+    input_shape: tuple[int, int, int]  # (C, H, W), uint8
+    classes: list[str]
+    branch_fingerprints: list[str]  # what a worker serving branch b must report
+    calibration: CalibrationFile | None
+
+    @property
+    def num_branches(self) -> int:
+        return len(self.macs.stage)
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.macs.head)
+
+
+def served_model(source: str | Path, backend: HeadBackend = "torch") -> ServedModel:
+    """The model of a run directory (``torch``) or of an export directory (``onnxruntime``)."""
+    if backend == "torch":
+        return _from_run(Path(source))
+    if backend == "onnxruntime":
+        return _from_export(Path(source))
+    raise ValueError(f"the heads' backend must be one of {', '.join(HEAD_BACKENDS)}, got {backend!r}")
+
+
+def _from_run(path: Path) -> ServedModel:
+    from distree.models import HeadFusion
+    from distree.run import RunDir
+    from distree.weights import load_weights
+
+    run = RunDir(path)
+    meta = run.meta
+    student = run.build_student(meta)
+    # Only the heads' weights: the branches live on the devices.
+    load_weights(student.heads, run.student_file, prefix="heads.")
+    student.eval()
+    return ServedModel(
+        source=path,
+        fusion=HeadFusion(student.heads),
+        macs=student.macs,
+        input_shape=(meta.data.in_channels, meta.data.image_size, meta.data.image_size),
+        classes=meta.data.classes,
+        branch_fingerprints=[run.branch_fingerprint(b) for b in range(student.num_branches)],
+        calibration=run.read_calibration(),
+    )
+
+
+def _from_export(path: Path) -> ServedModel:
+    try:
+        from distree.export.ort import OrtHeads
+    except ImportError as err:  # onnxruntime is an extra
+        raise ImportError(
+            f"--backend onnxruntime needs onnxruntime ({err.name} is not installed): pip install 'distree[onnx]'"
+        ) from None
+
+    heads = OrtHeads(path)
+    m = heads.manifest
+    calibration = None
+    if m.calibration:
+        file = path / m.calibration
+        calibration = parse_config(CalibrationFile, json.loads(file.read_text()), str(file))
+    return ServedModel(
+        source=path,
+        fusion=heads,
+        macs=StudentMacs([[s.macs for s in per] for per in m.stages], [h.macs for h in m.heads]),
+        input_shape=m.input_shape,
+        classes=m.classes,
+        branch_fingerprints=m.branch_fingerprints,
+        calibration=calibration,
+    )
