@@ -1,6 +1,6 @@
 """What each install role pulls in, resolved by pip without installing anything.
 
-A board's worker ('distree[onnx]') and a client (the core) must not pull in torch or the
+A board's worker or coordinator ('distree[onnx]') and a client (the core) must not pull in torch or the
 training, plotting and simulation stack; pip's own resolver, asked with --dry-run --report,
 says what an install would bring. Run from the repository root: python .ci/check_install_roles.py
 """
@@ -18,7 +18,7 @@ HEAVY = {"torch", "matplotlib", "simpy", "pillow", "tqdm", "scipy", "triton"}
 #: install target -> distributions it must not resolve to
 ROLES = {
     ".": HEAVY | {"onnxruntime", "onnx"},  # a client
-    ".[onnx]": HEAVY | {"onnx"},  # a board's worker
+    ".[onnx]": HEAVY | {"onnx"},  # a board's worker or coordinator
 }
 
 

@@ -97,6 +97,19 @@ def test_demo_refuses_an_export_without_onnxruntime(trained, tmp_path):
     assert main(argv) == 2
 
 
+def test_demo_refuses_an_export_whose_calibration_is_not_the_runs(trained, tmp_path, capsys):
+    """Its coordinators would decide with the export's thresholds and be compared with the run's."""
+    from distree.export.onnx_export import export_onnx
+
+    run, _ = trained
+    export = tmp_path / "export"
+    export_onnx(run, export)
+    (export / "calibration.json").write_text((export / "calibration.json").read_text().replace("0.", "0.0", 1))
+    argv = ["demo", "--run-dir", str(run.path), "--data", str(_data_dir(run)), "--limit", "4"]
+    assert main([*argv, "--backend", "onnxruntime", "--export", str(export)]) == 2
+    assert "carries another calibration" in capsys.readouterr().err
+
+
 def test_demo_on_the_workers_of_a_cluster_file(trained, tmp_path, capsys):
     import yaml
 

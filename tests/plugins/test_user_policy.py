@@ -1,5 +1,6 @@
 """A policy defined in a user's own module, registered without touching distree, runs in
-``calibrate``, ``eval``, ``serve`` and ``simulate`` (each its own ``python -m distree``)."""
+``calibrate``, ``eval``, ``serve`` (on the run, and on its export without torch) and
+``simulate`` (each its own ``python -m distree``)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from collections import Counter
 import pytest
 
 from distree.devtools.cluster import LocalCluster
+from distree.export.onnx_export import export_onnx
+from distree.run import RunDir
 from distree.runtime.client import DistreeClient
 
 USER_MODULE = '''
-import torch
-
+from distree.arrays import namespace
 from distree.policies import ExitPolicy, register_policy
+from distree.policies.scores import softmax
 
 
 @register_policy
@@ -28,8 +31,11 @@ class Margin(ExitPolicy):
     name = "user-margin"
 
     def score(self, e, seen):
-        top2 = seen.logits[e].float().softmax(-1).topk(2, dim=-1).values
-        return top2[:, 0] - top2[:, 1]
+        # Torch tensors where the heads run in PyTorch, numpy arrays on a coordinator that
+        # serves an export: array API functions (namespace) take either.
+        xp = namespace(seen.logits[e])
+        p = xp.sort(softmax(seen.logits[e]), axis=-1)
+        return p[:, -1] - p[:, -2]
 '''
 
 SCENARIO = """
@@ -85,14 +91,23 @@ def test_a_users_policy_is_calibrated_evaluated_served_and_simulated(trained, tm
     # Served: the coordinator process loads the module from $DISTREE_PLUGINS.
     monkeypatch.setenv("PYTHONPATH", env["PYTHONPATH"])
     monkeypatch.setenv("DISTREE_PLUGINS", "my_policies")
+    # ...and one serving the run's export, where the score gets numpy arrays, not torch tensors.
+    export_onnx(RunDir(run), tmp_path / "export")
     with LocalCluster(run, log_dir=tmp_path) as cluster:
         cluster.start_workers(3)
         address = cluster.start_coordinator(extra=["--policy", "user-margin"])
-        with DistreeClient(address) as client:
+        on_export = cluster.start_coordinator(
+            "export-coordinator",
+            extra=["--backend", "onnxruntime", "--policy", "user-margin"],
+            source=tmp_path / "export",
+        )
+        with DistreeClient(address) as client, DistreeClient(on_export) as board:
             assert client.model_info().policy == "user-margin"
             answers = client.infer(splits.test.images)
+            board_answers = board.infer(splits.test.images)
     served = Counter(a.exit for a in answers)
     assert [served[e] for e in range(len(histogram))] == histogram
+    assert [a.exit for a in board_answers] == [a.exit for a in answers]
 
     n = len(splits.test)
     scenario = tmp_path / "tiny.yaml"

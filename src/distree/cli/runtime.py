@@ -395,7 +395,16 @@ def _demo_export(run, export: str | None, logs: Path) -> Path:
     from distree.export.manifest import read_manifest
 
     if export:
-        read_manifest(export, run)
+        manifest = read_manifest(export, run)
+        # Its coordinators decide with the export's copy of the calibration, and every answer is
+        # compared with the run's thresholds: the two must be the same.
+        carried = (Path(export) / manifest.calibration).read_bytes() if manifest.calibration else None
+        current = run.calibration_file.read_bytes() if run.calibration_file.is_file() else None
+        if carried != current:
+            raise ValueError(
+                f"{export} carries another calibration than {run.path}'s (calibrated since it was exported, or "
+                "exported by an older distree): export it again"
+            )
         return Path(export)
     from distree.cli.args import log
     from distree.export.onnx_export import export_onnx

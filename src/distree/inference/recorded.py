@@ -135,7 +135,8 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float | list[float]:
 def exit_costs(model: DistrEEStudent, policy: str, present: Sequence[int] | None = None) -> torch.Tensor:
     """MACs (E,) of stopping at each exit under ``policy`` with the ``present`` branches
     (default: all), by the stage loop's cost rule (``ExitCosts``)."""
-    return torch.from_numpy(ExitCosts(model.macs, make_policy(policy)).per_exit(present))
+    # float32, as calibration has always read them (exact sums would move saved figures in the last digits).
+    return torch.from_numpy(ExitCosts(model.macs, make_policy(policy)).per_exit(present)).float()
 
 
 def scores_and_correct(policy: str, rec: ExitRecords, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -109,7 +109,7 @@ class ExitThresholds:
 
 def exit_scores(policy: ExitPolicy, records: ExitRecords) -> Array:
     """Scores (E, N) of every exit for recorded exit outputs (logits (E, N, K), ...)."""
-    xp = namespace(records.logits)
+    xp = namespace(records.logits[0])
     return xp.stack([policy.score(e, records.until(e)) for e in range(len(records.logits))])
 
 

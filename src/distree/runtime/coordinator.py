@@ -190,7 +190,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         try:
             self.thresholds = model_thresholds(self.policy, model, model.calibration)
         except ValueError as err:
-            raise ValueError(f"{model.source}: {err}") from None
+            raise ValueError(f"{model.source}: {err} ({model.calibration_hint})") from None
         self.costs = ExitCosts(model.macs, self.policy)
         self.exit_macs = [int(m) for m in self.costs.per_exit().tolist()]
         self.input_shape = model.input_shape

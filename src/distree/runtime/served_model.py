@@ -35,6 +35,8 @@ class ServedModel:
     classes: list[str]
     branch_fingerprints: list[str]  # what a worker serving branch b must report
     calibration: CalibrationFile | None
+    #: Said with a policy that has no thresholds here: how this kind of source gets them.
+    calibration_hint: str = "run 'distree calibrate' on the run"
 
     @property
     def num_branches(self) -> int:
@@ -84,7 +86,9 @@ def _from_export(path: Path) -> ServedModel:
             f"--backend onnxruntime needs onnxruntime ({err.name} is not installed): pip install 'distree[onnx]'"
         ) from None
 
-    heads = OrtHeads(path)
+    # One thread: the heads are a few thousand MACs a row, run inline on the event loop;
+    # onnxruntime's default pool (every core) would only contend with the gRPC work.
+    heads = OrtHeads(path, threads=1)
     m = heads.manifest
     calibration = None
     if m.calibration:
@@ -98,4 +102,6 @@ def _from_export(path: Path) -> ServedModel:
         classes=m.classes,
         branch_fingerprints=m.branch_fingerprints,
         calibration=calibration,
+        calibration_hint="an export carries the calibration its run had when exported: calibrate the run, "
+        "then export it again",
     )

@@ -1,8 +1,8 @@
 """Tensors on the wire: raw bytes with dtype and shape, checked on arrival.
 
-numpy arrays on both sides (``to_proto`` also takes a torch tensor); ``from_proto`` gives
-a torch tensor to the torch side, ``array_from_proto`` a numpy array to a process that
-runs without torch (a board's onnxruntime worker)."""
+numpy arrays on both sides (``to_proto`` also takes a torch tensor): ``array_from_proto``
+gives numpy arrays, which a process without torch can use (the coordinator on an export,
+an onnxruntime worker) and a torch one takes as they are (``torch.from_numpy``)."""
 
 from __future__ import annotations
 
@@ -35,19 +35,6 @@ def to_proto(t: np.ndarray | torch.Tensor) -> pb.Tensor:
         raise InvalidTensor(f"cannot send dtype {arr.dtype.name}; only {', '.join(DTYPES)}")
     data = arr.tobytes() if _NATIVE_IS_LITTLE else arr.astype(_LITTLE[name]).tobytes()
     return pb.Tensor(dtype=name, shape=arr.shape, data=data)
-
-
-def from_proto(
-    msg: pb.Tensor,
-    what: str,
-    dtypes: tuple[str, ...] = ("uint8", "float32"),
-    shape: tuple[int | None, ...] | None = None,
-    max_elements: int = 1 << 24,
-) -> torch.Tensor:
-    """``array_from_proto`` as a torch tensor."""
-    import torch
-
-    return torch.from_numpy(array_from_proto(msg, what, dtypes, shape, max_elements))
 
 
 def array_from_proto(
