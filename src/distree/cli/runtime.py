@@ -360,7 +360,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             if source is not None:
                 results[p]["torch_agreement"] = _torch_agreement(run, student, p, test.images[:n], reqs)
     if source is not None:
-        print(f"onnxruntime workers ({source}) against the torch model run in this process, same {n} images:")
+        print(
+            f"onnxruntime workers and coordinators ({source}) against the torch model run in this process, same {n} images:"
+        )
         for p in names:
             a = results[p]["torch_agreement"]
             print(
@@ -591,8 +593,8 @@ def add_runtime_commands(sub, add_data_args) -> None:
         "--backend",
         choices=["torch", "onnxruntime"],
         default="torch",
-        help="what the workers run: the run's torch weights, or an ONNX export under onnxruntime, whose "
-        "answers are then compared with the torch model's (default torch)",
+        help="what the workers and coordinators run: the run's torch weights, or an ONNX export under "
+        "onnxruntime (no torch in the cluster), whose answers are then compared with the torch model's (default torch)",
     )
     p.add_argument(
         "--export", help="with --backend onnxruntime: a 'distree export' of the run (default: export it now)"
