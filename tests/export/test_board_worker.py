@@ -35,24 +35,24 @@ def test_a_cluster_without_torch_answers_as_the_torch_coordinator(trained, tmp_p
     imported: the coordinator fuses with the exported heads (onnxruntime) and decides with
     the run's calibration shipped in the export. A torch coordinator over the same workers
     gives the same exits, predictions, branches and MACs, for a policy that reads the
-    fused embeddings and for one that reads the branches' agreement."""
+    fused embeddings (lockstep) and for one that reads the branches' agreement (eager)."""
     run, splits = trained
     export = tmp_path / "export"
     manifest = export_onnx(run, export)
     assert manifest.calibration == "calibration.json"
     board = ["env", f"PYTHONPATH={board_only}"]
     images = splits.test.images[:24]
-    policies = ("conf-then-feature-diff", "feature-agreement")
+    policies = {"conf-then-feature-diff": "lockstep", "feature-agreement": "eager"}  # policy -> mode
     with LocalCluster(run.path, log_dir=tmp_path, placement=lambda b: ("127.0.0.1", board)) as cluster:
         cluster.start_workers(RUNTIME_BRANCHES, extra=["--backend", "onnxruntime"], source=export)
         answers = {}
-        for policy in policies:
+        for policy, mode in policies.items():
             for backend in ("torch", "onnxruntime"):
                 name = f"{backend}-{policy}"
                 on_board = backend == "onnxruntime"
                 address = cluster.start_coordinator(
                     name,
-                    extra=["--backend", backend, "--policy", policy],
+                    extra=["--backend", backend, "--policy", policy, "--mode", mode],
                     source=export if on_board else None,
                     prefix=board if on_board else (),
                 )
