@@ -120,7 +120,7 @@ class TeacherTargets:
                         _write_targets(store, key, logits, features, start)
                     raise TimeLimitReached(
                         f"stopped at the time limit while computing the teacher's outputs ({start}/{len(images)} "
-                        f"images{', kept in ' + str(store) if store is not None else ''}); the same command continues"
+                        f"images{', kept in ' + str(store) if store is not None else ''})"
                     )
                 sample = torch.arange(start, min(start + rows_per_batch, len(images)))
                 sample = sample.repeat_interleave(v_count)
