@@ -57,13 +57,6 @@ def _pass_ms(run_stage, image, stages: int, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc (Linux only)")
-
-
 def main() -> None:
     """Export, measure each backend, print a table (and --json)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -106,7 +99,7 @@ def main() -> None:
                             pb.StageRequest(group_id=gid, stage=k, input=to_proto(image) if k == 0 else None),
                             timeout=10,
                         )
-            rows[name]["worker_peak_rss_mib"] = round(_peak_rss_mib(cluster.procs["worker0"].pid), 1)
+            rows[name]["worker_peak_rss_mib"] = round(cluster.peak_rss_mib("worker0"), 1)
     rows["torch fp32"]["package_mib"] = round(_package_mib("torch"), 1)
     for name in exports:
         rows[name]["package_mib"] = round(_package_mib("onnxruntime"), 1)

@@ -26,14 +26,6 @@ from distree.run import RunDir
 from distree.runtime.client import DistreeClient
 
 
-def peak_rss_mib(pid: int) -> float:
-    """The peak resident memory of a process (MiB)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc (Linux only)")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir")
@@ -56,7 +48,7 @@ def main() -> None:
             address = cluster.start_coordinator(name, extra=["--backend", name], source=b["source"])
             with DistreeClient(address, timeout_s=30) as client:
                 answers[name] = [client.infer(images[i : i + 1])[0] for i in range(len(images))]
-            b["peak_rss_mib"] = round(peak_rss_mib(cluster.procs[name].pid), 1)
+            b["peak_rss_mib"] = round(cluster.peak_rss_mib(name), 1)
             del b["source"]
     same = sum(
         (a.exit, a.prediction) == (b.exit, b.prediction)

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from distree.config import RunConfig, parse_config
 from distree.data.augment import Normalization
 from distree.models import DistrEEStudent, WideResNet
-from distree.policies.calibration_file import CalibrationFile
+from distree.policies.calibration_file import CalibrationFile, read_calibration_file
 from distree.provenance import Provenance
 from distree.weights import atomic_write_text, fingerprint, load_weights
 
@@ -102,7 +102,7 @@ class RunDir:
         """Parse calibration.json (None when the run is not calibrated), naming a bad field."""
         if not self.calibration_file.is_file():
             return None
-        return parse_config(CalibrationFile, json.loads(self.calibration_file.read_text()), str(self.calibration_file))
+        return read_calibration_file(self.calibration_file)
 
     def write_calibration(self, calibration: CalibrationFile) -> None:
         """Write calibration.json."""

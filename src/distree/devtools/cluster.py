@@ -195,6 +195,13 @@ class LocalCluster:
                 out[name] = (int(fields[11]) + int(fields[12])) / tick
         return out
 
+    def peak_rss_mib(self, name: str) -> float:
+        """The peak resident memory (MiB) of a running process so far (VmHWM, Linux /proc)."""
+        for line in Path(f"/proc/{self.procs[name].pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmHWM in /proc (Linux only)")
+
     def kill(self, name: str) -> None:
         """SIGKILL one process (a device dying)."""
         proc = self.procs[name]

@@ -13,11 +13,14 @@ branches present (k < N). An infinite threshold (never stop there) is written as
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, field_serializer, field_validator
 
+from distree.config import parse_config
 from distree.policies.base import ExitPolicy, ExitThresholds
 from distree.policies.registry import make_policy
 
@@ -85,6 +88,11 @@ class CalibrationFile(BaseModel):
     split: str
     samples: int
     policies: dict[str, PolicyCalibration]
+
+
+def read_calibration_file(path: Path) -> CalibrationFile:
+    """Parse a calibration.json, naming the bad field when it is invalid."""
+    return parse_config(CalibrationFile, json.loads(path.read_text()), str(path))
 
 
 def thresholds_for(policy: ExitPolicy, saved: CalibrationFile | None, *, branches: int, exits: int) -> ExitThresholds:

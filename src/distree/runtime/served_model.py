@@ -8,15 +8,13 @@ heads run differs.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from distree.config import parse_config
 from distree.exits import StudentMacs
 from distree.inference.stage_loop import Fusion
-from distree.policies.calibration_file import CalibrationFile
+from distree.policies.calibration_file import CalibrationFile, read_calibration_file
 
 #: Where the coordinator runs the exit heads: a run's weights in PyTorch, or an export's
 #: ONNX files in onnxruntime.
@@ -92,8 +90,7 @@ def _from_export(path: Path) -> ServedModel:
     m = heads.manifest
     calibration = None
     if m.calibration:
-        file = path / m.calibration
-        calibration = parse_config(CalibrationFile, json.loads(file.read_text()), str(file))
+        calibration = read_calibration_file(path / m.calibration)
     return ServedModel(
         source=path,
         fusion=heads,
