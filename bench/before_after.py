@@ -24,10 +24,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = [
     ("batch1_latency_ms", "runtime", "p50"),
+    ("batch1_latency_ms", "in_process", "p50"),
+    ("batch1_cpu_ms_per_stage", "coordinator"),
+    ("batch1_cpu_ms_per_stage", "worker0"),
     ("per_stage_overhead_ms_p50",),
     ("per_stage_coordinator_transport_ms_p50",),
     ("throughput_ratio",),
     ("throughput_ratio_one_input_calls",),
+    ("single_image_clients", "32", "latency_ms", "p99"),
     ("same_exit_fraction",),
 ]
 

@@ -1,17 +1,20 @@
-"""Where the coordinator's CPU goes: py-spy samples the coordinator of a local cluster
-while clients load it, and the samples are summed per function and per part of the work.
+"""Where the coordinator's (or a worker's) CPU goes: py-spy samples one process of a
+local cluster while clients load it, and the samples are summed per function and per part
+of the work.
 
 For each load (single-image calls from 1 client, then from --clients clients, by
-default), prints the coordinator's CPU per stage per input (the process's CPU time over
-the stage-inputs it ran) and the share of its samples in each part of the work:
-(samples are taken only from the thread holding the GIL: the coordinator's Python work,
-not its waits nor gRPC core's own threads) the gRPC core and its Python bindings, protobuf encoding and decoding, the asyncio event
-loop itself, the stage loop (fusion heads, policy, bookkeeping), tensor conversion, the
-coordinator's own Python, and the rest; then the functions with the most self time.
+default), prints the process's CPU per stage per input (its CPU time over the
+stage-inputs the requests ran) and the share of its samples in each part of the work
+(samples are taken only from the thread holding the GIL: the process's Python work, not
+its waits nor gRPC core's own threads): the gRPC core and its Python bindings, protobuf
+encoding and decoding, the asyncio event loop itself, the stage loop (fusion heads,
+policy, bookkeeping), tensor conversion, the coordinator's or the worker's own Python, a
+worker's branch compute, and the rest; then the functions with the most self time.
 Needs py-spy (``pip install py-spy``) and the right to trace a child process.
 
 Usage: python bench/profile_coordinator.py RUN_DIR --data PATH [--mode lockstep]
-       [--policy max-prob] [--clients 1,32] [--n 600] [--json FILE]
+       [--policy max-prob] [--clients 1,32] [--n 600] [--process coordinator|worker0]
+       [--json FILE]
 """
 
 from __future__ import annotations
@@ -35,13 +38,16 @@ from distree.runtime.loadgen import run_infer
 #: Part of the work -> substrings of a frame ("function (file:line)") that belong to it,
 #: tried in order on each sample's innermost distree-or-library frame chain.
 PARTS = [
+    ("branch compute", ("runtime/torch_stages.py", "runtime/ort_stages.py", "models/branch.py", "models/layers.py")),
     ("stage loop: fusion heads", ("models/heads.py",)),
     ("stage loop: policy", ("distree/policies/",)),
     ("stage loop: bookkeeping", ("inference/stage_loop.py", "inference/costs.py")),
     ("tensor conversion", ("runtime/tensors.py",)),
     ("protobuf", ("google/protobuf", "_pb2")),
     ("gRPC", ("grpc/", "grpc_", "cygrpc")),
-    ("coordinator Python", ("runtime/coordinator.py", "runtime/worker_link.py", "runtime/metrics.py", "prometheus")),
+    ("coordinator Python", ("runtime/coordinator.py", "runtime/worker_link.py")),
+    ("worker Python", ("runtime/worker.py", "runtime/stage_runner.py", "runtime/batching.py", "runtime/state_store.py")),
+    ("metrics", ("runtime/metrics.py", "prometheus")),
     ("asyncio event loop", ("asyncio/",)),
 ]
 
@@ -107,6 +113,7 @@ def main() -> None:
     ap.add_argument("--policy", default="max-prob")
     ap.add_argument("--clients", default="1,32", help="single-image client counts to profile under")
     ap.add_argument("--n", type=int, default=600, help="test images per load")
+    ap.add_argument("--process", default="coordinator", help="what to profile: coordinator, or workerN")
     ap.add_argument("--json")
     args = ap.parse_args()
     if shutil.which("py-spy") is None:
@@ -120,19 +127,22 @@ def main() -> None:
         "provenance": provenance().model_dump(),
         "mode": args.mode,
         "policy": args.policy,
+        "process": args.process,
         "loads": {},
     }
     tmp = Path(tempfile.mkdtemp(prefix="distree-profile-"))
     with LocalCluster(run.path, log_dir=tmp) as cluster:
         cluster.start_workers(len(meta.config.student.branches))
         coord = cluster.start_coordinator(extra=["--policy", args.policy, "--mode", args.mode])
-        pid = cluster.procs["coordinator"].pid
+        if args.process not in cluster.procs:
+            raise SystemExit(f"--process: no {args.process!r} in this cluster ({', '.join(cluster.procs)})")
+        pid = cluster.procs[args.process].pid
         run_infer(coord, images[:32], labels[:32], concurrency=4)  # warm-up
         for clients in (int(c) for c in args.clients.split(",")):
             # Time one load first, then profile a second one of the same length.
-            cpu0 = cluster.cpu_seconds()["coordinator"]
+            cpu0 = cluster.cpu_seconds()[args.process]
             load = run_infer(coord, images, labels, concurrency=clients)
-            cpu = cluster.cpu_seconds()["coordinator"] - cpu0
+            cpu = cluster.cpu_seconds()[args.process] - cpu0
             stage_inputs = sum(r["exit"] + 1 for r in load["requests"])
             wall = len(images) / load["throughput_per_s"]
             with concurrent_load(coord, images, labels, clients):
@@ -144,7 +154,7 @@ def main() -> None:
                 parts[classify(stack)] += count
                 self_time[stack[-1]] += count
             record = {
-                "coordinator_cpu_ms_per_stage_input": round(cpu * 1000 / stage_inputs, 3),
+                "cpu_ms_per_stage_input": round(cpu * 1000 / stage_inputs, 3),
                 "throughput_per_s": load["throughput_per_s"],
                 "samples": total,
                 "parts": {p: round(c / total, 3) for p, c in parts.most_common()},
@@ -152,8 +162,8 @@ def main() -> None:
             }
             results["loads"][str(clients)] = record
             print(
-                f"\n{clients} single-image client(s): coordinator CPU per stage per input "
-                f"{record['coordinator_cpu_ms_per_stage_input']:.3f} ms, {load['throughput_per_s']:.0f}/s, "
+                f"\n{clients} single-image client(s): {args.process} CPU per stage per input "
+                f"{record['cpu_ms_per_stage_input']:.3f} ms, {load['throughput_per_s']:.0f}/s, "
                 f"{total} samples"
             )
             for p, share in record["parts"].items():

@@ -17,7 +17,9 @@ Prints, on this machine:
   single-image clients: one input per call from each of --clients clients (8, 32 and 128
     by default; the coordinator groups waiting calls), in the same alternating rounds: the
     median throughput ratio to in-process, the coordinator's CPU per stage per input, and
-    the p50/p99 latency a client sees, at each count.
+    the p50/p99 latency a client sees, at each count; and every process's CPU per input
+    (workers, coordinator, the client), whose sum over this machine's cores bounds the
+    throughput, against the CPU the model takes per input in one process.
 
 Usage: python bench/runtime.py RUN_DIR --data PATH [--n 300] [--n-sat 2000] [--policy conf-then-feature-diff]
        [--mode lockstep] [--batch 128] [--calls 4] [--clients 8,32,128] [--concurrency 32] [--rounds 5]
@@ -112,7 +114,11 @@ def main() -> None:
     # In-process, saturated: its best batch size (torch's threads), over --n-sat inputs.
     inproc_by_batch = {b: in_process_throughput(b) for b in (32, 64, 128, 256)}
     best_b = max(inproc_by_batch, key=inproc_by_batch.get)
+    c0 = time.process_time()
+    in_process_throughput(best_b)
+    inproc_cpu_ms = (time.process_time() - c0) * 1000 / len(sat_images)  # the CPU the model needs per input
 
+    cores = len(os.sched_getaffinity(0))
     with LocalCluster(run.path, log_dir=Path(tempfile.mkdtemp(prefix="distree-bench-"))) as cluster:
         cluster.start_workers(student.num_branches)
         coord = cluster.start_coordinator(extra=["--policy", args.policy, "--mode", args.mode])
@@ -130,16 +136,23 @@ def main() -> None:
             rounds.append({"in_process": round(inproc, 1), "runtime": rt["throughput_per_s"]})
             for c in client_counts:
                 inproc = in_process_throughput(best_b)
-                coord_cpu0 = cluster.cpu_seconds()["coordinator"]
+                c0, client0 = cluster.cpu_seconds(), time.process_time()
                 rt = run_infer(coord, sat_images, sat_labels, concurrency=c)
-                coord_cpu = cluster.cpu_seconds()["coordinator"] - coord_cpu0
+                c1, client1 = cluster.cpu_seconds(), time.process_time()
+                coord_cpu = c1["coordinator"] - c0["coordinator"]
                 stage_inputs = sum(r["exit"] + 1 for r in rt["requests"])
+                # Every process's CPU per input answered: with all of them on this
+                # machine's cores, their sum bounds the throughput (cores / sum).
+                cpu_per_input = {n: (c1[n] - c0[n]) * 1000 / len(sat_images) for n in c1}
+                cpu_per_input["client"] = (client1 - client0) * 1000 / len(sat_images)
                 single_image[c].append(
                     {
                         "in_process": round(inproc, 1),
                         "runtime": rt["throughput_per_s"],
                         "ratio": round(rt["throughput_per_s"] / inproc, 3),
                         "coordinator_cpu_ms_per_stage_input": round(coord_cpu * 1000 / stage_inputs, 3),
+                        "cpu_ms_per_input": {n: round(v, 3) for n, v in cpu_per_input.items()},
+                        "cpu_bound_per_s": round(cores * 1000 / sum(cpu_per_input.values()), 1),
                         "latency_ms": {q: rt["latency_ms"][q] for q in ("p50", "p99")},
                         "failed": rt["failed"],
                     }
@@ -171,7 +184,6 @@ def main() -> None:
     cpu_per_stage["client"] = round((client1 - client0) / stages_run * 1000, 3)
     # Every process shares this machine's cores, so a stage takes at least all their CPU
     # per stage spread over every core: the floor its wall time cannot go below here.
-    cores = len(os.sched_getaffinity(0))
     stage_floor_ms = sum(cpu_per_stage.values()) / cores
     stage_wall = [s for r in single["requests"] for s in r["stage_ms"]]
     slowest_worker = [w for r in single["requests"] for w in r["worker_ms"]]
@@ -218,6 +230,7 @@ def main() -> None:
             "in_process": inproc_best,
             "in_process_by_batch": {str(b): round(t, 1) for b, t in inproc_by_batch.items()},
         },
+        "in_process_cpu_ms_per_input": round(inproc_cpu_ms, 3),
         "saturation_rounds": rounds,
         "saturation": {"batch": args.batch, "calls": args.calls, "one_input_calls": args.concurrency},
         "throughput_ratio": round(sat["throughput_per_s"] / inproc_best, 3),
@@ -263,13 +276,22 @@ def main() -> None:
         f"{', '.join(map(str, inproc_by_batch))}); ratio {result['throughput_ratio']:.2f} (median of "
         f"{', '.join(f'{r:.2f}' for r in ratios)})"
     )
-    print("single-image clients (one input per call; median of the alternating rounds):")
+    print(
+        f"single-image clients (one input per call; median of the alternating rounds); in-process the model "
+        f"takes {inproc_cpu_ms:.2f} ms of CPU per input at batch {best_b}:"
+    )
     for c, m in single_image_median.items():
         print(
             f"  {c:>4} clients: runtime {m['runtime']:.0f}/s, in-process {m['in_process']:.0f}/s, ratio "
             f"{m['ratio']:.2f} (of {', '.join(f'{r:.2f}' for r in m['ratios'])}); coordinator CPU per stage "
             f"per input {m['coordinator_cpu_ms_per_stage_input']:.3f} ms; latency p50 {m['latency_ms']['p50']:.1f} "
             f"ms, p99 {m['latency_ms']['p99']:.1f} ms" + (f"; {m['failed']} FAILED" if m["failed"] else "")
+        )
+        cpu = m["cpu_ms_per_input"]
+        workers = sum(v for n, v in cpu.items() if n.startswith("worker"))
+        print(
+            f"         CPU per input: workers {workers:.2f} ms in all, coordinator {cpu['coordinator']:.2f} ms, "
+            f"client {cpu['client']:.2f} ms; on {cores} cores that bounds throughput at {m['cpu_bound_per_s']:.0f}/s"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -138,6 +138,31 @@ def test_run_on_streams_every_stage_then_frees_the_group(worker):
     assert _wait_active(address, 0) == 0  # the last stage frees the group
 
 
+def test_eager_groups_on_one_session_answer_each_stage_once_in_order(worker):
+    """Several eager groups started in one batch: however the worker packs their answers
+    into replies, each (group, stage) comes exactly once, in stage order per group."""
+    address, images = worker
+
+    async def go():
+        async with grpc.aio.insecure_channel(address) as ch:
+            stages = (await pb_grpc.WorkerStub(ch).Info(pb.InfoRequest(), timeout=5)).num_stages
+            call, q = _raw_session(ch)
+            groups = ["m0", "m1", "m2"]
+            items = [pb.StageRequest(group_id=g, stage=0, input=to_proto(images), run_on=True) for g in groups]
+            q.put_nowait(pb.StageBatch(items=items, seq=1))
+            got = []
+            while len(got) < len(groups) * stages:
+                got += [(i.group_id, i.stage, i.error) for i in (await call.read()).items]
+            call.cancel()
+            return groups, stages, got
+
+    groups, stages, got = asyncio.run(go())
+    assert all(not err for _, _, err in got)
+    for g in groups:
+        assert [k for gid, k, _ in got if gid == g] == list(range(stages))
+    assert _wait_active(address, 0) == 0
+
+
 def test_run_on_needs_a_session(worker):
     address, images = worker
     item = pb.StageRequest(group_id="u", stage=0, input=to_proto(images), run_on=True)
