@@ -2,11 +2,14 @@
 
 Starts an echo server in its own process (spawn) with one unary and one bidirectional
 streaming method (raw bytes, no protobuf work), then sends small messages from a client
-for a few seconds each way. Prints wall time per round trip and server CPU per message.
-It sizes what the runtime would save by carrying stages on one long-lived stream per
-worker instead of one unary call per stage.
+for a few seconds each way. Prints wall time per round trip and the CPU per message of
+the server and of the client (this process, gRPC's threads included). It sizes what the
+runtime would save by carrying stages on one long-lived stream per worker instead of one
+unary call per stage. Last, what a lockstep stage costs the coordinator in gRPC alone:
+one message out and one back on each of --streams streams (one per worker), fed the way
+the coordinator feeds its sessions (an async generator per stream).
 
-Usage: python bench/grpc_unary_vs_stream.py [--seconds 4] [--bytes 256]
+Usage: python bench/grpc_unary_vs_stream.py [--seconds 4] [--bytes 256] [--streams 4]
 """
 
 from __future__ import annotations
@@ -55,29 +58,55 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / 100
 
 
-async def _measure(port: int, pid: int, seconds: float, size: int) -> None:
+async def _timed(pid: int, seconds: float, round_trip) -> str:
+    """Run ``round_trip`` for ``seconds``: wall time, server CPU and client CPU per round."""
+    n, cpu0, client0, t0 = 0, _cpu_s(pid), time.process_time(), time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        await round_trip()
+        n += 1
+    wall, cpu = (time.perf_counter() - t0) / n * 1000, (_cpu_s(pid) - cpu0) / n * 1000
+    client = (time.process_time() - client0) / n * 1000
+    return f"{wall:.3f} ms round trip, {cpu:.3f} ms server CPU, {client:.3f} ms client CPU ({n} rounds)"
+
+
+async def _measure(port: int, pid: int, seconds: float, size: int, streams: int) -> None:
     payload = b"x" * size
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
         unary = ch.unary_unary(f"/{SERVICE}/Unary", _identity, _identity)
-        await unary(payload, timeout=5)
-        n, cpu0, t0 = 0, _cpu_s(pid), time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            await unary(payload, timeout=5)
-            n += 1
-        wall, cpu = (time.perf_counter() - t0) / n * 1000, (_cpu_s(pid) - cpu0) / n * 1000
-        print(f"unary call per message: {wall:.3f} ms round trip, {cpu:.3f} ms server CPU ({n} messages)")
 
-        call = ch.stream_stream(f"/{SERVICE}/Stream", _identity, _identity)(timeout=seconds * 4)
-        await call.write(payload)
-        await call.read()
-        n, cpu0, t0 = 0, _cpu_s(pid), time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
+        async def unary_round() -> None:
+            await unary(payload, timeout=5)
+
+        await unary_round()
+        print(f"unary call per message: {await _timed(pid, seconds, unary_round)}")
+
+        call = ch.stream_stream(f"/{SERVICE}/Stream", _identity, _identity)(timeout=seconds * 8)
+
+        async def stream_round() -> None:
             await call.write(payload)
             await call.read()
-            n += 1
-        wall, cpu = (time.perf_counter() - t0) / n * 1000, (_cpu_s(pid) - cpu0) / n * 1000
+
+        await stream_round()
+        print(f"one stream, per message:  {await _timed(pid, seconds, stream_round)}")
         await call.done_writing()
-        print(f"one stream, per message:  {wall:.3f} ms round trip, {cpu:.3f} ms server CPU ({n} messages)")
+
+        queues: list[asyncio.Queue] = [asyncio.Queue() for _ in range(streams)]
+
+        async def fed(q: asyncio.Queue):
+            while (m := await q.get()) is not None:
+                yield m
+
+        calls = [ch.stream_stream(f"/{SERVICE}/Stream", _identity, _identity)(fed(q), timeout=seconds * 8) for q in queues]
+
+        async def fan_out_round() -> None:
+            for q in queues:
+                q.put_nowait(payload)
+            await asyncio.gather(*(c.read() for c in calls))
+
+        await fan_out_round()
+        print(f"a message to and from each of {streams} streams: {await _timed(pid, seconds, fan_out_round)}")
+        for q in queues:
+            q.put_nowait(None)
 
 
 def main() -> None:
@@ -85,6 +114,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--bytes", type=int, default=256)
+    ap.add_argument("--streams", type=int, default=4, help="streams of the fan-out round (workers)")
     ap.add_argument("--port", type=int, default=50977)
     args = ap.parse_args()
     ctx = mp.get_context("spawn")
@@ -95,7 +125,7 @@ def main() -> None:
         if not ready.wait(30):
             raise RuntimeError("echo server did not start")
         print(f"machine: {os.cpu_count()} CPUs; message {args.bytes} bytes")
-        asyncio.run(_measure(args.port, proc.pid, args.seconds, args.bytes))
+        asyncio.run(_measure(args.port, proc.pid, args.seconds, args.bytes, args.streams))
     finally:
         proc.terminate()
         proc.join()
