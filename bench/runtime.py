@@ -116,7 +116,8 @@ def main() -> None:
     best_b = max(inproc_by_batch, key=inproc_by_batch.get)
     c0 = time.process_time()
     in_process_throughput(best_b)
-    inproc_cpu_ms = (time.process_time() - c0) * 1000 / len(sat_images)  # the CPU the model needs per input
+    # The CPU the model needs per input, measured once here (the rounds below time it only).
+    inproc_cpu_ms = (time.process_time() - c0) * 1000 / len(sat_images)
 
     cores = len(os.sched_getaffinity(0))
     with LocalCluster(run.path, log_dir=Path(tempfile.mkdtemp(prefix="distree-bench-"))) as cluster:
@@ -141,8 +142,9 @@ def main() -> None:
                 c1, client1 = cluster.cpu_seconds(), time.process_time()
                 coord_cpu = c1["coordinator"] - c0["coordinator"]
                 stage_inputs = sum(r["exit"] + 1 for r in rt["requests"])
-                # Every process's CPU per input answered: with all of them on this
-                # machine's cores, their sum bounds the throughput (cores / sum).
+                # Every process's CPU per input sent (the failed ones are counted in
+                # "failed"): with all of them on this machine's cores, their sum bounds the
+                # throughput (cores / sum).
                 cpu_per_input = {n: (c1[n] - c0[n]) * 1000 / len(sat_images) for n in c1}
                 cpu_per_input["client"] = (client1 - client0) * 1000 / len(sat_images)
                 single_image[c].append(
