@@ -10,7 +10,7 @@ Prints, on this machine:
     the coordinator - the slowest worker's own time for the stage), also with only 2 and 1
     workers up (fewer processes competing for the CPU); CPU each process (and the client)
     spends per stage at batch 1 (Linux /proc), and the floor that puts under a stage's
-    wall time when every process shares this machine's cores;
+    and a request's wall time when every process shares this machine's cores;
   throughput at saturation: runtime (calls of --batch inputs, --calls in flight) vs
     in-process (at its best of batch 32, 64, 128 and 256), in --rounds alternating rounds,
     median ratio;
@@ -187,6 +187,10 @@ def main() -> None:
     # Every process shares this machine's cores, so a stage takes at least all their CPU
     # per stage spread over every core: the floor its wall time cannot go below here.
     stage_floor_ms = sum(cpu_per_stage.values()) / cores
+    # The same for a whole request: one at a time, a request cannot take less wall time
+    # than all the CPU it costs (every process, the client too) spread over every core.
+    request_floor_ms = sum(cpu1[n] - cpu0[n] for n in cpu1) * 1000 / cores / len(images)
+    request_floor_ms += (client1 - client0) * 1000 / cores / len(images)
     stage_wall = [s for r in single["requests"] for s in r["stage_ms"]]
     slowest_worker = [w for r in single["requests"] for w in r["worker_ms"]]
     rt_ms = [r["latency_ms"] for r in single["requests"]]
@@ -225,6 +229,10 @@ def main() -> None:
             "wall": float(np.percentile(stage_wall, 50)),
             "slowest_worker": float(np.percentile(slowest_worker, 50)),
             "cpu_floor": round(stage_floor_ms, 3),
+        },
+        "batch1_request_ms": {
+            "runtime_p50": float(np.percentile(rt_ms, 50)),
+            "cpu_floor": round(request_floor_ms, 3),
         },
         "throughput_per_s": {
             "runtime": sat["throughput_per_s"],
@@ -265,6 +273,10 @@ def main() -> None:
         f"CPU per stage at batch 1: coordinator {cpu_per_stage['coordinator']:.2f} ms, each worker "
         f"{min(workers):.2f}-{max(workers):.2f} ms, client {cpu_per_stage['client']:.2f} ms; the whole "
         f"stage in one process on one thread: {stage_cpu_ms:.2f} ms"
+    )
+    print(
+        f"batch-1 latency p50 {np.percentile(rt_ms, 50):.2f} ms; its floor from CPU: {request_floor_ms:.2f} ms (all "
+        f"processes' CPU per request, the client's too, over {cores} cores)"
     )
     if args.mode == "lockstep":  # (eager workers run ahead: their stages overlap)
         print(
