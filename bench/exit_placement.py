@@ -6,13 +6,15 @@ group only, versus every block. Each policy is calibrated on the validation spli
 same target and measured on the test split; computation counts only the heads of the
 exits in use.
 
-Usage: python bench/exit_placement.py RUN_DIR --data PATH [--max-drop 0.5]
+Usage: python bench/exit_placement.py RUN_DIR --data PATH [--max-drop 0.5] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -20,6 +22,7 @@ from distree.evaluation.offline import record_val_test
 from distree.models import ExitRecords
 from distree.policies import exit_scores, make_policy
 from distree.policies.calibration import calibrate, outcome
+from distree.provenance import provenance
 from distree.run import RunDir
 
 
@@ -29,6 +32,7 @@ def main() -> None:
     ap.add_argument("run_dir")
     ap.add_argument("--data")
     ap.add_argument("--max-drop", type=float, default=0.5)
+    ap.add_argument("--json", help="also write the rows, with the run, the seconds and provenance, here")
     args = ap.parse_args()
     t0 = time.perf_counter()
     run = RunDir(args.run_dir)
@@ -41,7 +45,8 @@ def main() -> None:
     stage = [sum(macs.stage[b][e] for b in range(student.num_branches)) for e in range(len(points))]
     full = float(sum(stage) + macs.head[-1])
     print(f"run {run.path}: exit points {points}; target drop <= {args.max_drop} pp at 90% confidence")
-    print(f"{'exits':<12}{'policy':<14}{'test acc':>9}{'test drop':>10}{'test saving':>12}")
+    rows = []
+    print(f"{'exits':<12}{'policy':<24}{'test acc':>9}{'test drop':>10}{'test saving':>12}")
     for name, keep in sets.items():
         # Stopping at kept exit j costs the stages up to it plus the kept heads on the way.
         costs = torch.tensor(
@@ -57,8 +62,30 @@ def main() -> None:
             cal = calibrate(sc["val"], ok["val"], costs, full, max_drop_pp=args.max_drop)
             o = outcome(sc["test"], ok["test"], costs, cal.thresholds)
             drop = (float(ok["test"][-1].float().mean()) - o.accuracy) * 100
-            print(f"{name:<12}{pol:<14}{o.accuracy:>9.2%}{drop:>10.2f}{1 - o.macs_per_sample / full:>12.1%}")
-    print(f"({time.perf_counter() - t0:.0f}s)")
+            saving = 1 - o.macs_per_sample / full
+            rows.append(
+                {
+                    "exits": name,
+                    "exit_indices": keep,
+                    "policy": pol,
+                    "test_accuracy": round(o.accuracy, 4),
+                    "test_drop_pp": round(drop, 2),
+                    "saving": round(saving, 4),
+                }
+            )
+            print(f"{name:<12}{pol:<24}{o.accuracy:>9.2%}{drop:>10.2f}{saving:>12.1%}")
+    seconds = time.perf_counter() - t0
+    print(f"({seconds:.0f}s)")
+    if args.json:
+        result = {
+            "run": str(run.path),
+            "exit_points": points,
+            "max_drop_pp": args.max_drop,
+            "rows": rows,
+            "seconds": round(seconds, 1),
+            "provenance": provenance().model_dump(),
+        }
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -20,15 +20,17 @@ calibrated on the validation split for 0.5 / 1 / 2 points at 90% confidence.
                   feature of the class) minus cosine to the second nearest: confidence measured
                   in feature space, not a difference of features
 
-Usage: python bench/feature_criteria.py RUN_DIR --data PATH [--train-samples 10000]
+Usage: python bench/feature_criteria.py RUN_DIR --data PATH [--train-samples 10000] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import platform
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +39,7 @@ from distree.data import load_data
 from distree.evaluation.policies import REPORTED_TARGETS_PP, auroc
 from distree.inference.recorded import branch_vectors, exit_costs, fuse_exits
 from distree.policies.calibration import calibrate, outcome
+from distree.provenance import provenance
 from distree.run import RunDir
 
 
@@ -87,6 +90,7 @@ def main() -> None:
     ap.add_argument("run_dir")
     ap.add_argument("--data")
     ap.add_argument("--train-samples", type=int, default=10_000, help="training images for the fitted parts")
+    ap.add_argument("--json", help="also write the table, with the run, the seconds and provenance, here")
     args = ap.parse_args()
     t0 = time.perf_counter()
     run = RunDir(args.run_dir)
@@ -152,17 +156,31 @@ def main() -> None:
     head = "".join(f"{f'AUROC {e}':>9}" for e in range(num_exits - 1))
     tgt = "".join(f"{f'{t} pp: drop / saving':>24}" for t in REPORTED_TARGETS_PP)
     print(f"{'candidate':<15}{head}{tgt}")
+    rows = {}
     for name in scores["test"]:
         au = [auroc(scores["test"][name][e], right["test"][e]) for e in range(num_exits - 1)]
-        cells = []
+        cells, at_targets = [], []
         for t in REPORTED_TARGETS_PP:
             cal = calibrate(scores["val"][name], right["val"], costs, full, max_drop_pp=t)
             o = outcome(scores["test"][name], right["test"], costs, cal.thresholds)
-            cells.append(
-                f"{round((full_acc - o.accuracy) * 100, 2) + 0.0:>15.2f} / {1 - o.macs_per_sample / full:>6.1%}"
-            )
+            drop, saving = round((full_acc - o.accuracy) * 100, 2) + 0.0, 1 - o.macs_per_sample / full
+            at_targets.append({"target_pp": t, "test_drop_pp": drop, "saving": round(saving, 4)})
+            cells.append(f"{drop:>15.2f} / {saving:>6.1%}")
+        rows[name] = {"auroc": [round(a, 6) for a in au], "at_targets": at_targets}
         print(f"{name:<15}" + "".join(f"{a:>9.3f}" for a in au) + "".join(cells))
-    print(f"({time.perf_counter() - t0:.0f} s)")
+    seconds = time.perf_counter() - t0
+    print(f"({seconds:.0f} s)")
+    if args.json:
+        result = {
+            "run": str(run.path),
+            "data": splits.source,
+            "train_samples": len(pick),
+            "exit_accuracy_test": [round(float(r.float().mean()), 4) for r in right["test"]],
+            "candidates": rows,
+            "seconds": round(seconds, 1),
+            "provenance": provenance().model_dump(),
+        }
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
