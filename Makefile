@@ -16,15 +16,23 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
-.PHONY: demo quickstart test
+.PHONY: demo quickstart test test-fast lint
 demo: $(VENV)/.installed
 	$(VENV)/bin/distree demo --data $(DATA)
 
 quickstart: $(VENV)/.installed
 	$(VENV)/bin/distree quickstart --data $(DATA)
 
+# The whole suite, real processes included (tests marked e2e); CI runs this.
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest tests
+
+# Everything but the tests that start processes (e2e) or take long (slow): for every edit.
+test-fast: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest tests -m "not e2e and not slow"
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
 
 .PHONY: proto
 proto: $(VENV)/.installed  # regenerate the committed gRPC code from distree.proto
@@ -35,7 +43,7 @@ proto: $(VENV)/.installed  # regenerate the committed gRPC code from distree.pro
 #   make results RUN=models/fashion-mnist RUN_DATA=../shared/data/fashion-mnist
 # (RUN/calibration.json; RUN/eval.json and eval.txt; the simulator report and each shipped
 # scenario under reports/NAME/; the int8 export evaluated as it ships, RUN/eval-onnxruntime-int8.*;
-# the runtime demo, RUN/demo.json). The README tables then come from bench/results_table.py.
+# the runtime demo, RUN/demo.json). The README tables then come from bench/tools/results_table.py.
 RUN ?= models/cifar10
 RUN_DATA ?= $(DATA)
 EXPORT_DIR := build/export-$(notdir $(RUN))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,6 +102,22 @@ def image_folder(tmp_path):
 
 
 RUNTIME_BRANCHES = 3
+SHIPPED_FMNIST = Path(__file__).parents[1] / "models" / "fashion-mnist"
+
+
+@pytest.fixture(scope="session")
+def fmnist_cluster():
+    """The shipped Fashion-MNIST model served in this process: {policy: coordinator address}
+    for the default policy and ``max-prob``."""
+    from servers import ThreadCluster
+
+    from distree.policies import DEFAULT_POLICY
+    from distree.runtime.coordinator import CoordinatorOptions
+
+    with ThreadCluster(SHIPPED_FMNIST) as cluster:
+        cluster.start_workers(4)
+        policies = dict.fromkeys([DEFAULT_POLICY, "max-prob"])
+        yield {p: cluster.start_coordinator(CoordinatorOptions(policy=p)) for p in policies}
 
 
 @pytest.fixture(scope="session")

@@ -6,14 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import RUNTIME_BRANCHES
+from servers import ThreadCluster
 
-from distree.devtools.cluster import LocalCluster
 from distree.evaluation.policies import model_thresholds
 from distree.evaluation.record import record_trace
 from distree.inference.inprocess import early_exit_batch
 from distree.inference.recorded import exit_costs, student_exits
 from distree.policies import decide_exits, exit_scores, make_policy, policy_names
 from distree.runtime.client import DistreeClient
+from distree.runtime.coordinator import CoordinatorOptions
 from distree.simulation.engine import Model, run_system
 from distree.simulation.scenario import Scenario
 
@@ -21,7 +22,7 @@ POLICIES = policy_names(servable=True)
 
 
 @pytest.fixture(scope="module")
-def executors(trained, tmp_path_factory):
+def executors(trained):
     """Every executor's (exits, predictions, MACs) per policy on the test split."""
     run, splits = trained
     student, meta = run.load_student(), run.read_meta()
@@ -39,9 +40,9 @@ def executors(trained, tmp_path_factory):
         }
     )
     out: dict[str, dict[str, tuple[list, list, list]]] = {p: {} for p in POLICIES}
-    with LocalCluster(run.path, log_dir=tmp_path_factory.mktemp("agree")) as cluster:
+    with ThreadCluster(run.path) as cluster:
         cluster.start_workers(RUNTIME_BRANCHES)
-        coords = cluster.start_coordinators({p: ["--policy", p] for p in POLICIES})
+        coords = {p: cluster.start_coordinator(CoordinatorOptions(policy=p)) for p in POLICIES}
         for p in POLICIES:
             policy, thresholds = make_policy(p), model_thresholds(p, student, saved)
             exits = decide_exits(exit_scores(policy, rec), thresholds.at(student.num_branches))

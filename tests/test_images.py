@@ -15,7 +15,6 @@ from PIL import Image
 import distree
 from distree.cli.main import main
 from distree.data import load_data
-from distree.devtools.cluster import LocalCluster
 from distree.images import as_model_input, image_files
 from distree.inference.inprocess import early_exit_batch
 from distree.runtime.client import DistreeClient
@@ -104,31 +103,29 @@ def test_load_predicts_as_the_stage_loop_does(fmnist_test):
     assert frame.class_name in model.classes and 0 < frame.probability <= 1
 
 
-def test_classify_and_infer_images_through_a_cluster(fmnist_test, tmp_path, capsys):
+def test_classify_and_infer_images_through_a_cluster(fmnist_test, fmnist_cluster, tmp_path, capsys):
     shoe = fmnist_test.images[0, 0].numpy()  # one test image, 28x28, as a camera would not give it:
     big = np.asarray(Image.fromarray(shoe).resize((64, 64)).convert("RGB"))  # 64x64 RGB
     Image.fromarray(big).save(tmp_path / "frame.png")
     (tmp_path / "frames").mkdir()
     Image.fromarray(big).save(tmp_path / "frames" / "again.jpg")
     classes = distree.load(FMNIST).classes
-    with LocalCluster(FMNIST, log_dir=tmp_path) as cluster:
-        cluster.start_workers(4)
-        address = cluster.start_coordinator(extra=["--policy", "max-prob"])
-        with DistreeClient(address, timeout_s=30) as client:
-            (answer,) = client.classify(big)
-            assert answer.class_name == classes[answer.prediction]
-            assert [a.class_name for a in client.classify([tmp_path / "frame.png", _png(big)])] == [
-                answer.class_name
-            ] * 2
-        assert main(["infer", "--server", address, str(tmp_path / "frame.png")]) == 0
-        printed = capsys.readouterr().out
-        assert printed.startswith(f"{tmp_path / 'frame.png'}\t{answer.class_name}\t")
-        assert (
-            main(["infer", "--server", address, str(tmp_path / "frame.png"), str(tmp_path / "frames"), "--json", "-"])
-            == 0
-        )
-        out = json.loads(capsys.readouterr().out)  # only the JSON on stdout
-        assert [r["class"] for r in out["images"]] == [answer.class_name] * 2
+    address = fmnist_cluster["max-prob"]
+    with DistreeClient(address, timeout_s=30) as client:
+        (answer,) = client.classify(big)
+        assert answer.class_name == classes[answer.prediction]
+        assert [a.class_name for a in client.classify([tmp_path / "frame.png", _png(big)])] == [
+            answer.class_name
+        ] * 2
+    assert main(["infer", "--server", address, str(tmp_path / "frame.png")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"{tmp_path / 'frame.png'}\t{answer.class_name}\t")
+    assert (
+        main(["infer", "--server", address, str(tmp_path / "frame.png"), str(tmp_path / "frames"), "--json", "-"])
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)  # only the JSON on stdout
+    assert [r["class"] for r in out["images"]] == [answer.class_name] * 2
     # The converted 64x64 frame is close enough to the original to get its class mostly;
     # what is asserted is that the whole path works, not the model's accuracy on it.
     assert answer.class_name in classes

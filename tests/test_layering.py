@@ -74,7 +74,7 @@ def _name_tests(path: Path, names: set[str]) -> list[str]:
 
 def test_nothing_outside_the_policy_package_tests_a_policy_by_its_name():
     names = set(policy_names())
-    files = [p for p in SRC.rglob("*.py") if "policies" not in p.relative_to(SRC).parts] + sorted(BENCH.glob("*.py"))
+    files = [p for p in SRC.rglob("*.py") if "policies" not in p.relative_to(SRC).parts] + sorted(BENCH.rglob("*.py"))
     found = [hit for p in files for hit in _name_tests(p, names)]
     assert not found, "\n".join(found)
 
@@ -83,3 +83,32 @@ def test_the_name_test_check_finds_a_name_test(tmp_path):
     f = tmp_path / "x.py"
     f.write_text('if policy == "full" or p in ("oracle", "x"):\n    pass\n')
     assert len(_name_tests(f, set(policy_names()))) == 2
+
+
+#: What no command-line module imports: a command parses its arguments and calls the product,
+#: which starts processes (subprocess, multiprocessing, LocalCluster) and computes (torch, numpy).
+NOT_IN_THE_CLI = {"torch", "numpy", "subprocess", "multiprocessing", "distree.devtools.cluster"}
+
+
+def _all_imports(tree: ast.AST) -> set[str]:
+    """Every module imported anywhere in ``tree``, functions included, with its parents."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+    return {".".join(n.split(".")[:i]) for n in names for i in range(1, n.count(".") + 2)}
+
+
+def test_the_cli_neither_starts_processes_nor_computes():
+    bad = []
+    for path in sorted((SRC / "cli").rglob("*.py")):
+        found = _all_imports(ast.parse(path.read_text())) & NOT_IN_THE_CLI
+        bad += [f"{path.relative_to(SRC)} imports {m}" for m in sorted(found)]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_cli_check_finds_an_import_inside_a_function(tmp_path):
+    tree = ast.parse("def cmd():\n    from distree.devtools.cluster import LocalCluster\n    import torch.nn\n")
+    assert _all_imports(tree) & NOT_IN_THE_CLI == {"distree.devtools.cluster", "torch"}

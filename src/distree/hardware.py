@@ -27,7 +27,7 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 def training_memory_format(device: torch.device) -> torch.memory_format:
     """channels_last on CUDA (tensor cores); the default layout on the CPU.
 
-    On the CPU, channels_last training was only about 10% faster (bench/train_throughput.py),
+    On the CPU, channels_last training was only about 10% faster (bench/training/train_throughput.py),
     and oneDNN 3.12 (torch 2.13) aborts in the convolution backward pass with channels_last
     on AVX2-only CPUs under one thread.
     """

@@ -4,6 +4,7 @@ JSON the command line writes carry it, so a figure can be traced to what produce
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -28,6 +29,21 @@ class Provenance(BaseModel):
     libraries: dict[str, str]  # those installed, of torch, onnxruntime, grpcio, numpy
     machine: str
     created: str  # UTC, ISO 8601
+
+
+def machine() -> str:
+    """This machine in one line: architecture, CPU count and model, OS and kernel. Every
+    figure distree writes (provenance, the demo, the benches) names its machine this way."""
+    cpu = platform.processor() or ""
+    try:  # platform.processor() is often empty or just the architecture on Linux
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cpus = f"{os.cpu_count()} CPUs" + (f" ({cpu})" if cpu and cpu != platform.machine() else "")
+    return f"{platform.machine()}, {cpus}, {platform.system()} {platform.release()}"
 
 
 def _git_commit() -> str | None:
@@ -61,6 +77,6 @@ def provenance(command: list[str] | None = None) -> Provenance:
         command=list(command if command is not None else sys.argv),
         python=platform.python_version(),
         libraries=libraries,
-        machine=f"{platform.machine()}, {platform.system()} {platform.release()}",
+        machine=machine(),
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )

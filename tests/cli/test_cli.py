@@ -8,15 +8,17 @@ from distree.config import dump_json
 from distree.policies import policy_names
 
 
-def test_train_then_eval_writes_every_field(tmp_path, image_folder, capsys):
+@pytest.mark.slow  # a whole run trained, then evaluated
+def test_quickstart_trains_then_evaluates_writing_every_field(tmp_path, image_folder, capsys):
+    """``quickstart`` is ``train`` then ``eval``, each through the command line's one dispatch path."""
     cfg = tmp_path / "cfg.json"
-    dump_json(tiny_run_config(epochs=1), cfg)
-    run = tmp_path / "run"
-    assert main(["train", "--data", str(image_folder), "--out", str(run), "--config", str(cfg), "--limit", "30"]) == 0
+    dump_json(tiny_run_config(epochs=2), cfg)
+    run, out = tmp_path / "run", tmp_path / "eval.json"
+    argv = ["quickstart", "--data", str(image_folder), "--out", str(run), "--config", str(cfg), "--limit", "30"]
+    assert main([*argv, "--json", str(out)]) == 0
     meta = json.loads((run / "run.json").read_text())
-    assert meta["data"]["train_samples"] == 30
-    out = tmp_path / "eval.json"
-    assert main(["eval", str(run), "--data", str(image_folder), "--json", str(out)]) == 0
+    assert meta["data"]["train_samples"] == 30 and meta["config"]["teacher_optim"]["epochs"] == 1
+    assert meta["provenance"]["command"][:2] == ["distree", "train"]  # each step records its own command
     printed = capsys.readouterr().out
     assert "teacher" in printed and "exit 0" in printed and "1 of 2" in printed
     r = json.loads(out.read_text())

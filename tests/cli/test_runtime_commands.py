@@ -1,21 +1,25 @@
-"""`distree demo` and `distree infer` end to end, with real processes on loopback."""
+"""`distree demo` end to end with real processes on loopback (``e2e``), and `distree infer`
+against servers in this process."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
 from conftest import RUNTIME_BRANCHES
+from servers import ThreadCluster
 
 from distree.cli.main import main
-from distree.cli.runtime import DEMO_POLICIES
-from distree.devtools.cluster import LocalCluster
+from distree.devtools.demo import DEMO_POLICIES
+from distree.devtools.cluster import free_ports
 
 
 def _data_dir(run) -> Path:
     return Path(run.path).parent / "data"  # where the `trained` fixture wrote its images
 
 
+@pytest.mark.e2e
 def test_demo_writes_both_coordinators(trained, tmp_path, capsys):
     run, splits = trained
     out = tmp_path / "demo.json"
@@ -45,7 +49,7 @@ def test_demo_writes_both_coordinators(trained, tmp_path, capsys):
 def test_infer_batched_calls_answer_every_input(trained, tmp_path):
     run, splits = trained
     out = tmp_path / "infer.json"
-    with LocalCluster(run.path, log_dir=tmp_path) as cluster:
+    with ThreadCluster(run.path) as cluster:
         cluster.start_workers(len(run.read_meta().config.student.branches))
         coord = cluster.start_coordinator()
         args = ["infer", "--server", coord, "--data", str(_data_dir(run)), "--limit", "12", "--batch", "5"]
@@ -61,12 +65,10 @@ def test_infer_batched_calls_answer_every_input(trained, tmp_path):
 def test_infer_keeps_what_it_received_and_says_what_is_missing(trained, tmp_path, capsys):
     run, _ = trained
     out = tmp_path / "infer.json"
-    with LocalCluster(run.path, log_dir=tmp_path) as cluster:
+    with ThreadCluster(run.path) as cluster:
         n = len(run.meta.config.student.branches)
-        cluster.start_workers(n)
-        coord = cluster.start_coordinator()
-        for b in range(n):  # every device gone: the coordinator refuses each call
-            cluster.kill(f"worker{b}")
+        # Every device gone (nothing listens at their addresses): the coordinator refuses each call.
+        coord = cluster.start_coordinator(workers=[f"127.0.0.1:{p}" for p in free_ports(n)], wait=False)
         args = ["infer", "--server", coord, "--data", str(_data_dir(run)), "--limit", "6", "--json", str(out)]
         assert main(args) == 1
     assert "6 of 6 inputs got no answer" in capsys.readouterr().err
@@ -74,6 +76,7 @@ def test_infer_keeps_what_it_received_and_says_what_is_missing(trained, tmp_path
     assert (r["answered"], r["failed"]) == (0, 6) and all("error" in q for q in r["requests"])
 
 
+@pytest.mark.e2e
 def test_demo_on_onnxruntime_workers_answers_as_torch(trained, tmp_path, capsys):
     run, splits = trained
     out = tmp_path / "demo.json"
@@ -97,6 +100,7 @@ def test_demo_refuses_an_export_without_onnxruntime(trained, tmp_path):
     assert main(argv) == 2
 
 
+@pytest.mark.e2e
 def test_demo_refuses_an_export_whose_calibration_is_not_the_runs(trained, tmp_path, capsys):
     """Its coordinators would decide with the export's thresholds and be compared with the run's."""
     from distree.export.onnx_export import export_onnx
@@ -110,13 +114,14 @@ def test_demo_refuses_an_export_whose_calibration_is_not_the_runs(trained, tmp_p
     assert "carries another calibration" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_demo_on_the_workers_of_a_cluster_file(trained, tmp_path, capsys):
     import yaml
 
     run, _ = trained
     token = tmp_path / "token"
     token.write_text("s3cret\n")
-    with LocalCluster(run.path, log_dir=tmp_path, token="s3cret") as boards:
+    with ThreadCluster(run.path, token="s3cret") as boards:
         addresses = boards.start_workers(RUNTIME_BRANCHES)
         workers = [{"name": f"b{i}", "address": a, "branch": i} for i, a in enumerate(addresses)]
         f = tmp_path / "cluster.yaml"

@@ -3,12 +3,15 @@ where torch cannot be imported, behind an ordinary coordinator."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import RUNTIME_BRANCHES
 
 from distree.devtools.cluster import LocalCluster
 from distree.export.onnx_export import export_onnx
 from distree.runtime.client import DistreeClient
+
+pytestmark = pytest.mark.e2e  # real processes: workers in a board's install, without torch
 
 
 def test_onnxruntime_workers_without_torch_serve_a_torch_coordinator(trained, tmp_path, board_only):

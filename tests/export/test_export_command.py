@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from distree.cli.main import main
 
 
+@pytest.mark.slow  # an export, its int8 calibration and an evaluation
 def test_int8_export_is_calibrated_on_validation_and_evaluated_as_shipped(trained, tmp_path, capsys):
     run, splits = trained
     data = str(run.path.parent / "data")

@@ -14,6 +14,8 @@ from distree.export.onnx_export import export_onnx
 from distree.export.ort import OrtBranch, OrtHeads
 from distree.run import RunDir
 
+pytestmark = pytest.mark.slow  # each export takes seconds, the first one more (the exporter's imports)
+
 ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-4  # max abs difference, fp32
 

@@ -57,6 +57,7 @@ def _distree(*args: str, env: dict, ok: tuple[int, ...] = (0,)) -> subprocess.Co
     return proc
 
 
+@pytest.mark.e2e
 def test_a_users_policy_is_calibrated_evaluated_served_and_simulated(trained, tmp_path, monkeypatch):
     src, splits = trained
     run = tmp_path / "run"

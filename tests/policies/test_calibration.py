@@ -81,6 +81,7 @@ def _population_drop(thresholds, pop):
     return (correct[-1].float().mean().item() - o.accuracy) * 100
 
 
+@pytest.mark.slow  # many random splits
 def test_confidence_bounds_the_drop_on_new_data():
     """Calibrated on many independent draws, the drop on the population exceeds the target
     in at most about 1 - confidence of them; fitted with no margin, in most of them."""

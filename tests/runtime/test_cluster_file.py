@@ -55,6 +55,7 @@ def test_a_missing_cluster_file_is_named(tmp_path):
         load_cluster(tmp_path / "nope.yaml")
 
 
+@pytest.mark.e2e
 def test_serve_and_check_a_cluster_from_its_file(trained, tmp_path, capsys):
     run, splits = trained
     with LocalCluster(run.path, log_dir=tmp_path) as cluster:

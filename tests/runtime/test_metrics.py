@@ -17,6 +17,8 @@ from distree.devtools.cluster import LocalCluster, free_ports
 from distree.runtime.client import DistreeClient
 from distree.runtime.metrics import REGISTRIES
 
+pytestmark = pytest.mark.e2e  # real processes: one Prometheus registry per process and role
+
 DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "distree.json"
 
 

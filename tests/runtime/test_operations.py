@@ -17,6 +17,8 @@ from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
 from distree.runtime.security import call_metadata
 
+pytestmark = pytest.mark.e2e  # real processes: ports, signals, kills and pauses
+
 
 def _health(address: str) -> int:
     return subprocess.run([sys.executable, "-m", "distree", "health", address], capture_output=True).returncode

@@ -1,4 +1,6 @@
-"""The runtime with real processes on loopback: workers and coordinators via `python -m distree`."""
+"""The runtime over the network: workers and coordinators as gRPC servers in this process
+(``ThreadCluster``) for what the protocol decides, as real processes (``e2e``) where a
+worker is killed and restarted."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import grpc
 import pytest
 import torch
 from conftest import RUNTIME_BRANCHES
+from servers import ThreadCluster
 
 from distree.devtools.cluster import LocalCluster, settled_worker_infos
 from distree.evaluation.policies import model_thresholds
@@ -16,6 +19,7 @@ from distree.inference.recorded import student_exits
 from distree.policies import decide_exits, exit_scores, make_policy
 from distree.run import RunDir
 from distree.runtime.client import DistreeClient, InferenceError
+from distree.runtime.coordinator import CoordinatorOptions
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
 from distree.runtime.security import call_metadata
@@ -42,14 +46,15 @@ def _offline(run: RunDir, splits, policy: str):
 def shared_cluster(trained, tmp_path_factory):
     """Workers and one coordinator per mode, shared by the tests that do not break them."""
     run, _ = trained
-    with LocalCluster(run.path, log_dir=tmp_path_factory.mktemp("cluster")) as cluster:
+    with ThreadCluster(run.path) as cluster:
         workers = cluster.start_workers(N_BRANCHES)
         coords = {
-            mode: cluster.start_coordinator(
-                f"coordinator-{mode}", ["--mode", mode, "--policy", "conf-then-feature-diff"]
-            )
+            mode: cluster.start_coordinator(CoordinatorOptions(mode=mode, policy="conf-then-feature-diff"))
             for mode in ("lockstep", "eager")
         }
+        coords["groups-of-7"] = cluster.start_coordinator(
+            CoordinatorOptions(policy="conf-then-feature-diff", max_group_inputs=7)
+        )
         yield workers, coords
 
 
@@ -107,8 +112,8 @@ def test_no_state_left_after_1000_requests(trained, shared_cluster):
     _, splits = trained
     workers, coords = shared_cluster
     images = splits.test.images
-    for mode, coord in coords.items():
-        with DistreeClient(coord) as client:
+    for mode in ("lockstep", "eager"):
+        with DistreeClient(coords[mode]) as client:
             done = 0
             while done < 500:
                 batch = images[: min(50, 500 - done)]
@@ -117,6 +122,7 @@ def test_no_state_left_after_1000_requests(trained, shared_cluster):
     assert all(i.active_states == 0 for i in _wait_no_state(workers))
 
 
+@pytest.mark.e2e
 def test_kill_worker_mid_run_restart_then_lose_all(trained, tmp_path):
     run, splits = trained
     images = splits.test.images
@@ -166,10 +172,10 @@ def test_kill_worker_mid_run_restart_then_lose_all(trained, tmp_path):
             assert time.monotonic() - t0 < 10
 
 
-def test_token_and_malformed_inputs(trained, tmp_path):
+def test_token_and_malformed_inputs(trained):
     run, splits = trained
-    with LocalCluster(run.path, log_dir=tmp_path, token="s3cret") as cluster:
-        workers = cluster.start_workers(N_BRANCHES, extra=["--debug-rpcs"])
+    with ThreadCluster(run.path, token="s3cret") as cluster:
+        workers = cluster.start_workers(N_BRANCHES, debug_rpcs=True)
         coord = cluster.start_coordinator()
         with DistreeClient(coord) as client:
             with pytest.raises(InferenceError, match="UNAUTHENTICATED.*token"):
@@ -245,14 +251,12 @@ def test_debug_rpcs_are_served_only_when_asked(shared_cluster):
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
-def test_a_call_larger_than_a_group_is_answered_in_groups(trained, tmp_path):
+def test_a_call_larger_than_a_group_is_answered_in_groups(trained, shared_cluster):
     run, splits = trained
+    _, coords = shared_cluster
     preds, exits = _offline(run, splits, "conf-then-feature-diff")
-    with LocalCluster(run.path, log_dir=tmp_path) as cluster:
-        cluster.start_workers(N_BRANCHES)
-        coord = cluster.start_coordinator(extra=["--policy", "conf-then-feature-diff", "--max-group-inputs", "7"])
-        with DistreeClient(coord) as client:
-            answers = client.infer(splits.test.images)
+    with DistreeClient(coords["groups-of-7"]) as client:
+        answers = client.infer(splits.test.images)
     assert [a.prediction for a in answers] == preds.tolist()
     assert [a.exit for a in answers] == exits.tolist()
     assert all(a.branches == [0, 1, 2] for a in answers)

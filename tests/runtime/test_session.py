@@ -1,4 +1,4 @@
-"""The lockstep Session stream between the coordinator's link and a real worker process."""
+"""The lockstep Session stream between the coordinator's link and a worker's gRPC server."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import time
 
 import grpc
 import pytest
+from servers import ThreadCluster
 
-from distree.devtools.cluster import LocalCluster
 from distree.runtime import worker_link
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
@@ -17,10 +17,10 @@ from distree.runtime.tensors import to_proto
 
 
 @pytest.fixture(scope="module")
-def worker(trained, tmp_path_factory):
+def worker(trained):
     run, splits = trained
-    with LocalCluster(run.path, log_dir=tmp_path_factory.mktemp("session")) as cluster:
-        yield cluster.start_workers(1, extra=["--debug-rpcs"])[0], splits.test.images[:3]
+    with ThreadCluster(run.path) as cluster:
+        yield cluster.start_workers(1, debug_rpcs=True)[0], splits.test.images[:3]
 
 
 def _active(address: str) -> int:

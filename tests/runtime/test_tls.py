@@ -12,7 +12,10 @@ from distree.devtools.cluster import LocalCluster
 from distree.runtime.client import DistreeClient, InferenceError
 from distree.runtime.security import TLSFiles
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+pytestmark = [
+    pytest.mark.e2e,  # real processes: TLS servers started as their commands
+    pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command"),
+]
 
 
 def _openssl(*args, cwd):

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from conftest import RUNTIME_BRANCHES, until
 
 from distree.devtools.cluster import LocalCluster
 from distree.runtime.client import DistreeClient
+
+pytestmark = pytest.mark.e2e  # real processes: OpenTelemetry set up per process
 
 
 def _spans(log: str) -> list[tuple[str, str]]:

@@ -132,7 +132,7 @@ def test_teacher_targets_stopped_at_the_deadline_continue_from_their_store(tmp_p
     whole = TeacherTargets(teacher, images, norm, table, batch_size=4, device=cpu)
 
     clock = iter(range(100))  # each batch reads the clock once; the deadline passes at the 4th
-    monkeypatch.setattr(objectives.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(objectives, "monotonic", lambda: next(clock))
     store = tmp_path / "targets.safetensors"
     with pytest.raises(TimeLimitReached, match="6/11 images"):
         TeacherTargets(teacher, images, norm, table, batch_size=4, device=cpu, store=store, key="a", deadline=2.5)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import tempfile
 import time
@@ -32,9 +31,7 @@ EXIT_TIME_LIMIT = 3
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train teacher and student into --out."""
-    import torch
-
-    from distree.data import DataError, load_data
+    from distree.data import load_data
     from distree.hardware import pick_device
     from distree.training.loop import TimeLimitReached
     from distree.training.pipeline import train_run
@@ -49,10 +46,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     splits = load_data(args.data, args.format, config.data.val_fraction, config.data.split_seed)
     if args.limit is not None:
-        if args.limit < 1:
-            raise DataError(f"--limit must be at least 1, got {args.limit}")
-        pick = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(config.data.split_seed))
-        splits = dataclasses.replace(splits, train=splits.train.subset(pick[: args.limit].sort().values))
+        splits = splits.with_train_limit(args.limit, config.data.split_seed)
     _log(
         f"data: {splits.source} ({splits.format}), {len(splits.train)} train / {len(splits.val)} val / "
         f"{len(splits.test)} test, {splits.image_size}x{splits.image_size}x{splits.in_channels}, "
@@ -85,38 +79,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a run on the test split."""
-    from distree.evaluation.offline import check_compatible, evaluate_policies, evaluate_run
-    from distree.evaluation.results import EvalResult, format_policies, format_run
-    from distree.inference.recorded import branch_vectors
+    from distree.evaluation.offline import evaluate
+    from distree.evaluation.results import format_policies
 
-    run, meta, splits, device = _open_run(args)
-    check_compatible(run, splits.test)
-    bs = meta.config.eval_batch_size
-    student = run.load_student().to(device)
-    # The branch vectors of each split serve every table: computed once.
-    if args.backend == "torch":
-        if args.export:
-            raise ValueError("--export is read by --backend onnxruntime only")
-        backend, val_vectors = "torch", None
-        vectors = branch_vectors(student, splits.test.images, meta.data.normalization, bs, device)
-    else:
-        if not args.export:
-            raise ValueError("--backend onnxruntime needs --export DIR (made by 'distree export')")
-        from distree.evaluation.offline import export_branch_vectors
-        from distree.export.manifest import read_manifest
-
-        backend = f"onnxruntime {read_manifest(args.export).precision} ({args.export})"
-        vectors = export_branch_vectors(Path(args.export), run, splits.test.images, bs)
-        val_vectors = export_branch_vectors(Path(args.export), run, splits.val.images, bs)
-    measured = evaluate_run(run, splits.test, device, bs, vectors, student, backend=backend)
-    print(format_run(measured))
+    run, _, splits, device = _open_run(args)
+    if args.backend == "torch" and args.export:
+        raise ValueError("--export is read by --backend onnxruntime only")
+    if args.backend == "onnxruntime" and not args.export:
+        raise ValueError("--backend onnxruntime needs --export DIR (made by 'distree export')")
     # Curves go where the user asked for output, never into the run unasked.
     out_dir = Path(args.out_dir) if args.out_dir else Path(args.json).parent if args.json else None
-    # Thresholds saved for torch's vectors are fitted again on another backend's.
-    policies = evaluate_policies(
-        run, splits, device, out_dir, vectors, student, val_vectors=val_vectors, refit=val_vectors is not None
+    report = evaluate(
+        run,
+        splits,
+        device,
+        out_dir,
+        export=Path(args.export) if args.export else None,
+        provenance=provenance(args.argv),
+        log=lambda text: print(text, flush=True),
     )
-    report = EvalResult(**dict(measured), **dict(policies), provenance=provenance(args.argv))
     print(format_policies(report))
     if args.json:
         write_json(args.json, report.model_dump(mode="json"), args)
@@ -193,8 +174,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     evaluate = ["eval", str(out), *common] + (["--json", args.json] if args.json else [])
     for argv in (train, evaluate):
         _log("$ distree " + " ".join(argv))
-        parsed = build_parser().parse_args([*_plugin_args(args), *argv])
-        code = parsed.func(parsed)
+        code = run_command([*_plugin_args(args), *argv])
         if code:
             return code
     return 0
@@ -309,8 +289,14 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as err:
             print(f"distree: error: {err}", file=sys.stderr)
             return EXIT_USAGE
+    return run_command(sys.argv[1:] if argv is None else list(argv))
+
+
+def run_command(argv: list[str]) -> int:
+    """Parse ``argv`` (the words after ``distree``) and run its command, errors turned into
+    exit statuses: the one dispatch path of ``main`` and of the steps of ``quickstart``."""
     args = build_parser().parse_args(argv)
-    args.argv = ["distree", *(sys.argv[1:] if argv is None else argv)]  # what results record as their command
+    args.argv = ["distree", *argv]  # what results record as their command
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:  # ConfigError, DataError: bad input, nothing ran

@@ -5,22 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-from distree.cli.args import policy_type, shipped, write_json
+from distree.cli.args import log, policy_type, shipped, write_json
 from distree.config import DEFAULT_POLICY
 from distree.runtime.cluster_file import CoordinatorEntry
 
 DEFAULT_DEMO_RUN = "models/cifar10"
-#: The default policy (a feature criterion) next to softmax confidence (``MaxProb``), the
-#: criterion it is measured against.
-DEMO_POLICIES = (DEFAULT_POLICY, "max-prob")
 #: What ``serve`` uses for what neither a flag nor a cluster file sets: a cluster file's defaults.
 SERVE_DEFAULTS = CoordinatorEntry()
-DEMO_WARM_UP = 64  # images sent through each coordinator before anything is measured
-DEMO_ROUNDS_PER_COORDINATOR = 2  # the measured images go in this many rounds per coordinator
 
 
 def _tls_args(p: argparse.ArgumentParser, who: str) -> None:
@@ -94,15 +87,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, args.log_format)
     setup_tracing(args.trace, f"distree-worker-{args.branch}")
     if args.backend == "torch":
-        import torch
-
         from distree.hardware import pick_device
         from distree.run import RunDir
         from distree.runtime.torch_stages import TorchStages
 
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        backend = TorchStages(RunDir(args.source), args.branch, pick_device(args.device))
+        backend = TorchStages(RunDir(args.source), args.branch, pick_device(args.device), args.threads)
     else:
         from distree.runtime.ort_stages import OrtStages
 
@@ -269,185 +258,44 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Four workers and one coordinator per policy, plus one for full execution, as local
-    processes; the same test images through each, compared side by side."""
+    """The runtime demo (``distree.devtools.demo``) on this run's test split."""
     from distree.data import load_data
-    from distree.devtools.cluster import LocalCluster, settled_worker_infos
-    from distree.policies.scores import Full
+    from distree.devtools.demo import DEMO_POLICIES, DemoSettings, demo_export, format_demo, run_demo
     from distree.run import RunDir
-    from distree.runtime.client import DistreeClient
-    from distree.runtime.loadgen import format_infer, send, summarize
 
-    def devices_macs_run() -> int:  # what the workers have computed so far, from their counters
-        return sum(i.macs_run for i in settled_worker_infos(workers, timeout_s=5.0, token=token))
-
-    token, on_cluster = None, None
+    cluster = None
     if args.cluster:  # the boards of a cluster file instead of local workers
         from distree.runtime.cluster_file import load_cluster
-        from distree.runtime.security import resolve_token
 
         if args.run_dir or args.backend != "torch" or args.export:
             raise ValueError("--cluster names the run, and its workers run what they run: no --run-dir or --backend")
-        on_cluster = load_cluster(args.cluster)
-        if on_cluster.worker_tls:
-            raise ValueError(
-                "demo --cluster reaches workers in plaintext: for TLS workers use serve --cluster and infer"
-            )
-        args.run_dir = str(on_cluster.run)
-        token = resolve_token(None, on_cluster.token_file)
+        cluster = load_cluster(args.cluster)
+        if cluster.worker_tls:
+            raise ValueError("demo --cluster reaches workers in plaintext: for TLS workers use serve --cluster and infer")
+        args.run_dir = str(cluster.run)
+    if args.export and args.backend != "onnxruntime":
+        raise ValueError("--export is read by --backend onnxruntime only")
     run = RunDir(args.run_dir or shipped(DEFAULT_DEMO_RUN))
     meta = run.meta
-    splits = load_data(args.data, args.format, meta.config.data.val_fraction, meta.config.data.split_seed)
-    test = splits.test
+    test = load_data(args.data, args.format, meta.config.data.val_fraction, meta.config.data.split_seed).test
     n = min(args.limit, len(test))
-    policies = list(dict.fromkeys(args.policy or DEMO_POLICIES))
-    names = [*policies, Full.name]
-    logs = Path(tempfile.mkdtemp(prefix="distree-demo-logs-"))
-    n_branches = len(meta.config.student.branches)
-    source, backend_args, student = None, [], None
-    if args.backend == "onnxruntime":
-        source, backend_args = _demo_export(run, args.export, logs), ["--backend", "onnxruntime"]
-        student = run.load_student()  # the reference every answer is compared with
-    elif args.export:
-        raise ValueError("--export is read by --backend onnxruntime only")
-    where = f"the {n_branches} workers of {args.cluster}" if on_cluster else f"{n_branches} workers"
-    print(f"{where} and {len(names)} local coordinators (logs in {logs}) ...", file=sys.stderr)
-    t0 = time.perf_counter()
-    results = {}
-    with LocalCluster(run.path, log_dir=logs, token=token) as cluster:
-        if on_cluster:
-            workers = cluster.worker_addresses = on_cluster.addresses
-        else:
-            workers = cluster.start_workers(n_branches, extra=backend_args, source=source)
-        # With --backend onnxruntime the coordinators fuse with the export's heads too: no torch in the cluster.
-        extras = {p: ["--policy", p, "--mode", args.mode, *backend_args] for p in names}
-        addresses = cluster.start_coordinators(extras, source=source)
-        clients = {p: DistreeClient(addresses[p], token=token, tls=_tls(args)) for p in names}
-        infos = {p: c.model_info() for p, c in clients.items()}
-        warm = min(n, DEMO_WARM_UP)
-        # The images go in rounds, each coordinator's turn in a rotating order, so that none
-        # is always the first or the last to run on a machine whose load drifts.
-        rounds = min(n, DEMO_ROUNDS_PER_COORDINATOR * len(names))
-        print(
-            f"cluster up in {time.perf_counter() - t0:.1f}s; {warm} images through each coordinator to warm up, "
-            f"then {n} test images through each, in {rounds} rounds of rotating order",
-            file=sys.stderr,
-        )
-        sent = {p: ([], 0.0, 0) for p in names}  # requests, wall seconds, devices' MACs
-        try:
-            # Unmeasured: the first calls of a process pay for allocations and lazy set-up.
-            for c in clients.values():
-                send(c, test.images[:warm], test.labels[:warm], concurrency=args.concurrency)
-            bounds = [round(i * n / rounds) for i in range(rounds + 1)]
-            for r in range(rounds):
-                lo, hi = bounds[r], bounds[r + 1]
-                for p in names[r % len(names) :] + names[: r % len(names)]:
-                    before = devices_macs_run()
-                    reqs, wall = send(clients[p], test.images[lo:hi], test.labels[lo:hi], concurrency=args.concurrency)
-                    done, walls, macs = sent[p]
-                    sent[p] = (done + reqs, walls + wall, macs + devices_macs_run() - before)
-        finally:
-            for c in clients.values():
-                c.close()
-        for p in names:
-            reqs, wall, macs = sent[p]
-            r = summarize(infos[p], reqs, wall, server=addresses[p], concurrency=args.concurrency)
-            if r["failed"]:
-                raise RuntimeError(f"coordinator {p}: {r['failed']} inputs got no answer: {'; '.join(r['errors'])}")
-            r["devices_macs_per_sample"] = round(macs / n)
-            print(format_infer(r))
-            results[p] = {k: v for k, v in r.items() if k != "requests"}
-            if source is not None:
-                results[p]["torch_agreement"] = _torch_agreement(run, student, p, test.images[:n], reqs)
-    if source is not None:
-        print(
-            f"onnxruntime workers and coordinators ({source}) against the torch model run in this process, same {n} images:"
-        )
-        for p in names:
-            a = results[p]["torch_agreement"]
-            print(
-                f"  {p:<23} same prediction on {a['predictions']:.2%}, same exit on {a['exits']:.2%} "
-                f"({a['differ']} of {n} inputs answered differently)"
-            )
-    full = results[Full.name]
-    eager = " (eager: devices run ahead of the exit until cancelled; counted)" if args.mode == "eager" else ""
-    print(f"against full execution, same workers, same {n} images; computation measured on the devices{eager}:")
-    for policy in policies:
-        e = results[policy]
-        e["accuracy_drop_pp"] = round((full["accuracy"] - e["accuracy"]) * 100, 2)
-        e["devices_saving"] = round(1 - e["devices_macs_per_sample"] / full["devices_macs_per_sample"], 4)
-        e["p50_speedup"] = round(full["latency_ms"]["p50"] / e["latency_ms"]["p50"], 3)
-        print(
-            f"  {policy:<23} computes {e['devices_saving']:.1%} less ({e['devices_macs_per_sample'] / 1e6:.2f} M "
-            f"against {full['devices_macs_per_sample'] / 1e6:.2f} M MACs per input), latency p50 "
-            f"{e['latency_ms']['p50']:.1f} ms against {full['latency_ms']['p50']:.1f} ms ({e['p50_speedup']:.2f}x), "
-            f"accuracy {e['accuracy']:.2%} against {full['accuracy']:.2%}"
-        )
-    summary = {"mode": args.mode, "backend": args.backend, "samples": n, "runs": results, "machine": _machine()}
-    summary["wall_s"] = round(time.perf_counter() - t0, 1)
-    print(f"all processes stopped; {summary['wall_s']}s in all", file=sys.stderr)
+    export = demo_export(run, args.export, log) if args.backend == "onnxruntime" else None
+    settings = DemoSettings(
+        run=run,
+        images=test.images[:n],
+        labels=test.labels[:n],
+        policies=args.policy or DEMO_POLICIES,
+        mode=args.mode,
+        concurrency=args.concurrency,
+        export=export,
+        cluster=cluster,
+    )
+    result = run_demo(settings, log)
+    print(format_demo(result))
+    log(f"all processes stopped; {result.wall_s}s in all")
     if args.json:
-        write_json(args.json, summary, args)
+        write_json(args.json, result.to_json(), args)
     return 0
-
-
-def _demo_export(run, export: str | None, logs: Path) -> Path:
-    """The export the onnxruntime workers serve: ``export``, checked against the run, or
-    one written now beside the logs."""
-    from distree.export.manifest import read_manifest
-
-    if export:
-        manifest = read_manifest(export, run)
-        # Its coordinators decide with the export's copy of the calibration, and every answer is
-        # compared with the run's thresholds: the two must be the same.
-        carried = (Path(export) / manifest.calibration).read_bytes() if manifest.calibration else None
-        current = run.calibration_file.read_bytes() if run.calibration_file.is_file() else None
-        if carried != current:
-            raise ValueError(
-                f"{export} carries another calibration than {run.path}'s (calibrated since it was exported, or "
-                "exported by an older distree): export it again"
-            )
-        return Path(export)
-    from distree.cli.args import log
-    from distree.export.onnx_export import export_onnx
-
-    out = logs / "export"
-    t0 = time.perf_counter()
-    export_onnx(run, out)
-    log(f"exported {run.path} to {out} for the onnxruntime workers in {time.perf_counter() - t0:.0f}s")
-    return out
-
-
-def _torch_agreement(run, student, policy: str, images, requests: list[dict]) -> dict:
-    """How often the runtime's answers in ``requests`` (one per input of ``images``, in
-    order) match the same policy and thresholds run on ``student``, the run's torch model,
-    in this process."""
-    from distree.inference.inprocess import early_exit_batch
-    from distree.policies import make_policy
-    from distree.policies.calibration_file import model_thresholds
-
-    p = make_policy(policy)
-    thresholds = model_thresholds(p, student, run.read_calibration())
-    exits, preds = [], []
-    for i in range(0, len(images), 256):
-        out = early_exit_batch(student, p, thresholds, images[i : i + 256], run.meta.data.normalization)
-        exits += out.exit.tolist()
-        preds += out.predictions.tolist()
-    same_pred = [r["prediction"] == q for r, q in zip(requests, preds, strict=True)]
-    same_exit = [r["exit"] == e for r, e in zip(requests, exits, strict=True)]
-    n = max(1, len(requests))
-    return {
-        "predictions": round(sum(same_pred) / n, 5),
-        "exits": round(sum(same_exit) / n, 5),
-        "differ": len(same_pred) - sum(same_pred),
-    }
-
-
-def _machine() -> str:
-    import os
-    import platform
-
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
 
 
 def add_runtime_commands(sub, add_data_args) -> None:
@@ -579,7 +427,7 @@ def add_runtime_commands(sub, add_data_args) -> None:
         "--policy",
         action="append",
         type=policy_type(servable=True, calibrated=True),
-        help=f"an early-exit policy to compare with full execution; repeat for more ({', '.join(DEMO_POLICIES)})",
+        help=f"an early-exit policy to compare with full execution; repeat for more (default: {DEFAULT_POLICY}, then max-prob)",
     )
     p.add_argument("--mode", choices=["lockstep", "eager"], default="lockstep", help="how the coordinators send stages")
     p.add_argument(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +65,13 @@ class DataSplits:
     test: ImageSet
     source: str
     format: str
+
+    def with_train_limit(self, n: int, seed: int) -> DataSplits:
+        """These splits with ``n`` training samples drawn at random (``seed``), in their order."""
+        if n < 1:
+            raise DataError(f"--limit must be at least 1, got {n}")
+        pick = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(seed))
+        return dataclasses.replace(self, train=self.train.subset(pick[:n].sort().values))
 
     @property
     def in_channels(self) -> int:

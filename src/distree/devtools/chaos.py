@@ -24,6 +24,8 @@ import torch
 from distree.devtools.cluster import LocalCluster
 from distree.runtime.client import DistreeClient, InferenceError
 
+#: Scripted soaks: answers that must arrive between two events, so each meets a serving cluster.
+SETTLE_ANSWERS = 20
 EVENTS = ("kill-worker", "pause-worker", "stop-coordinator", "kill-coordinator")
 
 
@@ -60,7 +62,9 @@ def run_soak(
     script: list[str] | None = None,
 ) -> SoakResult:
     """Run the soak on a local cluster of real processes (loopback); see the module doc.
-    ``script`` replaces the random events by these (names from ``EVENTS``), evenly spaced."""
+    ``script`` replaces the random events by these (names from ``EVENTS``), each once the
+    load has been answered again since the one before; the soak then ends as soon as every
+    restarted worker has served again, ``seconds`` being only the most it waits for that."""
     rng = random.Random(seed)
     result = SoakResult()
     lock = threading.Lock()
@@ -112,10 +116,13 @@ def run_soak(
             queue = list(script) if script is not None else None
             # Scripted: every event, evenly spaced; random: while the time lasts.
             while queue if queue is not None else time.monotonic() - t0 < seconds:
-                gap = seconds / (len(script) + 1) if script is not None else rng.expovariate(events_per_minute / 60)
-                time.sleep(gap)
-                if queue is None and time.monotonic() - t0 >= seconds:
-                    break
+                if queue is not None:  # scripted: the next event once answers flow again
+                    mark = result.answered
+                    _wait(lambda m=mark: result.answered >= m + SETTLE_ANSWERS, t0 + seconds)
+                else:
+                    time.sleep(rng.expovariate(events_per_minute / 60))
+                    if time.monotonic() - t0 >= seconds:
+                        break
                 event = queue.pop(0) if queue is not None else rng.choice(EVENTS)
                 at = round(time.monotonic() - t0, 2)
                 if event in ("kill-worker", "pause-worker"):
@@ -140,8 +147,15 @@ def run_soak(
                         cluster.kill("coordinator")
                     cluster.start_coordinator(extra=list(extra_coordinator), port=coord_port)
                     result.events.append((at, event))
-            while time.monotonic() - t0 < seconds:  # the load goes on to the end
-                time.sleep(0.1)
+            if queue is None:  # the load goes on to the end
+                _wait(lambda: False, t0 + seconds)
+            else:  # ...or until every restarted worker has answered again
+
+                def reused() -> bool:
+                    with lock:
+                        return all(any(t >= at and b in br for t, br in served) for _, b, at in restarts)
+
+                _wait(reused, t0 + seconds)
         finally:
             stop.set()
             for t in threads:
@@ -150,6 +164,12 @@ def run_soak(
         used = [t for t, branches in served if t >= serving_at and b in branches]
         result.reuse_s[name] = round(min(used) - serving_at, 2) if used else None
     return result
+
+
+def _wait(done, deadline: float) -> None:
+    """Poll ``done`` until it holds or the monotonic clock passes ``deadline``."""
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def cluster_branches(run_dir: str | Path) -> list:

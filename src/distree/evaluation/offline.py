@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from itertools import combinations
 from pathlib import Path
 from statistics import mean
@@ -22,7 +23,15 @@ from distree.evaluation.policies import (
     exit_auroc,
     model_thresholds,
 )
-from distree.evaluation.results import Curves, Measured, PolicyResult, PolicyResults, RunResult
+from distree.evaluation.results import (
+    Curves,
+    EvalResult,
+    Measured,
+    PolicyResult,
+    PolicyResults,
+    RunResult,
+    format_run,
+)
 from distree.inference.recorded import (
     accuracy,
     branch_vectors,
@@ -36,6 +45,7 @@ from distree.models import DistrEEStudent
 from distree.models.macs import count_macs
 from distree.policies import policy_names
 from distree.policies.calibration_file import CalibrationFile, CalibrationTarget
+from distree.provenance import Provenance
 from distree.run import RunDir
 
 
@@ -234,3 +244,37 @@ def record_val_test(run: RunDir, data: str | None, device: torch.device) -> tupl
         k: student_exits(student, s.images, norm, bs, device) for k, s in (("val", splits.val), ("test", splits.test))
     }
     return student, recs, {"val": splits.val.labels, "test": splits.test.labels}
+
+
+def evaluate(
+    run: RunDir,
+    splits: DataSplits,
+    device: torch.device,
+    out_dir: Path | None,
+    export: Path | None = None,
+    provenance: Provenance | None = None,
+    log: Callable[[str], None] = lambda text: None,
+) -> EvalResult:
+    """``distree eval``: the run's results (``evaluate_run``; ``log`` gets their table as soon
+    as they are measured), then every policy's (``evaluate_policies``). With ``export`` the
+    branches run in onnxruntime on that export, and the thresholds are fitted again on its
+    validation vectors."""
+    check_compatible(run, splits.test)
+    bs = run.meta.config.eval_batch_size
+    student = run.load_student().to(device)
+    # The branch vectors of each split serve every table: computed once.
+    if export is None:
+        backend, val_vectors = "torch", None
+        vectors = branch_vectors(student, splits.test.images, run.meta.data.normalization, bs, device)
+    else:
+        from distree.export.manifest import read_manifest
+
+        backend = f"onnxruntime {read_manifest(export).precision} ({export})"
+        vectors = export_branch_vectors(export, run, splits.test.images, bs)
+        val_vectors = export_branch_vectors(export, run, splits.val.images, bs)
+    measured = evaluate_run(run, splits.test, device, bs, vectors, student, backend=backend)
+    log(format_run(measured))
+    policies = evaluate_policies(
+        run, splits, device, out_dir, vectors, student, val_vectors=val_vectors, refit=val_vectors is not None
+    )
+    return EvalResult(**dict(measured), **dict(policies), provenance=provenance)

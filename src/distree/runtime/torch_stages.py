@@ -14,12 +14,15 @@ class TorchStages:
     """``StageBackend`` on torch: stage 0 normalises the images as training did; the state
     stays on ``device``, channels-last."""
 
-    def __init__(self, run: RunDir, branch: int, device: torch.device):
+    def __init__(self, run: RunDir, branch: int, device: torch.device, threads: int | None = None):
+        """``threads``: torch's intra-op threads in this process (default: torch's choice)."""
         meta = run.meta
         n = len(meta.config.student.branches)
         if not 0 <= branch < n:
             raise ValueError(f"--branch must be in 0..{n - 1} for {run.path}, got {branch}")
         self.run_dir, self.branch, self.device = run, branch, device
+        if threads:
+            torch.set_num_threads(threads)
         self.norm = meta.data.normalization
         self.input_shape = (meta.data.in_channels, meta.data.image_size, meta.data.image_size)
         self.model = Branch(

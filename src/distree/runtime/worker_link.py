@@ -1,7 +1,7 @@
 """The coordinator's connection to one worker: stage calls, drops, health and back-off.
 
 Stages travel on one long-lived ``Session`` stream per worker, in both modes: a message
-on an open stream costs a fraction of a call (see ``bench/grpc_unary_vs_stream.py``).
+on an open stream costs a fraction of a call (see ``bench/runtime/grpc_unary_vs_stream.py``).
 Under load, the stages (and drops) that many groups send in one turn of the event loop
 go out as one message.
 """

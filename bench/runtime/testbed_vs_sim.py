@@ -17,16 +17,14 @@ For each scenario:
 Needs root and iproute2; link delay needs the netem qdisc (else only bandwidth, with tbf).
 Prints SKIPPED and why when the machine cannot run it.
 
-Usage: python bench/testbed_vs_sim.py RUN_DIR --data PATH [--requests 150]
-           [--scenario bench/scenarios/testbed-05mbit.yaml ...] [--json FILE]
+Usage: python bench/runtime/testbed_vs_sim.py RUN_DIR --data PATH [--requests 150]
+           [--scenario bench/runtime/scenarios/testbed-05mbit.yaml ...] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -37,6 +35,7 @@ from distree.data import load_data
 from distree.devtools.cluster import LocalCluster
 from distree.devtools.testbed import Testbed, TestbedUnavailable, capabilities
 from distree.evaluation.record import load_model
+from distree.provenance import machine
 from distree.run import RunDir
 from distree.runtime.client import DistreeClient
 from distree.simulation.engine import Model, run_system
@@ -140,7 +139,7 @@ def main() -> None:
     branches = len(model.trace.vectors)
     print(f"link emulation: {'netem' if caps['netem'] else 'tbf (bandwidth only; no netem in this kernel)'}")
 
-    results = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"}
+    results = {"machine": machine()}
     with (
         Testbed(branches, caps) as tb,
         LocalCluster(run.path, placement=lambda i: (tb.host(i), tb.command_prefix(i))) as cl,

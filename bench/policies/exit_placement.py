@@ -6,7 +6,7 @@ group only, versus every block. Each policy is calibrated on the validation spli
 same target and measured on the test split; computation counts only the heads of the
 exits in use.
 
-Usage: python bench/exit_placement.py RUN_DIR --data PATH [--max-drop 0.5] [--json FILE]
+Usage: python bench/policies/exit_placement.py RUN_DIR --data PATH [--max-drop 0.5] [--json FILE]
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ peak resident memory is read (VmHWM, /proc, Linux). Memory, unlike time, does no
 on what else the machine runs. The answers of the two are compared too: exits and
 predictions.
 
-Usage: python bench/coordinator_memory.py RUN_DIR --data PATH [--requests 200] [--json FILE]
+Usage: python bench/runtime/coordinator_memory.py RUN_DIR --data PATH [--requests 200] [--json FILE]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 from distree.data import load_data
 from distree.devtools.cluster import LocalCluster
 from distree.export.onnx_export import export_onnx
+from distree.provenance import machine
 from distree.run import RunDir
 from distree.runtime.client import DistreeClient
 
@@ -62,7 +63,7 @@ def main() -> None:
         result = {
             "run": str(run.path),
             "requests": len(images),
-            "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+            "machine": f"{machine()}, Python {platform.python_version()}",
             "coordinators": backends,
             "same_exit_and_prediction": same,
         }

@@ -5,7 +5,7 @@ Prints calls and inputs sent, inputs answered (and answered with fewer branches)
 failed with an explicit error (by status), calls lost (no answer, no error: must be 0) and
 duplicated (must be 0), and each restarted worker's time from SERVING to its first use.
 
-Usage: python bench/chaos.py RUN_DIR --data PATH [--minutes 5] [--clients 4]
+Usage: python bench/runtime/chaos.py RUN_DIR --data PATH [--minutes 5] [--clients 4]
        [--events-per-minute 6] [--seed 0] [--json FILE]
 """
 

@@ -9,12 +9,12 @@ trained again, so an interrupted bench continues where it stopped. ``--runs`` ad
 trained already (for example the shipped model, trained with seed 0 and the teacher the
 other seeds share): they are evaluated into WORK and counted as samples like the others.
 
-Usage: python bench/policy_seeds.py --data PATH --config FILE [--teacher RUN_DIR]
+Usage: python bench/policies/policy_seeds.py --data PATH --config FILE [--teacher RUN_DIR]
            [--seeds 0,1,2] [--runs RUN_DIR,...] [--work runs/seeds] [--limit N] [--epochs N]
 
 Fashion-MNIST, the shipped model (seed 0) and two more students with its teacher (about
 25 min per seed on 2 CPU cores):
-  python bench/policy_seeds.py --data ../shared/data/fashion-mnist --config configs/fashion-mnist.yaml \\
+  python bench/policies/policy_seeds.py --data ../shared/data/fashion-mnist --config configs/fashion-mnist.yaml \\
       --teacher models/fashion-mnist --runs models/fashion-mnist --seeds 1,2
 """
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 from distree.config import dump_json, load_run_config
+from distree.provenance import machine
 
 
 def _cli(*args: str) -> None:
@@ -108,7 +108,7 @@ def main() -> None:
             saving = _mean_sd([a["saving"] * 100 for a in at], 1)
             cells += f" | {drop} / {saving}%"
         print(f"| `{name}` | {auroc}{cells} |")
-    print(f"({time.perf_counter() - t0:.0f} s; {platform.machine()}, {platform.processor() or 'unknown CPU'})")
+    print(f"({time.perf_counter() - t0:.0f} s; {machine()})")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ policy, bookkeeping), tensor conversion, the coordinator's or the worker's own P
 worker's branch compute, and the rest; then the functions with the most self time.
 Needs py-spy (``pip install py-spy``) and the right to trace a child process.
 
-Usage: python bench/profile_coordinator.py RUN_DIR --data PATH [--mode lockstep]
+Usage: python bench/runtime/profile_coordinator.py RUN_DIR --data PATH [--mode lockstep]
        [--policy max-prob] [--clients 1,32] [--n 600] [--process coordinator|worker0]
        [--json FILE]
 """

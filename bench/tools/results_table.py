@@ -1,7 +1,7 @@
 """Markdown tables for the README from `distree eval --json` outputs: the same rows
 `distree eval` prints (distree.evaluation.results), with a data-set column.
 
-Usage: python bench/results_table.py NAME=EVAL.json [NAME=EVAL.json ...]
+Usage: python bench/tools/results_table.py NAME=EVAL.json [NAME=EVAL.json ...]
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ Prints, on this machine:
     (workers, coordinator, the client), whose sum over this machine's cores bounds the
     throughput, against the CPU the model takes per input in one process.
 
-Usage: python bench/runtime.py RUN_DIR --data PATH [--n 300] [--n-sat 2000] [--policy conf-then-feature-diff]
+Usage: python bench/runtime/runtime.py RUN_DIR --data PATH [--n 300] [--n-sat 2000] [--policy conf-then-feature-diff]
        [--mode lockstep] [--batch 128] [--calls 4] [--clients 8,32,128] [--concurrency 32] [--rounds 5]
 """
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ from distree.devtools.cluster import LocalCluster
 from distree.inference.inprocess import early_exit_batch
 from distree.policies import DEFAULT_POLICY, make_policy
 from distree.policies.calibration_file import model_thresholds
-from distree.provenance import provenance
+from distree.provenance import machine, provenance
 from distree.run import RunDir
 from distree.runtime.loadgen import run_infer
 
@@ -208,7 +207,7 @@ def main() -> None:
     transport = _transport(single["requests"])
     result = {
         "provenance": provenance().model_dump(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {platform.processor()}",
+        "machine": f"{machine()}, torch {torch.__version__}",
         "run": str(run.path),
         "policy": args.policy,
         "mode": args.mode,

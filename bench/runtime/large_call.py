@@ -4,7 +4,7 @@ Sends --inputs images in one call while a second client sends one image per call
 long as the large call runs; prints how long each took and how many answers came with
 fewer than every branch (must be 0) or failed.
 
-Usage: python bench/large_call.py RUN_DIR --data PATH [--inputs 2048] [--json FILE]
+Usage: python bench/runtime/large_call.py RUN_DIR --data PATH [--inputs 2048] [--json FILE]
 """
 
 from __future__ import annotations

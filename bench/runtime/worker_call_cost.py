@@ -7,7 +7,7 @@ coordinator sends it) and Info (no work: the bare cost of a gRPC call). Worker C
 /proc (Linux). Compare with the in-process compute time of a stage to see the runtime's
 own cost per stage.
 
-Usage: python bench/worker_call_cost.py RUN_DIR [--seconds 4] [--rows 1]
+Usage: python bench/runtime/worker_call_cost.py RUN_DIR [--seconds 4] [--rows 1]
 """
 
 from __future__ import annotations

@@ -2,17 +2,16 @@
 distree's teacher step and the time of a 45,000-image epoch, on random 32x32 RGB batches.
 
 What a reference run's teacher costs before choosing it (docs/training.md). Each size is
-timed by ``bench/train_throughput.timed`` (median of --steps steps after two warm-up steps)
+timed by ``bench/training/train_throughput.timed`` (median of --steps steps after two warm-up steps)
 with the shipped CIFAR-10 config's optimiser settings.
 
-Usage: python bench/teacher_sizes.py [DEPTHxWIDTH ...] [--steps N] [--batch B]
+Usage: python bench/training/teacher_sizes.py [DEPTHxWIDTH ...] [--steps N] [--batch B]
   default sizes: 16x2 16x3 16x4 22x2 28x2 10x4
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -24,10 +23,11 @@ from train_throughput import timed
 from distree.config import WideResNetConfig, load_run_config
 from distree.models import WideResNet
 from distree.models.macs import count_macs
+from distree.provenance import machine
 from distree.training.loop import make_optimizer, train_step
 from distree.training.objectives import TeacherObjective
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     args = ap.parse_args()
     optim = load_run_config(ROOT / "configs" / "cifar10-cpu.yaml").teacher_optim
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, batch {args.batch}")
+    print(f"machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
     for size in args.sizes:
         depth, width = size.split("x")
         teacher = WideResNet(WideResNetConfig(depth=int(depth), width=float(width)), 3, 10)

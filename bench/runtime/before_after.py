@@ -1,12 +1,13 @@
 """The runtime benchmark on two revisions of distree, alternately, in one run.
 
 Checks out REV (default: the first parent of HEAD) into a temporary git worktree and runs
-its ``bench/runtime.py`` and this tree's, one after the other, ``--repeats`` times per
+its runtime benchmark (``bench/runtime/runtime.py``, or ``bench/runtime.py`` in revisions
+before bench/ had sub-folders) and this tree's, one after the other, ``--repeats`` times per
 mode, on the same machine and data; prints the median of each figure for both, with
 their ratio. Both read the same run directory, so any difference is the code's.
 
-Usage: python bench/before_after.py [--before REV] [--modes lockstep,eager] [--repeats 2]
-       [--json FILE] -- RUN_DIR --data PATH [any bench/runtime.py option]
+Usage: python bench/runtime/before_after.py [--before REV] [--modes lockstep,eager] [--repeats 2]
+       [--json FILE] -- RUN_DIR --data PATH [any bench/runtime/runtime.py option]
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIGURES = [
     ("batch1_latency_ms", "runtime", "p50"),
     ("batch1_latency_ms", "in_process", "p50"),
@@ -44,7 +45,10 @@ def _pick(result: dict, path: tuple[str, ...]):
 
 def _run(tree: Path, args: list[str], mode: str, out: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(tree / "src"))
-    cmd = [sys.executable, str(tree / "bench" / "runtime.py"), *args, "--mode", mode, "--json", str(out)]
+    script = tree / "bench" / "runtime" / "runtime.py"
+    if not script.exists():  # a revision from before bench/ had sub-folders
+        script = tree / "bench" / "runtime.py"
+    cmd = [sys.executable, str(script), *args, "--mode", mode, "--json", str(out)]
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
 
@@ -55,7 +59,7 @@ def main() -> None:
     ap.add_argument("--modes", default="lockstep,eager")
     ap.add_argument("--repeats", type=int, default=2, help="runs of each revision per mode, alternating")
     ap.add_argument("--json")
-    ap.add_argument("bench_args", nargs=argparse.REMAINDER, help="-- then bench/runtime.py's arguments")
+    ap.add_argument("bench_args", nargs=argparse.REMAINDER, help="-- then bench/runtime/runtime.py's arguments")
     args = ap.parse_args()
     bench_args = [a for a in args.bench_args if a != "--"]
     t0 = time.perf_counter()

@@ -6,13 +6,12 @@ measured on the test split:
   conf-then-feature-diff  the first exit stops on softmax confidence;
   feature-diff            the first exit never stops, feature difference decides from exit 1 on.
 
-Usage: python bench/feature_diff_first_exit.py RUN_DIR --data PATH [--max-drop 0.5]
+Usage: python bench/policies/feature_diff_first_exit.py RUN_DIR --data PATH [--max-drop 0.5]
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
@@ -21,6 +20,7 @@ from distree.evaluation.offline import record_val_test
 from distree.inference.recorded import exit_costs
 from distree.policies import exit_scores, make_policy
 from distree.policies.calibration import calibrate, outcome
+from distree.provenance import machine
 from distree.run import RunDir
 
 
@@ -36,7 +36,7 @@ def main() -> None:
     student, recs, labels = record_val_test(run, args.data, torch.device("cpu"))
     costs = exit_costs(student, "feature-diff")
     full = float(student.macs.full())
-    print(f"run {run.path}, target: drop <= {args.max_drop} pp; machine: {platform.processor() or platform.machine()}")
+    print(f"run {run.path}, target: drop <= {args.max_drop} pp; machine: {machine()}")
     print(f"{'policy':<24}{'val drop':>10}{'val saving':>12}{'test drop':>11}{'test saving':>13}  test exits")
     for name in ("conf-then-feature-diff", "feature-diff"):
         pol = make_policy(name)

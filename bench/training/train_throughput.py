@@ -15,7 +15,7 @@ picked: 64 with AVX-512 (two 16-wide fp32 FMA units), 32 with AVX2 (two 8-wide).
 that boosts above the reported one, or a core with fewer FMA units, moves the peak: the
 share is for scale, not a measurement.
 
-Usage: python bench/train_throughput.py [CONFIG[:CxS] ...] [--steps N] [--batch B]
+Usage: python bench/training/train_throughput.py [CONFIG[:CxS] ...] [--steps N] [--batch B]
   CxS is channels x image size (default 1x28 for fashion-mnist configs, 3x32 otherwise).
   With no config: the three shipped configs.
 """
@@ -23,8 +23,6 @@ Usage: python bench/train_throughput.py [CONFIG[:CxS] ...] [--steps N] [--batch 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -35,10 +33,11 @@ from distree.config import load_run_config
 from distree.data.augment import Normalization, apply_views, random_views
 from distree.models import DistrEEStudent, WideResNet
 from distree.models.macs import count_macs
+from distree.provenance import machine
 from distree.training.loop import make_optimizer, train_step
 from distree.training.objectives import StudentObjective, TeacherObjective, TeacherTargets, ViewTable
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ["configs/cifar10-cpu.yaml", "configs/fashion-mnist.yaml", "configs/cifar10-gpu.yaml"]
 FLOP_PER_CYCLE = {"AVX512": 64, "AVX2": 32}
 
@@ -133,7 +132,7 @@ def main() -> None:
     per_cycle = FLOP_PER_CYCLE.get(isa, 16)
     peak = cores * ghz * per_cycle if ghz else None
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} with {cores} threads, "
+        f"machine: {machine()}; torch {torch.__version__} with {cores} threads, "
         f"{isa} kernels, clock {ghz or '?'} GHz; "
         f"peak {f'{peak:.0f}' if peak else '?'} GFLOP/s ({cores} x {ghz} GHz x {per_cycle} FLOP/cycle, assumed)"
     )

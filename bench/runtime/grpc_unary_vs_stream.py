@@ -9,7 +9,7 @@ unary call per stage. Last, what a lockstep stage costs the coordinator in gRPC 
 one message out and one back on each of --streams streams (one per worker), fed the way
 the coordinator feeds its sessions (an async generator per stream).
 
-Usage: python bench/grpc_unary_vs_stream.py [--seconds 4] [--bytes 256] [--streams 4]
+Usage: python bench/runtime/grpc_unary_vs_stream.py [--seconds 4] [--bytes 256] [--streams 4]
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
-import os
 import time
 
 import grpc
+
+from distree.provenance import machine
 
 SERVICE = "bench.Echo"
 
@@ -54,7 +55,8 @@ def _server_main(port: int, ready) -> None:
 
 
 def _cpu_s(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / 100
 
 
@@ -124,7 +126,7 @@ def main() -> None:
     try:
         if not ready.wait(30):
             raise RuntimeError("echo server did not start")
-        print(f"machine: {os.cpu_count()} CPUs; message {args.bytes} bytes")
+        print(f"machine: {machine()}; message {args.bytes} bytes")
         asyncio.run(_measure(args.port, proc.pid, args.seconds, args.bytes, args.streams))
     finally:
         proc.terminate()

@@ -20,7 +20,7 @@ calibrated on the validation split for 0.5 / 1 / 2 points at 90% confidence.
                   feature of the class) minus cosine to the second nearest: confidence measured
                   in feature space, not a difference of features
 
-Usage: python bench/feature_criteria.py RUN_DIR --data PATH [--train-samples 10000] [--json FILE]
+Usage: python bench/policies/feature_criteria.py RUN_DIR --data PATH [--train-samples 10000] [--json FILE]
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from distree.data import load_data
 from distree.evaluation.policies import REPORTED_TARGETS_PP, auroc
 from distree.inference.recorded import branch_vectors, exit_costs, fuse_exits
 from distree.policies.calibration import calibrate, outcome
-from distree.provenance import provenance
+from distree.provenance import machine, provenance
 from distree.run import RunDir
 
 
@@ -151,7 +150,7 @@ def main() -> None:
     full_acc = float(right["test"][-1].float().mean())
     print(
         f"run {run.path} ({splits.source}); exit accuracy (test) "
-        f"{[round(float(r.float().mean()), 4) for r in right['test']]}; machine {platform.machine()}"
+        f"{[round(float(r.float().mean()), 4) for r in right['test']]}; machine {machine()}"
     )
     head = "".join(f"{f'AUROC {e}':>9}" for e in range(num_exits - 1))
     tgt = "".join(f"{f'{t} pp: drop / saving':>24}" for t in REPORTED_TARGETS_PP)

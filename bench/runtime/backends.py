@@ -11,7 +11,7 @@ For each backend, in one run (compare the ratios; the machine is shared):
 The int8 export's activation ranges come from the validation split (`--data`). Accuracy
 and saving of each export: `distree eval RUN --backend onnxruntime --export DIR`.
 
-Usage: python bench/backends.py RUN_DIR --data PATH [--repeats 200] [--requests 200] [--json FILE]
+Usage: python bench/runtime/backends.py RUN_DIR --data PATH [--repeats 200] [--requests 200] [--json FILE]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from distree.data import load_data
 from distree.devtools.cluster import LocalCluster
 from distree.export.onnx_export import export_onnx
 from distree.export.ort import OrtBranch
+from distree.provenance import machine
 from distree.run import RunDir
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
@@ -101,9 +102,9 @@ def main() -> None:
                         )
             rows[name]["worker_peak_rss_mib"] = round(cluster.peak_rss_mib("worker0"), 1)
     rows["torch fp32"]["package_mib"] = round(_package_mib("torch"), 1)
-    for name in exports:
+    for name, folder in exports.items():
         rows[name]["package_mib"] = round(_package_mib("onnxruntime"), 1)
-        rows[name]["export_mib"] = round(sum(f.stat().st_size for f in exports[name].iterdir()) / 2**20, 2)
+        rows[name]["export_mib"] = round(sum(f.stat().st_size for f in folder.iterdir()) / 2**20, 2)
     base = rows["torch fp32"]["branch_pass_ms_batch1"]
     print(f"{run.path}, branch 0 ({stages} stages), one compute thread, batch 1:")
     for name, r in rows.items():
@@ -114,7 +115,7 @@ def main() -> None:
         )
     result = {
         "run": str(run.path),
-        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "machine": f"{machine()}, Python {platform.python_version()}",
         "numpy": np.__version__,
         "torch": torch.__version__,
         "backends": rows,
