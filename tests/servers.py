@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from distree.devtools.cluster import free_ports, wait_serving
+from distree.launch.local import free_ports, wait_serving
 from distree.run import RunDir
 from distree.runtime.coordinator import CoordinatorOptions, serve_coordinator
 from distree.runtime.security import TLSFiles

@@ -8,15 +8,15 @@ import torch
 from conftest import RUNTIME_BRANCHES
 from servers import ThreadCluster
 
-from distree.evaluation.policies import model_thresholds
-from distree.evaluation.record import record_trace
+from distree.evaluation.measures import model_thresholds
 from distree.inference.inprocess import early_exit_batch
-from distree.inference.recorded import exit_costs, student_exits
+from distree.inference.records import exit_costs, student_exits
 from distree.policies import decide_exits, exit_scores, make_policy, policy_names
 from distree.runtime.client import DistreeClient
 from distree.runtime.coordinator import CoordinatorOptions
 from distree.simulation.engine import Model, run_system
 from distree.simulation.scenario import Scenario
+from distree.simulation.trace import record_trace
 
 POLICIES = policy_names(servable=True)
 

@@ -94,12 +94,12 @@ def fmnist_test():
 def test_load_predicts_as_the_stage_loop_does(fmnist_test):
     model = distree.load(FMNIST)
     images = fmnist_test.images[:200]
-    got = model.predict(images.numpy())
+    got = model.infer(images.numpy())
     want = early_exit_batch(model.student, model.policy, model.thresholds, images, model.run.meta.data.normalization)
     assert [p.prediction for p in got] == want.predictions.tolist()
     assert [p.exit for p in got] == want.exit.tolist()
     assert np.mean([p.prediction == y for p, y in zip(got, fmnist_test.labels[:200].tolist())]) > 0.8
-    (frame,) = model.predict(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    (frame,) = model.infer(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
     assert frame.class_name in model.classes and 0 < frame.probability <= 1
 
 
@@ -112,9 +112,9 @@ def test_classify_and_infer_images_through_a_cluster(fmnist_test, fmnist_cluster
     classes = distree.load(FMNIST).classes
     address = fmnist_cluster["max-prob"]
     with DistreeClient(address, timeout_s=30) as client:
-        (answer,) = client.classify(big)
+        (answer,) = client.infer(big)
         assert answer.class_name == classes[answer.prediction]
-        assert [a.class_name for a in client.classify([tmp_path / "frame.png", _png(big)])] == [
+        assert [a.class_name for a in client.infer([tmp_path / "frame.png", _png(big)])] == [
             answer.class_name
         ] * 2
     assert main(["infer", "--server", address, str(tmp_path / "frame.png")]) == 0

@@ -13,15 +13,15 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 #: Bottom to top. A package may import its own modules and those of lower layers only;
 #: packages of one layer never import each other.
 LAYERS = [
-    {"config", "hardware", "weights", "tables", "images", "provenance", "arrays"},
+    {"config", "hardware", "weights", "tables", "images", "provenance", "arrays", "answer"},
     {"exits"},
     {"data", "models"},
     {"policies"},
     {"run"},
     {"inference", "export"},
-    {"training", "runtime", "simulation"},
     {"evaluation"},
-    {"devtools"},
+    {"training", "runtime", "simulation"},
+    {"launch"},
     {"cli"},
 ]
 LAYER_OF = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
@@ -87,7 +87,7 @@ def test_the_name_test_check_finds_a_name_test(tmp_path):
 
 #: What no command-line module imports: a command parses its arguments and calls the product,
 #: which starts processes (subprocess, multiprocessing, LocalCluster) and computes (torch, numpy).
-NOT_IN_THE_CLI = {"torch", "numpy", "subprocess", "multiprocessing", "distree.devtools.cluster"}
+NOT_IN_THE_CLI = {"torch", "numpy", "subprocess", "multiprocessing", "distree.launch.local"}
 
 
 def _all_imports(tree: ast.AST) -> set[str]:
@@ -110,5 +110,5 @@ def test_the_cli_neither_starts_processes_nor_computes():
 
 
 def test_the_cli_check_finds_an_import_inside_a_function(tmp_path):
-    tree = ast.parse("def cmd():\n    from distree.devtools.cluster import LocalCluster\n    import torch.nn\n")
-    assert _all_imports(tree) & NOT_IN_THE_CLI == {"distree.devtools.cluster", "torch"}
+    tree = ast.parse("def cmd():\n    from distree.launch.local import LocalCluster\n    import torch.nn\n")
+    assert _all_imports(tree) & NOT_IN_THE_CLI == {"distree.launch.local", "torch"}

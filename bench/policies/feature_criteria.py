@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from distree.data import load_data
-from distree.evaluation.policies import REPORTED_TARGETS_PP, auroc
-from distree.inference.recorded import branch_vectors, exit_costs, fuse_exits
+from distree.evaluation.measures import REPORTED_TARGETS_PP, auroc
+from distree.inference.records import branch_vectors, exit_costs, fuse_exits
 from distree.policies.calibration import calibrate, outcome
 from distree.provenance import machine, provenance
 from distree.run import RunDir

@@ -17,7 +17,7 @@ import time
 import torch
 
 from distree.evaluation.offline import record_val_test
-from distree.inference.recorded import exit_costs
+from distree.inference.records import exit_costs
 from distree.policies import exit_scores, make_policy
 from distree.policies.calibration import calibrate, outcome
 from distree.provenance import machine

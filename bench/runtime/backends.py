@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from distree.data import load_data
-from distree.devtools.cluster import LocalCluster
 from distree.export.onnx_export import export_onnx
 from distree.export.ort import OrtBranch
+from distree.launch.local import LocalCluster
 from distree.provenance import machine
 from distree.run import RunDir
 from distree.runtime.proto import distree_pb2 as pb

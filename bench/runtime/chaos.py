@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from distree.data import load_data
-from distree.devtools.chaos import run_soak
+from distree.launch.chaos import run_soak
 from distree.run import RunDir
 
 

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from distree.data import load_data
-from distree.devtools.cluster import LocalCluster
 from distree.export.onnx_export import export_onnx
+from distree.launch.local import LocalCluster
 from distree.provenance import machine
 from distree.run import RunDir
 from distree.runtime.client import DistreeClient

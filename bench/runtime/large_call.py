@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from distree.data import load_data
-from distree.devtools.cluster import LocalCluster
+from distree.launch.local import LocalCluster
 from distree.run import RunDir
 from distree.runtime.client import DistreeClient, InferenceError
 

@@ -30,7 +30,7 @@ import threading
 from pathlib import Path
 
 from distree.data import load_data
-from distree.devtools.cluster import LocalCluster
+from distree.launch.local import LocalCluster
 from distree.provenance import provenance
 from distree.run import RunDir
 from distree.runtime.loadgen import run_infer

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from distree.data import load_data
-from distree.devtools.cluster import LocalCluster
 from distree.inference.inprocess import early_exit_batch
+from distree.launch.local import LocalCluster
 from distree.policies import DEFAULT_POLICY, make_policy
 from distree.policies.calibration_file import model_thresholds
 from distree.provenance import machine, provenance

@@ -1,7 +1,7 @@
 """Emulated testbed vs simulator: the real runtime over shaped links against the simulator's prediction.
 
 Four workers run in their own network namespaces behind veth links, the coordinator and the
-client in the root namespace (distree.devtools.testbed). Requests are sent one at a time.
+client in the root namespace (distree.launch.testbed). Requests are sent one at a time.
 
 For each scenario:
 1. Unshaped links: measure each request's latency and its exit; fit the runtime's fixed
@@ -32,13 +32,12 @@ import numpy as np
 import torch
 
 from distree.data import load_data
-from distree.devtools.cluster import LocalCluster
-from distree.devtools.testbed import Testbed, TestbedUnavailable, capabilities
-from distree.evaluation.record import load_model
+from distree.launch.local import LocalCluster
+from distree.launch.testbed import Testbed, TestbedUnavailable, capabilities
 from distree.provenance import machine
 from distree.run import RunDir
 from distree.runtime.client import DistreeClient
-from distree.simulation.engine import Model, run_system
+from distree.simulation.engine import Model, load_model, run_system
 from distree.simulation.scenario import Link, load_scenario
 
 HERE = Path(__file__).parent

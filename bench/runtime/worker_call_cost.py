@@ -20,7 +20,7 @@ import uuid
 import grpc
 import torch
 
-from distree.devtools.cluster import LocalCluster
+from distree.launch.local import LocalCluster
 from distree.run import RunDir
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 def load(run_dir, policy: str | None = None) -> LocalModel:
     """A trained run ready to classify in this process:
-    ``distree.load("models/fashion-mnist").predict(["shoe.png"])``. ``policy``: the exit
+    ``distree.load("models/fashion-mnist").infer(["shoe.png"])``. ``policy``: the exit
     policy (default: the runtime's default), with the run's calibrated thresholds."""
     from distree.inference.local import LocalModel  # torch: imported only when a model is loaded
 

@@ -11,8 +11,8 @@ from conftest import RUNTIME_BRANCHES
 from servers import ThreadCluster
 
 from distree.cli.main import main
-from distree.devtools.demo import DEMO_POLICIES
-from distree.devtools.cluster import free_ports
+from distree.launch.demo import DEMO_POLICIES
+from distree.launch.local import free_ports
 
 
 def _data_dir(run) -> Path:

@@ -4,8 +4,8 @@ import pytest
 import torch
 from conftest import calibration_of, tiny_student_config
 
-from distree.evaluation.policies import branches_present_table, calibrate_policies
-from distree.inference.recorded import exit_costs, fuse_exits, fuse_random_subsets
+from distree.evaluation.measures import branches_present_table, calibrate_policies
+from distree.inference.records import exit_costs, fuse_exits, fuse_random_subsets
 from distree.models import DistrEEStudent
 from distree.policies import decide_exits, exit_scores, make_policy
 from distree.policies.calibration_file import CalibrationTarget, thresholds_for

@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import RUNTIME_BRANCHES
 
-from distree.devtools.cluster import LocalCluster
 from distree.export.onnx_export import export_onnx
+from distree.launch.local import LocalCluster
 from distree.runtime.client import DistreeClient
 
 pytestmark = pytest.mark.e2e  # real processes: workers in a board's install, without torch

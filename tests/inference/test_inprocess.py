@@ -4,7 +4,7 @@ from conftest import tiny_student_config
 
 from distree.data.augment import Normalization
 from distree.inference.inprocess import early_exit_batch
-from distree.inference.recorded import exit_costs
+from distree.inference.records import exit_costs
 from distree.models import DistrEEStudent, ExitRecords
 from distree.policies import ExitThresholds, decide_exits, exit_scores, make_policy
 

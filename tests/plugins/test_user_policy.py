@@ -13,8 +13,8 @@ from collections import Counter
 
 import pytest
 
-from distree.devtools.cluster import LocalCluster
 from distree.export.onnx_export import export_onnx
+from distree.launch.local import LocalCluster
 from distree.run import RunDir
 from distree.runtime.client import DistreeClient
 

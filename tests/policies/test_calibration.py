@@ -157,7 +157,7 @@ def test_many_exits_use_coordinate_descent_and_hold_the_constraint():
 
 
 def test_auroc_ranks_right_above_wrong_and_counts_ties_half():
-    from distree.evaluation.policies import auroc
+    from distree.evaluation.measures import auroc
 
     right = torch.tensor([True, True, False, False])
     assert auroc(torch.tensor([0.9, 0.8, 0.1, 0.2]), right) == 1.0

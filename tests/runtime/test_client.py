@@ -7,12 +7,18 @@ import pytest
 import torch
 
 from distree.runtime.client import DistreeClient, InferenceError
+from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
 
 
 class _Failing(pb_grpc.CoordinatorServicer):
+    """Describes its model like any coordinator; fails every Infer with ``code``."""
+
     def __init__(self, code: grpc.StatusCode):
         self.code = code
+
+    def ModelInfo(self, request, context):
+        return pb.ModelInfoReply(in_channels=3, image_size=8, classes=["a", "b"], num_exits=2)
 
     def Infer(self, request, context):
         context.abort(self.code, "server side")

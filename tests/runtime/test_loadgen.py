@@ -3,7 +3,8 @@
 import grpc
 import torch
 
-from distree.runtime.client import Answer, InferenceError
+from distree.answer import Answer
+from distree.runtime.client import InferenceError
 from distree.runtime.loadgen import send
 
 

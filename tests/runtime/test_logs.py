@@ -10,7 +10,7 @@ import pytest
 from conftest import RUNTIME_BRANCHES, until
 from servers import ThreadCluster
 
-from distree.devtools.cluster import LocalCluster
+from distree.launch.local import LocalCluster
 from distree.runtime.client import DistreeClient
 
 

@@ -13,7 +13,7 @@ from conftest import RUNTIME_BRANCHES
 from prometheus_client.parser import text_string_to_metric_families
 
 from distree import __version__
-from distree.devtools.cluster import LocalCluster, free_ports
+from distree.launch.local import LocalCluster, free_ports
 from distree.runtime.client import DistreeClient
 from distree.runtime.metrics import REGISTRIES
 

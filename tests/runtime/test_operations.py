@@ -11,7 +11,7 @@ import pytest
 from conftest import RUNTIME_BRANCHES, until
 
 from distree.cli.main import main
-from distree.devtools.cluster import LocalCluster, free_port
+from distree.launch.local import LocalCluster, free_port
 from distree.runtime.client import DistreeClient
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc

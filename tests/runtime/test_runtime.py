@@ -13,9 +13,9 @@ import torch
 from conftest import RUNTIME_BRANCHES
 from servers import ThreadCluster
 
-from distree.devtools.cluster import LocalCluster, settled_worker_infos
-from distree.evaluation.policies import model_thresholds
-from distree.inference.recorded import student_exits
+from distree.evaluation.measures import model_thresholds
+from distree.inference.records import student_exits
+from distree.launch.local import LocalCluster, settled_worker_infos
 from distree.policies import decide_exits, exit_scores, make_policy
 from distree.run import RunDir
 from distree.runtime.client import DistreeClient, InferenceError

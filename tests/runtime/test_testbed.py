@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from distree.devtools.testbed import Testbed, TestbedUnavailable, capabilities, shaping_args
+from distree.launch.testbed import Testbed, TestbedUnavailable, capabilities, shaping_args
 from distree.simulation.scenario import Link
 
 

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from conftest import until
 
-from distree.devtools.cluster import LocalCluster
+from distree.launch.local import LocalCluster
 from distree.runtime.client import DistreeClient, InferenceError
 from distree.runtime.security import TLSFiles
 

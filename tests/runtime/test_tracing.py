@@ -8,7 +8,7 @@ import re
 import pytest
 from conftest import RUNTIME_BRANCHES, until
 
-from distree.devtools.cluster import LocalCluster
+from distree.launch.local import LocalCluster
 from distree.runtime.client import DistreeClient
 
 pytestmark = pytest.mark.e2e  # real processes: OpenTelemetry set up per process

@@ -6,13 +6,12 @@ import torch
 from conftest import calibration_of
 
 from distree.config import ConfigError
-from distree.evaluation.policies import model_thresholds
-from distree.evaluation.record import record_trace
-from distree.inference.recorded import accuracy, evaluate_policy, fuse_exits
+from distree.evaluation.measures import accuracy, evaluate_policy, model_thresholds
+from distree.inference.records import fuse_exits
 from distree.simulation.engine import Model, run_system, simulate, simulate_system, systems_for
 from distree.simulation.scenario import Availability, Scenario, load_scenario
 from distree.simulation.systems import pipeline_partition
-from distree.simulation.trace import TRACE_FILE, Trace
+from distree.simulation.trace import TRACE_FILE, Trace, record_trace
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +175,7 @@ def test_shipped_scenarios_load():
 
 
 def test_token_bucket_burst_then_rate():
-    from distree.simulation.cluster import TokenBucket
+    from distree.simulation.devices import TokenBucket
 
     fluid = TokenBucket(1000.0, 0)
     assert fluid.serialisation_s(500, 0.0) == pytest.approx(0.5)

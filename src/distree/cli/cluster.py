@@ -10,8 +10,7 @@ from distree.cli.args import write_json
 
 def cmd_cluster_check(args: argparse.Namespace) -> int:
     """One row per worker; exit 1 when any check fails, naming the worker and why."""
-    from distree.runtime.cluster_check import check_cluster
-    from distree.runtime.cluster_file import load_cluster
+    from distree.runtime.cluster import check_cluster, load_cluster
     from distree.runtime.security import TLSFiles, resolve_token
     from distree.tables import render
 

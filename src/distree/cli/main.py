@@ -126,8 +126,8 @@ def cmd_policies(args: argparse.Namespace) -> int:
     rows = []
     for name in policy_names():
         cls = policy_class(name)
-        probe = cls.__new__(cls)  # (its properties read class attributes only)
-        uses = [u for u, yes in (("calibrated", probe.calibrated), ("served", probe.servable)) if yes]
+        bare = cls.__new__(cls)  # (its properties read class attributes only)
+        uses = [u for u, yes in (("calibrated", bare.calibrated), ("served", bare.servable)) if yes]
         rows.append(
             [name, cls.criterion, ", ".join(uses) or "offline only", "default" if name == DEFAULT_POLICY else ""]
         )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from distree.cli.args import log, policy_type, shipped, write_json
 from distree.config import DEFAULT_POLICY
-from distree.runtime.cluster_file import CoordinatorEntry
+from distree.runtime.cluster import CoordinatorEntry
 
 DEFAULT_DEMO_RUN = "models/cifar10"
 #: What ``serve`` uses for what neither a flag nor a cluster file sets: a cluster file's defaults.
@@ -136,7 +136,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     worker_tls = TLSFiles(args.worker_tls_cert, args.worker_tls_key, args.worker_tls_ca)
     tls, token = _tls(args), _token(args)
     if args.cluster:
-        from distree.runtime.cluster_file import load_cluster
+        from distree.runtime.cluster import load_cluster
 
         if args.run_dir or args.workers:
             raise ValueError("--cluster names the run and the workers: give RUN_DIR and --workers only without it")
@@ -187,7 +187,7 @@ def _infer_images(args: argparse.Namespace) -> int:
     records = []
     with DistreeClient(args.server, token=_token(args), tls=_tls(args)) as client:
         try:
-            answers = client.classify(files, args.deadline_ms, batch=args.batch)
+            answers = client.infer(files, args.deadline_ms, batch=args.batch)
         except InferenceError as err:
             print(f"distree infer: {err}", file=sys.stderr)
             return 1
@@ -258,14 +258,14 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The runtime demo (``distree.devtools.demo``) on this run's test split."""
+    """The runtime demo (``distree.launch.demo``) on this run's test split."""
     from distree.data import load_data
-    from distree.devtools.demo import DEMO_POLICIES, DemoSettings, demo_export, format_demo, run_demo
+    from distree.launch.demo import DEMO_POLICIES, DemoSettings, demo_export, format_demo, run_demo
     from distree.run import RunDir
 
     cluster = None
     if args.cluster:  # the boards of a cluster file instead of local workers
-        from distree.runtime.cluster_file import load_cluster
+        from distree.runtime.cluster import load_cluster
 
         if args.run_dir or args.backend != "torch" or args.export:
             raise ValueError("--cluster names the run, and its workers run what they run: no --run-dir or --backend")

@@ -29,17 +29,16 @@ def _run(args: argparse.Namespace):
 
 
 def _model(args: argparse.Namespace):
-    from distree.evaluation.record import load_model
     from distree.hardware import pick_device
+    from distree.simulation.engine import load_model
 
     return load_model(_run(args), args.data, pick_device(args.device), log=_log)
 
 
 def cmd_record(args: argparse.Namespace) -> int:
     """Record the run's outputs on the test split for the simulator."""
-    from distree.evaluation.record import record_trace
     from distree.hardware import pick_device
-    from distree.simulation.trace import TRACE_FILE
+    from distree.simulation.trace import TRACE_FILE, record_trace
 
     t0 = time.perf_counter()
     run = _run(args)

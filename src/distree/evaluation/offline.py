@@ -13,16 +13,19 @@ import torch
 
 from distree.data import load_data
 from distree.data.dataset import DataSplits, ImageSet
-from distree.evaluation.plots import plot_policy_curves
-from distree.evaluation.policies import (
+from distree.evaluation.measures import (
     DEFAULT_CONFIDENCE,
     DEFAULT_MAX_DROP_PP,
+    accuracy,
     at_targets,
     branches_present_table,
     calibrate_policies,
+    evaluate_policy,
     exit_auroc,
     model_thresholds,
+    sweep_policy,
 )
+from distree.evaluation.plots import plot_policy_curves
 from distree.evaluation.results import (
     Curves,
     EvalResult,
@@ -32,15 +35,7 @@ from distree.evaluation.results import (
     RunResult,
     format_run,
 )
-from distree.inference.recorded import (
-    accuracy,
-    branch_vectors,
-    evaluate_policy,
-    fuse_exits,
-    student_exits,
-    sweep_policy,
-    teacher_logits,
-)
+from distree.inference.records import branch_vectors, fuse_exits, student_exits, teacher_logits
 from distree.models import DistrEEStudent
 from distree.models.macs import count_macs
 from distree.policies import policy_names

@@ -73,10 +73,10 @@ def policy_names(*, servable: bool | None = None, calibrated: bool | None = None
     _with_plugins()
     out = []
     for name, cls in _REGISTRY.items():
-        probe = cls.__new__(cls)  # the properties read class attributes only
-        if servable is not None and probe.servable != servable:
+        bare = cls.__new__(cls)  # the properties read class attributes only
+        if servable is not None and bare.servable != servable:
             continue
-        if calibrated is not None and probe.calibrated != calibrated:
+        if calibrated is not None and bare.calibrated != calibrated:
             continue
         out.append(name)
     return out

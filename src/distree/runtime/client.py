@@ -3,14 +3,13 @@ also takes torch tensors, without importing torch)."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
 
+from distree.answer import Answer
 from distree.images import ImageLike, as_model_input
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
@@ -18,7 +17,7 @@ from distree.runtime.security import TLSFiles, call_metadata, make_blocking_chan
 from distree.runtime.tensors import to_proto
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 
 class InferenceError(RuntimeError):
@@ -37,31 +36,9 @@ class InferenceError(RuntimeError):
         self.code = code
 
 
-@dataclass(frozen=True)
-class Answer:
-    """One input's answer."""
-
-    prediction: int
-    probabilities: list[float]
-    exit: int
-    branches: list[int]
-    stage_ms: list[float]  # wall time of each stage at the coordinator
-    stop_reason: str
-    worker_ms: list[float]  # the slowest answering worker's own time per stage
-    macs: int  # charged to this input: stages of the branches that answered, heads the policy read
-    group_id: str = ""  # the group it ran in, as the coordinator's and workers' debug logs name it
-    class_name: str = ""  # the prediction's name (``classify`` fills it in)
-
-    @property
-    def probability(self) -> float:
-        """The predicted class's probability."""
-        return self.probabilities[self.prediction]
-
-
 class DistreeClient:
-    """Blocking client: ``DistreeClient("host:port").classify(["frame.png"])`` for images as
-    they come, ``.infer(images_uint8_nchw)`` for a numpy array or torch tensor already of
-    the model's shape."""
+    """Blocking client: ``DistreeClient("host:port").infer(["frame.png"])``, images as they
+    come (``distree.images``) or a uint8 numpy array or torch tensor of the model's shape."""
 
     def __init__(self, address: str, token: str | None = None, tls: TLSFiles = TLSFiles(), timeout_s: float = 60.0):
         self._channel = make_blocking_channel(address, tls)  # a restarted coordinator is reached within seconds
@@ -84,37 +61,38 @@ class DistreeClient:
         """What the coordinator serves."""
         return self._call(self._stub.ModelInfo, pb.ModelInfoRequest())
 
-    def infer(self, images: np.ndarray | torch.Tensor, deadline_ms: float = 0.0) -> list[Answer]:
-        """Classify uint8 images (B, C, H, W); one Answer per image."""
+    def infer(
+        self, images: ImageLike | Sequence[ImageLike], deadline_ms: float = 0.0, batch: int | None = None
+    ) -> list[Answer]:
+        """Classify images as they come: file paths, bytes, PIL images or uint8 arrays of any
+        size ((H, W), (H, W, C), (C, H, W), or a batch of them), converted to the model's
+        size and channels (``distree.images``; a uint8 (B, C, H, W) array or tensor of the
+        model's shape is sent as it is); one Answer per image, with its class name, in calls
+        of ``batch`` inputs (default: one call)."""
+        if self._info is None:
+            self._info = self.model_info()
+        info = self._info
+        x = as_model_input(images, (info.in_channels, info.image_size, info.image_size))
+        step = batch or max(1, len(x))
+        return [a for i in range(0, len(x), step) for a in self._infer(x[i : i + step], deadline_ms, info.classes)]
+
+    def _infer(self, images: np.ndarray, deadline_ms: float, classes: Sequence[str]) -> list[Answer]:
         reply = self._call(self._stub.Infer, pb.InferRequest(images=to_proto(images), deadline_ms=deadline_ms))
         return [
             Answer(
                 prediction=r.prediction,
                 probabilities=list(r.probabilities),
                 exit=r.exit,
-                branches=list(r.branches),
-                stage_ms=list(r.stage_ms),
-                stop_reason=r.stop_reason,
-                worker_ms=list(r.worker_ms),
                 macs=r.macs,
+                class_name=classes[r.prediction],
+                branches=list(r.branches),
+                stop_reason=r.stop_reason,
+                stage_ms=list(r.stage_ms),
+                worker_ms=list(r.worker_ms),
                 group_id=r.group_id,
             )
             for r in reply.results
         ]
-
-    def classify(
-        self, images: ImageLike | Sequence[ImageLike], deadline_ms: float = 0.0, batch: int = 64
-    ) -> list[Answer]:
-        """Classify images as they come: file paths, bytes, PIL images or uint8 arrays of any
-        size ((H, W), (H, W, C), (C, H, W), or a batch of them), converted to the model's
-        size and channels (``distree.images``); one Answer per image, with its class name,
-        in ``batch``-sized calls."""
-        if self._info is None:
-            self._info = self.model_info()
-        info = self._info
-        x = as_model_input(images, (info.in_channels, info.image_size, info.image_size))
-        answers = [a for i in range(0, len(x), batch) for a in self.infer(x[i : i + batch], deadline_ms)]
-        return [dataclasses.replace(a, class_name=info.classes[a.prediction]) for a in answers]
 
     def close(self) -> None:
         """Close the channel."""

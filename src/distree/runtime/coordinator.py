@@ -218,7 +218,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         while True:
             now = time.monotonic()
             await asyncio.gather(
-                *(w.probe(self.model.num_exits) for w in self.links if not w.up and now >= w.next_try),
+                *(w.try_connect(self.model.num_exits) for w in self.links if not w.up and now >= w.next_try),
                 *(w.check() for w in self.links if w.up and now >= w.next_check),
             )
             await asyncio.sleep(0.05)

@@ -144,7 +144,7 @@ def make_channel(address: str, tls: TLSFiles, reconnect_s: tuple[float, float] =
 
 
 def make_blocking_channel(address: str, tls: TLSFiles) -> grpc.Channel:
-    """``make_channel`` for blocking callers (the client, checks and probes)."""
+    """``make_channel`` for blocking callers (the client, the cluster check and health checks)."""
     opts = channel_options()
     if tls.enabled:
         return grpc.secure_channel(address, tls.channel_credentials(), options=opts)

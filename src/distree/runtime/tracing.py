@@ -3,7 +3,7 @@
 
 Server and client calls are traced by OpenTelemetry's gRPC instrumentation, the trace
 context carried in the calls' metadata: an application's ``Infer`` span is the parent of
-the coordinator's span for it, and the coordinator's calls to a worker (``Info`` probes)
+the coordinator's span for it, and the coordinator's calls to a worker (``Info`` on each connection attempt)
 are parents of the worker's. The stages themselves travel on one long-lived ``Session``
 stream per worker, whose span covers the session rather than a group: per group, the
 ``group_id`` in the debug logs ties the hops together.

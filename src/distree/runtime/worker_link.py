@@ -156,7 +156,7 @@ class WorkerLink:
         self.up = False
         self._opts = opts
         self._backoff = opts.retry_initial_s
-        self._waiting_why: str | None = None  # why the last probe failed, as last logged
+        self._waiting_why: str | None = None  # why the last connection attempt failed, as last logged
         self._plaintext = not tls.enabled
         self.next_try = 0.0
         self.next_check = 0.0
@@ -237,7 +237,7 @@ class WorkerLink:
         if h.status != health_pb2.HealthCheckResponse.SERVING and self.up:
             self.failed("the worker says it is not serving (draining or loading)")
 
-    async def probe(self, num_stages: int) -> None:
+    async def try_connect(self, num_stages: int) -> None:
         """Health-check a worker that is down; use it again once it serves."""
         try:
             h = await self.health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
@@ -275,7 +275,7 @@ class WorkerLink:
             if rpc and err.code() == grpc.StatusCode.UNAUTHENTICATED:
                 log.error("worker rejected the token", extra=where)
             elif why != self._waiting_why:
-                # Once per reason, not per probe: a worker not started yet, or one that speaks
+                # Once per reason, not per attempt: a worker not started yet, or one that speaks
                 # TLS to a plaintext coordinator (or the reverse), is named with what gRPC said.
                 log.warning("waiting for worker", extra={**where, "why": why})
             self._waiting_why = why

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
@@ -9,13 +10,15 @@ from functools import partial
 
 import numpy as np
 import simpy
+import torch
 
+from distree.data import ENV_VAR
 from distree.models import DistrEEStudent
 from distree.policies import ExitThresholds, policy_names
 from distree.policies.calibration_file import CalibrationFile, model_thresholds
 from distree.policies.scores import Full
 from distree.run import RunDir
-from distree.simulation.cluster import Health, Network, SimDevice
+from distree.simulation.devices import Health, Network, SimDevice
 from distree.simulation.outcomes import ExitTables
 from distree.simulation.scenario import Scenario
 from distree.simulation.systems import (
@@ -28,7 +31,7 @@ from distree.simulation.systems import (
     single_device_request,
     teacher_request,
 )
-from distree.simulation.trace import Trace
+from distree.simulation.trace import TRACE_FILE, Trace, record_trace
 from distree.tables import render
 
 BASELINES = ("teacher", "pipeline", "single-device-exit")
@@ -240,3 +243,15 @@ def format_results(report: dict) -> str:
     rows = [[name, *(result_cells(r)[c] for c in cols)] for name, r in report["results"].items()]
     title = f"scenario {report['scenario']} ({report['mode']}, {report['requests']} requests)"
     return "\n".join([title, *render(headers, rows)])
+
+
+def load_model(run: RunDir, data: str | None, device: torch.device, log: Callable[[str], None] = print) -> Model:
+    """The run's model with its trace, recording the trace first when there is none."""
+    path = run.path / TRACE_FILE
+    if not path.is_file() and data is None and not os.environ.get(ENV_VAR):
+        raise FileNotFoundError(
+            f"{run.path} has no recorded trace ({TRACE_FILE}); run 'distree record {run.path} --data PATH', "
+            f"or pass --data (or set {ENV_VAR}) and it is recorded first"
+        )
+    trace = Trace.load(path) if path.is_file() else record_trace(run, data, device, log=log)
+    return Model.from_run(run, trace)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import array_api_compat.torch
 import torch
 
-from distree.inference.recorded import fuse_exits
+from distree.inference.records import fuse_exits
 from distree.inference.stage_loop import Fusion
 from distree.models import DistrEEStudent, ExitOutput, ExitRecords
 

@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from distree.inference.recorded import fuse_exits, sweep_policy
+from distree.evaluation.measures import sweep_policy
+from distree.inference.records import fuse_exits
 from distree.run import RunDir
 from distree.simulation.engine import Model, SystemRun, result_cells, simulate
 from distree.simulation.scenario import Scenario

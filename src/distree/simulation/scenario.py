@@ -75,8 +75,8 @@ class Coordinator(_Strict):
     macs_per_s: float = Field(1e10, gt=0)
     overhead_ms: float = Field(0.0, ge=0, description="per fusion and decision")
     request_overhead_ms: float = Field(0.0, ge=0, description="per request: receiving it and answering, any system")
-    # The runtime's defaults (CoordinatorOptions): a failed device is probed after
-    # retry_initial_s, doubling up to retry_max_s, and used again once a probe finds it up.
+    # The runtime's defaults (CoordinatorOptions): a failed device is tried again after
+    # retry_initial_s, doubling up to retry_max_s, and used again once an attempt finds it up.
     retry_initial_s: float = Field(0.2, gt=0)
     retry_max_s: float = Field(5.0, gt=0)
 

@@ -20,7 +20,7 @@ from distree.models import ExitRecords, StudentMacs
 from distree.policies import ExitThresholds, exit_scores, make_policy
 from distree.policies.base import first_passing
 from distree.policies.scores import MaxProb
-from distree.simulation.cluster import Health, Network, SimDevice
+from distree.simulation.devices import Health, Network, SimDevice
 from distree.simulation.outcomes import ExitTables
 from distree.simulation.scenario import Scenario
 from distree.simulation.trace import Trace

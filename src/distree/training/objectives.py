@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import time
-from time import monotonic  # a name of this module's own: tests replace this clock, not every thread's
 from collections.abc import Callable
 from pathlib import Path
+from time import monotonic  # a name of this module's own: tests replace this clock, not every thread's
 
 import torch
 import torch.nn.functional as F

@@ -13,7 +13,8 @@ import torch
 from distree.config import RunConfig
 from distree.data.augment import Normalization
 from distree.data.dataset import DataSplits
-from distree.inference.recorded import accuracy, student_exits, teacher_logits
+from distree.evaluation.measures import accuracy
+from distree.inference.records import student_exits, teacher_logits
 from distree.provenance import Provenance
 from distree.run import DataInfo, RunDir, RunMeta
 from distree.training.loop import Phase, TimeLimitReached, train_phase

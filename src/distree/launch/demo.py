@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from distree.devtools.cluster import LocalCluster, settled_worker_infos
+from distree.launch.local import LocalCluster, settled_worker_infos
 from distree.policies import DEFAULT_POLICY
 from distree.policies.scores import Full
 from distree.provenance import machine
 from distree.run import RunDir
 from distree.runtime.client import DistreeClient
-from distree.runtime.cluster_file import ClusterFile
+from distree.runtime.cluster import ClusterFile
 from distree.runtime.loadgen import format_infer, send, summarize
 from distree.runtime.security import resolve_token
 

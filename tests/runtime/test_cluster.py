@@ -10,9 +10,9 @@ from conftest import RUNTIME_BRANCHES
 
 from distree.cli.main import main
 from distree.config import ConfigError
-from distree.devtools.cluster import LocalCluster, free_port
+from distree.launch.local import LocalCluster, free_port
 from distree.runtime.client import DistreeClient
-from distree.runtime.cluster_file import load_cluster
+from distree.runtime.cluster import load_cluster
 
 
 def _write(path, **fields):

@@ -3,7 +3,7 @@ killed, under load from two clients; no call is lost or answered twice."""
 
 import pytest
 
-from distree.devtools.chaos import EVENTS, run_soak
+from distree.launch.chaos import EVENTS, run_soak
 
 
 @pytest.mark.e2e

@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 import torch
 
-from distree.devtools.cluster import LocalCluster
+from distree.launch.local import LocalCluster
 from distree.runtime.client import DistreeClient, InferenceError
 
 #: Scripted soaks: answers that must arrive between two events, so each meets a serving cluster.

@@ -148,12 +148,12 @@ class Health:
         self._backoff = [initial_s] * len(devices)
 
     def failed(self, device: int) -> None:
-        """Stop using ``device`` until a probe finds it up again."""
+        """Stop using ``device`` until a connection attempt finds it up again."""
         if self.usable[device]:
             self.usable[device] = False
-            self.env.process(self._probe(device))
+            self.env.process(self._reconnect(device))
 
-    def _probe(self, device: int) -> Generator:
+    def _reconnect(self, device: int) -> Generator:
         while True:
             yield self.env.timeout(self._backoff[device])
             self._backoff[device] = min(self._backoff[device] * 2, self._max)

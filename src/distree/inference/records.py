@@ -20,8 +20,7 @@ from distree.data.augment import Normalization
 from distree.hardware import autocast
 from distree.inference.costs import ExitCosts
 from distree.models import DistrEEStudent, ExitRecords, WideResNet
-from distree.policies import exit_scores, make_policy, policy_class
-from distree.policies.calibration import candidate_thresholds, outcome, quantile_family
+from distree.policies import make_policy
 
 
 def _batches(images: torch.Tensor, batch_size: int):
@@ -127,11 +126,6 @@ def student_exits(
     return fuse_exits(model, branch_vectors(model, images, norm, batch_size, device), present)
 
 
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float | list[float]:
-    """Top-1 accuracy of (N, K) logits (a float), or of (E, N, K) logits (one per exit)."""
-    return (logits.argmax(-1) == labels).float().mean(-1).tolist()
-
-
 def exit_costs(model: DistrEEStudent, policy: str, present: Sequence[int] | None = None) -> torch.Tensor:
     """MACs (E,) of stopping at each exit under ``policy`` with the ``present`` branches
     (default: all), by the stage loop's cost rule (``ExitCosts``)."""
@@ -139,62 +133,3 @@ def exit_costs(model: DistrEEStudent, policy: str, present: Sequence[int] | None
     return torch.from_numpy(ExitCosts(model.macs, make_policy(policy)).per_exit(present)).float()
 
 
-def scores_and_correct(policy: str, rec: ExitRecords, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(E, N) scores of ``policy`` and (E, N) correctness of each exit's prediction."""
-    scores = exit_scores(make_policy(policy, labels), rec)
-    return scores, rec.logits.argmax(-1) == labels
-
-
-def evaluate_policy(
-    model: DistrEEStudent,
-    policy: str,
-    thresholds: list[float],
-    rec: ExitRecords,
-    labels: torch.Tensor,
-    present: Sequence[int] | None = None,
-) -> dict:
-    """Accuracy, drop, MACs, saving and exit histogram of one policy on recorded outputs.
-
-    ``saving_by_exit[e]`` is the part of the saving produced by the requests that stopped
-    at exit e (what they did not compute, over all requests' full-execution cost); the
-    entries sum to ``saving``, and the last one is negative when the heads on the way cost
-    more than full execution's single head.
-    """
-    scores, correct = scores_and_correct(policy, rec, labels)
-    costs = exit_costs(model, policy, present)
-    o = outcome(scores, correct, costs, thresholds)
-    full_acc = float(correct[-1].float().mean())
-    full_macs = float(model.macs.full(present))
-    n = sum(o.exit_histogram)
-    by_exit = [(full_macs - float(c)) * k / (n * full_macs) for c, k in zip(costs, o.exit_histogram)]
-    return {
-        "accuracy": round(o.accuracy, 4),
-        "drop_pp": round((full_acc - o.accuracy) * 100, 2) + 0.0,  # no "-0.0"
-        "macs_per_sample": round(o.macs_per_sample),
-        "saving": round(1 - o.macs_per_sample / full_macs, 4),
-        "saving_by_exit": [round(x, 4) + 0.0 for x in by_exit],
-        "exit_histogram": o.exit_histogram,
-    }
-
-
-def sweep_policy(
-    model: DistrEEStudent,
-    policy: str,
-    val: ExitRecords,
-    val_labels: torch.Tensor,
-    test: ExitRecords,
-    test_labels: torch.Tensor,
-) -> list[dict]:
-    """Accuracy vs computation on test over thresholds taken from validation score quantiles."""
-    fixed = policy_class(policy).fixed_threshold
-    if fixed is not None:
-        families = [[fixed] * (model.num_exits - 1)]
-    else:
-        vs, _ = scores_and_correct(policy, val, val_labels)
-        families = quantile_family(candidate_thresholds(vs), steps=40)
-    rows = []
-    for i, t in enumerate(families):
-        r = evaluate_policy(model, policy, t, test, test_labels)
-        del r["exit_histogram"], r["saving_by_exit"]
-        rows.append({"policy": policy, "step": i, **r})
-    return rows

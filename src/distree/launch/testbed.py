@@ -55,10 +55,10 @@ def capabilities() -> dict[str, bool]:
     for tool in ("ip", "tc"):
         if shutil.which(tool) is None:
             raise TestbedUnavailable(f"the emulated testbed needs '{tool}' (package iproute2)")
-    probe = "distree-probe"
-    if _run(["ip", "netns", "add", probe], check=False).returncode:
+    ns = "distree-capability-check"
+    if _run(["ip", "netns", "add", ns], check=False).returncode:
         raise TestbedUnavailable("cannot create network namespaces here (ip netns add failed)")
-    _run(["ip", "netns", "del", probe], check=False)
+    _run(["ip", "netns", "del", ns], check=False)
     caps = {"netem": _qdisc_works("netem"), "tbf": _qdisc_works("tbf")}
     if not any(caps.values()):
         raise TestbedUnavailable("the kernel has neither the netem nor the tbf queueing discipline")
