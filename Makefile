@@ -33,6 +33,7 @@ test-fast: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 .PHONY: proto
 proto: $(VENV)/.installed  # regenerate the committed gRPC code from distree.proto

@@ -47,25 +47,35 @@ class ThreadCluster:
 
     def start_workers(self, n: int, options: WorkerOptions = WorkerOptions(), debug_rpcs: bool = False) -> list[str]:
         """Workers of branches 0..n-1; their addresses once each is healthy."""
-        addresses = [f"127.0.0.1:{p}" for p in free_ports(n)]
-        for b, address in enumerate(addresses):
-            stages = TorchStages(self.run, b, torch.device("cpu"))
-            self._start(serve_worker(stages, b, address, options, self.token, TLSFiles(), None, debug_rpcs, GRACE_S))
-        for address in addresses:
+        self.worker_addresses = [self.start_worker(b, options, debug_rpcs, wait=False) for b in range(n)]
+        for address in self.worker_addresses:
             wait_serving(address)
-        self.worker_addresses = addresses
-        return addresses
+        return self.worker_addresses
+
+    def start_worker(
+        self, branch: int, options: WorkerOptions = WorkerOptions(), debug_rpcs: bool = False, wait: bool = True
+    ) -> str:
+        """The worker of ``branch``; its address (once healthy, with ``wait``)."""
+        (port,) = free_ports(1)
+        address = f"127.0.0.1:{port}"
+        stages = TorchStages(self.run, branch, torch.device("cpu"))
+        self._start(serve_worker(stages, branch, address, options, self.token, TLSFiles(), None, debug_rpcs, GRACE_S))
+        if wait:
+            wait_serving(address)
+        return address
 
     def start_coordinator(
         self,
         options: CoordinatorOptions = CoordinatorOptions(),
         workers: Sequence[str] | None = None,
         wait: bool = True,
+        export: Path | None = None,
     ) -> str:
-        """A coordinator over ``workers`` (default: this cluster's); its address once healthy."""
+        """A coordinator over ``workers`` (default: this cluster's); its address once healthy.
+        ``export``: the heads of this export run in onnxruntime instead of the run's in torch."""
         (port,) = free_ports(1)
         address = f"127.0.0.1:{port}"
-        model = served_model(self.run.path)
+        model = served_model(self.run.path) if export is None else served_model(export, "onnxruntime")
         ws = list(workers if workers is not None else self.worker_addresses)
         self._start(serve_coordinator(model, ws, address, options, self.token, TLSFiles(), TLSFiles(), GRACE_S))
         if wait:

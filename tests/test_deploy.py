@@ -107,5 +107,5 @@ def test_hadolint_passes_the_dockerfile():
 
 
 def test_the_images_default_commands_parse():
-    for cmd in re.findall(r"^CMD (\[.*\])$", (ROOT / "Dockerfile").read_text(), re.M):
+    for cmd in re.findall(r"^CMD (\[.*\])$", (ROOT / "Dockerfile").read_text(), re.MULTILINE):
         _parses(json.loads(cmd))

@@ -114,15 +114,12 @@ def test_classify_and_infer_images_through_a_cluster(fmnist_test, fmnist_cluster
     with DistreeClient(address, timeout_s=30) as client:
         (answer,) = client.infer(big)
         assert answer.class_name == classes[answer.prediction]
-        assert [a.class_name for a in client.infer([tmp_path / "frame.png", _png(big)])] == [
-            answer.class_name
-        ] * 2
+        assert [a.class_name for a in client.infer([tmp_path / "frame.png", _png(big)])] == [answer.class_name] * 2
     assert main(["infer", "--server", address, str(tmp_path / "frame.png")]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith(f"{tmp_path / 'frame.png'}\t{answer.class_name}\t")
     assert (
-        main(["infer", "--server", address, str(tmp_path / "frame.png"), str(tmp_path / "frames"), "--json", "-"])
-        == 0
+        main(["infer", "--server", address, str(tmp_path / "frame.png"), str(tmp_path / "frames"), "--json", "-"]) == 0
     )
     out = json.loads(capsys.readouterr().out)  # only the JSON on stdout
     assert [r["class"] for r in out["images"]] == [answer.class_name] * 2

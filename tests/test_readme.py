@@ -13,7 +13,7 @@ from PIL import Image
 from distree.policies import DEFAULT_POLICY
 
 ROOT = Path(__file__).parents[1]
-BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
 
 
 def test_the_readme_has_its_python_examples():

@@ -98,7 +98,9 @@ async def _measure(port: int, pid: int, seconds: float, size: int, streams: int)
             while (m := await q.get()) is not None:
                 yield m
 
-        calls = [ch.stream_stream(f"/{SERVICE}/Stream", _identity, _identity)(fed(q), timeout=seconds * 8) for q in queues]
+        calls = [
+            ch.stream_stream(f"/{SERVICE}/Stream", _identity, _identity)(fed(q), timeout=seconds * 8) for q in queues
+        ]
 
         async def fan_out_round() -> None:
             for q in queues:

@@ -46,7 +46,10 @@ PARTS = [
     ("protobuf", ("google/protobuf", "_pb2")),
     ("gRPC", ("grpc/", "grpc_", "cygrpc")),
     ("coordinator Python", ("runtime/coordinator.py", "runtime/worker_link.py")),
-    ("worker Python", ("runtime/worker.py", "runtime/stage_runner.py", "runtime/batching.py", "runtime/state_store.py")),
+    (
+        "worker Python",
+        ("runtime/worker.py", "runtime/stage_runner.py", "runtime/batching.py", "runtime/state_store.py"),
+    ),
     ("metrics", ("runtime/metrics.py", "prometheus")),
     ("asyncio event loop", ("asyncio/",)),
 ]

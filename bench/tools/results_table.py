@@ -51,7 +51,7 @@ def main() -> None:
         print(
             "\n".join(
                 render(
-                    headers[:1] + ["backend"] + headers[1:],
+                    [*headers[:1], "backend", *headers[1:]],
                     [[row[0], backend[row[0]], *row[1:]] for row in rows],
                     markdown=True,
                 )

@@ -47,7 +47,10 @@ def main() -> None:
         opt = make_optimizer(obj, optim)
         obj.train()
         x, y = torch.randn(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
-        step = lambda o=obj, p=opt, x=x, y=y: train_step(o, p, x, y, None, torch.device("cpu"))
+
+        def step(o=obj, p=opt, x=x, y=y):
+            return train_step(o, p, x, y, None, torch.device("cpu"))
+
         per_image = timed(step, args.steps) / args.batch
         print(
             f"WRN-{depth}-{width}: {macs / 1e6:.0f} M MACs, {1 / per_image:.0f} images/s, "

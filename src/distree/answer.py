@@ -18,7 +18,7 @@ class Answer:
     branches: list[int] = field(default_factory=list)  # fused at the exit
     stop_reason: str = ""  # why it stopped there: "policy", "last-exit" or "deadline"
     stage_ms: list[float] = field(default_factory=list)  # a cluster's: wall time of each stage at the coordinator
-    worker_ms: list[float] = field(default_factory=list)  # a cluster's: the slowest answering worker's own time per stage
+    worker_ms: list[float] = field(default_factory=list)  # a cluster's: the slowest worker's own time per stage
     group_id: str = ""  # a cluster's: the group it ran in, as the coordinator's and workers' debug logs name it
 
     @property

@@ -4,6 +4,7 @@ JSON the command line writes carry it, so a figure can be traced to what produce
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
@@ -67,10 +68,8 @@ def provenance(command: list[str] | None = None) -> Provenance:
     """This process's provenance; ``command`` is the command line (default ``sys.argv``)."""
     libraries = {}
     for name in _LIBRARIES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             libraries[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return Provenance(
         distree=__version__,
         git_commit=_git_commit(),

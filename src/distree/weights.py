@@ -40,7 +40,7 @@ def load_weights(module: nn.Module, path: Path, prefix: str = "") -> None:
         raise FileNotFoundError(f"weights not found: {path}")
     # safe_open reads only the tensors asked for: a device loads just its own branch.
     with safe_open(str(path), framework="pt") as f:
-        state = {k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}  # noqa: SIM118 - safe_open is no mapping
     expected = set(module.state_dict())
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
@@ -57,7 +57,7 @@ def fingerprint(path: Path, prefix: str = "", salt: bytes = b"") -> str:
     machine, any other weights a different one."""
     h = hashlib.sha256(salt)
     with safe_open(str(path), framework="pt") as f:
-        for k in sorted(k for k in f.keys() if k.startswith(prefix)):
+        for k in sorted(k for k in f.keys() if k.startswith(prefix)):  # noqa: SIM118 - safe_open is no mapping
             t = f.get_tensor(k).contiguous()
             h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
             h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")

@@ -31,9 +31,9 @@ def test_every_option_has_help_and_shows_its_default():
         if not action.help:
             missing.append(f"{command} {name}")
         d = action.default
-        if action.option_strings and d is not None and d is not False and d != [] and d is not argparse.SUPPRESS:
-            if "default" not in parser.formatter_class(prog="x")._get_help_string(action):
-                hidden.append(f"{command} {name}")
+        shown = d is None or d is False or d == [] or d is argparse.SUPPRESS or not action.option_strings
+        if not shown and "default" not in parser.formatter_class(prog="x")._get_help_string(action):
+            hidden.append(f"{command} {name}")
     assert not missing, f"options without help: {missing}"
     assert not hidden, f"defaults not shown: {hidden}"
 

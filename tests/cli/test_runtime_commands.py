@@ -21,7 +21,7 @@ def _data_dir(run) -> Path:
 
 @pytest.mark.e2e
 def test_demo_writes_both_coordinators(trained, tmp_path, capsys):
-    run, splits = trained
+    run, _splits = trained
     out = tmp_path / "demo.json"
     assert (
         main(["demo", "--run-dir", str(run.path), "--data", str(_data_dir(run)), "--limit", "20", "--json", str(out)])
@@ -78,7 +78,7 @@ def test_infer_keeps_what_it_received_and_says_what_is_missing(trained, tmp_path
 
 @pytest.mark.e2e
 def test_demo_on_onnxruntime_workers_answers_as_torch(trained, tmp_path, capsys):
-    run, splits = trained
+    run, _splits = trained
     out = tmp_path / "demo.json"
     argv = ["demo", "--run-dir", str(run.path), "--data", str(_data_dir(run)), "--limit", "20", "--json", str(out)]
     assert main([*argv, "--backend", "onnxruntime", "--policy", "max-prob"]) == 0

@@ -26,7 +26,7 @@ def test_image_folder_png_and_jpg(tmp_path):
 
 def test_image_folder_png_is_lossless(tmp_path):
     root = write_image_folder(tmp_path / "d")
-    train, test, _ = load_raw(root)
+    _train, test, _ = load_raw(root)
     images, labels = make_images(30, seed=1)
     # Files are sorted by class, then name; rebuild that order from the generator.
     order = sorted(range(30), key=lambda i: (labels[i], f"{i:04d}"))

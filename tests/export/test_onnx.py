@@ -22,10 +22,7 @@ TOLERANCE = 1e-4  # max abs difference, fp32
 
 @pytest.fixture(scope="module", params=["trained", "models/fashion-mnist", "models/cifar10"])
 def exported(request, tmp_path_factory):
-    if request.param == "trained":
-        run = request.getfixturevalue("trained")[0]
-    else:
-        run = RunDir(ROOT / request.param)
+    run = request.getfixturevalue("trained")[0] if request.param == "trained" else RunDir(ROOT / request.param)
     out = tmp_path_factory.mktemp("export")
     export_onnx(run, out)
     return run, out

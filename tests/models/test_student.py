@@ -20,7 +20,7 @@ def test_stage_by_stage_equals_whole_forward():
         whole = model(x)
         # One request at a time, branches interleaved, activations held by the caller.
         for i in range(x.shape[0]):
-            state = {b: x[i : i + 1] for b in range(model.num_branches)}
+            state = dict.fromkeys(range(model.num_branches), x[i : i + 1])
             for k in range(model.num_exits):
                 vectors = []
                 for b in reversed(range(model.num_branches)):

@@ -1,6 +1,6 @@
 """A policy defined in a user's own module, registered without touching distree, runs in
 ``calibrate``, ``eval``, ``serve`` (on the run, and on its export without torch) and
-``simulate`` (each its own ``python -m distree``)."""
+``simulate``, and a process distree starts loads it from ``$DISTREE_PLUGINS``."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ import sys
 from collections import Counter
 
 import pytest
+from servers import ThreadCluster
 
+from distree.cli.main import main
 from distree.export.onnx_export import export_onnx
-from distree.launch.local import LocalCluster
 from distree.run import RunDir
 from distree.runtime.client import DistreeClient
+from distree.runtime.coordinator import CoordinatorOptions
 
 USER_MODULE = '''
 from distree.arrays import namespace
@@ -51,57 +53,55 @@ policies: [user-margin]
 """
 
 
-def _distree(*args: str, env: dict, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "distree", *args], env=env, capture_output=True, text=True)
-    assert proc.returncode in ok, proc.stderr
-    return proc
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """The user's module importable here; distree's policy registry as it was afterwards."""
+    from distree.policies import registry
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "my_policies.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path / "mine"))
+    env = os.environ.get(registry.PLUGINS_ENV)
+    os.environ.pop(registry.PLUGINS_ENV, None)
+    saved, loaded = dict(registry._REGISTRY), set(registry._loaded)
+    yield tmp_path / "mine"
+    # load_plugins names the module in the environment, for the processes distree starts.
+    if env is None:
+        os.environ.pop(registry.PLUGINS_ENV, None)
+    else:
+        os.environ[registry.PLUGINS_ENV] = env
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved)
+    registry._loaded.clear()
+    registry._loaded.update(loaded)
+    sys.modules.pop("my_policies", None)
 
 
-@pytest.mark.e2e
-def test_a_users_policy_is_calibrated_evaluated_served_and_simulated(trained, tmp_path, monkeypatch):
+@pytest.mark.slow  # calibrate, eval, an export and a simulation
+def test_a_users_policy_is_calibrated_evaluated_served_and_simulated(trained, tmp_path, user_module, capsys):
     src, splits = trained
     run = tmp_path / "run"
     shutil.copytree(src.path, run)  # calibrate writes into the run: keep the shared one as it is
-    (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "my_policies.py").write_text(USER_MODULE)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "mine"), os.environ.get("PYTHONPATH", "")]))
     data = ["--data", splits.source]
+    plugin = ["--plugin", "my_policies"]
 
-    out = _distree(
-        "--plugin",
-        "my_policies",
-        "calibrate",
-        str(run),
-        *data,
-        "--budget",
-        "0.6",
-        "--policy",
-        "user-margin",
-        env=env,
-        ok=(0, 1),
-    )  # 1: a target not met for some count of branches on this tiny set, which is no matter here
-    assert "user-margin" in out.stdout
+    # 1: a target not met for some count of branches on this tiny set, which is no matter here
+    assert main([*plugin, "calibrate", str(run), *data, "--budget", "0.6", "--policy", "user-margin"]) in (0, 1)
+    assert "user-margin" in capsys.readouterr().out
     saved = json.loads((run / "calibration.json").read_text())
     assert "user-margin" in saved["policies"] and "max-prob" in saved["policies"]  # the others are kept
 
-    _distree("--plugin", "my_policies", "eval", str(run), *data, "--json", str(tmp_path / "eval.json"), env=env)
+    assert main([*plugin, "eval", str(run), *data, "--json", str(tmp_path / "eval.json")]) == 0
     evaluated = json.loads((tmp_path / "eval.json").read_text())["policies"]["user-margin"]
     histogram = evaluated["exit_histogram"]
     assert sum(histogram) == len(splits.test) and histogram[0] > 0  # it stops early on some inputs
 
-    # Served: the coordinator process loads the module from $DISTREE_PLUGINS.
-    monkeypatch.setenv("PYTHONPATH", env["PYTHONPATH"])
-    monkeypatch.setenv("DISTREE_PLUGINS", "my_policies")
-    # ...and one serving the run's export, where the score gets numpy arrays, not torch tensors.
+    # Served on the run, and on its export, where the score gets numpy arrays, not torch tensors.
     export_onnx(RunDir(run), tmp_path / "export")
-    with LocalCluster(run, log_dir=tmp_path) as cluster:
+    with ThreadCluster(run) as cluster:
         cluster.start_workers(3)
-        address = cluster.start_coordinator(extra=["--policy", "user-margin"])
-        on_export = cluster.start_coordinator(
-            "export-coordinator",
-            extra=["--backend", "onnxruntime", "--policy", "user-margin"],
-            source=tmp_path / "export",
-        )
+        address = cluster.start_coordinator(CoordinatorOptions(policy="user-margin"))
+        on_export = cluster.start_coordinator(CoordinatorOptions(policy="user-margin"), export=tmp_path / "export")
         with DistreeClient(address) as client, DistreeClient(on_export) as board:
             assert client.model_info().policy == "user-margin"
             answers = client.infer(splits.test.images)
@@ -113,20 +113,19 @@ def test_a_users_policy_is_calibrated_evaluated_served_and_simulated(trained, tm
     n = len(splits.test)
     scenario = tmp_path / "tiny.yaml"
     scenario.write_text(SCENARIO % (", ".join(str(10.0 * i) for i in range(n)), n))
-    _distree(
-        "--plugin",
-        "my_policies",
-        "simulate",
-        str(scenario),
-        str(run),
-        *data,
-        "--json",
-        str(tmp_path / "sim.json"),
-        env=env,
-    )
+    assert main([*plugin, "simulate", str(scenario), str(run), *data, "--json", str(tmp_path / "sim.json")]) == 0
     simulated = json.loads((tmp_path / "sim.json").read_text())["results"]["distree-user-margin"]
     assert simulated["exit_histogram"] == histogram
     assert simulated["accuracy"] == pytest.approx(evaluated["accuracy"], abs=1e-4)  # eval rounds to 4 places
+
+
+def test_a_process_distree_starts_loads_the_plugins_of_its_environment(user_module):
+    """What a coordinator or worker that ``distree demo`` starts does: the module named in
+    ``$DISTREE_PLUGINS`` is imported and its policy chosen by name."""
+    env = dict(os.environ, DISTREE_PLUGINS="my_policies", PYTHONPATH=str(user_module))
+    proc = subprocess.run([sys.executable, "-m", "distree", "policies"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert any(line.split()[:1] == ["user-margin"] for line in proc.stdout.splitlines()), proc.stdout
 
 
 def test_an_unknown_plugin_is_a_clear_error(tmp_path):

@@ -17,10 +17,10 @@ class _Failing(pb_grpc.CoordinatorServicer):
     def __init__(self, code: grpc.StatusCode):
         self.code = code
 
-    def ModelInfo(self, request, context):
+    def ModelInfo(self, request, context):  # noqa: N802 - gRPC method name
         return pb.ModelInfoReply(in_channels=3, image_size=8, classes=["a", "b"], num_exits=2)
 
-    def Infer(self, request, context):
+    def Infer(self, request, context):  # noqa: N802 - gRPC method name
         context.abort(self.code, "server side")
 
 

@@ -46,5 +46,7 @@ def test_at_info_level_no_line_per_request(trained, caplog):
         address = cluster.start_coordinator()
         with DistreeClient(address, timeout_s=30) as client:
             (answer,) = client.infer(splits.test.images[:1])
-    assert any(r.name in ("distree.coordinator", "distree.worker") for r in caplog.records), "the servers' records are seen"
+    assert any(r.name in ("distree.coordinator", "distree.worker") for r in caplog.records), (
+        "the servers' records are seen"
+    )
     assert not [r for r in caplog.records if answer.group_id in r.getMessage() + str(vars(r))]

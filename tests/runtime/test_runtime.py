@@ -68,7 +68,7 @@ def test_runtime_equals_offline_and_stops_workers(trained, shared_cluster, mode)
     run, splits = trained
     workers, coords = shared_cluster
     preds, exits = _offline(run, splits, "conf-then-feature-diff")
-    assert 0 < int((exits < exits.max()).sum()), "the fixture should exit early on some inputs"
+    assert int((exits < exits.max()).sum()) > 0, "the fixture should exit early on some inputs"
     before = _wait_no_state(workers)
     with DistreeClient(coords[mode]) as client:
         answers = client.infer(splits.test.images)
@@ -177,9 +177,8 @@ def test_token_and_malformed_inputs(trained):
     with ThreadCluster(run.path, token="s3cret") as cluster:
         workers = cluster.start_workers(N_BRANCHES, debug_rpcs=True)
         coord = cluster.start_coordinator()
-        with DistreeClient(coord) as client:
-            with pytest.raises(InferenceError, match="UNAUTHENTICATED.*token"):
-                client.infer(splits.test.images[:1])
+        with DistreeClient(coord) as client, pytest.raises(InferenceError, match="UNAUTHENTICATED.*token"):
+            client.infer(splits.test.images[:1])
         with DistreeClient(coord, token="wrong") as client:
             with pytest.raises(InferenceError, match="UNAUTHENTICATED"):
                 client.infer(splits.test.images[:1])
@@ -245,9 +244,8 @@ def test_deadline_stops_at_the_exit_in_hand(trained, shared_cluster):
 
 def test_debug_rpcs_are_served_only_when_asked(shared_cluster):
     workers, _ = shared_cluster
-    with grpc.insecure_channel(workers[0]) as ch:
-        with pytest.raises(grpc.RpcError) as err:
-            pb_grpc.WorkerDebugStub(ch).Drop(pb.DropRequest(group_id="x"), timeout=5)
+    with grpc.insecure_channel(workers[0]) as ch, pytest.raises(grpc.RpcError) as err:
+        pb_grpc.WorkerDebugStub(ch).Drop(pb.DropRequest(group_id="x"), timeout=5)
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 

@@ -33,7 +33,7 @@ def _make_pki(d):
                  "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext", cwd=d)  # fmt: skip
 
 
-def test_mutual_tls_end_to_end(trained, tmp_path):
+def test_mutual_tls_end_to_end_and_a_plaintext_coordinator_says_why_it_waits(trained, tmp_path):
     run, splits = trained
     _make_pki(tmp_path)
     server = ["--tls-cert", str(tmp_path / "server.pem"), "--tls-key", str(tmp_path / "server.key"),
@@ -51,16 +51,10 @@ def test_mutual_tls_end_to_end(trained, tmp_path):
         with DistreeClient(coord, tls=TLSFiles(ca=tmp_path / "ca.pem"), timeout_s=5) as client:
             with pytest.raises(InferenceError):
                 client.infer(splits.test.images[:1])
-
-
-def test_a_plaintext_coordinator_of_tls_workers_says_why_it_waits(trained, tmp_path):
-    run, _ = trained
-    _make_pki(tmp_path)
-    server = ["--tls-cert", str(tmp_path / "server.pem"), "--tls-key", str(tmp_path / "server.key")]
-    with LocalCluster(run.path, log_dir=tmp_path, tls=TLSFiles(ca=tmp_path / "ca.pem")) as cluster:
-        workers = cluster.start_workers(3, extra=server)
-        cluster.start_coordinators({"coordinator": []}, wait=False)  # no --worker-tls-*: plaintext
-        log = tmp_path / "coordinator.log"
+        # A coordinator without --worker-tls-*: it reaches the same workers in plaintext, and says why it waits.
+        workers = cluster.worker_addresses
+        cluster.start_coordinators({"plaintext": []}, wait=False)
+        log = tmp_path / "plaintext.log"
 
         def waiting_lines():
             return [ln for ln in log.read_text().splitlines() if '"msg": "waiting for worker"' in ln]

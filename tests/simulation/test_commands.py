@@ -48,7 +48,7 @@ def test_simulate_sweep_and_report_commands(trained, tmp_path, capsys):
 
 
 def test_bad_sweep_values_are_rejected(trained, tmp_path, capsys):
-    run, splits = trained
+    run, _splits = trained
     sc = tmp_path / "tiny.yaml"
     sc.write_text(SCENARIO)
     code = main(["sweep", str(sc), str(run.path), "--param", "devices", "--values", "9", "--csv", str(tmp_path / "x")])

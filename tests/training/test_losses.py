@@ -102,7 +102,7 @@ def test_precomputed_teacher_targets_equal_the_live_teacher(padding, views):
     assert torch.equal(rows // table.per_image, sample)
     x = apply_views(norm(images[sample]), padding, picked)
     y = torch.randint(0, 4, (5,))
-    live_loss, live = obj(x, y)
+    live_loss, _live = obj(x, y)
     obj.targets = targets
     cached_loss, cached = obj(x, y, rows)
     torch.testing.assert_close(cached_loss, live_loss, rtol=1e-5, atol=1e-5)

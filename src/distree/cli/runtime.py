@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 
@@ -70,10 +71,8 @@ def _metrics_host(args: argparse.Namespace) -> str:
 
 
 def _serve_forever(coro) -> int:
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(coro)
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
@@ -271,7 +270,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise ValueError("--cluster names the run, and its workers run what they run: no --run-dir or --backend")
         cluster = load_cluster(args.cluster)
         if cluster.worker_tls:
-            raise ValueError("demo --cluster reaches workers in plaintext: for TLS workers use serve --cluster and infer")
+            raise ValueError(
+                "demo --cluster reaches workers in plaintext: for TLS workers use serve --cluster and infer"
+            )
         args.run_dir = str(cluster.run)
     if args.export and args.backend != "onnxruntime":
         raise ValueError("--export is read by --backend onnxruntime only")

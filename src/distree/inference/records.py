@@ -59,8 +59,8 @@ def branch_vectors(
     """Pooled vectors [branch][exit] (N, C) of every branch, run stage by stage once."""
     _prepare(model)
     out: list[list[list[torch.Tensor]]] = [[[] for _ in range(model.num_exits)] for _ in model.branches]
-    for x in _batches(images, batch_size):
-        x = _input(x, norm, device)
+    for raw in _batches(images, batch_size):
+        x = _input(raw, norm, device)
         for b, branch in enumerate(model.branches):
             with autocast(device):
                 pooled = branch(x)
@@ -131,5 +131,3 @@ def exit_costs(model: DistrEEStudent, policy: str, present: Sequence[int] | None
     (default: all), by the stage loop's cost rule (``ExitCosts``)."""
     # float32, as calibration has always read them (exact sums would move saved figures in the last digits).
     return torch.from_numpy(ExitCosts(model.macs, make_policy(policy)).per_exit(present)).float()
-
-

@@ -155,7 +155,9 @@ def format_demo(r: DemoResult) -> str:
             )
     full = r.runs[Full.name]
     eager = " (eager: devices run ahead of the exit until cancelled; counted)" if r.mode == "eager" else ""
-    lines.append(f"against full execution, same workers, same {r.samples} images; computation measured on the devices{eager}:")
+    lines.append(
+        f"against full execution, same workers, same {r.samples} images; computation measured on the devices{eager}:"
+    )
     for p in r.policies:
         e = r.runs[p]
         lines.append(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -27,7 +29,7 @@ class Branch(nn.Module):
             raise ValueError(f"the last exit point must be block {len(blocks)}, got {exit_points[-1]}")
         self.stem = nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False)
         bounds = [0, *exit_points]
-        self.stages = nn.ModuleList(nn.Sequential(*blocks[a:b]) for a, b in zip(bounds, bounds[1:]))
+        self.stages = nn.ModuleList(nn.Sequential(*blocks[a:b]) for a, b in itertools.pairwise(bounds))
         self.out_dims = [stage[-1].conv2.out_channels for stage in self.stages]
         self.taps = nn.ModuleList(PooledTap(c) for c in self.out_dims)
         init_weights(self)
@@ -52,7 +54,7 @@ class Branch(nn.Module):
         """Per-sample MACs of every stage, counted on ``x``, one input (1, C, H, W)."""
         per = []
         for k in range(self.num_stages):
-            per.append(count_macs(lambda: self.run_stage(k, x)))
+            per.append(count_macs(lambda k=k, x=x: self.run_stage(k, x)))
             x, _ = self.run_stage(k, x)
         return per
 

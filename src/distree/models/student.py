@@ -62,7 +62,7 @@ class DistrEEStudent(nn.Module):
         """``forward``, also returning the branch vectors [exit][branch] (B, d_b) it fused
         (None for a branch that did not run); ``agreement=False`` skips the heads' agreement."""
         run = range(self.num_branches) if present is None else sorted(present)
-        state: dict[int, torch.Tensor] = {b: x for b in run}
+        state: dict[int, torch.Tensor] = dict.fromkeys(run, x)
         outputs, fused = [], []
         for k in range(self.num_exits):
             vectors: list[torch.Tensor | None] = [None] * self.num_branches
@@ -83,7 +83,7 @@ class DistrEEStudent(nn.Module):
             stage = [br.stage_macs(x) for br in self.branches]
             with torch.no_grad():
                 pooled = [br(x) for br in self.branches]
-            head = [count_macs(lambda: h_mod([v[e] for v in pooled])) for e, h_mod in enumerate(self.heads)]
+            head = [count_macs(lambda h=h, e=e: h([v[e] for v in pooled])) for e, h in enumerate(self.heads)]
         finally:
             self.train(was_training)
         return StudentMacs(stage, head)

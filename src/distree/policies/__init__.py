@@ -12,7 +12,7 @@ from distree.policies.registry import (
 )
 
 # The built-in policies register themselves on import, before any user module.
-from distree.policies import scores  # noqa: E402, F401  isort: skip
+from distree.policies import scores  # noqa: F401  isort: skip
 
 DEFAULT_POLICY = config.DEFAULT_POLICY  # (defined where the command line reads it)
 

@@ -60,7 +60,7 @@ def _with_plugins() -> None:
     """Before a lookup: import the plugins ``$DISTREE_PLUGINS`` names and the installed entry
     points, once (again if the variable changed). The command line only sets the variable
     from ``--plugin``, so a command that never looks a policy up never imports them."""
-    global _plugins_env_seen
+    global _plugins_env_seen  # noqa: PLW0603 - the module's memory of the environment it last loaded
     env = os.environ.get(PLUGINS_ENV, "")
     if env != _plugins_env_seen:
         _plugins_env_seen = env  # first: a plugin that looks policies up must not recurse

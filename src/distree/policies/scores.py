@@ -65,7 +65,7 @@ class FeatureDiff(ExitPolicy):
     name = "feature-diff"
     criterion = "change of the fused embedding between exits (cosine)"
 
-    def score(self, e: int, seen: ExitRecords) -> Array:  # noqa: D102
+    def score(self, e: int, seen: ExitRecords) -> Array:
         if e == 0:
             return _constant(seen.logits[0], -math.inf)
         z = seen.embeddings
@@ -88,7 +88,7 @@ class FeatureAgreement(ExitPolicy):
     criterion = "the branches' features agree (mean pairwise cosine)"
     reads_agreement = True
 
-    def score(self, e: int, seen: ExitRecords) -> Array:  # noqa: D102
+    def score(self, e: int, seen: ExitRecords) -> Array:
         if seen.agreement is None:
             raise ValueError("feature-agreement needs the exit heads' agreement records")
         xp = namespace(seen.agreement[e])
@@ -106,7 +106,7 @@ class ConfThenFeatureDiff(FeatureDiff):
     name = "conf-then-feature-diff"
     criterion = "softmax confidence at exit 0, then feature difference"
 
-    def score(self, e: int, seen: ExitRecords) -> Array:  # noqa: D102
+    def score(self, e: int, seen: ExitRecords) -> Array:
         if e == 0:
             return MaxProb().score(0, seen)
         return super().score(e, seen)
@@ -119,7 +119,7 @@ class MaxProb(ExitPolicy):
     name = "max-prob"
     criterion = "softmax confidence"
 
-    def score(self, e: int, seen: ExitRecords) -> Array:  # noqa: D102
+    def score(self, e: int, seen: ExitRecords) -> Array:
         return namespace(seen.logits[e]).max(softmax(seen.logits[e]), axis=-1)
 
 
@@ -130,7 +130,7 @@ class Entropy(ExitPolicy):
     name = "entropy"
     criterion = "softmax entropy"
 
-    def score(self, e: int, seen: ExitRecords) -> Array:  # noqa: D102
+    def score(self, e: int, seen: ExitRecords) -> Array:
         logp = log_softmax(seen.logits[e])
         xp = namespace(logp)
         return xp.sum(xp.exp(logp) * logp, axis=-1)
@@ -143,7 +143,7 @@ class Patience(ExitPolicy):
     name = "patience"
     criterion = "consecutive exits agree on the class"
 
-    def score(self, e: int, seen: ExitRecords) -> Array:  # noqa: D102
+    def score(self, e: int, seen: ExitRecords) -> Array:
         xp = namespace(seen.logits[e])
         preds = [xp.argmax(seen.logits[i], axis=-1) for i in range(e + 1)]
         run = xp.ones(preds[e].shape, dtype=xp.float32)
@@ -163,7 +163,7 @@ class Full(ExitPolicy):
     fixed_threshold = float("inf")
     reads_exits = False
 
-    def score(self, e: int, seen: ExitRecords) -> Array:  # noqa: D102
+    def score(self, e: int, seen: ExitRecords) -> Array:
         return _constant(seen.logits[e], -math.inf)
 
 
@@ -176,7 +176,7 @@ class Oracle(ExitPolicy):
     fixed_threshold = 0.0
     needs_labels = True
 
-    def score(self, e: int, seen: ExitRecords) -> Array:  # noqa: D102
+    def score(self, e: int, seen: ExitRecords) -> Array:
         if self.labels is None:
             raise ValueError("the oracle policy needs the labels; it exists for evaluation only")
         xp = namespace(seen.logits[e])

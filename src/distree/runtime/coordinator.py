@@ -209,6 +209,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         self._queue: RowQueue[_Call] = RowQueue()
         self._slots = asyncio.Semaphore(options.max_groups)
         self._running = 0  # groups in flight
+        self._groups: set[asyncio.Task] = set()  # their tasks: the event loop holds only weak references
         self._admission = asyncio.Event()  # a call arrived or a group ended
 
     async def watch_workers(self) -> None:
@@ -423,7 +424,9 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                 self._slots.release()
                 raise
             self._running += 1
-            asyncio.ensure_future(self._run_calls(calls))
+            task = asyncio.ensure_future(self._run_calls(calls))
+            self._groups.add(task)
+            task.add_done_callback(self._groups.discard)
 
     # -- RPCs --------------------------------------------------------------------------
 

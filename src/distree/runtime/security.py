@@ -58,7 +58,7 @@ class TokenInterceptor(aio.ServerInterceptor):
     def __init__(self, token: str):
         self._expected = f"Bearer {token}".encode()
 
-    async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):  # noqa: D102
+    async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
         if details.method in OPEN_METHODS:
             return await continuation(details)
         got = dict(details.invocation_metadata or ()).get(TOKEN_HEADER, "")

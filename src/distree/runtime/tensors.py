@@ -51,10 +51,9 @@ def array_from_proto(
     dims = tuple(msg.shape)
     if any(d < 0 for d in dims):
         raise InvalidTensor(f"{what}: negative dimension in shape {dims}")
-    if shape is not None:
-        if len(dims) != len(shape) or any(s is not None and s != d for s, d in zip(shape, dims)):
-            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
-            raise InvalidTensor(f"{what}: shape {dims} does not match the expected {want}")
+    if shape is not None and (len(dims) != len(shape) or any(s is not None and s != d for s, d in zip(shape, dims))):
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        raise InvalidTensor(f"{what}: shape {dims} does not match the expected {want}")
     count = math.prod(dims)
     if count == 0:
         raise InvalidTensor(f"{what}: empty tensor of shape {dims}")

@@ -206,7 +206,7 @@ class BranchWorker(pb_grpc.WorkerServicer):
         async def run(batch: pb.StageBatch) -> None:
             try:
                 reply = await self._run_batch(batch, session)
-            except Exception as err:  # noqa: BLE001 - the batch is answered, the stream lives
+            except Exception as err:  # any error: the batch is answered, the stream lives
                 log.exception("stage batch failed")
                 items = [pb.StageReply(stage=i.stage, group_id=i.group_id, error=str(err)) for i in batch.items]
                 replies.put_nowait(pb.StageBatchReply(items=items, seq=batch.seq))
@@ -223,7 +223,7 @@ class BranchWorker(pb_grpc.WorkerServicer):
                     answer = await self._stage(pb.StageRequest(group_id=gid, stage=k), k, session)
                 except StageError:
                     return  # dropped (the coordinator has its answer) or expired
-                except Exception as err:  # noqa: BLE001 - the coordinator hears of it
+                except Exception as err:  # any error: the coordinator hears of it
                     log.exception("stage failed")
                     answer = pb.StageReply(stage=k, group_id=gid, error=str(err))
                 replies.put_nowait(pb.StageBatchReply(items=[answer], seq=seq))

@@ -97,7 +97,6 @@ class Trace:
         )
 
 
-
 #: Training samples used to fit the baseline's exit heads: enough for linear heads, quick on a CPU.
 PROBE_TRAIN_SAMPLES = 10_000
 
@@ -175,5 +174,3 @@ def record_trace(
     )
     trace.save(run.path / TRACE_FILE)
     return trace
-
-

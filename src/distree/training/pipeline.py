@@ -91,17 +91,17 @@ def train_run(
     deadline = None if time_limit is None else time.monotonic() + time_limit
     torch.manual_seed(config.seed)
     val = splits.val
-    common = dict(
-        train=splits.train,
-        norm=norm,
-        data_cfg=config.data,
-        seed=config.seed,
-        device=device,
-        resume_dir=run.resume_dir,
-        metrics_file=run.metrics_file,
-        log=log,
-        deadline=deadline,
-    )
+    common = {
+        "train": splits.train,
+        "norm": norm,
+        "data_cfg": config.data,
+        "seed": config.seed,
+        "device": device,
+        "resume_dir": run.resume_dir,
+        "metrics_file": run.metrics_file,
+        "log": log,
+        "deadline": deadline,
+    }
 
     teacher = run.build_teacher(meta)
     if teacher_from is not None and not run.teacher_file.is_file():

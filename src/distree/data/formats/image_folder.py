@@ -27,9 +27,7 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-            if im.mode not in ("L", "RGB"):
-                im = im.convert("RGB")
-            arr = np.asarray(im, dtype=np.uint8)
+            arr = np.asarray(im if im.mode in ("L", "RGB") else im.convert("RGB"), dtype=np.uint8)
     except Image.DecompressionBombError:
         raise DataError(
             f"image {name} is too large to decode safely (over {2 * Image.MAX_IMAGE_PIXELS} pixels); "

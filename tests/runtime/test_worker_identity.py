@@ -1,0 +1,122 @@
+"""What a coordinator accepts as its workers, and what a worker holds: a worker given twice,
+for another branch, under two addresses or with other weights is refused by name; a token
+that differs is said so; a worker past its state limit refuses more. On gRPC servers in
+this process; the coordinator's log records are read from ``caplog``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+
+import grpc
+import pytest
+from conftest import RUNTIME_BRANCHES, until
+from servers import ThreadCluster
+
+from distree.cli.main import main
+from distree.runtime.client import DistreeClient
+from distree.runtime.proto import distree_pb2 as pb
+from distree.runtime.proto import distree_pb2_grpc as pb_grpc
+from distree.runtime.worker import WorkerOptions
+
+
+@pytest.fixture
+def logged(caplog):
+    """The coordinator's log so far, one line per record with its fields."""
+    caplog.set_level(logging.INFO, logger="distree")
+
+    def text() -> str:
+        return "\n".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records if r.name == "distree.coordinator")
+
+    return text
+
+
+@contextlib.contextmanager
+def _logging_kept():
+    """The "distree" logger as it was after a command run here (``serve`` routes it to stderr)."""
+    logger = logging.getLogger("distree")
+    handlers, level, propagate = logger.handlers[:], logger.level, logger.propagate
+    try:
+        yield
+    finally:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def test_workers_given_twice_or_for_another_branch_are_refused(trained, capsys, logged):
+    run, splits = trained
+    with ThreadCluster(run.path) as cluster:
+        w = cluster.start_workers(RUNTIME_BRANCHES)
+        with _logging_kept():
+            argv = ["serve", str(run.path), "--workers", f"{w[0]},{w[0]},{w[2]}", "--listen", "127.0.0.1:0"]
+            assert main(argv) == 2
+        assert "given more than once" in capsys.readouterr().err
+        # Branches 0 and 1 swapped: both refused, loudly; branch 2 answers alone.
+        coord = cluster.start_coordinator(workers=[w[1], w[0], w[2]])
+        with DistreeClient(coord) as client:
+            answers = client.infer(splits.test.images[:4])
+    assert all(a.branches == [2] for a in answers)
+    assert "worker refused" in logged() and "serves branch 1, but this address is given for branch 0" in logged()
+
+
+def test_one_worker_reached_under_two_addresses_is_refused_the_second_time(trained, logged):
+    run, splits = trained
+    with ThreadCluster(run.path) as cluster:
+        w = cluster.start_workers(RUNTIME_BRANCHES)
+        alias = w[0].replace("127.0.0.1", "localhost")  # the same process, by another name
+        coord = cluster.start_coordinator(workers=[w[0], alias, w[2]])
+        assert until(lambda: "already used at" in logged()), logged()
+        with DistreeClient(coord) as client:
+            answers = client.infer(splits.test.images[:4])
+    assert all(a.branches == [0, 2] for a in answers)  # branch 0's worker fused once, not twice
+    refused = [ln for ln in logged().splitlines() if ln.startswith("worker refused")]
+    assert any(f"already used at {w[0]} (branch 0)" in ln and alias in ln for ln in refused)
+
+
+def test_a_worker_with_other_weights_for_its_branch_is_refused(trained, tmp_path, logged):
+    from safetensors.torch import load_file, save_file
+
+    run, splits = trained
+    other = tmp_path / "other-run"
+    shutil.copytree(run.path, other)
+    tensors = load_file(str(other / "student.safetensors"))
+    key = next(k for k in sorted(tensors) if k.startswith("branches.1.") and tensors[k].is_floating_point())
+    tensors[key] = tensors[key] + 0.01  # the same architecture, other weights
+    save_file(tensors, str(other / "student.safetensors"))
+    with ThreadCluster(run.path) as cluster, ThreadCluster(other) as stranger:
+        w0, w2 = cluster.start_worker(0), cluster.start_worker(2)
+        coord = cluster.start_coordinator(workers=[w0, stranger.start_worker(1), w2])
+        with DistreeClient(coord) as client:
+            answers = client.infer(splits.test.images[:4])
+    assert all(a.branches == [0, 2] for a in answers)
+    assert "worker serves other weights for branch 1" in logged()
+
+
+def test_a_coordinator_with_another_token_than_its_workers_says_so(trained, logged):
+    run, _ = trained
+    with ThreadCluster(run.path, token="s3cret") as boards, ThreadCluster(run.path, token="other") as coordinator:
+        workers = boards.start_workers(RUNTIME_BRANCHES)
+        coordinator.start_coordinator(workers=workers, wait=False)
+        rejected = [f"'address': '{w}'" for w in workers]
+        assert until(lambda: all(a in logged() for a in rejected)), logged()
+    lines = [ln for ln in logged().splitlines() if ln.startswith("worker rejected the token")]
+    assert {a for a in rejected if any(a in ln for ln in lines)} == set(rejected)
+
+
+def test_a_worker_refuses_state_past_its_limits(trained):
+    run, splits = trained
+    image = splits.test.images[:1]
+    tensor = pb.Tensor(dtype="uint8", shape=list(image.shape), data=image.numpy().tobytes())
+    with ThreadCluster(run.path) as cluster:
+        address = cluster.start_worker(0, WorkerOptions(max_states=2), debug_rpcs=True)
+        with grpc.insecure_channel(address) as ch:
+            stub = pb_grpc.WorkerDebugStub(ch)
+            for gid in ("a", "b"):
+                stub.RunStage(pb.StageRequest(group_id=gid, stage=0, input=tensor), timeout=5)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.RunStage(pb.StageRequest(group_id="c", stage=0, input=tensor), timeout=5)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-states" in err.value.details()
+            stub.Drop(pb.DropRequest(group_id="a"), timeout=5)
+            stub.RunStage(pb.StageRequest(group_id="c", stage=0, input=tensor), timeout=5)  # room again
