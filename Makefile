@@ -23,13 +23,17 @@ demo: $(VENV)/.installed
 quickstart: $(VENV)/.installed
 	$(VENV)/bin/distree quickstart --data $(DATA)
 
+# Test processes in parallel (pytest-xdist): one per CPU, at most 4; a module's tests in one
+# process, so that its module fixtures (clusters) start once.
+PYTEST_PARALLEL ?= -n auto --maxprocesses 4 --dist loadscope
+
 # The whole suite, real processes included (tests marked e2e); CI runs this.
 test: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest tests
+	$(VENV)/bin/python -m pytest tests $(PYTEST_PARALLEL)
 
 # Everything but the tests that start processes (e2e) or take long (slow): for every edit.
 test-fast: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest tests -m "not e2e and not slow"
+	$(VENV)/bin/python -m pytest tests -m "not e2e and not slow" $(PYTEST_PARALLEL)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 from PIL import Image
 
 from distree.config import RunConfig, StudentConfig, WideResNetConfig
 from distree.data import load_data
 from distree.evaluation.offline import calibrate_run
 from distree.policies.calibration_file import CalibrationTarget
+from distree.run import RunDir
 from distree.training.pipeline import train_run
 
 #: What each install role lacks (pyproject's extras): in a process with ``missing_modules``
@@ -101,6 +105,11 @@ def image_folder(tmp_path):
     return write_image_folder(tmp_path / "imgs")
 
 
+# Each test process computes on one thread: pytest-xdist runs one per core, and the
+# servers and processes the tests start set theirs to one as well (torch's threads spin
+# when processes share cores).
+torch.set_num_threads(1)
+
 RUNTIME_BRANCHES = 3
 SHIPPED_FMNIST = Path(__file__).parents[1] / "models" / "fashion-mnist"
 
@@ -120,16 +129,50 @@ def fmnist_cluster():
         yield {p: cluster.start_coordinator(CoordinatorOptions(policy=p)) for p in policies}
 
 
+@contextlib.contextmanager
+def made_once(tmp_path_factory, name: str):
+    """A directory that the test processes of one run (pytest-xdist's workers) share: the
+    first to get here makes it inside the ``with`` (it yields True), the others wait for
+    that and find it made (False)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' base directories share this parent
+    path = root / name
+    with FileLock(str(path) + ".lock"):
+        done = path / ".made"
+        yield path, not done.is_file()
+        done.parent.mkdir(parents=True, exist_ok=True)
+        done.touch()
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
-    """A tiny 3-branch run, calibrated so that early exits happen."""
-    root = tmp_path_factory.mktemp("rt")
-    data = write_image_folder(root / "data", n_train=90, n_test=60)
-    splits = load_data(str(data), val_fraction=0.2)
-    cfg = tiny_run_config(epochs=2, branches=RUNTIME_BRANCHES)
-    run = train_run(root / "run", splits, cfg, torch.device("cpu"), log=lambda m: None)
-    calibrate_run(run, splits, torch.device("cpu"), CalibrationTarget(budget=0.6, confidence=0.9))
-    return run, splits
+    """A tiny 3-branch run, calibrated so that early exits happen. Made once per test run
+    (shared by the xdist workers): read it, do not write into it (copy it first)."""
+    with made_once(tmp_path_factory, "trained") as (root, make):
+        data = root / "data"
+        if make:
+            write_image_folder(data, n_train=90, n_test=60)
+        splits = load_data(str(data), val_fraction=0.2)
+        if make:
+            torch.manual_seed(0)
+            cfg = tiny_run_config(epochs=2, branches=RUNTIME_BRANCHES)
+            run = train_run(root / "run", splits, cfg, torch.device("cpu"), log=lambda m: None)
+            calibrate_run(run, splits, torch.device("cpu"), CalibrationTarget(budget=0.6, confidence=0.9))
+    return RunDir(root / "run"), splits
+
+
+@pytest.fixture(scope="session")
+def trained_export(trained, tmp_path_factory):
+    """The ``trained`` run's ONNX export (fp32, with its calibration), made once per test
+    run: read it, do not write into it."""
+    from distree.export.onnx_export import export_onnx
+
+    run, _ = trained
+    with made_once(tmp_path_factory, "trained-export") as (out, make):
+        if make:
+            export_onnx(run, out)
+    return out
 
 
 def calibration_of(policies: dict[str, dict[int, list[float | None]]]):

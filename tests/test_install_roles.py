@@ -1,18 +1,16 @@
 """Each install role (pyproject's extras) runs its commands with only what it installs: in
 processes where importing what the role lacks fails. What pip would install per role is
-checked by .ci/check_install_roles.py."""
+checked by .ci/check_install_roles.py; a board's role by tests/export/test_board_worker.py,
+a coordinator's by the demo's test (tests/cli/test_runtime_commands.py)."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
-import pytest
-from conftest import NOT_ON_A_BOARD, NOT_ON_A_COORDINATOR, RUNTIME_BRANCHES, missing_modules
+from conftest import NOT_ON_A_BOARD, RUNTIME_BRANCHES
 from servers import ThreadCluster
 
 
@@ -57,17 +55,3 @@ def test_the_client_needs_only_the_core(trained, tmp_path, client_only):
         )
         proc = _python(["-c", script], client_only)
     assert proc.returncode == 0 and proc.stdout.strip() == "2", proc.stderr
-
-
-@pytest.mark.e2e
-def test_a_coordinator_and_torch_workers_need_only_the_torch_extra(trained, tmp_path):
-    """`distree demo` starts torch workers, coordinators and the load generator, each its
-    own process, all under the same PYTHONPATH: distree[torch] without plots, SimPy or ONNX."""
-    run, _ = trained
-    blocked = missing_modules(tmp_path / "coordinator", NOT_ON_A_COORDINATOR)
-    out = tmp_path / "demo.json"
-    data = Path(run.path).parent / "data"
-    argv = ["demo", "--run-dir", str(run.path), "--data", str(data), "--limit", "8", "--policy", "max-prob"]
-    proc = _python(["-m", "distree", *argv, "--json", str(out)], blocked, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(out.read_text())["runs"]["max-prob"]["answered"] == 8

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import RUNTIME_BRANCHES
+from conftest import NOT_ON_A_COORDINATOR, RUNTIME_BRANCHES, missing_modules
 from servers import ThreadCluster
 
 from distree.cli.main import main
@@ -20,8 +20,11 @@ def _data_dir(run) -> Path:
 
 
 @pytest.mark.e2e
-def test_demo_writes_both_coordinators(trained, tmp_path, capsys):
+def test_demo_writes_every_coordinator_with_only_the_torch_extra(trained, tmp_path, capsys, monkeypatch):
+    """The demo's workers, coordinators and load, its processes started with what
+    ``distree[torch]`` installs and no more (no plots, SimPy or ONNX)."""
     run, _splits = trained
+    monkeypatch.setenv("PYTHONPATH", str(missing_modules(tmp_path / "coordinator", NOT_ON_A_COORDINATOR)))
     out = tmp_path / "demo.json"
     assert (
         main(["demo", "--run-dir", str(run.path), "--data", str(_data_dir(run)), "--limit", "20", "--json", str(out)])
@@ -77,11 +80,11 @@ def test_infer_keeps_what_it_received_and_says_what_is_missing(trained, tmp_path
 
 
 @pytest.mark.e2e
-def test_demo_on_onnxruntime_workers_answers_as_torch(trained, tmp_path, capsys):
+def test_demo_on_onnxruntime_workers_answers_as_torch(trained, trained_export, tmp_path, capsys):
     run, _splits = trained
     out = tmp_path / "demo.json"
     argv = ["demo", "--run-dir", str(run.path), "--data", str(_data_dir(run)), "--limit", "20", "--json", str(out)]
-    assert main([*argv, "--backend", "onnxruntime", "--policy", "max-prob"]) == 0
+    assert main([*argv, "--backend", "onnxruntime", "--export", str(trained_export), "--policy", "max-prob"]) == 0
     printed = capsys.readouterr().out
     r = json.loads(out.read_text())
     assert r["backend"] == "onnxruntime" and list(r["runs"]) == ["max-prob", "full"]
@@ -100,14 +103,14 @@ def test_demo_refuses_an_export_without_onnxruntime(trained, tmp_path):
     assert main(argv) == 2
 
 
-@pytest.mark.e2e
-def test_demo_refuses_an_export_whose_calibration_is_not_the_runs(trained, tmp_path, capsys):
+@pytest.mark.slow  # the export
+def test_demo_refuses_an_export_whose_calibration_is_not_the_runs(trained, trained_export, tmp_path, capsys):
     """Its coordinators would decide with the export's thresholds and be compared with the run's."""
-    from distree.export.onnx_export import export_onnx
+    import shutil
 
     run, _ = trained
     export = tmp_path / "export"
-    export_onnx(run, export)
+    shutil.copytree(trained_export, export)
     (export / "calibration.json").write_text((export / "calibration.json").read_text().replace("0.", "0.0", 1))
     argv = ["demo", "--run-dir", str(run.path), "--data", str(_data_dir(run)), "--limit", "4"]
     assert main([*argv, "--backend", "onnxruntime", "--export", str(export)]) == 2

@@ -1,72 +1,67 @@
 """A board's worker: `distree worker --backend onnxruntime` serving an export in a process
-where torch cannot be imported, behind an ordinary coordinator."""
+where torch cannot be imported, behind an ordinary coordinator and behind one that runs on
+the export too."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from conftest import RUNTIME_BRANCHES
+from servers import ThreadCluster
 
-from distree.export.onnx_export import export_onnx
+from distree.export.manifest import read_manifest
 from distree.launch.local import LocalCluster
 from distree.runtime.client import DistreeClient
+from distree.runtime.coordinator import CoordinatorOptions
 
 pytestmark = pytest.mark.e2e  # real processes: workers in a board's install, without torch
 
 
-def test_onnxruntime_workers_without_torch_serve_a_torch_coordinator(trained, tmp_path, board_only):
-    run, splits = trained
-    export = tmp_path / "export"
-    export_onnx(run, export)
-    board = lambda b: ("127.0.0.1", ["env", f"PYTHONPATH={board_only}"])  # noqa: E731
-    images = splits.test.images[:8]
-    with LocalCluster(run.path, log_dir=tmp_path, placement=board) as cluster:
-        cluster.start_workers(RUNTIME_BRANCHES, extra=["--backend", "onnxruntime"], source=export)
-        coordinator = cluster.start_coordinator(extra=["--policy", "full"])
-        with DistreeClient(coordinator, timeout_s=30) as client:
-            answers = client.infer(images)
-    assert all(a.branches == list(range(RUNTIME_BRANCHES)) for a in answers)  # every board's branch was fused
-    student = run.load_student().eval()
-    with torch.no_grad():
-        expected = student(run.meta.data.normalization(images))[-1].logits.argmax(-1)
-    assert [a.prediction for a in answers] == expected.tolist()
-    assert "not in this install" not in (tmp_path / "worker0.log").read_text()
-
-
-def test_a_cluster_without_torch_answers_as_the_torch_coordinator(trained, tmp_path, board_only):
+def test_a_cluster_without_torch_answers_as_the_torch_coordinator(trained, trained_export, tmp_path, board_only):
     """Workers and coordinator all on an export, in processes where torch cannot be
     imported: the coordinator fuses with the exported heads (onnxruntime) and decides with
     the run's calibration shipped in the export. A torch coordinator over the same workers
     gives the same exits, predictions, branches and MACs, for a policy that reads the
-    fused embeddings (lockstep) and for one that reads the branches' agreement (eager)."""
+    fused embeddings (lockstep) and for one that reads the branches' agreement (eager);
+    at full execution, the torch model's predictions."""
     run, splits = trained
-    export = tmp_path / "export"
-    manifest = export_onnx(run, export)
-    assert manifest.calibration == "calibration.json"
+    export = trained_export
+    assert read_manifest(export).calibration == "calibration.json"
     board = ["env", f"PYTHONPATH={board_only}"]
     images = splits.test.images[:24]
-    policies = {"conf-then-feature-diff": "lockstep", "feature-agreement": "eager"}  # policy -> mode
-    with LocalCluster(run.path, log_dir=tmp_path, placement=lambda b: ("127.0.0.1", board)) as cluster:
-        cluster.start_workers(RUNTIME_BRANCHES, extra=["--backend", "onnxruntime"], source=export)
+    policies = {"conf-then-feature-diff": "lockstep", "feature-agreement": "eager", "full": "lockstep"}
+    # The boards' workers and coordinators as processes of a board's install; the torch
+    # coordinators they are compared with are served here.
+    placement = lambda b: ("127.0.0.1", board)  # noqa: E731
+    with LocalCluster(run.path, log_dir=tmp_path, placement=placement) as cluster, ThreadCluster(run.path) as here:
+        workers = cluster.start_workers(RUNTIME_BRANCHES, extra=["--backend", "onnxruntime"], source=export)
         answers = {}
         for policy, mode in policies.items():
-            for backend in ("torch", "onnxruntime"):
-                name = f"{backend}-{policy}"
-                on_board = backend == "onnxruntime"
-                address = cluster.start_coordinator(
-                    name,
-                    extra=["--backend", backend, "--policy", policy, "--mode", mode],
-                    source=export if on_board else None,
-                    prefix=board if on_board else (),
-                )
+            on_board = cluster.start_coordinator(
+                f"onnxruntime-{policy}",
+                extra=["--backend", "onnxruntime", "--policy", policy, "--mode", mode],
+                source=export,
+                prefix=board,
+            )
+            on_torch = here.start_coordinator(CoordinatorOptions(policy=policy, mode=mode), workers=workers)
+            for backend, address in (("onnxruntime", on_board), ("torch", on_torch)):
                 with DistreeClient(address, timeout_s=30) as client:
                     answers[backend, policy] = client.infer(images)
     for policy in policies:
         torch_side, board_side = answers["torch", policy], answers["onnxruntime", policy]
         assert [a.exit for a in board_side] == [a.exit for a in torch_side], policy
-        assert len({a.exit for a in board_side}) > 1, f"{policy}: every input left at one exit; nothing was decided"
+        decided = policy != "full"
+        assert len({a.exit for a in board_side}) > decided, (
+            f"{policy}: every input left at one exit; nothing was decided"
+        )
         for a, b in zip(board_side, torch_side):
             assert (a.prediction, a.branches, a.macs) == (b.prediction, b.branches, b.macs)
             torch.testing.assert_close(torch.tensor(a.probabilities), torch.tensor(b.probabilities), atol=1e-4, rtol=0)
     for policy in policies:
         assert "not in this install" not in (tmp_path / f"onnxruntime-{policy}.log").read_text()
+    assert all(a.branches == list(range(RUNTIME_BRANCHES)) for a in answers["torch", "full"])  # every board fused
+    student = run.load_student().eval()
+    with torch.no_grad():
+        expected = student(run.meta.data.normalization(images))[-1].logits.argmax(-1)
+    assert [a.prediction for a in answers["torch", "full"]] == expected.tolist()
+    assert "not in this install" not in (tmp_path / "worker0.log").read_text()

@@ -7,6 +7,7 @@ import json
 import pytest
 import yaml
 from conftest import RUNTIME_BRANCHES
+from servers import ThreadCluster
 
 from distree.cli.main import main
 from distree.config import ConfigError
@@ -57,9 +58,10 @@ def test_a_missing_cluster_file_is_named(tmp_path):
 
 @pytest.mark.e2e
 def test_serve_and_check_a_cluster_from_its_file(trained, tmp_path, capsys):
+    """``cluster check`` against workers served here; ``serve --cluster`` as its own process."""
     run, splits = trained
-    with LocalCluster(run.path, log_dir=tmp_path) as cluster:
-        addresses = cluster.start_workers(RUNTIME_BRANCHES)
+    with ThreadCluster(run.path) as boards, LocalCluster(run.path, log_dir=tmp_path) as cluster:
+        addresses = boards.start_workers(RUNTIME_BRANCHES)
         listen = f"127.0.0.1:{free_port()}"
         f = _write(
             tmp_path / "cluster.yaml",
@@ -88,7 +90,9 @@ def test_serve_and_check_a_cluster_from_its_file(trained, tmp_path, capsys):
         printed = capsys.readouterr().out
         assert "serves branch 1, the cluster file says 0" in printed and "failing: board0, board1" in printed
 
-        cluster.kill("worker1")
+        # A board gone: nothing listens at its address any more.
+        gone = _workers([addresses[0], f"127.0.0.1:{free_port()}", *addresses[2:]])
+        f = _write(tmp_path / "gone.yaml", run=str(run.path), workers=gone)
         assert main(["cluster", "check", str(f), "--timeout-s", "1"]) == 1
         printed = capsys.readouterr().out
         assert "unreachable" in printed and "failing: board1" in printed
