@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -140,15 +141,19 @@ def made_once(tmp_path_factory, name: str):
     path = root / name
     with FileLock(str(path) + ".lock"):
         done = path / ".made"
-        yield path, not done.is_file()
+        make = not done.is_file()
+        if make:  # what a failed attempt left
+            shutil.rmtree(path, ignore_errors=True)
+        yield path, make
         done.parent.mkdir(parents=True, exist_ok=True)
         done.touch()
 
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
-    """A tiny 3-branch run, calibrated so that early exits happen. Made once per test run
-    (shared by the xdist workers): read it, do not write into it (copy it first)."""
+    """A tiny 3-branch run, calibrated so that early exits happen, with its simulator trace.
+    Made once per test run (shared by the xdist workers): read it, do not write into it
+    (copy it first)."""
     with made_once(tmp_path_factory, "trained") as (root, make):
         data = root / "data"
         if make:
@@ -159,6 +164,10 @@ def trained(tmp_path_factory):
             cfg = tiny_run_config(epochs=2, branches=RUNTIME_BRANCHES)
             run = train_run(root / "run", splits, cfg, torch.device("cpu"), log=lambda m: None)
             calibrate_run(run, splits, torch.device("cpu"), CalibrationTarget(budget=0.6, confidence=0.9))
+            # The simulator's trace too, before any test reads the run: none writes into it.
+            from distree.simulation.trace import record_trace
+
+            record_trace(run, str(data), torch.device("cpu"), log=lambda m: None)
     return RunDir(root / "run"), splits
 
 

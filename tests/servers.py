@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import grpc
 import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from distree.launch.local import free_ports, wait_serving
+from distree.launch.local import free_ports
 from distree.run import RunDir
 from distree.runtime.coordinator import CoordinatorOptions, serve_coordinator
 from distree.runtime.security import TLSFiles
@@ -35,34 +38,62 @@ class ThreadCluster:
         self.token = token
         self.worker_addresses: list[str] = []
         self._tasks: list[asyncio.Future] = []
+        self._ports: set[int] = set()  # handed out: servers bind later, the kernel may offer one again
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="thread-cluster", daemon=True)
         self._thread.start()
 
-    def _start(self, coro) -> None:
-        async def schedule():
-            self._tasks.append(asyncio.ensure_future(coro))
+    def _address(self) -> str:
+        while (port := free_ports(1)[0]) in self._ports:
+            pass
+        self._ports.add(port)
+        return f"127.0.0.1:{port}"
 
-        asyncio.run_coroutine_threadsafe(schedule(), self._loop).result()
+    def _start(self, coro) -> asyncio.Future:
+        async def schedule():
+            task = asyncio.ensure_future(coro)
+            self._tasks.append(task)
+            return task
+
+        return asyncio.run_coroutine_threadsafe(schedule(), self._loop).result()
+
+    def _wait(self, address: str, task: asyncio.Future, serving: bool = True) -> None:
+        """Until ``address`` answers a health check (SERVING, with ``serving``); a server
+        that failed to start raises its own error instead of a timeout."""
+        deadline = time.monotonic() + 60
+        with grpc.insecure_channel(address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if task.done():
+                    raise RuntimeError(f"the server at {address} stopped") from task.exception()
+                try:
+                    status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    if not serving or status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.05)
+        raise TimeoutError(f"{address} did not answer within 60 s")
 
     def start_workers(self, n: int, options: WorkerOptions = WorkerOptions(), debug_rpcs: bool = False) -> list[str]:
         """Workers of branches 0..n-1; their addresses once each is healthy."""
-        self.worker_addresses = [self.start_worker(b, options, debug_rpcs, wait=False) for b in range(n)]
-        for address in self.worker_addresses:
-            wait_serving(address)
+        started = [self._worker(b, options, debug_rpcs) for b in range(n)]
+        for address, task in started:
+            self._wait(address, task)
+        self.worker_addresses = [address for address, _ in started]
         return self.worker_addresses
 
-    def start_worker(
-        self, branch: int, options: WorkerOptions = WorkerOptions(), debug_rpcs: bool = False, wait: bool = True
-    ) -> str:
-        """The worker of ``branch``; its address (once healthy, with ``wait``)."""
-        (port,) = free_ports(1)
-        address = f"127.0.0.1:{port}"
-        stages = TorchStages(self.run, branch, torch.device("cpu"))
-        self._start(serve_worker(stages, branch, address, options, self.token, TLSFiles(), None, debug_rpcs, GRACE_S))
-        if wait:
-            wait_serving(address)
+    def start_worker(self, branch: int, options: WorkerOptions = WorkerOptions(), debug_rpcs: bool = False) -> str:
+        """The worker of ``branch``; its address once healthy."""
+        address, task = self._worker(branch, options, debug_rpcs)
+        self._wait(address, task)
         return address
+
+    def _worker(self, branch: int, options: WorkerOptions, debug_rpcs: bool) -> tuple[str, asyncio.Future]:
+        address = self._address()
+        stages = TorchStages(self.run, branch, torch.device("cpu"))
+        coro = serve_worker(stages, branch, address, options, self.token, TLSFiles(), None, debug_rpcs, GRACE_S)
+        return address, self._start(coro)
 
     def start_coordinator(
         self,
@@ -71,15 +102,14 @@ class ThreadCluster:
         wait: bool = True,
         export: Path | None = None,
     ) -> str:
-        """A coordinator over ``workers`` (default: this cluster's); its address once healthy.
-        ``export``: the heads of this export run in onnxruntime instead of the run's in torch."""
-        (port,) = free_ports(1)
-        address = f"127.0.0.1:{port}"
+        """A coordinator over ``workers`` (default: this cluster's); its address once healthy
+        (with ``wait``; else once it answers at all). ``export``: the heads of this export
+        run in onnxruntime instead of the run's in torch."""
+        address = self._address()
         model = served_model(self.run.path) if export is None else served_model(export, "onnxruntime")
         ws = list(workers if workers is not None else self.worker_addresses)
-        self._start(serve_coordinator(model, ws, address, options, self.token, TLSFiles(), TLSFiles(), GRACE_S))
-        if wait:
-            wait_serving(address)
+        task = self._start(serve_coordinator(model, ws, address, options, self.token, TLSFiles(), TLSFiles(), GRACE_S))
+        self._wait(address, task, serving=wait)
         return address
 
     def stop(self) -> None:
@@ -96,6 +126,7 @@ class ThreadCluster:
         asyncio.run_coroutine_threadsafe(cancel(), self._loop).result(timeout=30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+        self._loop.close()
 
     def __enter__(self) -> ThreadCluster:
         return self

@@ -1,6 +1,6 @@
-"""Images as they come: the conversion to a model's input, ``distree.load(...).predict``,
-the client's ``classify`` and ``distree infer IMAGE...``, on the shipped Fashion-MNIST
-model (28x28 grayscale)."""
+"""Images as they come: the conversion to a model's input, ``distree.load(...).infer``,
+the client's ``infer`` and ``distree infer IMAGE...``, on the shipped Fashion-MNIST model
+(28x28 grayscale)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def fmnist_test():
     return load_data(str(FMNIST_DATA)).test
 
 
-def test_load_predicts_as_the_stage_loop_does(fmnist_test):
+def test_a_loaded_run_answers_as_the_stage_loop_does(fmnist_test):
     model = distree.load(FMNIST)
     images = fmnist_test.images[:200]
     got = model.infer(images.numpy())
@@ -103,7 +103,7 @@ def test_load_predicts_as_the_stage_loop_does(fmnist_test):
     assert frame.class_name in model.classes and 0 < frame.probability <= 1
 
 
-def test_classify_and_infer_images_through_a_cluster(fmnist_test, fmnist_cluster, tmp_path, capsys):
+def test_images_through_a_cluster_by_the_client_and_the_command(fmnist_test, fmnist_cluster, tmp_path, capsys):
     shoe = fmnist_test.images[0, 0].numpy()  # one test image, 28x28, as a camera would not give it:
     big = np.asarray(Image.fromarray(shoe).resize((64, 64)).convert("RGB"))  # 64x64 RGB
     Image.fromarray(big).save(tmp_path / "frame.png")

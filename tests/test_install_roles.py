@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import NOT_ON_A_BOARD, RUNTIME_BRANCHES
 from servers import ThreadCluster
 
@@ -19,6 +20,7 @@ def _python(args, pythonpath, **kw):
     return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, **kw)
 
 
+@pytest.mark.e2e
 def test_the_blocker_blocks(board_only):
     script = (
         "import importlib\n"
@@ -34,12 +36,14 @@ def test_the_blocker_blocks(board_only):
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.e2e
 def test_version_and_help_need_only_the_core(client_only):
     for argv in (["--version"], ["--help"], ["worker", "--help"], ["serve", "--help"], ["export", "--help"]):
         proc = _python(["-m", "distree", *argv], client_only)
         assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.e2e
 def test_the_client_needs_only_the_core(trained, tmp_path, client_only):
     run, splits = trained
     images = tmp_path / "images.npy"

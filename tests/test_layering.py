@@ -43,6 +43,22 @@ def _imports(tree: ast.AST) -> set[str]:
     return out
 
 
+#: Below in the layers, yet not for these: a board's worker and coordinator need the model
+#: and its run, nothing that trains or evaluates (scipy, matplotlib, the training loop).
+NEVER_IMPORTED_BY = {"runtime": {"training", "evaluation"}}
+
+
+def test_the_runtime_stands_on_neither_training_nor_evaluation():
+    bad = []
+    for pkg, banned in NEVER_IMPORTED_BY.items():
+        for path in sorted((SRC / pkg).rglob("*.py")):
+            if "proto" in path.parts:
+                continue
+            found = _imports(ast.parse(path.read_text())) & banned
+            bad += [f"{path.relative_to(SRC)} imports distree.{m}" for m in sorted(found)]
+    assert not bad, "\n".join(bad)
+
+
 def test_every_package_has_a_layer():
     packages = {_package(p) for p in SRC.rglob("*.py")} - {None}
     assert packages <= set(LAYER_OF), sorted(packages - set(LAYER_OF))
@@ -96,6 +112,7 @@ def _all_imports(tree: ast.AST) -> set[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}  # from distree.launch import local
         elif isinstance(node, ast.Import):
             names |= {a.name for a in node.names}
     return {".".join(n.split(".")[:i]) for n in names for i in range(1, n.count(".") + 2)}
@@ -110,5 +127,5 @@ def test_the_cli_neither_starts_processes_nor_computes():
 
 
 def test_the_cli_check_finds_an_import_inside_a_function(tmp_path):
-    tree = ast.parse("def cmd():\n    from distree.launch.local import LocalCluster\n    import torch.nn\n")
+    tree = ast.parse("def cmd():\n    from distree.launch import local\n    import torch.nn\n")
     assert _all_imports(tree) & NOT_IN_THE_CLI == {"distree.launch.local", "torch"}

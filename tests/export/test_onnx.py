@@ -1,5 +1,5 @@
 """The ONNX export against the torch model it came from: every branch stage and every exit
-head, at batch 1 and 8, for the shipped CIFAR-10 model and a freshly trained one."""
+head, at batch 1 and 8, for the shipped Fashion-MNIST model (one channel) and a freshly trained one (three)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-4  # max abs difference, fp32
 
 
-@pytest.fixture(scope="module", params=["trained", "models/cifar10"])
+@pytest.fixture(scope="module", params=["trained", "models/fashion-mnist"])
 def exported(request, tmp_path_factory):
     if request.param == "trained":
         return request.getfixturevalue("trained")[0], request.getfixturevalue("trained_export")

@@ -119,6 +119,7 @@ def test_a_users_policy_is_calibrated_evaluated_served_and_simulated(trained, tm
     assert simulated["accuracy"] == pytest.approx(evaluated["accuracy"], abs=1e-4)  # eval rounds to 4 places
 
 
+@pytest.mark.e2e
 def test_a_process_distree_starts_loads_the_plugins_of_its_environment(user_module):
     """What a coordinator or worker that ``distree demo`` starts does: the module named in
     ``$DISTREE_PLUGINS`` is imported and its policy chosen by name."""
@@ -128,6 +129,7 @@ def test_a_process_distree_starts_loads_the_plugins_of_its_environment(user_modu
     assert any(line.split()[:1] == ["user-margin"] for line in proc.stdout.splitlines()), proc.stdout
 
 
+@pytest.mark.e2e
 def test_an_unknown_plugin_is_a_clear_error(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "distree", "--plugin", "no_such_module_here", "--help"], capture_output=True, text=True

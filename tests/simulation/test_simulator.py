@@ -11,14 +11,13 @@ from distree.inference.records import fuse_exits
 from distree.simulation.engine import Model, run_system, simulate, simulate_system, systems_for
 from distree.simulation.scenario import Availability, Scenario, load_scenario
 from distree.simulation.systems import pipeline_partition
-from distree.simulation.trace import TRACE_FILE, Trace, record_trace
+from distree.simulation.trace import TRACE_FILE, Trace
 
 
 @pytest.fixture(scope="module")
 def model(trained):
-    run, splits = trained
-    trace = record_trace(run, splits.source, torch.device("cpu"), log=lambda m: None)
-    return Model.from_run(run, trace)
+    run, _ = trained
+    return Model.from_run(run, Trace.load(run.path / TRACE_FILE))  # recorded by the fixture
 
 
 def scenario(devices=3, **kw) -> Scenario:

@@ -159,9 +159,6 @@ def branches_present_table(
     return table
 
 
-__all__ = ["DEFAULT_CONFIDENCE", "DEFAULT_MAX_DROP_PP"]
-
-
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float | list[float]:
     """Top-1 accuracy of (N, K) logits (a float), or of (E, N, K) logits (one per exit)."""
     return (logits.argmax(-1) == labels).float().mean(-1).tolist()

@@ -1,2 +1,3 @@
-"""Tools for developing and measuring distree, outside the product path: a local cluster
-of real processes (`cluster.py`) and network namespaces with shaped links (`testbed.py`)."""
+"""distree's processes started on this machine: workers and coordinators as local
+processes (`local.py`, `LocalCluster`), the runtime demo (`demo.py`, `distree demo`), network
+namespaces with shaped links (`testbed.py`) and the fault soak (`chaos.py`)."""

@@ -4,7 +4,6 @@ also takes torch tensors, without importing torch)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -15,9 +14,6 @@ from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
 from distree.runtime.security import TLSFiles, call_metadata, make_blocking_channel
 from distree.runtime.tensors import to_proto
-
-if TYPE_CHECKING:
-    pass
 
 
 class InferenceError(RuntimeError):
@@ -58,22 +54,31 @@ class DistreeClient:
             raise InferenceError(code, details) from None
 
     def model_info(self) -> pb.ModelInfoReply:
-        """What the coordinator serves."""
-        return self._call(self._stub.ModelInfo, pb.ModelInfoRequest())
+        """What the coordinator serves (asked once per client, then kept)."""
+        if self._info is None:
+            self._info = self._call(self._stub.ModelInfo, pb.ModelInfoRequest())
+        return self._info
+
+    #: Images per call when ``infer`` converts images (files, bytes, single arrays).
+    CONVERTED_BATCH = 64
 
     def infer(
         self, images: ImageLike | Sequence[ImageLike], deadline_ms: float = 0.0, batch: int | None = None
     ) -> list[Answer]:
-        """Classify images as they come: file paths, bytes, PIL images or uint8 arrays of any
-        size ((H, W), (H, W, C), (C, H, W), or a batch of them), converted to the model's
-        size and channels (``distree.images``; a uint8 (B, C, H, W) array or tensor of the
-        model's shape is sent as it is); one Answer per image, with its class name, in calls
-        of ``batch`` inputs (default: one call)."""
-        if self._info is None:
-            self._info = self.model_info()
-        info = self._info
-        x = as_model_input(images, (info.in_channels, info.image_size, info.image_size))
-        step = batch or max(1, len(x))
+        """Classify images; one Answer per image, with its class name.
+
+        A uint8 batch (B, C, H, W), numpy array or torch tensor, is sent as it is, in one call
+        (or calls of ``batch``): the coordinator checks it against its model and refuses a
+        wrong shape or dtype (``InferenceError``, INVALID_ARGUMENT). Anything else is taken
+        as images as they come: file paths, bytes, PIL images or uint8 arrays of one image of
+        any size ((H, W), (H, W, C), (C, H, W)), or a list of them, converted to the model's
+        size and channels (``distree.images``) and sent in calls of ``batch`` (default 64)."""
+        info = self.model_info()
+        if hasattr(images, "shape") and len(images.shape) == 4:
+            x, step = images, batch or max(1, len(images))
+        else:
+            x = as_model_input(images, (info.in_channels, info.image_size, info.image_size))
+            step = batch or self.CONVERTED_BATCH
         return [a for i in range(0, len(x), step) for a in self._infer(x[i : i + step], deadline_ms, info.classes)]
 
     def _infer(self, images: np.ndarray, deadline_ms: float, classes: Sequence[str]) -> list[Answer]:

@@ -27,16 +27,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from distree.config import DEFAULT_POLICY, parse_config, read_yaml_mapping
-from distree.runtime.proto import distree_pb2 as pb
-from distree.runtime.proto import distree_pb2_grpc as pb_grpc
-from distree.runtime.security import TLSFiles, call_metadata, make_blocking_channel
+
+if TYPE_CHECKING:  # grpc is imported by the check only: `distree --help` reads these models
+    from distree.runtime.security import TLSFiles
 
 
 class _Entry(BaseModel):
@@ -172,6 +170,13 @@ def check_worker(
     w: WorkerEntry, expected_fingerprint: str | None, token: str | None, tls: TLSFiles, timeout_s: float
 ) -> WorkerCheck:
     """Health, then ``Info`` (``RTT_SAMPLES`` times) of one worker."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from distree.runtime.proto import distree_pb2 as pb
+    from distree.runtime.proto import distree_pb2_grpc as pb_grpc
+    from distree.runtime.security import call_metadata, make_blocking_channel
+
     row = WorkerCheck(w.name, w.address, w.branch)
     channel = make_blocking_channel(w.address, tls)
     metadata = call_metadata(token)
@@ -211,11 +216,15 @@ def check_cluster(
     cluster: ClusterFile,
     expected_fingerprint: Callable[[int], str] | None,
     token: str | None = None,
-    tls: TLSFiles = TLSFiles(),
+    tls: TLSFiles | None = None,
     timeout_s: float = 3.0,
 ) -> list[WorkerCheck]:
     """One row per worker, in the file's order. ``expected_fingerprint(branch)``: the
-    run's branch fingerprint (``RunDir.branch_fingerprint``), or None not to compare."""
+    run's branch fingerprint (``RunDir.branch_fingerprint``), or None not to compare;
+    ``tls`` how to reach the workers (default: plaintext)."""
+    from distree.runtime.security import TLSFiles
+
+    tls = tls or TLSFiles()
     rows = []
     for w in cluster.workers:
         expected = expected_fingerprint(w.branch) if expected_fingerprint else None
