@@ -18,7 +18,7 @@ import grpc
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from distree.launch.local import free_ports
+from distree.launch.local import free_port
 from distree.run import RunDir
 from distree.runtime.coordinator import CoordinatorOptions, serve_coordinator
 from distree.runtime.security import TLSFiles
@@ -44,10 +44,7 @@ class ThreadCluster:
         self._thread.start()
 
     def _address(self) -> str:
-        while (port := free_ports(1)[0]) in self._ports:
-            pass
-        self._ports.add(port)
-        return f"127.0.0.1:{port}"
+        return f"127.0.0.1:{free_port(self._ports)}"
 
     def _start(self, coro) -> asyncio.Future:
         async def schedule():

@@ -1,11 +1,10 @@
-"""Offline execution: the model over a whole split, and the exit rule vectorised over its
-recorded outputs.
+"""Offline execution: the model over a whole split, its records (``ExitRecords``).
 
 ``branch_vectors`` runs every branch once, stage by stage (the path training's validation,
 evaluation, calibration and the simulator's trace all use); ``fuse_exits`` fuses them with
-the exit heads for any set of branches; ``evaluate_policy`` and ``sweep_policy`` apply a
-policy's rule (``first_passing``) and cost (``ExitCosts``) to those records, as the stage
-loop does one request at a time.
+the exit heads for any set of branches; ``exit_costs`` is what stopping at each exit costs
+by the stage loop's rule (``ExitCosts``). What is measured on the records is in
+``distree.evaluation.measures``.
 """
 
 from __future__ import annotations

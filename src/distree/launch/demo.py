@@ -8,7 +8,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -59,12 +59,14 @@ class DemoResult:
     runs: dict[str, dict]
     machine: str
     wall_s: float
-    policies: list[str] = field(default_factory=list)  # those compared with full execution, in order
+
+    @property
+    def policies(self) -> list[str]:
+        """Those compared with full execution, in order."""
+        return [p for p in self.runs if p != Full.name]
 
     def to_json(self) -> dict:
-        out = asdict(self)
-        del out["policies"]
-        return out
+        return asdict(self)
 
 
 def run_demo(s: DemoSettings, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> DemoResult:
@@ -137,7 +139,7 @@ def run_demo(s: DemoSettings, log: Callable[[str], None] = lambda m: print(m, fi
         e["p50_speedup"] = round(full["latency_ms"]["p50"] / e["latency_ms"]["p50"], 3)
     backend = "torch" if s.export is None else "onnxruntime"
     wall_s = round(time.perf_counter() - t0, 1)
-    return DemoResult(s.mode, backend, n, runs, machine(), wall_s, policies)
+    return DemoResult(mode=s.mode, backend=backend, samples=n, runs=runs, machine=machine(), wall_s=wall_s)
 
 
 def format_demo(r: DemoResult) -> str:

@@ -17,9 +17,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from distree.runtime.security import TLSFiles, make_blocking_channel
 
 
-def free_port() -> int:
-    """A TCP port that is free on loopback now."""
-    return free_ports(1)[0]
+def free_port(handed_out: set[int] | None = None) -> int:
+    """A TCP port that is free on loopback now; with ``handed_out``, never one in it, and
+    added to it: servers started together bind only later, and the kernel may offer a
+    port again until then."""
+    while (port := free_ports(1)[0]) in (handed_out or ()):
+        pass
+    if handed_out is not None:
+        handed_out.add(port)
+    return port
 
 
 def free_ports(n: int) -> list[int]:
@@ -99,14 +105,6 @@ class LocalCluster:
         self._logs: list = []
         self._ports: set[int] = set()  # handed out by this cluster
 
-    def _free_port(self) -> int:
-        """``free_port``, never one this cluster handed out before: processes started
-        together bind only later, and the kernel may offer a port again until then."""
-        while (port := free_port()) in self._ports:
-            pass
-        self._ports.add(port)
-        return port
-
     def _spawn(self, name: str, args: Sequence[str], prefix: Sequence[str] = ()) -> subprocess.Popen:
         out = subprocess.DEVNULL
         if self.log_dir:
@@ -124,7 +122,7 @@ class LocalCluster:
         self, branch: int, port: int | None, extra: Sequence[str], source: str | Path | None = None
     ) -> tuple[str, subprocess.Popen]:
         host, prefix = self.placement(branch) if self.placement else ("127.0.0.1", ())
-        address = f"{host}:{port or self._free_port()}"
+        address = f"{host}:{port or free_port(self._ports)}"
         args = ["worker", str(source or self.run_dir), "--branch", str(branch), "--listen", address, *extra]
         return address, self._spawn(f"worker{branch}", args, prefix)
 
@@ -171,7 +169,7 @@ class LocalCluster:
         (at once with ``wait`` False: one whose workers are unusable never is)."""
         launched = {}
         for name, extra in extras.items():
-            address = f"127.0.0.1:{(ports or {}).get(name) or self._free_port()}"
+            address = f"127.0.0.1:{(ports or {}).get(name) or free_port(self._ports)}"
             workers = ",".join(self.worker_addresses)
             args = ["serve", str(source or self.run_dir), "--workers", workers, "--listen", address, *extra]
             launched[name] = (address, self._spawn(name, args, prefix))
