@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from distree.config import RunConfig, parse_config
 from distree.data.augment import Normalization
-from distree.models import DistrEEStudent, WideResNet
+from distree.models import DistrEEStudent, Teacher, build_teacher
 from distree.policies.calibration_file import CalibrationFile, read_calibration_file
 from distree.provenance import Provenance
 from distree.weights import atomic_write_text, fingerprint, load_weights
@@ -109,17 +109,17 @@ class RunDir:
         text = json.dumps(calibration.model_dump(mode="json"), indent=2) + "\n"
         atomic_write_text(self.calibration_file, text)
 
-    def build_teacher(self, meta: RunMeta | None = None) -> WideResNet:
+    def build_teacher(self, meta: RunMeta | None = None) -> Teacher:
         """An untrained teacher with this run's architecture."""
         meta = meta or self.meta
-        return WideResNet(meta.config.teacher, meta.data.in_channels, len(meta.data.classes))
+        return build_teacher(meta.config.teacher, meta.data.in_channels, len(meta.data.classes))
 
     def build_student(self, meta: RunMeta | None = None) -> DistrEEStudent:
         """An untrained student with this run's architecture."""
         meta = meta or self.meta
         return DistrEEStudent(meta.config.student, meta.data.in_channels, len(meta.data.classes), meta.data.image_size)
 
-    def load_teacher(self) -> WideResNet:
+    def load_teacher(self) -> Teacher:
         """The trained teacher, in eval mode."""
         model = self.build_teacher()
         load_weights(model, self.teacher_file)

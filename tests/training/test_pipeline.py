@@ -121,3 +121,38 @@ def test_the_next_epoch_is_timed_by_the_slowest_recent_one():
     # A slow epoch long ago no longer counts; a recent one does.
     assert loop.next_epoch_seconds([862.0, 210.0, 205.0, 215.0]) == 215.0
     assert loop.next_epoch_seconds([210.0, 862.0, 205.0, 215.0]) == 862.0
+
+
+def test_the_fast_recipe_learns_and_resumes_bit_exactly(tmp_path, splits, monkeypatch):
+    # Every ingredient at once: a whitened convnet teacher, lookahead (its average is part
+    # of the resume state), alternating flips (their half is drawn once per run), reflected
+    # crops, label smoothing, the linear schedule, a separate rate for the BN shifts.
+    cfg = tiny_run_config(epochs=3)
+    raw = cfg.model_dump(mode="json")
+    raw["data"].update(pad_mode="reflect", alternate_flip=True)
+    raw["teacher"] = {"arch": "whitened-convnet", "widths": [8, 16]}
+    raw["teacher_optim"].update(
+        lookahead_every=2, label_smoothing=0.2, schedule="linear", norm_lr_scale=8, warmup_epochs=1
+    )
+    raw["student_optim"]["epochs"] = 1
+    cfg = type(cfg).model_validate(raw)
+    ref = train_run(tmp_path / "ref", splits, cfg, torch.device("cpu"), log=lambda m: None)
+    rows = [json.loads(line) for line in ref.metrics_file.read_text().splitlines()]
+    losses = [r["train"]["loss"] for r in rows if r["phase"] == "teacher"]
+    assert losses[-1] < losses[0], losses
+
+    real = loop.save_train_state
+
+    def crash_after_first_teacher_epoch(resume_dir, phase, *a, **k):
+        real(resume_dir, phase, *a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_train_state", crash_after_first_teacher_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(tmp_path / "cut", splits, cfg, torch.device("cpu"), log=lambda m: None)
+    monkeypatch.setattr(loop, "save_train_state", real)
+    resumed = train_run(tmp_path / "cut", splits, cfg, torch.device("cpu"), log=lambda m: None)
+    a, b = load_file(str(ref.teacher_file)), load_file(str(resumed.teacher_file))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -32,7 +32,7 @@ EXIT_TIME_LIMIT = 3
 def cmd_train(args: argparse.Namespace) -> int:
     """Train teacher and student into --out."""
     from distree.data import load_data
-    from distree.hardware import pick_device
+    from distree.training.distributed import from_environment, leave
     from distree.training.loop import TimeLimitReached
     from distree.training.pipeline import train_run
     from distree.training.sizing import fit_to_data, too_few_steps
@@ -42,22 +42,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_run_config(args.config, args.set)
     if args.epochs is not None:
         config = config.with_epochs(args.epochs)
-    device = pick_device(args.device)
+    ranks, device = from_environment(args.device)
+    # Under torchrun, rank 0 speaks for all.
+    log = _log if ranks.is_main else lambda message: None
     t0 = time.perf_counter()
     splits = load_data(args.data, args.format, config.data.val_fraction, config.data.split_seed)
     if args.limit is not None:
         splits = splits.with_train_limit(args.limit, config.data.split_seed)
-    _log(
+    across = f" x {ranks.world} ranks" if ranks.world > 1 else ""
+    log(
         f"data: {splits.source} ({splits.format}), {len(splits.train)} train / {len(splits.val)} val / "
         f"{len(splits.test)} test, {splits.image_size}x{splits.image_size}x{splits.in_channels}, "
-        f"{splits.num_classes} classes; loaded in {time.perf_counter() - t0:.1f}s; device {device}"
+        f"{splits.num_classes} classes; loaded in {time.perf_counter() - t0:.1f}s; device {device}{across}"
     )
     config, sized = fit_to_data(config, len(splits.train))
     if sized:
-        _log("sized for the data set (unset in the config): " + "; ".join(sized))
+        log("sized for the data set (unset in the config): " + "; ".join(sized))
     teacher = Path(args.teacher) if args.teacher else None
     for warning in too_few_steps(config, len(splits.train), teacher_trained=teacher is None):
-        _log(f"warning: {warning}")
+        log(f"warning: {warning}")
     limit = None if args.time_limit is None else args.time_limit * 60 - (time.perf_counter() - t0)
     try:
         run = train_run(
@@ -66,14 +69,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             config,
             device,
             teacher_from=teacher,
-            log=_log,
+            log=log,
             time_limit=limit,
             provenance=provenance(args.argv),
+            ranks=ranks,
         )
     except TimeLimitReached as stop:
-        _log(f"{stop}. Run the same command again to continue from there.")
+        log(f"{stop}. Run the same command again to continue from there.")
         return EXIT_TIME_LIMIT
-    _log(f"done in {time.perf_counter() - t0:.0f}s: {run.path}")
+    finally:
+        leave()
+    log(f"done in {time.perf_counter() - t0:.0f}s: {run.path}")
     return 0
 
 

@@ -55,12 +55,13 @@ def random_views(
     return Views(dy, dx, mirror)
 
 
-def apply_views(x: torch.Tensor, padding: int, views: Views) -> torch.Tensor:
-    """Zero-pad (B, C, H, W) by ``padding``, crop back at each image's offset, mirror the
-    images marked so; ``views`` has (B,) entries."""
+def apply_views(x: torch.Tensor, padding: int, views: Views, pad_mode: str = "zeros") -> torch.Tensor:
+    """Pad (B, C, H, W) by ``padding`` (with zeros, or ``reflect``: mirrored borders), crop
+    back at each image's offset, mirror the images marked so; ``views`` has (B,) entries."""
     b, c, h, w = x.shape
     if padding:
-        padded = F.pad(x, (padding, padding, padding, padding))
+        mode = "constant" if pad_mode == "zeros" else pad_mode
+        padded = F.pad(x, (padding, padding, padding, padding), mode=mode)
         rows = (views.dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
         cols = (views.dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
         batch = torch.arange(b, device=x.device)[:, None, None, None]

@@ -7,12 +7,12 @@ import torch.nn.functional as F
 
 from distree.data.augment import Normalization
 from distree.models.probes import TeacherExits
-from distree.models.wideresnet import WideResNet
+from distree.models.teacher import Teacher
 
 
 @torch.no_grad()
 def pooled_features(
-    exits: TeacherExits, teacher: WideResNet, images: torch.Tensor, norm: Normalization, batch_size: int
+    exits: TeacherExits, teacher: Teacher, images: torch.Tensor, norm: Normalization, batch_size: int
 ) -> list[torch.Tensor]:
     """Pooled teacher features (N, C_i) at every head for uint8 images (N, C, H, W)."""
     teacher.eval()

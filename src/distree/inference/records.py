@@ -14,11 +14,12 @@ from itertools import combinations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from distree.data.augment import Normalization
 from distree.hardware import autocast
 from distree.inference.costs import ExitCosts
-from distree.models import DistrEEStudent, ExitRecords, WideResNet
+from distree.models import DistrEEStudent, ExitRecords, Teacher
 from distree.policies import make_policy
 
 
@@ -40,15 +41,36 @@ def _input(x: torch.Tensor, norm: Normalization, device: torch.device) -> torch.
 
 @torch.no_grad()
 def teacher_logits(
-    model: WideResNet, images: torch.Tensor, norm: Normalization, batch_size: int, device: torch.device
+    model: Teacher,
+    images: torch.Tensor,
+    norm: Normalization,
+    batch_size: int,
+    device: torch.device,
+    tta: bool = False,
 ) -> torch.Tensor:
-    """Teacher logits (N, K) for uint8 images (N, C, H, W)."""
+    """Teacher logits (N, K) for uint8 images (N, C, H, W).
+
+    ``tta``: test-time augmentation, the logits averaged over views of each image: half
+    the weight on the image and its mirror, half on the mirrored pairs shifted one pixel
+    up-left and down-right (reflected borders), six passes in all.
+    """
     _prepare(model)
     out = []
-    for x in _batches(images, batch_size):
+    for raw in _batches(images, batch_size):
+        x = _input(raw, norm, device)
         with autocast(device):
-            out.append(model(_input(x, norm, device)).logits.float().cpu())
+            logits = _mirrored(model, x) if tta else model(x).logits
+            if tta:
+                h, w = x.shape[2:]
+                padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+                shifted = [padded[:, :, :h, :w], padded[:, :, 2:, 2:]]
+                logits = 0.5 * logits + 0.25 * sum(_mirrored(model, s) for s in shifted)
+        out.append(logits.float().cpu())
     return torch.cat(out)
+
+
+def _mirrored(model: Teacher, x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (model(x).logits + model(x.flip(3)).logits)
 
 
 @torch.no_grad()

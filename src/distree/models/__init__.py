@@ -1,10 +1,12 @@
-"""Network definitions: the WideResNet teacher, student branches, exit heads, MAC counts."""
+"""Network definitions: the teachers (WideResNet, whitened convnet), student branches, exit heads, MAC counts."""
 
 from distree.exits import ExitOutput, ExitRecords, StudentMacs
 from distree.models.branch import Branch
 from distree.models.heads import ExitHead, HeadFusion
 from distree.models.student import DistrEEStudent
-from distree.models.wideresnet import TeacherOutput, WideResNet
+from distree.models.teacher import Teacher, TeacherOutput, build_teacher
+from distree.models.whitened_convnet import WhitenedConvNet
+from distree.models.wideresnet import WideResNet
 
 __all__ = [
     "Branch",
@@ -14,6 +16,9 @@ __all__ = [
     "ExitRecords",
     "HeadFusion",
     "StudentMacs",
+    "Teacher",
     "TeacherOutput",
+    "WhitenedConvNet",
     "WideResNet",
+    "build_teacher",
 ]

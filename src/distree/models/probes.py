@@ -1,6 +1,6 @@
 """Exit heads on a frozen teacher: the single-device early-exit network the simulator compares with.
 
-The teacher is a plain WideResNet; an early-exit version of it on one device gets a small
+The teacher is a plain network of blocks; an early-exit version of it on one device gets a small
 head (LayerNorm + Linear on the globally averaged block output) after some residual blocks.
 The teacher's own classifier is the last exit.
 """
@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from distree.models.macs import count_macs
-from distree.models.wideresnet import WideResNet
+from distree.models.teacher import Teacher
 
 
-def teacher_segments(teacher: WideResNet, x: torch.Tensor, exit_points: Sequence[int]) -> list[torch.Tensor]:
+def teacher_segments(teacher: Teacher, x: torch.Tensor, exit_points: Sequence[int]) -> list[torch.Tensor]:
     """Block outputs (B, C, H, W) after blocks[:end] for each ``end`` (increasing), one pass."""
     out, h, done = [], teacher.stem(x), 0
     for end in exit_points:
@@ -32,13 +32,13 @@ class TeacherExits(nn.Module):
     forward: pooled block outputs [(B, C_i)] -> logits [(B, K)], one per head.
     """
 
-    def __init__(self, teacher: WideResNet, exit_points: Sequence[int], num_classes: int):
+    def __init__(self, teacher: Teacher, exit_points: Sequence[int], num_classes: int):
         super().__init__()
         total = len(teacher.blocks)
         if any(not 1 <= b < total for b in exit_points) or sorted(set(exit_points)) != list(exit_points):
             raise ValueError(f"exit_points must be increasing block counts in 1..{total - 1}, got {list(exit_points)}")
         self.exit_points = list(exit_points)
-        dims = [teacher.blocks[b - 1].conv2.out_channels for b in self.exit_points]
+        dims = [teacher.block_channels[b - 1] for b in self.exit_points]
         self.heads = nn.ModuleList(nn.Sequential(nn.LayerNorm(c), nn.Linear(c, num_classes)) for c in dims)
 
     def forward(self, pooled: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -46,12 +46,12 @@ class TeacherExits(nn.Module):
         return [head(v) for head, v in zip(self.heads, pooled, strict=True)]
 
     @torch.no_grad()
-    def pooled(self, teacher: WideResNet, x: torch.Tensor) -> list[torch.Tensor]:
+    def pooled(self, teacher: Teacher, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, C, H, W) normalised input -> pooled features (B, C_i) at each head."""
         return [h.mean(dim=(2, 3)) for h in teacher_segments(teacher, x, self.exit_points)]
 
     @torch.no_grad()
-    def all_logits(self, teacher: WideResNet, x: torch.Tensor) -> list[torch.Tensor]:
+    def all_logits(self, teacher: Teacher, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, C, H, W) normalised input -> logits (B, K) of every head, then the teacher's
         own, from one pass through the teacher."""
         maps = teacher_segments(teacher, x, [*self.exit_points, len(teacher.blocks)])
@@ -64,7 +64,7 @@ class TeacherExits(nn.Module):
 
 
 @torch.no_grad()
-def teacher_block_costs(teacher: WideResNet, in_channels: int, image_size: int) -> tuple[list[int], list[int]]:
+def teacher_block_costs(teacher: Teacher, in_channels: int, image_size: int) -> tuple[list[int], list[int]]:
     """Per-sample (MACs, output bytes as float32) of each block; the stem is counted in the
     first block and the pooled classifier in the last, so the lists sum to the whole teacher."""
     was_training = teacher.training

@@ -57,13 +57,19 @@ def _phase_files(resume_dir: Path, phase: str) -> list[Path]:
 
 
 def save_train_state(
-    resume_dir: Path, phase: str, model: nn.Module, optimizer: torch.optim.Optimizer, progress: dict[str, Any]
+    resume_dir: Path,
+    phase: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    progress: dict[str, Any],
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Save weights and RNG state, optimizer state (safetensors) and ``progress`` (JSON,
-    with ``epochs_done``), then remove the phase's older tensor files."""
+    """Save weights and RNG state, optimizer state and ``extra`` tensors (safetensors) and
+    ``progress`` (JSON, with ``epochs_done``), then remove the phase's older tensor files."""
     resume_dir.mkdir(parents=True, exist_ok=True)
     opt = optimizer.state_dict()
     weights = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    weights.update({f"extra.{k}": v.detach().contiguous().cpu() for k, v in (extra or {}).items()})
     weights["rng.cpu"] = torch.get_rng_state()
     optim: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
@@ -101,9 +107,14 @@ def _read(file: Path, stamp: str) -> dict[str, torch.Tensor]:
 
 
 def load_train_state(
-    resume_dir: Path, phase: str, model: nn.Module, optimizer: torch.optim.Optimizer
+    resume_dir: Path,
+    phase: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Restore what ``save_train_state`` wrote; returns the saved progress."""
+    """Restore what ``save_train_state`` wrote, the ``extra`` tensors copied into the ones
+    given (the same names, strictly); returns the saved progress."""
     meta = json.loads(progress_file(resume_dir, phase).read_text())
     if "files" not in meta:
         raise TrainStateError(
@@ -114,6 +125,14 @@ def load_train_state(
     weights = _read(resume_dir / meta["files"]["weights"], stamp)
     optim = _read(resume_dir / meta["files"]["optimizer"], stamp)
     model.load_state_dict({k[6:]: v for k, v in weights.items() if k.startswith("model.")}, strict=True)
+    saved_extra = {k[6:]: v for k, v in weights.items() if k.startswith("extra.")}
+    if set(saved_extra) != set(extra or {}):
+        raise TrainStateError(
+            f"resume state of {phase} holds extra tensors {sorted(saved_extra)}, this run needs "
+            f"{sorted(extra or {})}: it was saved with other training settings; delete the resume folder"
+        )
+    for k, v in saved_extra.items():
+        extra[k].copy_(v)
     state: dict[int, dict[str, Any]] = {}
     for k, v in optim.items():
         _, pid, name = k.split(".", 2)

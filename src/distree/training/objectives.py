@@ -17,17 +17,18 @@ from torch import nn
 from distree.config import DistillConfig
 from distree.data.augment import Normalization, Views, apply_views, random_views
 from distree.hardware import autocast
-from distree.models import DistrEEStudent, TeacherOutput, WideResNet
+from distree.models import DistrEEStudent, Teacher, TeacherOutput
 from distree.training.checkpoint import TimeLimitReached
 from distree.training.losses import branch_dropout_mask, distillation_loss, feature_transfer_loss
 
 
 class TeacherObjective(nn.Module):
-    """Cross-entropy on the teacher's logits."""
+    """Cross-entropy on the teacher's logits, with ``label_smoothing``."""
 
-    def __init__(self, teacher: WideResNet):
+    def __init__(self, teacher: Teacher, label_smoothing: float = 0.0):
         super().__init__()
         self.teacher = teacher
+        self.label_smoothing = label_smoothing
 
     @property
     def trained(self) -> nn.Module:
@@ -38,7 +39,7 @@ class TeacherObjective(nn.Module):
         self, x: torch.Tensor, y: torch.Tensor, view: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Normalised batch (B, C, H, W), labels (B,) -> (loss, terms to log)."""
-        loss = F.cross_entropy(self.teacher(x).logits, y)
+        loss = F.cross_entropy(self.teacher(x).logits, y, label_smoothing=self.label_smoothing)
         return loss, {"ce": loss.detach()}
 
 
@@ -51,8 +52,9 @@ class ViewTable:
     against a fresh crop at every epoch when the teacher runs online.
     """
 
-    def __init__(self, num_images: int, padding: int, flip: bool, views: int, seed: int):
+    def __init__(self, num_images: int, padding: int, flip: bool, views: int, seed: int, pad_mode: str = "zeros"):
         self.padding = padding
+        self.pad_mode = pad_mode
         if padding == 0:
             mirror = torch.tensor([False, True] if flip else [False]).expand(num_images, -1)
             zeros = torch.zeros(mirror.shape, dtype=torch.long)
@@ -92,7 +94,7 @@ class TeacherTargets:
 
     def __init__(
         self,
-        teacher: WideResNet,
+        teacher: Teacher,
         images: torch.Tensor,
         norm: Normalization,
         table: ViewTable,
@@ -106,7 +108,7 @@ class TeacherTargets:
         v_count = table.per_image
         logits, features, done = _read_targets(store, key) if store is not None else (None, None, 0)
         if logits is None or features is None:
-            logits = torch.empty(len(images) * v_count, teacher.fc.out_features)
+            logits = torch.empty(len(images) * v_count, teacher.num_classes)
             features = torch.empty(len(images) * v_count, teacher.feature_dim)
             done = 0
         if done and log is not None:
@@ -127,7 +129,7 @@ class TeacherTargets:
                 sample = sample.repeat_interleave(v_count)
                 v = torch.arange(v_count).repeat(len(sample) // v_count)
                 x = norm(images[sample].to(device))
-                x = apply_views(x, table.padding, table.pick(sample.to(device), v.to(device)))
+                x = apply_views(x, table.padding, table.pick(sample.to(device), v.to(device)), table.pad_mode)
                 with autocast(device):
                     out = teacher(x)
                 rows = sample * v_count + v
@@ -180,13 +182,15 @@ class StudentObjective(nn.Module):
     def __init__(
         self,
         student: DistrEEStudent,
-        teacher: WideResNet,
+        teacher: Teacher,
         cfg: DistillConfig,
         targets: TeacherTargets | None = None,
+        label_smoothing: float = 0.0,
     ):
         super().__init__()
         self.student = student
         self.cfg = cfg
+        self.label_smoothing = label_smoothing
         self.targets = targets
         self.projection = nn.Linear(student.config.embed_dim, teacher.feature_dim)
         # Kept out of the module tree: the teacher is frozen and not part of the checkpoint.
@@ -218,7 +222,7 @@ class StudentObjective(nn.Module):
         outs, vectors = self.student.run_exits(x, mask=mask, agreement=False)
         ce = kd = ft = x.new_zeros(())
         for o in outs:
-            ce = ce + F.cross_entropy(o.logits, y)
+            ce = ce + F.cross_entropy(o.logits, y, label_smoothing=self.label_smoothing)
             kd = kd + distillation_loss(o.logits, t.logits, self.cfg.temperature)
             ft = ft + feature_transfer_loss(self.projection(o.embedding), t.features)
         n = len(outs)
@@ -239,7 +243,7 @@ class StudentObjective(nn.Module):
         for head, per_branch in zip(self.student.heads, vectors):
             for b, v in enumerate(per_branch):
                 alone = head([v if i == b else None for i in range(len(per_branch))], agreement=False)
-                total = total + F.cross_entropy(alone.logits, y)
+                total = total + F.cross_entropy(alone.logits, y, label_smoothing=self.label_smoothing)
                 total = total + self.cfg.kd_weight * distillation_loss(
                     alone.logits, teacher_logits, self.cfg.temperature
                 )

@@ -17,6 +17,8 @@ from distree.evaluation.measures import accuracy
 from distree.inference.records import student_exits, teacher_logits
 from distree.provenance import Provenance
 from distree.run import DataInfo, RunDir, RunMeta
+from distree.training.checkpoint import progress_file
+from distree.training.distributed import SINGLE, Ranks
 from distree.training.loop import Phase, TimeLimitReached, train_phase
 from distree.training.objectives import StudentObjective, TeacherObjective, TeacherTargets, ViewTable
 from distree.weights import load_weights
@@ -24,6 +26,9 @@ from distree.weights import load_weights
 #: The teacher's outputs on the student's views, kept beside the resume state while the
 #: student trains (too large to commit; see ``TeacherTargets``).
 TEACHER_TARGETS_FILE = "teacher-targets.safetensors"
+#: Training images a teacher's data-dependent initialisation sees (the whitening layer's
+#: patch statistics settle well before this).
+WHITEN_SAMPLE = 5000
 
 
 def _sha256(path: Path) -> str:
@@ -77,15 +82,23 @@ def train_run(
     log: Callable[[str], None] = print,
     time_limit: float | None = None,
     provenance: Provenance | None = None,
+    ranks: Ranks = SINGLE,
 ) -> RunDir:
     """Train (or resume) the teacher and the student of one run; returns the run directory.
 
     ``time_limit`` (seconds from now): stop cleanly with ``TimeLimitReached`` at the last
     epoch boundary that fits; the same call on the same directory then continues.
+
+    ``ranks``: every rank of a data-parallel run calls this with the same arguments; rank
+    0 writes the run directory and hands the others what they need from it, so that they
+    need not see the same file system (``training.distributed``).
     """
     run = RunDir(out)
-    meta = _prepare(run, config, splits, teacher_from, provenance)
-    if run.student_file.is_file():
+    ranks.check_same(configuration=config.model_dump(mode="json"), data=splits.train.labels)
+    ranks.check_same(images=splits.train.images)
+    prepared = _prepare(run, config, splits, teacher_from, provenance) if ranks.is_main else None
+    meta = ranks.from_main(prepared)
+    if ranks.from_main(run.student_file.is_file()):
         raise RunExistsError(f"{run.path} is a finished run; evaluate it or use another --out")
     norm = meta.data.normalization
     deadline = None if time_limit is None else time.monotonic() + time_limit
@@ -101,25 +114,31 @@ def train_run(
         "metrics_file": run.metrics_file,
         "log": log,
         "deadline": deadline,
+        "ranks": ranks,
     }
 
     teacher = run.build_teacher(meta)
-    if teacher_from is not None and not run.teacher_file.is_file():
+    if ranks.is_main and teacher_from is not None and not run.teacher_file.is_file():
         src = RunDir(teacher_from)
         src_meta = src.read_meta()
         if src_meta.config.teacher != config.teacher or src_meta.data.classes != meta.data.classes:
             raise RunExistsError(f"the teacher in {teacher_from} has another architecture or classes than this run")
         shutil.copyfile(src.teacher_file, run.teacher_file)
         log(f"teacher: taken from {teacher_from}")
-    if run.teacher_file.is_file():
-        load_weights(teacher, run.teacher_file)
+    if ranks.from_main(run.teacher_file.is_file()):
+        if ranks.is_main:
+            load_weights(teacher, run.teacher_file)
+        ranks.load_from_main(teacher)
     else:
 
         def validate_teacher() -> dict[str, object]:
             logits = teacher_logits(teacher, val.images, norm, config.eval_batch_size, device)
             return {"accuracy": round(accuracy(logits, val.labels), 4)}
 
-        phase = Phase("teacher", TeacherObjective(teacher), config.teacher_optim, validate_teacher)
+        if ranks.is_main and not progress_file(run.resume_dir, "teacher").is_file():
+            teacher.init_from_data(norm(splits.train.images[:WHITEN_SAMPLE]))
+        objective = TeacherObjective(teacher, config.teacher_optim.label_smoothing)
+        phase = Phase("teacher", objective, config.teacher_optim, validate_teacher)
         train_phase(phase, final_weights=run.teacher_file, **common)
     teacher.to(device).eval()
 
@@ -131,15 +150,18 @@ def train_run(
         return {"exit_accuracy": [round(a, 4) for a in accuracy(rec.logits, val.labels)]}
 
     targets = None
-    if deadline is not None and time.monotonic() > deadline:
+    if deadline is not None and ranks.any(time.monotonic() > deadline):
         raise TimeLimitReached("stopped after the teacher phase at the time limit; the student phase is next")
     table = None
     if config.data.crop_padding == 0 or config.distill.teacher_views:
         d = config.data
-        table = ViewTable(len(splits.train), d.crop_padding, d.flip, config.distill.teacher_views, config.seed)
+        table = ViewTable(
+            len(splits.train), d.crop_padding, d.flip, config.distill.teacher_views, config.seed, d.pad_mode
+        )
         store = run.resume_dir / TEACHER_TARGETS_FILE
         key = (
             f"{_sha256(run.teacher_file)}:{len(splits.train)}:{d.crop_padding}:{d.flip}:{table.per_image}:{config.seed}"
+            + ("" if d.pad_mode == "zeros" else f":{d.pad_mode}")
         )
         targets = TeacherTargets(
             teacher,
@@ -149,14 +171,16 @@ def train_run(
             config.eval_batch_size,
             device,
             log,
-            store=store,
+            # Each rank computes them (a matter of seconds on a GPU); rank 0 keeps them.
+            store=store if ranks.is_main else None,
             key=key,
             deadline=deadline,
         )
-    objective = StudentObjective(student, teacher, config.distill, targets)
+    objective = StudentObjective(student, teacher, config.distill, targets, config.student_optim.label_smoothing)
     phase = Phase("student", objective, config.student_optim, validate_student, views=table)
     train_phase(phase, final_weights=run.student_file, **common)
-    (run.resume_dir / TEACHER_TARGETS_FILE).unlink(missing_ok=True)
-    if run.resume_dir.is_dir() and not any(run.resume_dir.iterdir()):
-        run.resume_dir.rmdir()
+    if ranks.is_main:
+        (run.resume_dir / TEACHER_TARGETS_FILE).unlink(missing_ok=True)
+        if run.resume_dir.is_dir() and not any(run.resume_dir.iterdir()):
+            run.resume_dir.rmdir()
     return run
