@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from distree.config import ConfigError, RunConfig, WhitenedConvNetConfig, WideResNetConfig, parse_config
-from distree.inference.records import teacher_logits
 from distree.data.augment import Normalization
+from distree.inference.records import teacher_logits
 from distree.models import WhitenedConvNet, WideResNet, build_teacher
 from distree.models.probes import TeacherExits, teacher_block_costs
 
@@ -76,6 +76,7 @@ def test_test_time_augmentation_averages_mirrored_and_shifted_views():
     x = norm(images)
     padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
     with torch.no_grad():
+
         def both(v):
             return (teacher(v).logits + teacher(v.flip(3)).logits) / 2
 
