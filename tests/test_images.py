@@ -81,6 +81,23 @@ def test_what_is_not_an_image_is_named(image, error, message):
         as_model_input(image, GRAY)
 
 
+def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
+    # Pillow's own conversion to 8 bits clips: every pixel above 255 would become white.
+    wide = (np.arange(28 * 28, dtype=np.uint32).reshape(28, 28) * 83 % 65536).astype(np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(wide).save(path)
+    assert Image.open(path).mode.startswith("I")
+    x = as_model_input(path, GRAY)
+    expected = (wide.astype(np.int64) * 255 + 32767) // 65535
+    assert np.array_equal(x[0, 0], expected.astype(np.uint8))
+    # The data loader reads such files alike.
+    from distree.data.formats.image_folder import decode_image
+
+    assert np.array_equal(decode_image(path.read_bytes(), "deep.png")[:, :, 0], expected)
+    with pytest.raises(ValueError, match="floating-point pixels"):
+        as_model_input(Image.fromarray(np.zeros((4, 4), np.float32)), GRAY)
+
+
 def test_folders_without_images_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no image files"):
         image_files([tmp_path])

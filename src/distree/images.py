@@ -62,11 +62,33 @@ def _one(image: ImageLike, shape: tuple[int, int, int]) -> np.ndarray:
         image = _open(bytes(image), "the bytes given")
     elif not hasattr(image, "convert"):
         raise TypeError(f"cannot read an image from a {type(image).__name__}")
-    image = image.convert("L" if c == 1 else "RGB")
+    image = eight_bit(image).convert("L" if c == 1 else "RGB")
     if image.size != (w, h):
         image = image.resize((w, h), _pil().Resampling.BILINEAR)
     a = np.array(image, dtype=np.uint8)  # a copy: what Pillow exposes is read-only
     return a[None] if c == 1 else a.transpose(2, 0, 1)
+
+
+#: Pillow's modes for one channel of more than 8 bits of integers (16-bit PNG and TIFF).
+_WIDE_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def eight_bit(image):
+    """A Pillow image with at most 8 bits per channel: 16-bit grayscale is scaled down to
+    0..255 (Pillow's own conversion would clip it, turning most images white), and
+    floating-point or wider pixels are refused with a ValueError. 16-bit colour needs
+    nothing: Pillow already reads it as 8-bit RGB."""
+    if image.mode in _WIDE_GRAY:
+        a = np.asarray(image).astype(np.int64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ValueError(
+                f"pixels outside 0..65535 (mode {image.mode}): only 8- and 16-bit images are read; "
+                "convert it to 8 bits per channel"
+            )
+        return _pil().fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), "L")
+    if image.mode == "F":
+        raise ValueError("floating-point pixels (mode F): convert the image to 8 bits per channel")
+    return image
 
 
 def _open(data: bytes, what: str):
@@ -76,7 +98,10 @@ def _open(data: bytes, what: str):
         image.load()
     except Exception as err:  # noqa: BLE001 - Pillow raises several kinds for bad data
         raise ValueError(f"{what}: not an image Pillow can read ({err})") from None
-    return image
+    try:
+        return eight_bit(image)
+    except ValueError as err:
+        raise ValueError(f"{what}: {err}") from None
 
 
 def as_model_input(images: ImageLike | Sequence[ImageLike], shape: tuple[int, int, int]) -> np.ndarray:

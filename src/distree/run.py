@@ -12,6 +12,7 @@ Layout::
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -42,6 +43,12 @@ class DataInfo(BaseModel):
     def normalization(self) -> Normalization:
         """The input normalisation fitted on the training split."""
         return Normalization(self.mean, self.std)
+
+
+def input_fingerprint(data: DataInfo) -> str:
+    """A short hash of what a model's input must be: channels, size and normalisation."""
+    described = json.dumps([data.in_channels, data.image_size, list(data.mean), list(data.std)])
+    return hashlib.sha256(described.encode()).hexdigest()[:8]
 
 
 class RunMeta(BaseModel):
@@ -93,10 +100,13 @@ class RunDir:
         return fingerprint(self.student_file, "", salt=self.meta.config.student.model_dump_json().encode())
 
     def branch_fingerprint(self, branch: int) -> str:
-        """What identifies branch ``branch`` of this run's student: its architecture and
-        weights (a worker reports it; the coordinator refuses a worker whose differs)."""
+        """What identifies branch ``branch`` of this run's student, as ``WEIGHTS-INPUT``: a
+        hash of its architecture, stage cut and weights, and one of what its input must be
+        (shape and normalisation). A worker reports it; the coordinator refuses a worker
+        whose differs, naming the part (``runtime.worker_link``)."""
         arch = self.meta.config.student.model_dump_json(include={"branches", "exit_points"}).encode()
-        return fingerprint(self.student_file, f"branches.{branch}.", salt=arch + str(branch).encode())
+        weights = fingerprint(self.student_file, f"branches.{branch}.", salt=arch + str(branch).encode())
+        return f"{weights}-{input_fingerprint(self.meta.data)}"
 
     def read_calibration(self) -> CalibrationFile | None:
         """Parse calibration.json (None when the run is not calibrated), naming a bad field."""

@@ -6,12 +6,14 @@ coordinator the exit heads, training and evaluation whole models.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -31,16 +33,29 @@ def save_weights(module: nn.Module, path: Path) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def _tensors(path: Path, prefix: str) -> Iterator[dict[str, torch.Tensor]]:
+    """The tensors under ``prefix`` of a safetensors file, read in full; a missing file is
+    FileNotFoundError, one that cannot be read (truncated, not safetensors) a ValueError
+    that names it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"weights not found: {path}")
+    try:
+        # safe_open reads only the tensors asked for: a device loads just its own branch.
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}  # noqa: SIM118 - safe_open is no mapping
+    except SafetensorError as err:
+        raise ValueError(f"cannot read the weights in {path} ({err}): is the file complete?") from None
+    yield tensors
+
+
 def load_weights(module: nn.Module, path: Path, prefix: str = "") -> None:
     """Load safetensors weights into ``module`` with strict key matching.
 
     ``prefix`` selects the keys under it (``branches.2.`` loads one branch of a student).
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"weights not found: {path}")
-    # safe_open reads only the tensors asked for: a device loads just its own branch.
-    with safe_open(str(path), framework="pt") as f:
-        state = {k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}  # noqa: SIM118 - safe_open is no mapping
+    with _tensors(path, prefix) as tensors:
+        state = {k[len(prefix) :]: v for k, v in tensors.items()}
     expected = set(module.state_dict())
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
@@ -56,9 +71,9 @@ def fingerprint(path: Path, prefix: str = "", salt: bytes = b"") -> str:
     shapes and values) and of ``salt``: the same weights give the same fingerprint on any
     machine, any other weights a different one."""
     h = hashlib.sha256(salt)
-    with safe_open(str(path), framework="pt") as f:
-        for k in sorted(k for k in f.keys() if k.startswith(prefix)):  # noqa: SIM118 - safe_open is no mapping
-            t = f.get_tensor(k).contiguous()
+    with _tensors(path, prefix) as tensors:
+        for k in sorted(tensors):
+            t = tensors[k].contiguous()
             h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
             h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]

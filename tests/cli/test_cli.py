@@ -136,3 +136,18 @@ def test_policies_lists_every_policy_with_its_criterion_and_the_default(capsys):
     assert all(policy_class(n).criterion in line for n, line in lines.items())
     assert lines[DEFAULT_POLICY].rstrip().endswith("default")
     assert "offline only" in lines["oracle"]
+
+
+def test_weights_that_cannot_be_read_stop_a_worker_before_it_listens(tmp_path, capsys):
+    import shutil
+    from pathlib import Path
+
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parents[2] / "models" / "fashion-mnist", run)
+    weights = run / "student.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert main(["worker", str(run), "--branch", "0", "--listen", "127.0.0.1:0"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "cannot read the weights in" in err[0] and str(weights) in err[0], err
+    assert "listening" not in captured.out + captured.err

@@ -165,3 +165,34 @@ def test_auroc_ranks_right_above_wrong_and_counts_ties_half():
     assert auroc(torch.full((4,), float("-inf")), right) == 0.5
     assert auroc(torch.tensor([0.9, 0.5, 0.5, 0.1]), right) == 0.875  # one tie of four pairs
     assert auroc(torch.rand(3), torch.tensor([True, True, True])) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("NaN", "policies.max-prob.thresholds: .*got nan"),
+        ("-Infinity", "policies.max-prob.thresholds: .*got -inf"),
+        (None, "not valid JSON"),
+    ],
+    ids=["nan", "minus-infinity", "broken-json"],
+)
+def test_a_damaged_calibration_file_is_refused_naming_the_file_and_field(tmp_path, text, said):
+    import json
+    from pathlib import Path
+
+    from distree.config import ConfigError
+    from distree.policies.calibration_file import read_calibration_file
+
+    shipped = Path(__file__).parents[2] / "models" / "fashion-mnist" / "calibration.json"
+    path = tmp_path / "calibration.json"
+    if text is None:
+        path.write_text(shipped.read_text()[:100])
+    else:
+        raw = json.loads(shipped.read_text())
+        raw["policies"]["max-prob"]["thresholds"][0] = float(text)
+        path.write_text(json.dumps(raw))  # Python writes NaN and -Infinity as such
+        assert text in path.read_text()
+    with pytest.raises(ConfigError, match=said) as err:
+        read_calibration_file(path)
+    assert str(path) in str(err.value)
+    read_calibration_file(shipped)  # the shipped file itself is fine

@@ -6,6 +6,7 @@ this process; the coordinator's log records are read from ``caplog``."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 
@@ -75,23 +76,42 @@ def test_one_worker_reached_under_two_addresses_is_refused_the_second_time(train
     assert any(f"already used at {w[0]} (branch 0)" in ln and alias in ln for ln in refused)
 
 
-def test_a_worker_with_other_weights_for_its_branch_is_refused(trained, tmp_path, logged):
+def _other_weights(run_dir):
     from safetensors.torch import load_file, save_file
 
+    tensors = load_file(str(run_dir / "student.safetensors"))
+    key = next(k for k in sorted(tensors) if k.startswith("branches.1.") and tensors[k].is_floating_point())
+    tensors[key] = tensors[key] + 0.01  # the same architecture, other weights
+    save_file(tensors, str(run_dir / "student.safetensors"))
+
+
+def _other_normalisation(run_dir):
+    # The same weights, fed differently: every answer would change, silently.
+    meta = json.loads((run_dir / "run.json").read_text())
+    meta["data"]["mean"] = [m + 0.05 for m in meta["data"]["mean"]]
+    (run_dir / "run.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (_other_weights, "worker serves branch 1 with other weights"),
+        (_other_normalisation, "worker serves branch 1 with another input normalisation or image shape"),
+    ],
+    ids=["weights", "normalisation"],
+)
+def test_a_worker_whose_answers_would_differ_is_refused_naming_why(trained, tmp_path, logged, change, said):
     run, splits = trained
     other = tmp_path / "other-run"
     shutil.copytree(run.path, other)
-    tensors = load_file(str(other / "student.safetensors"))
-    key = next(k for k in sorted(tensors) if k.startswith("branches.1.") and tensors[k].is_floating_point())
-    tensors[key] = tensors[key] + 0.01  # the same architecture, other weights
-    save_file(tensors, str(other / "student.safetensors"))
+    change(other)
     with ThreadCluster(run.path) as cluster, ThreadCluster(other) as stranger:
         w0, w2 = cluster.start_worker(0), cluster.start_worker(2)
         coord = cluster.start_coordinator(workers=[w0, stranger.start_worker(1), w2])
         with DistreeClient(coord) as client:
             answers = client.infer(splits.test.images[:4])
     assert all(a.branches == [0, 2] for a in answers)
-    assert "worker serves other weights for branch 1" in logged()
+    assert said in logged()
 
 
 def test_a_coordinator_with_another_token_than_its_workers_says_so(trained, logged):

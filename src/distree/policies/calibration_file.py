@@ -20,7 +20,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, field_serializer, field_validator
 
-from distree.config import parse_config
+from distree.config import ConfigError, parse_config
 from distree.policies.base import ExitPolicy, ExitThresholds
 from distree.policies.registry import make_policy
 
@@ -60,6 +60,18 @@ class Calibration(BaseModel):
     def _null_is_inf(cls, values: list[float | None]) -> list[float]:
         return [math.inf if v is None else v for v in values]
 
+    @field_validator("thresholds")
+    @classmethod
+    def _a_threshold_or_never(cls, values: list[float]) -> list[float]:
+        # NaN never stops and -inf always does, both without saying so: a damaged file.
+        bad = [v for v in values if math.isnan(v) or v == -math.inf]
+        if bad:
+            raise ValueError(
+                f"thresholds must be numbers, or null for 'never stop at this exit'; got {bad[0]} "
+                "(run 'distree calibrate' again)"
+            )
+        return values
+
     @field_serializer("thresholds")
     def _inf_is_null(self, values: list[float]) -> list[float | None]:
         return [None if math.isinf(v) else v for v in values]
@@ -92,7 +104,11 @@ class CalibrationFile(BaseModel):
 
 def read_calibration_file(path: Path) -> CalibrationFile:
     """Parse a calibration.json, naming the bad field when it is invalid."""
-    return parse_config(CalibrationFile, json.loads(path.read_text()), str(path))
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid JSON ({err}); run 'distree calibrate' again") from None
+    return parse_config(CalibrationFile, raw, str(path))
 
 
 def thresholds_for(policy: ExitPolicy, saved: CalibrationFile | None, *, branches: int, exits: int) -> ExitThresholds:

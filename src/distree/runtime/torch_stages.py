@@ -30,13 +30,14 @@ class TorchStages:
         )
         self.num_stages = self.model.num_stages
         self.stage_macs: list[int] = []
-        self.fingerprint = ""
+        # Read now (the branch's tensors in full), so that weights that cannot be read fail
+        # before the server starts.
+        self.fingerprint = run.branch_fingerprint(branch)
         self.description = f"torch {device}"
 
     def load(self) -> None:
         """Load this branch's weights (only its own) and count every stage's MACs."""
         load_weights(self.model, self.run_dir.student_file, prefix=f"branches.{self.branch}.")
-        self.fingerprint = self.run_dir.branch_fingerprint(self.branch)
         self.model.eval().to(self.device, memory_format=torch.channels_last)
         with torch.no_grad():
             h = self.norm(torch.zeros((1, *self.input_shape), dtype=torch.uint8, device=self.device))

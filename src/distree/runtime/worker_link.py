@@ -32,6 +32,21 @@ class SessionEnded(RuntimeError):
     """The stream to a worker ended before a batch was answered."""
 
 
+def fingerprint_mismatch(branch: int, reported: str, expected: str) -> str:
+    """Why a worker reporting ``reported`` cannot serve ``branch`` of a model whose branch
+    fingerprint is ``expected`` (both ``WEIGHTS-INPUT``, ``RunDir.branch_fingerprint``)."""
+    got_weights, _, got_input = reported.partition("-")
+    want_weights, _, want_input = expected.partition("-")
+    if got_weights == want_weights and got_input != want_input:
+        what = "another input normalisation or image shape (data.mean, data.std in its run.json)"
+    else:
+        what = "other weights"
+    return (
+        f"worker serves branch {branch} with {what}: fingerprint {reported or 'none'}, the coordinator's model "
+        f"has {expected}; is it another run directory?"
+    )
+
+
 class _Refused(RuntimeError):
     """A reachable worker that is not the one this link is for."""
 
@@ -257,10 +272,7 @@ class WorkerLink:
                     f"worker serves branch {info.branch}, but this address is given for branch {self.branch}"
                 )
             if self.fingerprint and info.fingerprint != self.fingerprint:
-                raise _Refused(
-                    f"worker serves other weights for branch {self.branch} (fingerprint {info.fingerprint or 'none'}, "
-                    f"the coordinator's run has {self.fingerprint}): is it another run directory?"
-                )
+                raise _Refused(fingerprint_mismatch(self.branch, info.fingerprint, self.fingerprint))
         except _Refused as err:
             # A misconfigured cluster: said once per back-off, loudly, with the address.
             log.error("worker refused", extra={"branch": self.branch, "address": self.address, "why": str(err)})

@@ -13,6 +13,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from distree.data.dataset import DataError, ImageSet
+from distree.images import eight_bit
 
 EXTENSIONS = {".jpg", ".jpeg", ".png"}
 
@@ -27,7 +28,8 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-            arr = np.asarray(im if im.mode in ("L", "RGB") else im.convert("RGB"), dtype=np.uint8)
+            im8 = eight_bit(im)
+            arr = np.asarray(im8 if im8.mode in ("L", "RGB") else im8.convert("RGB"), dtype=np.uint8)
     except Image.DecompressionBombError:
         raise DataError(
             f"image {name} is too large to decode safely (over {2 * Image.MAX_IMAGE_PIXELS} pixels); "
@@ -35,6 +37,8 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DataError(f"corrupt or unreadable image {name}: {err}") from None
+    except ValueError as err:  # pixels of a depth that cannot be read (eight_bit)
+        raise DataError(f"image {name}: {err}") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
