@@ -31,7 +31,7 @@ import torch
 
 from distree.config import load_run_config
 from distree.data.augment import Normalization, apply_views, random_views
-from distree.models import DistrEEStudent, WideResNet
+from distree.models import DistrEEStudent, build_teacher
 from distree.models.macs import count_macs
 from distree.provenance import machine
 from distree.training.loop import make_optimizer, train_step
@@ -72,7 +72,7 @@ def bench_config(path: str, shape: tuple[int, int], steps: int, batch: int | Non
     classes = 10
     device = torch.device("cpu")
     torch.manual_seed(0)
-    teacher = WideResNet(cfg.teacher, channels, classes)
+    teacher = build_teacher(cfg.teacher, channels, classes)
     student = DistrEEStudent(cfg.student, channels, classes, size)
     t_macs = count_macs(lambda: teacher(torch.zeros(1, channels, size, size)))
     s_macs = student.macs.full()

@@ -160,7 +160,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     args.listen = args.listen or SERVE_DEFAULTS.listen
     args.policy = args.policy or SERVE_DEFAULTS.policy
     args.mode = args.mode or SERVE_DEFAULTS.mode
-    model = served_model(run_dir, args.backend)
+    if args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    model = served_model(run_dir, args.backend, args.threads)
     serve_metrics(args.metrics_port, "coordinator", _metrics_host(args))
     opts = CoordinatorOptions(
         mode=args.mode,
@@ -379,6 +381,13 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.add_argument("--stage-timeout-ms", type=float, default=1000.0, help="per-stage deadline for worker answers")
     p.add_argument("--max-group-inputs", type=int, default=128, help="inputs of waiting calls that start as one group")
     p.add_argument("--max-groups", type=int, default=4, help="groups in flight at once")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="compute threads of the exit heads (default 1: they are small, and more threads spin "
+        "against the workers and the network when cores are shared)",
+    )
     p.add_argument(
         "--min-group-inputs", type=int, default=32, help="inputs a group needs to start at once while other groups run"
     )
