@@ -28,7 +28,7 @@ def test_bad_depth_and_exits():
         WideResNetConfig(depth=12)
     with pytest.raises(ValueError, match="exit_points"):
         StudentConfig(branches=[WideResNetConfig(depth=16)], exit_points=[2, 4])
-    with pytest.raises(ValueError, match="same depth"):
+    with pytest.raises(ValueError, match="same number of blocks"):
         StudentConfig(branches=[WideResNetConfig(depth=16), WideResNetConfig(depth=10)])
     assert StudentConfig(branches=[WideResNetConfig(depth=16)], exit_points=[1, 3, 6]).exit_points == [1, 3, 6]
 

@@ -67,6 +67,17 @@ class WideResNetConfig(_Strict):
         """Residual blocks in each of the three groups."""
         return (self.depth - 4) // 6
 
+    @property
+    def num_blocks(self) -> int:
+        """Residual blocks in all (the points an exit can follow)."""
+        return 3 * self.blocks_per_group
+
+    @property
+    def group_ends(self) -> list[int]:
+        """The block counts at the end of each of the three groups."""
+        n = self.blocks_per_group
+        return [n, 2 * n, 3 * n]
+
 
 class WhitenedConvNetConfig(_Strict):
     """A fast plain convnet for the teacher: a frozen patch-whitening first layer, then one
@@ -91,8 +102,18 @@ class WhitenedConvNetConfig(_Strict):
 
     @property
     def blocks_per_group(self) -> int:
-        """Each group is one block (a single-device early exit can follow any group)."""
+        """Each group is one block (an exit can follow any group)."""
         return 1
+
+    @property
+    def num_blocks(self) -> int:
+        """Groups in all (the points an exit can follow)."""
+        return len(self.widths)
+
+    @property
+    def group_ends(self) -> list[int]:
+        """The block counts at the end of each group: every block."""
+        return list(range(1, len(self.widths) + 1))
 
 
 def _teacher_arch(data: object) -> str:
@@ -102,23 +123,23 @@ def _teacher_arch(data: object) -> str:
     return getattr(data, "arch", "wideresnet")
 
 
-#: The teacher's architecture, chosen by its ``arch`` field (default ``wideresnet``).
-TeacherConfig = Annotated[
+#: A network of blocks (the teacher, or a student branch), its architecture chosen by its
+#: ``arch`` field (default ``wideresnet``).
+NetConfig = Annotated[
     Annotated[WideResNetConfig, Tag("wideresnet")] | Annotated[WhitenedConvNetConfig, Tag("whitened-convnet")],
     Discriminator(_teacher_arch),
 ]
 
 
-def _group_ends(branches: list[WideResNetConfig]) -> list[int]:
-    """The default exit points: the end of each residual group."""
-    n = branches[0].blocks_per_group if branches else 0
-    return [n, 2 * n, 3 * n]
+def _group_ends(branches: list[WideResNetConfig | WhitenedConvNetConfig]) -> list[int]:
+    """The default exit points: the end of each group of blocks."""
+    return branches[0].group_ends if branches else []
 
 
 class StudentConfig(_Strict):
     """The DistrEE student: N parallel thin WideResNet branches and fused exit heads."""
 
-    branches: list[WideResNetConfig] = Field(
+    branches: list[NetConfig] = Field(
         default_factory=lambda: [WideResNetConfig(depth=10, width=1.0) for _ in range(4)],
         min_length=1,
     )
@@ -143,9 +164,11 @@ class StudentConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> StudentConfig:
-        depths = {b.depth for b in self.branches}
-        if len(depths) != 1:
-            raise ValueError(f"branches: all branches need the same depth (got {sorted(depths)})")
+        blocks = {b.num_blocks for b in self.branches}
+        if len(blocks) != 1:
+            raise ValueError(
+                f"branches: all branches need the same number of blocks, to share the exit points (got {sorted(blocks)})"
+            )
         total = self.total_blocks
         e = self.exit_points
         if not e or any(not 1 <= x <= total for x in e) or sorted(set(e)) != e or e[-1] != total:
@@ -157,8 +180,8 @@ class StudentConfig(_Strict):
 
     @property
     def total_blocks(self) -> int:
-        """Residual blocks per branch."""
-        return 3 * self.branches[0].blocks_per_group
+        """Blocks per branch."""
+        return self.branches[0].num_blocks
 
 
 class OptimConfig(_Strict):
@@ -234,7 +257,7 @@ class RunConfig(_Strict):
 
     seed: int = 0
     data: DataConfig = DataConfig()
-    teacher: TeacherConfig = WideResNetConfig()
+    teacher: NetConfig = WideResNetConfig()
     student: StudentConfig = StudentConfig()
     teacher_optim: OptimConfig = OptimConfig()
     student_optim: OptimConfig = OptimConfig()

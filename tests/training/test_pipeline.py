@@ -131,6 +131,7 @@ def test_the_fast_recipe_learns_and_resumes_bit_exactly(tmp_path, splits, monkey
     raw = cfg.model_dump(mode="json")
     raw["data"].update(pad_mode="reflect", alternate_flip=True)
     raw["teacher"] = {"arch": "whitened-convnet", "widths": [8, 16]}
+    raw["student"] = {"branches": [{"arch": "whitened-convnet", "widths": [4, 8]}] * 2, "embed_dim": 16}
     raw["teacher_optim"].update(
         lookahead_every=2, label_smoothing=0.2, schedule="linear", norm_lr_scale=8, warmup_epochs=1
     )
@@ -152,7 +153,8 @@ def test_the_fast_recipe_learns_and_resumes_bit_exactly(tmp_path, splits, monkey
         train_run(tmp_path / "cut", splits, cfg, torch.device("cpu"), log=lambda m: None)
     monkeypatch.setattr(loop, "save_train_state", real)
     resumed = train_run(tmp_path / "cut", splits, cfg, torch.device("cpu"), log=lambda m: None)
-    a, b = load_file(str(ref.teacher_file)), load_file(str(resumed.teacher_file))
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    for name in ("teacher.safetensors", "student.safetensors"):
+        a, b = load_file(str(ref.path / name)), load_file(str(resumed.path / name))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)

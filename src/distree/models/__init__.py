@@ -3,8 +3,9 @@
 from distree.exits import ExitOutput, ExitRecords, StudentMacs
 from distree.models.branch import Branch
 from distree.models.heads import ExitHead, HeadFusion
+from distree.models.registry import build_teacher
 from distree.models.student import DistrEEStudent
-from distree.models.teacher import Teacher, TeacherOutput, build_teacher
+from distree.models.teacher import Teacher, TeacherOutput
 from distree.models.whitened_convnet import WhitenedConvNet
 from distree.models.wideresnet import WideResNet
 

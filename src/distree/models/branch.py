@@ -1,19 +1,19 @@
-"""One student branch: a thin WideResNet that runs one stage at a time on its device."""
+"""One student branch: a small network of blocks that runs one stage at a time on its device."""
 
 from __future__ import annotations
 
 import itertools
 
 import torch
+from pydantic import BaseModel
 from torch import nn
 
-from distree.config import WideResNetConfig
-from distree.models.layers import PooledTap, init_weights, wrn_blocks
 from distree.models.macs import count_macs
+from distree.models.registry import branch_layers
 
 
 class Branch(nn.Module):
-    """A thin WRN cut into stages at the exit points.
+    """A network of blocks (a thin WRN, a small whitened convnet) cut into stages at the exit points.
 
     Stage k runs the residual blocks between exit point k-1 and exit point k (stage 0
     also runs the stem) and ends in a tap that pools the feature map into the small
@@ -21,18 +21,27 @@ class Branch(nn.Module):
     whole-network ``forward``, offline evaluation and the device runtime all use it.
     """
 
-    def __init__(self, config: WideResNetConfig, exit_points: list[int], in_channels: int):
+    def __init__(self, config: BaseModel, exit_points: list[int], in_channels: int):
+        """``config``: the branch's architecture (a ``WideResNetConfig``, a
+        ``WhitenedConvNetConfig``: any family registered in ``models.registry``)."""
         super().__init__()
         self.config = config
-        stem, blocks = wrn_blocks(config.depth, config.width, config.dropout)
+        layers = branch_layers(config, in_channels)
+        blocks = layers.blocks
         if exit_points[-1] != len(blocks):
             raise ValueError(f"the last exit point must be block {len(blocks)}, got {exit_points[-1]}")
-        self.stem = nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False)
+        self.stem = layers.stem
         bounds = [0, *exit_points]
         self.stages = nn.ModuleList(nn.Sequential(*blocks[a:b]) for a, b in itertools.pairwise(bounds))
-        self.out_dims = [stage[-1].conv2.out_channels for stage in self.stages]
-        self.taps = nn.ModuleList(PooledTap(c) for c in self.out_dims)
-        init_weights(self)
+        self.out_dims = [layers.channels[b - 1] for b in exit_points]
+        self.taps = nn.ModuleList(layers.tap(c) for c in self.out_dims)
+        self._init_from_data = layers.init_from_data
+
+    def init_from_data(self, x: torch.Tensor) -> None:
+        """Data-dependent initialisation from normalised training images (N, C, H, W), for
+        the architectures that have one."""
+        if self._init_from_data is not None:
+            self._init_from_data(self.stem, x)
 
     @property
     def num_stages(self) -> int:

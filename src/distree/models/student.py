@@ -29,6 +29,12 @@ class DistrEEStudent(nn.Module):
             ExitHead([br.out_dims[e] for br in self.branches], config.embed_dim, num_classes) for e in range(len(exits))
         )
 
+    def init_from_data(self, x: torch.Tensor) -> None:
+        """Every branch's data-dependent initialisation, from normalised training images
+        (N, C, H, W)."""
+        for branch in self.branches:
+            branch.init_from_data(x)
+
     @property
     def num_branches(self) -> int:
         """N, the number of branches (devices)."""

@@ -1,4 +1,4 @@
-"""What every teacher architecture provides, and the registry that builds one from its config.
+"""What every teacher architecture provides.
 
 A teacher is a stem, a sequence of blocks, a tap that pools the last block's map into the
 feature vector the student's feature transfer aims at, and a classifier. The single-device
@@ -8,11 +8,9 @@ teacher that keeps this shape gets it for free.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-from pydantic import BaseModel
 from torch import nn
 
 
@@ -44,26 +42,3 @@ class Teacher(nn.Module):
     def forward(self, x: torch.Tensor) -> TeacherOutput:
         features = self.tap(self.blocks(self.stem(x)))
         return TeacherOutput(self.fc(features), features)
-
-
-_TEACHERS: dict[type[BaseModel], type[Teacher]] = {}
-
-
-def register_teacher(config_type: type[BaseModel]) -> Callable[[type[Teacher]], type[Teacher]]:
-    """Class decorator: the teacher built for configs of ``config_type`` (whose ``arch``
-    field names it in a config file)."""
-
-    def register(cls: type[Teacher]) -> type[Teacher]:
-        _TEACHERS[config_type] = cls
-        return cls
-
-    return register
-
-
-def build_teacher(config: BaseModel, in_channels: int, num_classes: int) -> Teacher:
-    """An untrained teacher of the architecture ``config`` describes."""
-    try:
-        cls = _TEACHERS[type(config)]
-    except KeyError:
-        raise ValueError(f"no teacher architecture registered for {type(config).__name__}") from None
-    return cls(config, in_channels, num_classes)

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from distree.config import WhitenedConvNetConfig
-from distree.models.teacher import Teacher, register_teacher
+from distree.models.registry import BranchLayers, register_branch_layers, register_teacher
+from distree.models.teacher import Teacher
 
 #: Added to the patch covariance's eigenvalues before whitening by them: keeps the
 #: near-constant directions of the patches from being blown up to noise.
@@ -68,6 +69,41 @@ class ScaledLinear(nn.Linear):
         return super().forward(x) * self.scale
 
 
+def whitening_stem(in_channels: int, kernel: int) -> nn.Sequential:
+    """A frozen k x k convolution to whiten patches (``whiten_from_data`` sets it), each
+    whitened direction and its negative, then GELU: the GELU keeps both signs.
+    (B, C, H, W) -> (B, 2 C k^2, H - k + 1, W - k + 1)."""
+    whiten = nn.Conv2d(in_channels, 2 * in_channels * kernel * kernel, kernel, padding=0, bias=True)
+    whiten.weight.requires_grad_(False)
+    nn.init.zeros_(whiten.bias)
+    return nn.Sequential(whiten, nn.GELU())
+
+
+@torch.no_grad()
+def whiten_from_data(stem: nn.Module, x: torch.Tensor) -> None:
+    """Set ``whitening_stem``'s convolution to whiten the k x k patches of the normalised
+    training images ``x`` (N, C, H, W): its filters are the eigenvectors of the patch
+    covariance scaled by 1 / sqrt(eigenvalue)."""
+    whiten = stem[0]
+    k = whiten.kernel_size[0]
+    x = x.float()
+    c = x.shape[1]
+    patches = x.unfold(2, k, 1).unfold(3, k, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, c * k * k)
+    covariance = patches.T @ patches / len(patches)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+    filters = (eigenvectors.T / torch.sqrt(eigenvalues + WHITEN_EPS)[:, None]).reshape(-1, c, k, k)
+    whiten.weight.copy_(torch.cat([filters, -filters]).to(whiten.weight))
+
+
+def conv_groups(c_in: int, config: WhitenedConvNetConfig) -> list[ConvGroup]:
+    """One ConvGroup per width, the first reading ``c_in`` channels."""
+    groups = []
+    for width in config.widths:
+        groups.append(ConvGroup(c_in, width, config.bn_momentum))
+        c_in = width
+    return groups
+
+
 @register_teacher(WhitenedConvNetConfig)
 class WhitenedConvNet(Teacher):
     """Input (B, in_channels, H, W) float, H and W at least 8 x 2^(groups-1) -> TeacherOutput."""
@@ -76,33 +112,22 @@ class WhitenedConvNet(Teacher):
         super().__init__()
         self.config = config
         self.num_classes = num_classes
-        k = config.whiten_kernel
-        # Each whitened direction and its negative: the GELU after it then keeps both signs.
-        whiten = nn.Conv2d(in_channels, 2 * in_channels * k * k, k, padding=0, bias=True)
-        whiten.weight.requires_grad_(False)
-        nn.init.zeros_(whiten.bias)
-        self.stem = nn.Sequential(whiten, nn.GELU())
-        groups, c_in = [], whiten.out_channels
-        for width in config.widths:
-            groups.append(ConvGroup(c_in, width, config.bn_momentum))
-            c_in = width
-        self.blocks = nn.Sequential(*groups)
+        self.stem = whitening_stem(in_channels, config.whiten_kernel)
+        self.blocks = nn.Sequential(*conv_groups(self.stem[0].out_channels, config))
         self.block_channels = list(config.widths)
-        self.feature_dim = c_in
+        self.feature_dim = config.widths[-1]
         self.tap = GlobalMaxPool()
-        self.fc = ScaledLinear(c_in, num_classes, config.logit_scale)
+        self.fc = ScaledLinear(self.feature_dim, num_classes, config.logit_scale)
 
-    @torch.no_grad()
     def init_from_data(self, x: torch.Tensor) -> None:
-        """Set the first layer to whiten the k x k patches of the normalised training images
-        ``x`` (N, C, H, W): its filters are the eigenvectors of the patch covariance scaled
-        by 1 / sqrt(eigenvalue)."""
-        whiten = self.stem[0]
-        k = whiten.kernel_size[0]
-        x = x.float()
-        c = x.shape[1]
-        patches = x.unfold(2, k, 1).unfold(3, k, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, c * k * k)
-        covariance = patches.T @ patches / len(patches)
-        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
-        filters = (eigenvectors.T / torch.sqrt(eigenvalues + WHITEN_EPS)[:, None]).reshape(-1, c, k, k)
-        whiten.weight.copy_(torch.cat([filters, -filters]).to(whiten.weight))
+        """Whiten the first layer on the normalised training images ``x`` (N, C, H, W)."""
+        whiten_from_data(self.stem, x)
+
+
+@register_branch_layers(WhitenedConvNetConfig)
+def whitened_convnet_branch(config: WhitenedConvNetConfig, in_channels: int) -> BranchLayers:
+    """A whitened convnet as a student branch, an exit possible after any group, its tap
+    a global max-pool as the teacher's."""
+    stem = whitening_stem(in_channels, config.whiten_kernel)
+    blocks = conv_groups(stem[0].out_channels, config)
+    return BranchLayers(stem, blocks, list(config.widths), lambda channels: GlobalMaxPool(), whiten_from_data)

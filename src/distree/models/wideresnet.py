@@ -6,7 +6,8 @@ from torch import nn
 
 from distree.config import WideResNetConfig
 from distree.models.layers import PooledTap, init_weights, wrn_blocks
-from distree.models.teacher import Teacher, register_teacher
+from distree.models.registry import BranchLayers, register_branch_layers, register_teacher
+from distree.models.teacher import Teacher
 
 
 @register_teacher(WideResNetConfig)
@@ -25,3 +26,13 @@ class WideResNet(Teacher):
         self.tap = PooledTap(self.feature_dim)
         self.fc = nn.Linear(self.feature_dim, num_classes)
         init_weights(self)
+
+
+@register_branch_layers(WideResNetConfig)
+def wideresnet_branch(config: WideResNetConfig, in_channels: int) -> BranchLayers:
+    """A thin WRN as a student branch: a stem convolution, the residual blocks, and a
+    BN-ReLU-average-pool tap after any of them (the blocks are pre-activation)."""
+    stem_channels, blocks = wrn_blocks(config.depth, config.width, config.dropout)
+    stem = nn.Conv2d(in_channels, stem_channels, 3, 1, 1, bias=False)
+    init_weights(nn.Sequential(stem, *blocks))
+    return BranchLayers(stem, blocks, [b.conv2.out_channels for b in blocks], PooledTap)

@@ -144,6 +144,8 @@ def train_run(
 
     torch.manual_seed(config.seed + 1)
     student = run.build_student(meta)
+    if ranks.is_main and not progress_file(run.resume_dir, "student").is_file():
+        student.init_from_data(norm(splits.train.images[:WHITEN_SAMPLE]))
 
     def validate_student() -> dict[str, object]:
         rec = student_exits(student, val.images, norm, config.eval_batch_size, device)

@@ -1,3 +1,5 @@
+"""The architecture families: chosen by ``arch`` in a config, each a teacher and a branch."""
+
 import pytest
 import torch
 
@@ -83,3 +85,36 @@ def test_test_time_augmentation_averages_mirrored_and_shifted_views():
         expected = both(x) / 2 + (both(padded[:, :, :8, :8]) + both(padded[:, :, 2:, 2:])) / 4
     torch.testing.assert_close(tta, expected, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(plain, tta)
+
+
+def test_a_student_of_whitened_convnet_branches_runs_stage_by_stage_as_a_whole():
+    from distree.config import StudentConfig
+    from distree.models import DistrEEStudent
+
+    branch = {"arch": "whitened-convnet", "widths": [8, 16]}
+    cfg = parse_config(StudentConfig, {"branches": [branch] * 3, "embed_dim": 16})
+    assert cfg.exit_points == [1, 2]  # one exit after each group by default
+    torch.manual_seed(0)
+    student = DistrEEStudent(cfg, in_channels=3, num_classes=5, image_size=8)
+    x = torch.randn(6, 3, 8, 8)
+    before = student.branches[1].stem[0].weight.clone()
+    student.init_from_data(x)
+    assert not torch.equal(before, student.branches[1].stem[0].weight)
+    assert not any(p.requires_grad for b in student.branches for p in b.stem[0].weight.unsqueeze(0))
+    student.eval()
+    with torch.no_grad():
+        whole = student(x)
+        vectors = []
+        for net in student.branches:
+            h, v0 = net.run_stage(0, x)
+            _, v1 = net.run_stage(1, h)
+            vectors.append((v0, v1))
+        for k in range(2):
+            out = student.heads[k]([v[k] for v in vectors])
+            torch.testing.assert_close(out.logits, whole[k].logits)
+    assert student.branches[0].out_dims == [8, 16]
+    macs = student.macs
+    assert all(m > 0 for per in macs.stage for m in per)
+    # Branches of different block counts cannot share exit points.
+    with pytest.raises(ConfigError, match="same number of blocks"):
+        parse_config(StudentConfig, {"branches": [branch, {"arch": "whitened-convnet", "widths": [8]}]})
