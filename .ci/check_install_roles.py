@@ -1,4 +1,5 @@
-"""What each install role pulls in, resolved by pip without installing anything.
+"""What each install role pulls in, resolved by pip without installing anything, and what
+the wheel ships.
 
 A board's worker or coordinator ('distree[onnx]') and a client (the core) must not pull in torch or the
 training, plotting and simulation stack; pip's own resolver, asked with --dry-run --report,
@@ -36,8 +37,30 @@ def resolve(target: str) -> dict[str, str]:
     return {_canonical(i["metadata"]["name"]): i["metadata"]["version"] for i in items}
 
 
+#: What the wheel must hold besides the code: the license, the protocol's source, the
+#: mark that the package is typed.
+WHEEL_FILES = ("distree/py.typed", "distree/runtime/proto/distree.proto", "licenses/LICENSE")
+
+
+def check_wheel() -> list[str]:
+    """The files of WHEEL_FILES missing from a wheel built from this checkout."""
+    import zipfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--quiet", "--wheel-dir", tmp]
+        subprocess.run(cmd, check=True)
+        (wheel,) = Path(tmp).glob("distree-*.whl")
+        names = zipfile.ZipFile(wheel).namelist()
+    print(f"wheel {wheel.name}: {len(names)} files", flush=True)
+    return [f for f in WHEEL_FILES if not any(n.endswith(f) for n in names)]
+
+
 def main() -> int:
     failed = False
+    missing = check_wheel()
+    if missing:
+        print(f"  FAIL: the wheel lacks {', '.join(missing)}", flush=True)
+        failed = True
     for target, forbidden in ROLES.items():
         got = resolve(target)
         bad = sorted(n for n in got if n in forbidden or n.startswith("nvidia-"))
