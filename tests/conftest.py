@@ -32,7 +32,10 @@ def missing_modules(path, modules):
     """A directory of packages whose import fails, naming the role's install."""
     for name in modules:
         (path / name).mkdir(parents=True)
-        (path / name / "__init__.py").write_text(f'raise ImportError("{name} is not in this install")\n')
+        # What Python raises for a module that is not installed, with a message of its own.
+        (path / name / "__init__.py").write_text(
+            f'raise ModuleNotFoundError("{name} is not in this install", name="{name}")\n'
+        )
     return path
 
 

@@ -59,3 +59,43 @@ def test_the_client_needs_only_the_core(trained, tmp_path, client_only):
         )
         proc = _python(["-c", script], client_only)
     assert proc.returncode == 0 and proc.stdout.strip() == "2", proc.stderr
+
+
+FMNIST = "models/fashion-mnist"
+DATA = "../shared/data/fashion-mnist"
+#: Commands that need more than the core, each as a client's install would run it.
+NEEDS_AN_EXTRA = [
+    (["train", "--data", DATA, "--out", "RUN"], "distree[torch]"),
+    (["eval", FMNIST, "--data", DATA], "distree[torch]"),
+    (["calibrate", FMNIST, "--data", DATA, "--max-drop", "0.5"], "distree[torch]"),
+    (["quickstart", "--data", DATA, "--out", "RUN"], "distree[torch]"),
+    (["export", FMNIST, "--out", "EXPORT"], "distree["),
+    (["worker", FMNIST, "--branch", "0", "--listen", "127.0.0.1:0"], "distree[torch]"),
+    (["serve", FMNIST, "--workers", "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3,127.0.0.1:4"], "distree[torch]"),
+    (["demo", "--data", DATA], "distree[torch]"),
+    (["record", FMNIST, "--data", DATA], "distree["),
+    (["simulate", "scenarios/four-boards-wifi.yaml", FMNIST], "distree["),
+    (["report", FMNIST, "--data", DATA, "--out", "REPORT"], "distree["),
+    (["infer", "--server", "127.0.0.1:1", "models/fashion-mnist/policy_curves.png"], "Pillow"),
+]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("argv", "needs"), NEEDS_AN_EXTRA, ids=[a[0] for a, _ in NEEDS_AN_EXTRA])
+def test_a_command_a_client_install_lacks_names_the_extra_in_one_line(argv, needs, client_only, tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    argv = [str(tmp_path / a) if a in ("RUN", "EXPORT", "REPORT") else a for a in argv]
+    proc = subprocess.run(
+        [sys.executable, "-m", "distree", *argv],
+        env={**os.environ, "PYTHONPATH": str(client_only)},
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=120,
+    )
+    # quickstart says each step's command before running it ("$ distree train ...").
+    err = [line for line in proc.stderr.strip().splitlines() if not line.startswith("$ ")]
+    assert proc.returncode == 2, proc.stderr
+    assert len(err) == 1 and needs in err[0], proc.stderr

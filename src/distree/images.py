@@ -21,7 +21,8 @@ ImageLike = Any  # str | Path | bytes | PIL.Image.Image | np.ndarray (H, W), (H,
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def _pil():
+def pillow():
+    """Pillow's Image module, or an ImportError that says how to install it."""
     try:
         from PIL import Image
     except ImportError:
@@ -52,7 +53,7 @@ def _one(image: ImageLike, shape: tuple[int, int, int]) -> np.ndarray:
             a = a[..., 0]
         if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)):
             raise ValueError(f"an image array must be (H, W), (H, W, C) or (C, H, W) with C 1, 3 or 4; got {a.shape}")
-        image = _pil().fromarray(a)
+        image = pillow().fromarray(a)
     elif isinstance(image, str | Path):
         path = Path(image)
         if not path.is_file():
@@ -64,7 +65,7 @@ def _one(image: ImageLike, shape: tuple[int, int, int]) -> np.ndarray:
         raise TypeError(f"cannot read an image from a {type(image).__name__}")
     image = eight_bit(image).convert("L" if c == 1 else "RGB")
     if image.size != (w, h):
-        image = image.resize((w, h), _pil().Resampling.BILINEAR)
+        image = image.resize((w, h), pillow().Resampling.BILINEAR)
     a = np.array(image, dtype=np.uint8)  # a copy: what Pillow exposes is read-only
     return a[None] if c == 1 else a.transpose(2, 0, 1)
 
@@ -85,14 +86,14 @@ def eight_bit(image):
                 f"pixels outside 0..65535 (mode {image.mode}): only 8- and 16-bit images are read; "
                 "convert it to 8 bits per channel"
             )
-        return _pil().fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), "L")
+        return pillow().fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), "L")
     if image.mode == "F":
         raise ValueError("floating-point pixels (mode F): convert the image to 8 bits per channel")
     return image
 
 
 def _open(data: bytes, what: str):
-    Image = _pil()
+    Image = pillow()
     try:
         image = Image.open(io.BytesIO(data))
         image.load()

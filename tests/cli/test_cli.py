@@ -76,8 +76,9 @@ def test_train_time_limit_exits_3_and_says_how_to_continue(tmp_path, image_folde
     argv = ["train", "--data", str(image_folder), "--out", str(tmp_path / "run"), "--config", str(cfg)]
     assert main([*argv, "--time-limit", "0.000001"]) == 3
     assert "Run the same command again to continue" in capsys.readouterr().err
-    assert main([*argv, "--time-limit", "-1"]) == 2
-    assert "--time-limit must be a positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # refused by the parser, before anything runs
+        main([*argv, "--time-limit", "-1"])
+    assert stop.value.code == 2 and "--time-limit: must be above 0" in capsys.readouterr().err
     assert main([*argv, "--time-limit", "60"]) == 0
     made = json.loads((tmp_path / "run" / "run.json").read_text())["provenance"]
     assert made["command"] == ["distree", *argv, "--time-limit", "0.000001"]  # the command that created it
@@ -118,8 +119,9 @@ def test_help_lists_commands(capsys):
 
 def test_flags_are_validated_as_the_config_file_is(tmp_path, image_folder, capsys):
     for epochs in ("0", "-1"):
-        code = main(["train", "--data", str(image_folder), "--out", str(tmp_path / "r"), "--epochs", epochs])
-        assert code == 2 and "epochs" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as stop:
+            main(["train", "--data", str(image_folder), "--out", str(tmp_path / "r"), "--epochs", epochs])
+        assert stop.value.code == 2 and "--epochs: must be at least 1" in capsys.readouterr().err
     cfg = tmp_path / "inf.yaml"
     cfg.write_text("teacher_optim: {lr: .inf}\n")
     assert main(["train", "--data", str(image_folder), "--out", str(tmp_path / "r"), "--config", str(cfg)]) == 2

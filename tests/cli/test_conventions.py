@@ -73,3 +73,27 @@ def test_shipped_defaults_work_from_any_directory(tmp_path, monkeypatch):
     assert shipped("models/cifar10") == "models/cifar10"
     with pytest.raises(FileNotFoundError, match="give its path"):
         shipped("models/none")
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (
+            ["worker", "RUN", "--branch", "0", "--metrics-port", "70000"],
+            "--metrics-port: must be a port number 1..65535",
+        ),
+        (["worker", "RUN", "--branch", "-1"], "--branch: must be at least 0"),
+        (["serve", "RUN", "--max-groups", "0"], "--max-groups: must be at least 1"),
+        (["serve", "RUN", "--stage-timeout-ms", "0"], "--stage-timeout-ms: must be above 0"),
+        (["infer", "--server", "h:1", "--deadline-ms", "nan"], "--deadline-ms: expected a finite number"),
+        (["train", "--out", "R", "--epochs", "2.5"], "--epochs: expected an integer"),
+        (["calibrate", "RUN", "--max-drop", "0.5", "--confidence", "1.5"], "--confidence: must be 0.0..1.0"),
+    ],
+)
+def test_numbers_out_of_range_are_refused_before_anything_runs(argv, said, capsys):
+    from distree.cli.main import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert said in capsys.readouterr().err

@@ -1,6 +1,8 @@
 import csv
 import json
 
+import pytest
+
 from distree.cli.main import main
 
 SCENARIO = """
@@ -60,8 +62,9 @@ def test_bad_request_count_is_rejected(trained, tmp_path, capsys):
     run, _ = trained
     sc = tmp_path / "tiny.yaml"
     sc.write_text(SCENARIO)
-    assert main(["simulate", str(sc), str(run.path), "--requests", "0"]) == 2
-    assert "--requests must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(["simulate", str(sc), str(run.path), "--requests", "0"])
+    assert stop.value.code == 2 and "--requests: must be at least 1" in capsys.readouterr().err
 
 
 def test_missing_trace_without_data_says_what_to_run(trained, tmp_path, capsys, monkeypatch):

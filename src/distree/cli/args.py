@@ -31,6 +31,39 @@ class DistreeParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+def bounded(
+    kind: type, low: float | None = None, high: float | None = None, *, above: bool = False, what: str = ""
+) -> Callable[[str], float]:
+    """An argparse type: a finite number of ``kind`` (int or float) in ``low..high`` (``above``:
+    strictly above ``low``), or an error that says the range, before anything runs."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            expected = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        too_low = low is not None and (value <= low if above else value < low)
+        if too_low or (high is not None and value > high):
+            need = f"{'above' if above else 'at least'} {low}" if high is None else f"{low}..{high}"
+            raise argparse.ArgumentTypeError(f"must be {what + ' ' if what else ''}{need}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+#: The kinds of number the options take; the same limits as the cluster file's fields.
+PORT = bounded(int, 1, 65535, what="a port number")
+COUNT = bounded(int, 1)
+INDEX = bounded(int, 0)
+NON_NEGATIVE = bounded(float, 0.0)
+POSITIVE = bounded(float, 0.0, above=True)
+FRACTION = bounded(float, 0.0, 1.0)
+
+
 def write_json(where: str, data: dict, args: argparse.Namespace) -> None:
     """A command's result as JSON into the file ``where`` (``-``: stdout), with the
     provenance of what made it (``distree.provenance``) unless it carries its own."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from distree.cli.args import write_json
+from distree.cli.args import POSITIVE, write_json
 
 
 def cmd_cluster_check(args: argparse.Namespace) -> int:
@@ -64,7 +64,7 @@ def add_cluster_commands(sub) -> None:
         "(exit 0 all pass, 1 any fails)",
     )
     c.add_argument("file", help="the cluster file (YAML)")
-    c.add_argument("--timeout-s", type=float, default=3.0, help="per call to each worker (default 3)")
+    c.add_argument("--timeout-s", type=POSITIVE, default=3.0, help="per call to each worker (default 3)")
     c.add_argument(
         "--skip-weights",
         action="store_true",

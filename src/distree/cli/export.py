@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from distree.cli.args import COUNT
 from distree.cli.args import log as _log
 
 
@@ -44,7 +45,7 @@ def add_export_commands(sub, add_data_args) -> None:
     p.add_argument("--int8", action="store_true", help="quantise the branch stages to int8 (needs --data)")
     p.add_argument(
         "--calibration-samples",
-        type=int,
+        type=COUNT,
         default=512,
         help="with --int8: validation images the activation ranges are measured on (default 512)",
     )

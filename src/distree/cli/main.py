@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from distree import __version__
-from distree.cli.args import DistreeParser, policy_type, write_json
+from distree.cli.args import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, DistreeParser, policy_type, write_json
 from distree.cli.args import add_data_args as _add_data_args
 from distree.cli.args import log as _log
 from distree.cli.cluster import add_cluster_commands
@@ -37,8 +37,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from distree.training.pipeline import train_run
     from distree.training.sizing import fit_to_data, too_few_steps
 
-    if args.time_limit is not None and args.time_limit <= 0:
-        raise ConfigError(f"--time-limit must be a positive number of minutes, got {args.time_limit}")
     config = load_run_config(args.config, args.set)
     if args.epochs is not None:
         config = config.with_epochs(args.epochs)
@@ -197,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--out", required=True, help="run directory to create (or resume)")
     p.add_argument("--config", help="YAML or JSON run configuration (default: built-in defaults)")
-    p.add_argument("--epochs", type=int, help="epochs of each phase (overrides the config)")
+    p.add_argument("--epochs", type=COUNT, help="epochs of each phase (overrides the config)")
     p.add_argument(
         "--set",
         action="append",
@@ -206,11 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="set one config field, e.g. --set student.embed_dim=64 --set data.crop_padding=4 (repeatable; "
         "applied over --config, validated as the file is, recorded in run.json)",
     )
-    p.add_argument("--limit", type=int, help="use only this many training samples (quick runs)")
+    p.add_argument("--limit", type=COUNT, help="use only this many training samples (quick runs)")
     p.add_argument("--teacher", help="take the trained teacher from this run directory")
     p.add_argument(
         "--time-limit",
-        type=float,
+        type=POSITIVE,
         metavar="MINUTES",
         help=f"stop at the last epoch boundary that fits in MINUTES (exit status {EXIT_TIME_LIMIT}); "
         "the same command run again continues",
@@ -236,12 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="run directory made by 'distree train'")
     _add_data_args(p)
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--max-drop", type=float, help="least computation with at most this accuracy drop (points)")
-    target.add_argument("--budget", type=float, help="best accuracy within this fraction of full computation")
+    target.add_argument(
+        "--max-drop", type=NON_NEGATIVE, help="least computation with at most this accuracy drop (points)"
+    )
+    target.add_argument("--budget", type=POSITIVE, help="best accuracy within this fraction of full computation")
     p.add_argument("--policy", type=policy_type(calibrated=True), help="calibrate only this policy (default: all)")
     p.add_argument(
         "--confidence",
-        type=float,
+        type=FRACTION,
         default=0.9,
         help="with --max-drop: the probability that the drop on new data stays within the target "
         "(default 0.9; 0 fits the validation split exactly, with no margin)",
@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--out", help="run directory (default: a new temporary directory)")
     p.add_argument("--config", help="YAML or JSON run configuration")
-    p.add_argument("--limit", type=int, default=2000, help="training samples (default 2000)")
+    p.add_argument("--limit", type=COUNT, default=2000, help="training samples (default 2000)")
     p.add_argument("--json", help="also write the evaluation to this JSON file")
     p.set_defaults(func=cmd_quickstart)
 
@@ -298,6 +298,30 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(sys.argv[1:] if argv is None else list(argv))
 
 
+#: Which install provides a module a command may import (pyproject.toml's extras).
+EXTRA_OF = {
+    "torch": "distree[torch]",
+    "scipy": "distree[torch]",
+    "tqdm": "distree[torch]",
+    "PIL": "distree[torch]",
+    "matplotlib": "distree[train]",
+    "simpy": "distree[sim]",
+    "onnxruntime": "distree[onnx]",
+    "onnx": "distree[export]",
+    "onnxscript": "distree[export]",
+    "opentelemetry": "distree[tracing]",
+}
+
+
+def missing_extra(err: ImportError) -> str:
+    """One line for a module this install lacks: what it is, and the install that has it."""
+    top = (err.name or "").split(".")[0]
+    if top in EXTRA_OF:
+        what = "Pillow" if top == "PIL" else top
+        return f"this command needs {what}, which is not installed: pip install '{EXTRA_OF[top]}'"
+    return str(err)  # distree's own messages name what to install
+
+
 def run_command(argv: list[str]) -> int:
     """Parse ``argv`` (the words after ``distree``) and run its command, errors turned into
     exit statuses: the one dispatch path of ``main`` and of the steps of ``quickstart``."""
@@ -305,6 +329,9 @@ def run_command(argv: list[str]) -> int:
     args.argv = ["distree", *argv]  # what results record as their command
     try:
         return args.func(args)
+    except ImportError as err:  # an extra this install lacks: say which to install
+        print(f"distree {args.command}: error: {missing_extra(err)}", file=sys.stderr)
+        return EXIT_USAGE
     except (ValueError, FileNotFoundError) as err:  # ConfigError, DataError: bad input, nothing ran
         print(f"distree {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE

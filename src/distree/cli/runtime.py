@@ -8,7 +8,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from distree.cli.args import log, policy_type, shipped, write_json
+from distree.cli.args import COUNT, INDEX, NON_NEGATIVE, PORT, POSITIVE, log, policy_type, shipped, write_json
 from distree.config import DEFAULT_POLICY
 from distree.runtime.cluster import CoordinatorEntry
 
@@ -27,12 +27,15 @@ def _tls_args(p: argparse.ArgumentParser, who: str) -> None:
 
 def _service_args(p: argparse.ArgumentParser) -> None:
     """What a long-running server (worker, coordinator) takes: metrics, shutdown, logs."""
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument("--metrics-port", type=PORT, help="serve Prometheus metrics on this port")
     p.add_argument(
         "--metrics-addr", help="host the metrics listen on (default: the --listen host, so loopback stays loopback)"
     )
     p.add_argument(
-        "--grace-s", type=float, default=5.0, help="on SIGTERM/SIGINT: time calls in flight get to finish (default 5)"
+        "--grace-s",
+        type=NON_NEGATIVE,
+        default=5.0,
+        help="on SIGTERM/SIGINT: time calls in flight get to finish (default 5)",
     )
     p.add_argument(
         "--log-level",
@@ -180,10 +183,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _infer_images(args: argparse.Namespace) -> int:
     """Classify image files (and the images in folders) given on the command line."""
-    from distree.images import image_files
+    from distree.images import image_files, pillow
     from distree.runtime.client import DistreeClient, InferenceError
 
     files = image_files(args.images)
+    pillow()  # image files are decoded here: say so before connecting, not after
     out = sys.stderr if args.json == "-" else sys.stdout  # stdout holds the JSON then
     records = []
     with DistreeClient(args.server, token=_token(args), tls=_tls(args)) as client:
@@ -313,32 +317,34 @@ def add_runtime_commands(sub, add_data_args) -> None:
         default="torch",
         help="torch on the run's weights, or onnxruntime on an export: no torch needed (default torch)",
     )
-    p.add_argument("--branch", type=int, required=True, help="which branch this device runs (0-based)")
+    p.add_argument("--branch", type=INDEX, required=True, help="which branch this device runs (0-based)")
     p.add_argument("--listen", default="127.0.0.1:50061", help="HOST:PORT to listen on")
-    p.add_argument("--max-batch", type=int, default=128, help="most inputs batched into one stage's forward pass")
-    p.add_argument("--max-wait-ms", type=float, default=0.0, help="extra wait to fill a batch (0: what is queued)")
-    p.add_argument("--state-ttl-s", type=float, default=30.0, help="drop a group's state after this silence")
+    p.add_argument("--max-batch", type=COUNT, default=128, help="most inputs batched into one stage's forward pass")
     p.add_argument(
-        "--max-states", type=int, default=4096, help="groups holding state at once; more: RESOURCE_EXHAUSTED"
+        "--max-wait-ms", type=NON_NEGATIVE, default=0.0, help="extra wait to fill a batch (0: what is queued)"
+    )
+    p.add_argument("--state-ttl-s", type=POSITIVE, default=30.0, help="drop a group's state after this silence")
+    p.add_argument(
+        "--max-states", type=COUNT, default=4096, help="groups holding state at once; more: RESOURCE_EXHAUSTED"
     )
     p.add_argument(
         "--max-state-mib",
-        type=float,
+        type=POSITIVE,
         default=1024.0,
         help="MiB of group state held at once; more is refused",
     )
     p.add_argument(
         "--max-session-states",
-        type=int,
+        type=COUNT,
         help="groups one coordinator's session may hold at once (default: --max-states); set lower when "
         "several coordinators share the worker",
     )
     p.add_argument(
         "--max-session-state-mib",
-        type=float,
+        type=POSITIVE,
         help="MiB of group state one session may hold (default: --max-state-mib)",
     )
-    p.add_argument("--threads", type=int, help="compute threads (default: the backend's choice)")
+    p.add_argument("--threads", type=COUNT, help="compute threads (default: the backend's choice)")
     p.add_argument("--device", help="--backend torch: torch device (default: cuda when present, else cpu)")
     _service_args(p)
     p.add_argument(
@@ -378,22 +384,27 @@ def add_runtime_commands(sub, add_data_args) -> None:
         type=policy_type(servable=True),
         help=f"exit policy (default {DEFAULT_POLICY}; 'distree policies' lists them)",
     )
-    p.add_argument("--stage-timeout-ms", type=float, default=1000.0, help="per-stage deadline for worker answers")
-    p.add_argument("--max-group-inputs", type=int, default=128, help="inputs of waiting calls that start as one group")
-    p.add_argument("--max-groups", type=int, default=4, help="groups in flight at once")
+    p.add_argument("--stage-timeout-ms", type=POSITIVE, default=1000.0, help="per-stage deadline for worker answers")
+    p.add_argument(
+        "--max-group-inputs", type=COUNT, default=128, help="inputs of waiting calls that start as one group"
+    )
+    p.add_argument("--max-groups", type=COUNT, default=4, help="groups in flight at once")
     p.add_argument(
         "--threads",
-        type=int,
+        type=COUNT,
         default=1,
         help="compute threads of the exit heads (default 1: they are small, and more threads spin "
         "against the workers and the network when cores are shared)",
     )
     p.add_argument(
-        "--min-group-inputs", type=int, default=32, help="inputs a group needs to start at once while other groups run"
+        "--min-group-inputs",
+        type=COUNT,
+        default=32,
+        help="inputs a group needs to start at once while other groups run",
     )
     p.add_argument(
         "--max-group-wait-ms",
-        type=float,
+        type=NON_NEGATIVE,
         default=50.0,
         help="while other groups run, the longest a call waits for others to join its group",
     )
@@ -415,10 +426,10 @@ def add_runtime_commands(sub, add_data_args) -> None:
     )
     p.add_argument("--server", required=True, help="coordinator HOST:PORT")
     add_data_args(p)
-    p.add_argument("--limit", type=int, help="send only the first N test images")
-    p.add_argument("--concurrency", type=int, default=4, help="calls in flight")
-    p.add_argument("--batch", type=int, default=1, help="inputs per call")
-    p.add_argument("--deadline-ms", type=float, default=0.0, help="per-input deadline (0 = none)")
+    p.add_argument("--limit", type=COUNT, help="send only the first N test images")
+    p.add_argument("--concurrency", type=COUNT, default=4, help="calls in flight")
+    p.add_argument("--batch", type=COUNT, default=1, help="inputs per call")
+    p.add_argument("--deadline-ms", type=NON_NEGATIVE, default=0.0, help="per-input deadline (0 = none)")
     p.add_argument("--json", help="write the summary and every answer to this file ('-': to stdout)")
     _tls_args(p, "client")
     p.set_defaults(func=cmd_infer)
@@ -432,7 +443,7 @@ def add_runtime_commands(sub, add_data_args) -> None:
     )
     p.add_argument("--run-dir", help=f"trained run (default {DEFAULT_DEMO_RUN}, from here or from distree's checkout)")
     add_data_args(p)
-    p.add_argument("--limit", type=int, default=1000, help="test images to send (default 1000)")
+    p.add_argument("--limit", type=COUNT, default=1000, help="test images to send (default 1000)")
     p.add_argument(
         "--policy",
         action="append",
@@ -442,7 +453,7 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.add_argument("--mode", choices=["lockstep", "eager"], default="lockstep", help="how the coordinators send stages")
     p.add_argument(
         "--concurrency",
-        type=int,
+        type=COUNT,
         default=1,
         help="calls in flight (default 1: each call's latency without waiting behind others; more measures "
         "throughput, and then latency is mostly the wait in line on a machine with few cores)",
@@ -464,7 +475,7 @@ def add_runtime_commands(sub, add_data_args) -> None:
         "health", help="ask a worker or coordinator whether it serves (exit 0 serving, 1 not serving, 2 unreachable)"
     )
     p.add_argument("address", help="HOST:PORT")
-    p.add_argument("--timeout-s", type=float, default=3.0, help="how long to wait for the answer")
+    p.add_argument("--timeout-s", type=POSITIVE, default=3.0, help="how long to wait for the answer")
     p.add_argument("--tls-ca", type=Path, help="PEM CA of a TLS server")
     p.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
     p.add_argument("--tls-key", type=Path, help="private key of --tls-cert")

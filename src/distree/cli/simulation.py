@@ -6,8 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from distree.cli.args import COUNT, NON_NEGATIVE, shipped, write_json
 from distree.cli.args import log as _log
-from distree.cli.args import shipped, write_json
 
 DEFAULT_SCENARIO = "scenarios/four-boards-wifi.yaml"
 
@@ -51,9 +51,7 @@ def _scenario(path: str, requests: int | None, mode: str | None = None):
     from distree.simulation.scenario import load_scenario
 
     sc = load_scenario(path)
-    if requests is not None:
-        if requests < 1:
-            raise ValueError(f"--requests must be at least 1, got {requests}")
+    if requests is not None:  # at least 1: the parser checks
         sc = sc.model_copy(update={"requests": requests})
     return sc if mode is None else sc.model_copy(update={"mode": mode})
 
@@ -103,14 +101,14 @@ def add_simulation_commands(sub, add_data_args) -> None:
     p.add_argument("run_dir", help="run directory made by 'distree train'")
     add_data_args(p)
     p.add_argument(
-        "--max-drop", type=float, default=0.5, help="accuracy drop (points) the single-device baseline may lose"
+        "--max-drop", type=NON_NEGATIVE, default=0.5, help="accuracy drop (points) the single-device baseline may lose"
     )
     p.set_defaults(func=cmd_record)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("run_dir", help="run directory made by 'distree train'")
         add_data_args(p)
-        p.add_argument("--requests", type=int, help="override the scenario's number of requests")
+        p.add_argument("--requests", type=COUNT, help="override the scenario's number of requests")
         p.add_argument("--systems", help="comma-separated systems (default: all the scenario compares)")
         p.add_argument("--mode", choices=["lockstep", "eager"], help="override the scenario's runtime mode")
 
@@ -134,6 +132,6 @@ def add_simulation_commands(sub, add_data_args) -> None:
     p.add_argument("run_dir", help="run directory made by 'distree train'")
     add_data_args(p)
     p.add_argument("--scenario", action="append", help=f"scenario file, repeatable (default {DEFAULT_SCENARIO})")
-    p.add_argument("--requests", type=int, help="override each scenario's number of requests")
+    p.add_argument("--requests", type=COUNT, help="override each scenario's number of requests")
     p.add_argument("--out", required=True, help="directory for report.md and the PNG plots")
     p.set_defaults(func=cmd_report)
