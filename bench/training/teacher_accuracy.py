@@ -30,36 +30,43 @@ def _training_seconds(run: RunDir) -> float:
     return round(sum(r["seconds"] for r in rows if r["phase"] == "teacher"), 1)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run", type=Path)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--json", type=Path, help="write the figures here too")
-    args = ap.parse_args()
-    run = RunDir(args.run)
+def measure(run_dir: Path, data: str, splits: tuple[str, ...] = ("val", "test"), log=print) -> dict:
+    """The teacher of ``run_dir`` on ``splits``, with and without TTA, with what it cost."""
+    run = RunDir(run_dir)
     meta = run.meta
-    splits = load_data(args.data, None, meta.config.data.val_fraction, meta.config.data.split_seed)
+    data_splits = load_data(data, None, meta.config.data.val_fraction, meta.config.data.split_seed)
     teacher = run.load_teacher()
     device = torch.device("cpu")
     x1 = torch.zeros(1, meta.data.in_channels, meta.data.image_size, meta.data.image_size)
     result = {
-        "run": str(args.run),
+        "run": str(run_dir),
         "teacher": meta.config.teacher.model_dump(mode="json"),
         "macs_per_image": count_macs(lambda: teacher.eval()(x1)),
         "epochs": meta.config.teacher_optim.epochs,
+        "train_images": meta.data.train_samples,
         "epoch_seconds_total": _training_seconds(run),
     }
-    for split in ("val", "test"):
-        images, labels = getattr(splits, split).images, getattr(splits, split).labels
+    for split in splits:
+        images, labels = getattr(data_splits, split).images, getattr(data_splits, split).labels
         for tta in (False, True):
             t0 = time.perf_counter()
             logits = teacher_logits(teacher, images, meta.data.normalization, meta.config.eval_batch_size, device, tta)
             key = f"{split}{'_tta' if tta else ''}"
             result[key] = round(accuracy(logits, labels), 4)
             result[f"{key}_seconds"] = round(time.perf_counter() - t0, 1)
-            print(f"{key}: {result[key]:.2%} ({result[f'{key}_seconds']} s)")
+            log(f"{key}: {result[key]:.2%} ({result[f'{key}_seconds']} s)")
     result["machine"] = machine()
     result["threads"] = torch.get_num_threads()
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--json", type=Path, help="write the figures here too")
+    args = ap.parse_args()
+    result = measure(args.run, args.data)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -158,3 +158,14 @@ def test_the_fast_recipe_learns_and_resumes_bit_exactly(tmp_path, splits, monkey
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), (name, k)
+
+
+def test_a_run_stopped_after_its_teacher_continues_with_the_student(tmp_path, splits):
+    cfg = tiny_run_config(epochs=1)
+    run = train_run(tmp_path / "r", splits, cfg, torch.device("cpu"), log=lambda m: None, teacher_only=True)
+    assert run.teacher_file.is_file() and not run.student_file.is_file()
+    logs = []
+    train_run(tmp_path / "r", splits, cfg, torch.device("cpu"), log=logs.append)
+    assert run.student_file.is_file()
+    phases = [json.loads(line)["phase"] for line in run.metrics_file.read_text().splitlines()]
+    assert phases == ["teacher", "student"]  # the teacher was not trained again

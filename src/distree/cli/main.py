@@ -71,6 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             time_limit=limit,
             provenance=provenance(args.argv),
             ranks=ranks,
+            teacher_only=args.teacher_only,
         )
     except TimeLimitReached as stop:
         log(f"{stop}. Run the same command again to continue from there.")
@@ -206,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=COUNT, help="use only this many training samples (quick runs)")
     p.add_argument("--teacher", help="take the trained teacher from this run directory")
+    p.add_argument(
+        "--teacher-only",
+        action="store_true",
+        help="stop once the teacher is trained (measure it with bench/training/teacher_accuracy.py); "
+        "the same command without it continues with the student",
+    )
     p.add_argument(
         "--time-limit",
         type=POSITIVE,

@@ -83,11 +83,15 @@ def train_run(
     time_limit: float | None = None,
     provenance: Provenance | None = None,
     ranks: Ranks = SINGLE,
+    teacher_only: bool = False,
 ) -> RunDir:
     """Train (or resume) the teacher and the student of one run; returns the run directory.
 
     ``time_limit`` (seconds from now): stop cleanly with ``TimeLimitReached`` at the last
     epoch boundary that fits; the same call on the same directory then continues.
+
+    ``teacher_only``: stop once the teacher is trained; the same call without it continues
+    with the student.
 
     ``ranks``: every rank of a data-parallel run calls this with the same arguments; rank
     0 writes the run directory and hands the others what they need from it, so that they
@@ -141,6 +145,8 @@ def train_run(
         phase = Phase("teacher", objective, config.teacher_optim, validate_teacher)
         train_phase(phase, final_weights=run.teacher_file, **common)
     teacher.to(device).eval()
+    if teacher_only:
+        return run
 
     torch.manual_seed(config.seed + 1)
     student = run.build_student(meta)
