@@ -175,6 +175,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_groups=args.max_groups,
         min_group_inputs=args.min_group_inputs,
         max_group_wait_ms=args.max_group_wait_ms,
+        max_queued_inputs=args.max_queued_inputs,
     )
     return _serve_forever(
         serve_coordinator(model, workers, args.listen, opts, token, tls, worker_tls, grace_s=args.grace_s)
@@ -407,6 +408,12 @@ def add_runtime_commands(sub, add_data_args) -> None:
         type=NON_NEGATIVE,
         default=50.0,
         help="while other groups run, the longest a call waits for others to join its group",
+    )
+    p.add_argument(
+        "--max-queued-inputs",
+        type=COUNT,
+        default=8 * 4096,
+        help="inputs of calls waiting to start; a call beyond it is refused at once (RESOURCE_EXHAUSTED)",
     )
     _service_args(p)
     _tls_args(p, "coordinator")

@@ -61,6 +61,7 @@ class CoordinatorOptions:
     max_groups: int = 4  # groups in flight at once
     min_group_inputs: int = 32  # inputs a group needs to start at once while others run
     max_group_wait_ms: float = 50.0  # ...or the longest a call waits for more to join it
+    max_queued_inputs: int = 8 * MAX_INPUTS  # inputs of calls waiting to start; more: RESOURCE_EXHAUSTED
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -69,8 +70,8 @@ class CoordinatorOptions:
             raise ValueError(f"the {self.policy} policy reads the labels; it exists for offline evaluation only")
         if self.stage_timeout_ms <= 0:
             raise ValueError("the stage timeout must be positive")
-        if self.max_group_inputs < 1 or self.max_groups < 1 or self.min_group_inputs < 1:
-            raise ValueError("max_group_inputs, min_group_inputs and max_groups must be at least 1")
+        if min(self.max_group_inputs, self.max_groups, self.min_group_inputs, self.max_queued_inputs) < 1:
+            raise ValueError("max_group_inputs, min_group_inputs, max_groups and max_queued_inputs must be at least 1")
         if not 0 <= self.max_group_wait_ms < math.inf:
             raise ValueError("max_group_wait_ms must be a finite number >= 0")
 
@@ -82,7 +83,12 @@ class _Call:
     images: np.ndarray
     arrived: float  # perf_counter seconds
     deadline_ms: float  # inf for none
-    future: asyncio.Future
+    future: asyncio.Future  # cancelled when the client cancels the call or its deadline passes
+
+    @property
+    def abandoned(self) -> bool:
+        """Whether nobody waits for the answer any more."""
+        return self.future.cancelled()
 
 
 def fill_wait_s(oldest_arrived: float | None, rows: int, min_rows: int, max_wait_s: float, now: float) -> float | None:
@@ -271,8 +277,12 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         arrived: np.ndarray,
         deadline_ms: np.ndarray,
         answer: Callable[[list[int], list[pb.InferResult]], None],
+        abandoned: Callable[[], bool] = lambda: False,
     ) -> None:
         """Run a group of inputs (uint8 (B, C, H, W)) through the stage loop together.
+
+        ``abandoned()``: checked before every stage after the first; once true (no caller
+        waits for any of the rows) the group stops, and the workers drop its state.
 
         ``arrived`` (B,) is each input's arrival (perf_counter seconds) and ``deadline_ms``
         (B,) its deadline from arrival (inf for none). Rows leave the group as they exit,
@@ -301,6 +311,10 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         worker_ms: list[float] = []
         try:
             for k in range(E):
+                if k and abandoned():
+                    metrics.GROUPS_ABANDONED.inc()
+                    log.debug("group abandoned by its callers", extra={"group_id": gid, "stage": k})
+                    return
                 t0 = time.perf_counter()
                 calls = sends.stage(k, active)
                 got, slowest = await self._gather(calls, k, sends.rows(loop))
@@ -373,8 +387,11 @@ class Coordinator(pb_grpc.CoordinatorServicer):
     async def _run_calls(self, calls: list[_Call]) -> None:
         """Run the Infer calls taken together as one group, and answer each call as soon as
         all its inputs have exited."""
+        calls = [c for c in calls if not c.abandoned]
         answers = _CallAnswers(calls)
         try:
+            if not calls:  # every caller gave up while it waited: nothing to run
+                return
             images = np.concatenate([c.images for c in calls]) if len(calls) > 1 else calls[0].images
             arrived = np.array([c.arrived for c in calls], dtype=np.float64)[answers.owner]
             deadline = np.array([c.deadline_ms for c in calls], dtype=np.float64)[answers.owner]
@@ -382,7 +399,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             started = time.perf_counter()
             for c in calls:
                 metrics.COORD_QUEUE_SECONDS.observe(started - c.arrived)
-            await self.run_group(images, arrived, deadline, answers.answer)
+            await self.run_group(images, arrived, deadline, answers.answer, lambda: all(c.abandoned for c in calls))
             # Only a policy that never stops at the last exit could leave rows running.
             answers.fail(RuntimeError("the group ended with inputs that never exited"))
         except Exception as err:  # noqa: BLE001 - every call not yet answered gets the error
@@ -443,6 +460,13 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_INPUTS} inputs per call")
         if request.deadline_ms < 0 or not math.isfinite(request.deadline_ms):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "deadline_ms must be a finite number >= 0")
+        limit = self.options.max_queued_inputs
+        if self._queue.rows + images.shape[0] > limit:
+            metrics.REQUESTS.labels("refused").inc(images.shape[0])
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the coordinator has {self._queue.rows} inputs waiting to start (at most {limit}): try again later",
+            )
         t0 = time.perf_counter()
         # A large call goes in groups of at most max_group_inputs: no group's stage takes
         # the workers past the stage deadline, and other calls' groups run in between.

@@ -86,6 +86,9 @@ GROUP_INPUTS = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
     **_C,
 )
+GROUPS_ABANDONED = Counter(
+    "distree_groups_abandoned_total", "Groups stopped before their last stage: every caller had gone", **_C
+)
 WORKER_FAILURES = Counter("distree_worker_failures_total", "Stage calls a worker failed or missed", ["branch"], **_C)
 STAGE_DEADLINE_MISSES = Counter(
     "distree_stage_deadline_misses_total",
