@@ -139,3 +139,48 @@ def test_a_paused_worker_is_left_out_then_used_again(trained, tmp_path):
                 os.kill(paused, signal.SIGCONT)
             assert all(a.branches == [0, 2] for a in answers)
             assert until(lambda: client.infer(images[:1])[0].branches == [0, 1, 2])
+
+
+def test_sigterm_answers_the_calls_in_flight_and_workers_exit_quickly(trained, tmp_path):
+    import os
+    import signal
+    import threading
+    import time
+
+    run, splits = trained
+    with LocalCluster(run.path, log_dir=tmp_path) as cluster:
+        workers = cluster.start_workers(RUNTIME_BRANCHES)
+        coord = cluster.start_coordinator()
+        with DistreeClient(coord) as client:
+            client.infer(splits.test.images[:1])  # sessions to every worker are open
+        # A paused worker holds every call at stage 0 until the stage deadline (1 s).
+        paused = cluster.procs["worker2"]
+        os.kill(paused.pid, signal.SIGSTOP)
+        answers, errors = [], []
+
+        def call(i: int) -> None:
+            try:
+                with DistreeClient(coord, timeout_s=30) as c:
+                    answers.append(c.infer(splits.test.images[i : i + 1]))
+            except Exception as err:  # noqa: BLE001 - every failure is reported below
+                errors.append(err)
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)  # the calls are in flight
+        cluster.procs["coordinator"].terminate()
+        for t in threads:
+            t.join(timeout=30)
+        os.kill(paused.pid, signal.SIGCONT)
+        assert cluster.procs["coordinator"].wait(timeout=15) == 0
+        assert not errors and len(answers) == 16, errors[:3]
+        # A worker whose session is open exits within 2 s of SIGTERM, without a traceback.
+        worker = cluster.procs["worker0"]
+        t0 = time.monotonic()
+        worker.terminate()
+        assert worker.wait(timeout=10) == 0
+        assert time.monotonic() - t0 < 2.0
+        del workers
+    assert "Traceback" not in (tmp_path / "worker0.log").read_text()
+    assert "Traceback" not in (tmp_path / "coordinator.log").read_text()
