@@ -16,7 +16,7 @@ from distree.launch.local import LocalCluster, free_port
 from distree.runtime.client import DistreeClient
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
-from distree.runtime.security import call_metadata
+from distree.runtime.security import ClientAuth
 
 pytestmark = pytest.mark.e2e  # real processes: ports, signals, kills and pauses
 
@@ -95,7 +95,7 @@ def test_a_token_file_keeps_the_secret_off_the_command_line(trained, tmp_path):
             with pytest.raises(grpc.RpcError) as err:
                 stub.Info(pb.InfoRequest(), timeout=5)
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-            assert stub.Info(pb.InfoRequest(), timeout=5, metadata=call_metadata("s3cret")).branch == 0
+            assert stub.Info(pb.InfoRequest(), timeout=5, metadata=ClientAuth("s3cret").metadata(ch)).branch == 0
 
 
 def _listening(port: int) -> set[str]:

@@ -22,14 +22,14 @@ from distree.runtime.client import DistreeClient, InferenceError
 from distree.runtime.coordinator import CoordinatorOptions
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
-from distree.runtime.security import call_metadata
+from distree.runtime.security import ClientAuth
 
 N_BRANCHES = RUNTIME_BRANCHES
 
 
 def _info(address: str, token: str | None = None) -> pb.InfoReply:
     with grpc.insecure_channel(address) as ch:
-        return pb_grpc.WorkerStub(ch).Info(pb.InfoRequest(), timeout=5, metadata=call_metadata(token))
+        return pb_grpc.WorkerStub(ch).Info(pb.InfoRequest(), timeout=5, metadata=ClientAuth(token).metadata(ch))
 
 
 def _offline(run: RunDir, splits, policy: str):
@@ -187,7 +187,6 @@ def test_token_and_malformed_inputs(trained):
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
         good = splits.test.images[:2]
-        md = call_metadata("s3cret")
         bad = {
             "dtype": pb.Tensor(dtype="int64", shape=list(good.shape), data=good.long().numpy().tobytes()),
             "shape": pb.Tensor(dtype="uint8", shape=[2, 3, 9, 8], data=bytes(2 * 3 * 9 * 8)),
@@ -195,6 +194,7 @@ def test_token_and_malformed_inputs(trained):
             "float32": pb.Tensor(dtype="float32", shape=list(good.shape), data=good.float().numpy().tobytes()),
         }
         with grpc.insecure_channel(coord) as ch:
+            md = ClientAuth("s3cret").metadata(ch)  # a proof is good only on the server that challenged
             stub = pb_grpc.CoordinatorStub(ch)
             for what, tensor in bad.items():
                 with pytest.raises(grpc.RpcError) as err:
@@ -207,6 +207,7 @@ def test_token_and_malformed_inputs(trained):
         floats = pb.Tensor(dtype="float32", shape=[1, 3, 8, 8], data=bytes(192 * 4))
         float_input = pb.StageRequest(group_id="x", stage=0, input=floats)
         with grpc.insecure_channel(workers[0]) as ch:
+            md = ClientAuth("s3cret").metadata(ch)
             with pytest.raises(grpc.RpcError) as err:
                 pb_grpc.WorkerDebugStub(ch).RunStage(float_input, timeout=5, metadata=md)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

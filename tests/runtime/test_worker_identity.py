@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 
 import grpc
@@ -121,7 +122,9 @@ def test_a_coordinator_with_another_token_than_its_workers_says_so(trained, logg
         coordinator.start_coordinator(workers=workers, wait=False)
         rejected = [f"'address': '{w}'" for w in workers]
         assert until(lambda: all(a in logged() for a in rejected)), logged()
-    lines = [ln for ln in logged().splitlines() if ln.startswith("worker rejected the token")]
+    # The workers answer the coordinator's challenge with the other key: each is refused
+    # before the coordinator proves anything to it.
+    lines = [ln for ln in logged().splitlines() if "did not prove that it holds the shared key" in ln]
     assert {a for a in rejected if any(a in ln for ln in lines)} == set(rejected)
 
 
@@ -140,3 +143,59 @@ def test_a_worker_refuses_state_past_its_limits(trained):
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-states" in err.value.details()
             stub.Drop(pb.DropRequest(group_id="a"), timeout=5)
             stub.RunStage(pb.StageRequest(group_id="c", stage=0, input=tensor), timeout=5)  # room again
+
+
+class _Impostor(grpc.GenericRpcHandler):
+    """A process on a worker's port that does not hold the key: it says SERVING, answers the
+    challenge with noise, and keeps every call's metadata."""
+
+    def __init__(self):
+        self.seen: list[tuple[str, dict]] = []
+
+    def service(self, details):
+        from grpc_health.v1 import health_pb2
+
+        self.seen.append((details.method, dict(details.invocation_metadata)))
+        if details.method == "/grpc.health.v1.Health/Check":
+            return grpc.unary_unary_rpc_method_handler(
+                lambda request, context: health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING),
+                request_deserializer=health_pb2.HealthCheckRequest.FromString,
+                response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+            )
+        if details.method == "/distree.Auth/Challenge":
+            return grpc.unary_unary_rpc_method_handler(lambda request, context: os.urandom(48))
+        return None  # UNIMPLEMENTED
+
+
+def test_an_impostor_on_a_workers_port_never_receives_a_proof(trained, logged):
+    from concurrent import futures
+
+    from distree.launch.local import free_port
+    from distree.runtime.security import AUTH_HEADER, ClientAuth
+
+    run, splits = trained
+    impostor = _Impostor()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((impostor,))
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    try:
+        with ThreadCluster(run.path, token="s3cret") as cluster:
+            w0, w2 = cluster.start_worker(0), cluster.start_worker(2)
+            coord = cluster.start_coordinator(workers=[w0, f"127.0.0.1:{port}", w2])
+            assert until(lambda: "did not prove that it holds the shared key" in logged()), logged()
+            with DistreeClient(coord, token="s3cret") as client:
+                answers = client.infer(splits.test.images[:4])
+            assert all(a.branches == [0, 2] for a in answers)
+            # A proof seen on the way to one worker is good on no other server.
+            with grpc.insecure_channel(w0) as ch:
+                proof = ClientAuth("s3cret").metadata(ch)
+            with grpc.insecure_channel(w2) as ch, pytest.raises(grpc.RpcError) as refused:
+                pb_grpc.WorkerStub(ch).Info(pb.InfoRequest(), timeout=5, metadata=proof)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        server.stop(None)
+    assert impostor.seen, "the coordinator never tried the impostor"
+    assert {m for m, _ in impostor.seen} <= {"/grpc.health.v1.Health/Check", "/distree.Auth/Challenge"}
+    assert not any(AUTH_HEADER in md or "s3cret" in str(md) for _, md in impostor.seen)

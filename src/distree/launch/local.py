@@ -46,16 +46,15 @@ def settled_worker_infos(addresses: Sequence[str], timeout_s: float = 10.0, toke
     eager workers' runs ahead, end after the last answer), or after ``timeout_s``."""
     from distree.runtime.proto import distree_pb2 as pb
     from distree.runtime.proto import distree_pb2_grpc as pb_grpc
-    from distree.runtime.security import call_metadata
+    from distree.runtime.security import ClientAuth
 
     deadline = time.monotonic() + timeout_s
     while True:
         infos = []
         for address in addresses:
             with make_blocking_channel(address, TLSFiles()) as channel:
-                infos.append(
-                    pb_grpc.WorkerStub(channel).Info(pb.InfoRequest(), timeout=5, metadata=call_metadata(token))
-                )
+                metadata = ClientAuth(token, address).metadata(channel)
+                infos.append(pb_grpc.WorkerStub(channel).Info(pb.InfoRequest(), timeout=5, metadata=metadata))
         if all(i.active_states == 0 for i in infos) or time.monotonic() > deadline:
             return infos
         time.sleep(0.05)

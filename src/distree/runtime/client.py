@@ -12,7 +12,7 @@ from distree.answer import Answer
 from distree.images import ImageLike, as_model_input
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
-from distree.runtime.security import TLSFiles, call_metadata, make_blocking_channel
+from distree.runtime.security import ClientAuth, ImpostorError, TLSFiles, make_blocking_channel
 from distree.runtime.tensors import to_proto
 
 
@@ -39,15 +39,20 @@ class DistreeClient:
     def __init__(self, address: str, token: str | None = None, tls: TLSFiles = TLSFiles(), timeout_s: float = 60.0):
         self._channel = make_blocking_channel(address, tls)  # a restarted coordinator is reached within seconds
         self._stub = pb_grpc.CoordinatorStub(self._channel)
-        self._metadata = call_metadata(token)
+        self._auth = ClientAuth(token, f"the coordinator at {address}")
         self.timeout_s = timeout_s
         self._info: pb.ModelInfoReply | None = None
 
     def _call(self, method, request):
         try:
-            return method(request, timeout=self.timeout_s, metadata=self._metadata)
+            metadata = self._auth.metadata(self._channel, self.timeout_s)
+            return method(request, timeout=self.timeout_s, metadata=metadata)
+        except ImpostorError as err:
+            raise InferenceError(grpc.StatusCode.UNAUTHENTICATED, str(err)) from None
         except grpc.RpcError as err:
             code, details = err.code(), err.details()
+            if code == grpc.StatusCode.UNAUTHENTICATED:
+                self._auth.forget()  # a restarted coordinator issues new challenges
             if code == grpc.StatusCode.CANCELLED:  # never by this client: see InferenceError
                 code = grpc.StatusCode.UNAVAILABLE
                 details = f"the coordinator shut down before taking the call ({details})"

@@ -175,11 +175,11 @@ def check_worker(
 
     from distree.runtime.proto import distree_pb2 as pb
     from distree.runtime.proto import distree_pb2_grpc as pb_grpc
-    from distree.runtime.security import call_metadata, make_blocking_channel
+    from distree.runtime.security import ClientAuth, ImpostorError, make_blocking_channel
 
     row = WorkerCheck(w.name, w.address, w.branch)
     channel = make_blocking_channel(w.address, tls)
-    metadata = call_metadata(token)
+    auth = ClientAuth(token, f"the worker at {w.address}")
     with channel:
         try:
             health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
@@ -192,10 +192,14 @@ def check_worker(
             row.problems.append(f"not serving ({health_pb2.HealthCheckResponse.ServingStatus.Name(health.status)})")
         stub, times, info = pb_grpc.WorkerStub(channel), [], None
         try:
+            metadata = auth.metadata(channel, timeout_s)
             for _ in range(RTT_SAMPLES):
                 t0 = time.perf_counter()
                 info = stub.Info(pb.InfoRequest(), timeout=timeout_s, metadata=metadata)
                 times.append((time.perf_counter() - t0) * 1000)
+        except ImpostorError as err:
+            row.problems.append(str(err))
+            return row
         except grpc.RpcError as err:
             why = "the token was rejected" if err.code() == grpc.StatusCode.UNAUTHENTICATED else err.code().name
             row.problems.append(f"Info failed: {why}")

@@ -1,8 +1,21 @@
-"""Shared-token authentication and TLS for every distree server and client."""
+"""Authentication over a shared key, and TLS, for every distree server and client.
+
+The key (``--token``, ``--token-file``, ``$DISTREE_TOKEN``) never travels. A client first
+asks the server to prove that it holds the key (``ClientAuth``): it sends a random
+challenge, and the server answers with a challenge of its own and an HMAC over both.
+Only a server whose answer checks out gets the client's proof, an HMAC over the
+server's challenge, sent with every call. So a peer that does not hold the key (a
+process that took a dead worker's port, say) receives nothing, and a proof seen on the
+wire is good only on the server that issued its challenge.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import os
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,10 +23,110 @@ from pathlib import Path
 import grpc
 from grpc import aio
 
-TOKEN_HEADER = "authorization"
-# Health checks must work without the token (load balancers, orchestration probes).
-OPEN_METHODS = {"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"}
+AUTH_HEADER = "x-distree-auth"
+CHALLENGE_METHOD = "/distree.Auth/Challenge"
+# Health checks must work without the key (load balancers, orchestration probes), and the
+# challenge is what a client calls before it may prove anything.
+OPEN_METHODS = {"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch", CHALLENGE_METHOD}
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+NONCE_BYTES = 16
+#: How long a challenge a server issued stays good; a client then challenges again.
+CHALLENGE_TTL_S = 3600.0
+#: Challenges a server remembers at once (the oldest are forgotten first).
+MAX_CHALLENGES = 4096
+
+
+def _mac(key: bytes, role: bytes, *parts: bytes) -> bytes:
+    # The role keeps a server's proof from ever serving as a client's, and the reverse.
+    return hmac.new(key, b"|".join([b"distree-v1", role, *parts]), hashlib.sha256).digest()
+
+
+class ServerAuth:
+    """A server's side: answers challenges, and accepts the calls that prove the key
+    over a challenge it issued."""
+
+    def __init__(self, key: str):
+        self._key = key.encode()
+        self._issued: OrderedDict[bytes, float] = OrderedDict()  # server challenge -> when
+
+    def answer(self, client_challenge: bytes) -> bytes:
+        """Our challenge and our proof (HMAC over both challenges), for a client's challenge."""
+        if len(client_challenge) != NONCE_BYTES:
+            raise ValueError("a challenge is 16 bytes")
+        mine = os.urandom(NONCE_BYTES)
+        self._issued[mine] = time.monotonic()
+        while len(self._issued) > MAX_CHALLENGES:
+            self._issued.popitem(last=False)
+        return mine + _mac(self._key, b"server", client_challenge, mine)
+
+    def accepts(self, header: str | bytes) -> bool:
+        """Whether ``header`` (``CHALLENGE:PROOF`` in hex) proves the key over one of our
+        live challenges."""
+        text = header.decode() if isinstance(header, bytes) else header
+        try:
+            challenge, proof = (bytes.fromhex(part) for part in text.split(":", 1))
+        except ValueError:
+            return False
+        issued = self._issued.get(challenge)
+        if issued is None or time.monotonic() - issued > CHALLENGE_TTL_S:
+            return False
+        return hmac.compare_digest(proof, _mac(self._key, b"client", challenge))
+
+
+class ImpostorError(RuntimeError):
+    """A server did not prove that it holds the shared key; nothing was sent to it."""
+
+
+class ClientAuth:
+    """A client's side, per server: the metadata that proves the key to that server, made
+    once the server has proved it holds the key itself. ``None`` key: no metadata."""
+
+    def __init__(self, key: str | None, address: str = "the server"):
+        self._key = key.encode() if key else None
+        self._address = address
+        self._metadata: tuple[tuple[str, str], ...] | None = None if key else ()
+
+    def forget(self) -> None:
+        """Challenge the server again before the next call (it restarted, or refused us)."""
+        if self._key is not None:
+            self._metadata = None
+
+    def _check(self, mine: bytes, reply: bytes) -> tuple[tuple[str, str], ...]:
+        theirs, proof = reply[:NONCE_BYTES], reply[NONCE_BYTES:]
+        if len(theirs) != NONCE_BYTES or not hmac.compare_digest(proof, _mac(self._key, b"server", mine, theirs)):
+            raise ImpostorError(
+                f"{self._address} did not prove that it holds the shared key (--token): nothing was sent to it; "
+                "is it the process you meant, started with the same key?"
+            )
+        return ((AUTH_HEADER, f"{theirs.hex()}:{_mac(self._key, b'client', theirs).hex()}"),)
+
+    def _open(self, error: grpc.RpcError) -> tuple[tuple[str, str], ...]:
+        # A server started without a key asks for none: there is nothing to prove.
+        if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return ()
+        raise error
+
+    def metadata(self, channel: grpc.Channel, timeout_s: float = 5.0) -> tuple[tuple[str, str], ...]:
+        """The metadata for a call on a blocking ``channel`` (challenging the server first if needed)."""
+        if self._metadata is None:
+            mine = os.urandom(NONCE_BYTES)
+            try:
+                reply = channel.unary_unary(CHALLENGE_METHOD)(mine, timeout=timeout_s)
+                self._metadata = self._check(mine, reply)
+            except grpc.RpcError as err:
+                self._metadata = self._open(err)
+        return self._metadata
+
+    async def ametadata(self, channel: aio.Channel, timeout_s: float = 5.0) -> tuple[tuple[str, str], ...]:
+        """``metadata`` on an asyncio ``channel``."""
+        if self._metadata is None:
+            mine = os.urandom(NONCE_BYTES)
+            try:
+                reply = await channel.unary_unary(CHALLENGE_METHOD)(mine, timeout=timeout_s)
+                self._metadata = self._check(mine, reply)
+            except aio.AioRpcError as err:
+                self._metadata = self._open(err)
+        return self._metadata
 
 
 @dataclass(frozen=True)
@@ -52,24 +165,23 @@ class TLSFiles:
         )
 
 
-class TokenInterceptor(aio.ServerInterceptor):
-    """Rejects every call without the shared token with UNAUTHENTICATED."""
+class AuthInterceptor(aio.ServerInterceptor):
+    """Rejects with UNAUTHENTICATED every call that does not prove the key (``ServerAuth``)."""
 
-    def __init__(self, token: str):
-        self._expected = f"Bearer {token}".encode()
+    def __init__(self, auth: ServerAuth):
+        self._auth = auth
 
     async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
         if details.method in OPEN_METHODS:
             return await continuation(details)
-        got = dict(details.invocation_metadata or ()).get(TOKEN_HEADER, "")
-        got_b = got.encode() if isinstance(got, str) else got
-        if hmac.compare_digest(got_b, self._expected):
+        got = dict(details.invocation_metadata or ()).get(AUTH_HEADER, "")
+        if got and self._auth.accepts(got):
             return await continuation(details)
         return _deny(await continuation(details))
 
 
 def _deny(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
-    msg = "missing or wrong token (pass the shared --token)"
+    msg = "missing or wrong key (start the client with the shared --token)"
     if handler is None:
         return None
 
@@ -87,11 +199,6 @@ def _deny(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None
     return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
 
 
-def call_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    """Metadata that carries the token on a client call."""
-    return ((TOKEN_HEADER, f"Bearer {token}"),) if token else ()
-
-
 def message_options() -> list[tuple[str, int]]:
     """Send/receive size limits, the same on both ends."""
     return [
@@ -101,11 +208,24 @@ def message_options() -> list[tuple[str, int]]:
 
 
 def make_server(token: str | None) -> aio.Server:
-    """An asyncio gRPC server with size limits and (optionally) token checking."""
-    interceptors = [TokenInterceptor(token)] if token else []
+    """An asyncio gRPC server with size limits and, with a key, its challenge and checks."""
+    auth = ServerAuth(token) if token else None
+    interceptors = [AuthInterceptor(auth)] if auth else []
     # Without SO_REUSEPORT a second server on a port in use fails to start, instead of
     # silently sharing the port (and the traffic) with the first.
-    return aio.server(interceptors=interceptors, options=[*message_options(), ("grpc.so_reuseport", 0)])
+    server = aio.server(interceptors=interceptors, options=[*message_options(), ("grpc.so_reuseport", 0)])
+    if auth is not None:
+
+        async def challenge(request: bytes, context: aio.ServicerContext) -> bytes:
+            try:
+                return auth.answer(request)
+            except ValueError as err:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+
+        # Raw bytes both ways (no serializers): nothing in it needs a message type.
+        handler = grpc.unary_unary_rpc_method_handler(challenge)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("distree.Auth", {"Challenge": handler}),))
+    return server
 
 
 def add_port(server: aio.Server, address: str, tls: TLSFiles) -> int:

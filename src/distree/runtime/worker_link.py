@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from distree.runtime import metrics
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
-from distree.runtime.security import TLSFiles, call_metadata, make_channel
+from distree.runtime.security import ClientAuth, ImpostorError, TLSFiles, make_channel
 
 log = logging.getLogger("distree.coordinator")
 
@@ -167,7 +167,8 @@ class WorkerLink:
         self.channel = make_channel(address, tls, (opts.retry_initial_s, opts.retry_max_s))
         self.stub = pb_grpc.WorkerStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
-        self.metadata = call_metadata(token)
+        self._auth = ClientAuth(token, f"the worker at {address}")
+        self.metadata: tuple[tuple[str, str], ...] = ()  # proves the key to this worker, once it proved it
         self.up = False
         self._opts = opts
         self._backoff = opts.retry_initial_s
@@ -258,6 +259,10 @@ class WorkerLink:
             h = await self.health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
             if h.status != health_pb2.HealthCheckResponse.SERVING:
                 raise RuntimeError("not serving yet")
+            # A fresh challenge at every (re)connection: a restarted worker issues new ones,
+            # and whatever holds the port now must prove the key before it gets a proof.
+            self._auth.forget()
+            self.metadata = await self._auth.ametadata(self.channel, timeout_s=1.0)
             info = await self.stub.Info(pb.InfoRequest(), timeout=1.0, metadata=self.metadata)
             owner = self._instances.get(info.instance) if info.instance else None
             if owner is not None and owner is not self:
@@ -273,7 +278,7 @@ class WorkerLink:
                 )
             if self.fingerprint and info.fingerprint != self.fingerprint:
                 raise _Refused(fingerprint_mismatch(self.branch, info.fingerprint, self.fingerprint))
-        except _Refused as err:
+        except (_Refused, ImpostorError) as err:
             # A misconfigured cluster: said once per back-off, loudly, with the address.
             log.error("worker refused", extra={"branch": self.branch, "address": self.address, "why": str(err)})
             self.failed(str(err))
