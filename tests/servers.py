@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from distree.launch.local import free_port
 from distree.run import RunDir
 from distree.runtime.coordinator import CoordinatorOptions, serve_coordinator
-from distree.runtime.security import TLSFiles
+from distree.runtime.security import ServerLimits, TLSFiles
 from distree.runtime.served_model import served_model
 from distree.runtime.torch_stages import TorchStages
 from distree.runtime.worker import WorkerOptions, serve_worker
@@ -80,16 +80,26 @@ class ThreadCluster:
         self.worker_addresses = [address for address, _ in started]
         return self.worker_addresses
 
-    def start_worker(self, branch: int, options: WorkerOptions = WorkerOptions(), debug_rpcs: bool = False) -> str:
+    def start_worker(
+        self,
+        branch: int,
+        options: WorkerOptions = WorkerOptions(),
+        debug_rpcs: bool = False,
+        limits: ServerLimits = ServerLimits(),
+    ) -> str:
         """The worker of ``branch``; its address once healthy."""
-        address, task = self._worker(branch, options, debug_rpcs)
+        address, task = self._worker(branch, options, debug_rpcs, limits)
         self._wait(address, task)
         return address
 
-    def _worker(self, branch: int, options: WorkerOptions, debug_rpcs: bool) -> tuple[str, asyncio.Future]:
+    def _worker(
+        self, branch: int, options: WorkerOptions, debug_rpcs: bool, limits: ServerLimits = ServerLimits()
+    ) -> tuple[str, asyncio.Future]:
         address = self._address()
         stages = TorchStages(self.run, branch, torch.device("cpu"))
-        coro = serve_worker(stages, branch, address, options, self.token, TLSFiles(), None, debug_rpcs, GRACE_S)
+        coro = serve_worker(
+            stages, branch, address, options, self.token, TLSFiles(), None, debug_rpcs, GRACE_S, limits=limits
+        )
         return address, self._start(coro)
 
     def start_coordinator(

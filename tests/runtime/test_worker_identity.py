@@ -199,3 +199,41 @@ def test_an_impostor_on_a_workers_port_never_receives_a_proof(trained, logged):
     assert impostor.seen, "the coordinator never tried the impostor"
     assert {m for m, _ in impostor.seen} <= {"/grpc.health.v1.Health/Check", "/distree.Auth/Challenge"}
     assert not any(AUTH_HEADER in md or "s3cret" in str(md) for _, md in impostor.seen)
+
+
+def test_connections_beyond_the_limit_are_refused_and_idle_ones_closed(trained):
+    import socket
+    import time
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from distree.runtime.security import ServerLimits
+
+    run, _ = trained
+    limits = ServerLimits(max_connections=2, idle_timeout_s=1.0, handshake_timeout_s=1.0)
+    with ThreadCluster(run.path) as cluster:
+        address = cluster.start_worker(0, limits=limits)
+        host, port = address.rsplit(":", 1)
+        channels, answers = [], []
+        for _ in range(3):
+            # Each channel its own connection (no subchannel shared between channels).
+            ch = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+            channels.append(ch)
+            try:
+                health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
+                answers.append("ok")
+            except grpc.RpcError as err:
+                answers.append(err.code().name)
+        assert answers[:2] == ["ok", "ok"] and answers[2] == "UNAVAILABLE", answers
+        for ch in channels:
+            ch.close()
+        time.sleep(0.5)
+        # A silent connection is closed, not held forever.
+        silent = socket.create_connection((host, int(port)))
+        silent.settimeout(15)
+        t0 = time.monotonic()
+        assert silent.recv(1 << 16) is not None
+        while silent.recv(1 << 16):
+            pass
+        assert time.monotonic() - t0 < 15
+        silent.close()

@@ -38,6 +38,16 @@ def _service_args(p: argparse.ArgumentParser) -> None:
         help="on SIGTERM/SIGINT: time calls in flight get to finish (default 5)",
     )
     p.add_argument(
+        "--max-connections",
+        type=COUNT,
+        default=512,
+        help="connections held at once; a new one beyond it is refused (keeps a flood of idle connections "
+        "from using up the process's open files)",
+    )
+    p.add_argument(
+        "--idle-timeout-s", type=POSITIVE, default=300.0, help="close a connection idle for this long (seconds)"
+    )
+    p.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -50,6 +60,12 @@ def _service_args(p: argparse.ArgumentParser) -> None:
         help="trace the gRPC calls with OpenTelemetry: to $OTEL_EXPORTER_OTLP_ENDPOINT, or as JSON on stdout "
         "(needs distree[tracing])",
     )
+
+
+def _limits(args: argparse.Namespace):
+    from distree.runtime.security import ServerLimits
+
+    return ServerLimits(max_connections=args.max_connections, idle_timeout_s=args.idle_timeout_s)
 
 
 def _tls(args: argparse.Namespace):
@@ -120,6 +136,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             _tls(args),
             debug_rpcs=args.debug_rpcs,
             grace_s=args.grace_s,
+            limits=_limits(args),
         )
     )
 
@@ -178,7 +195,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_queued_inputs=args.max_queued_inputs,
     )
     return _serve_forever(
-        serve_coordinator(model, workers, args.listen, opts, token, tls, worker_tls, grace_s=args.grace_s)
+        serve_coordinator(
+            model, workers, args.listen, opts, token, tls, worker_tls, grace_s=args.grace_s, limits=_limits(args)
+        )
     )
 
 

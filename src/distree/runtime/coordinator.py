@@ -33,7 +33,7 @@ from distree.runtime.batching import RowQueue
 from distree.runtime.health import NOT_SERVING, SERVING, serve_until_stopped, set_health, start_server
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
-from distree.runtime.security import TLSFiles
+from distree.runtime.security import ServerLimits, TLSFiles
 from distree.runtime.served_model import ServedModel
 from distree.runtime.tensors import InvalidTensor, array_from_proto, to_proto
 from distree.runtime.worker_link import LinkOptions, WorkerLink
@@ -514,12 +514,13 @@ async def serve_coordinator(
     tls: TLSFiles = TLSFiles(),
     worker_tls: TLSFiles = TLSFiles(),
     grace_s: float = 5.0,
+    limits: ServerLimits = ServerLimits(),
 ) -> None:
     """Serve until stopped (``serve_until_stopped``); SERVING while at least one worker is
     usable, NOT_SERVING while none is."""
     coord = Coordinator(model, workers, options, worker_tls, token)
     server, health_servicer, port = await start_server(
-        lambda srv: pb_grpc.add_CoordinatorServicer_to_server(coord, srv), listen, token, tls
+        lambda srv: pb_grpc.add_CoordinatorServicer_to_server(coord, srv), listen, token, tls, limits
     )
 
     async def track_health() -> None:

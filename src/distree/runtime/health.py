@@ -10,7 +10,7 @@ from collections.abc import Callable
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from distree.runtime.security import TLSFiles, add_port, make_server
+from distree.runtime.security import ServerLimits, TLSFiles, add_port, make_server
 
 HealthServicer = health.aio.HealthServicer
 
@@ -26,11 +26,15 @@ async def set_health(servicer: HealthServicer, status: int) -> None:
 
 
 async def start_server(
-    register: Callable[[aio.Server], None], listen: str, token: str | None, tls: TLSFiles
+    register: Callable[[aio.Server], None],
+    listen: str,
+    token: str | None,
+    tls: TLSFiles,
+    limits: ServerLimits = ServerLimits(),
 ) -> tuple[aio.Server, HealthServicer, int]:
     """Start a server with the health service (NOT_SERVING for now) and the services
     ``register`` adds; returns (server, health servicer, bound port)."""
-    server = make_server(token)
+    server = make_server(token, limits)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     register(server)

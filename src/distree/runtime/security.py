@@ -207,13 +207,34 @@ def message_options() -> list[tuple[str, int]]:
     ]
 
 
-def make_server(token: str | None) -> aio.Server:
-    """An asyncio gRPC server with size limits and, with a key, its challenge and checks."""
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one server lets its peers hold: connections at once (beyond it a new one is
+    refused: a flood of silent connections cannot use up the process's files), and how
+    long a connection may stay idle, or take to finish its handshake, before it is closed."""
+
+    max_connections: int = 512  # half of systemd's default limit of 1,024 open files
+    idle_timeout_s: float = 300.0
+    handshake_timeout_s: float = 10.0
+
+    def options(self) -> list[tuple[str, int]]:
+        """The gRPC server arguments that enforce them."""
+        return [
+            ("grpc.max_allowed_incoming_connections", self.max_connections),
+            ("grpc.max_connection_idle_ms", int(self.idle_timeout_s * 1000)),
+            ("grpc.server_handshake_timeout_ms", int(self.handshake_timeout_s * 1000)),
+        ]
+
+
+def make_server(token: str | None, limits: ServerLimits = ServerLimits()) -> aio.Server:
+    """An asyncio gRPC server with size and connection limits and, with a key, its
+    challenge and checks."""
     auth = ServerAuth(token) if token else None
     interceptors = [AuthInterceptor(auth)] if auth else []
     # Without SO_REUSEPORT a second server on a port in use fails to start, instead of
     # silently sharing the port (and the traffic) with the first.
-    server = aio.server(interceptors=interceptors, options=[*message_options(), ("grpc.so_reuseport", 0)])
+    options = [*message_options(), *limits.options(), ("grpc.so_reuseport", 0)]
+    server = aio.server(interceptors=interceptors, options=options)
     if auth is not None:
 
         async def challenge(request: bytes, context: aio.ServicerContext) -> bytes:

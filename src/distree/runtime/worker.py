@@ -22,7 +22,7 @@ from distree.runtime import metrics
 from distree.runtime.health import SERVING, serve_until_stopped, set_health, start_server
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
-from distree.runtime.security import TLSFiles
+from distree.runtime.security import ServerLimits, TLSFiles
 from distree.runtime.stage_runner import StageBackend, StageRunner
 from distree.runtime.state_store import BUSY, GroupState, StateStore, StoreFull
 from distree.runtime.tensors import InvalidTensor, array_from_proto, to_proto
@@ -315,6 +315,7 @@ async def serve_worker(
     ready: asyncio.Event | None = None,
     debug_rpcs: bool = False,
     grace_s: float = 5.0,
+    limits: ServerLimits = ServerLimits(),
 ) -> None:
     """Serve until cancelled; health is NOT_SERVING until the weights are loaded and warm.
     ``debug_rpcs`` adds the WorkerDebug service."""
@@ -325,7 +326,7 @@ async def serve_worker(
         if debug_rpcs:
             pb_grpc.add_WorkerDebugServicer_to_server(WorkerDebug(worker), srv)
 
-    server, health_servicer, port = await start_server(add, listen, token, tls)
+    server, health_servicer, port = await start_server(add, listen, token, tls, limits)
     log.info("listening", extra={"address": listen, "port": port, "branch": branch})
     await asyncio.to_thread(worker.load)
     worker.start()
