@@ -44,3 +44,17 @@ def test_waits_for_the_first_item_and_optionally_for_more():
     # 3 arrives first and is taken; the wait then collects 2 and 4 as they come.
     assert waited == [3, 2, 4]
     assert timed_out == [5]
+
+
+def test_callers_take_turns_so_one_with_many_items_does_not_hold_back_others():
+    async def go():
+        q: RowQueue[str] = RowQueue()
+        for i in range(4):
+            q.put(f"big{i}", 8, key="big")  # one large call, split in four
+        q.put("small", 1, key="small")  # then a single input
+        assert q.first() == "big0"  # the longest waiting
+        return [await q.take(8) for _ in range(4)]
+
+    taken = asyncio.run(go())
+    # The small call goes with the second group, not after all four of the large call's.
+    assert taken[0] == ["big0"] and taken[1] == ["small"] and taken[2:] == [["big1"], ["big2"]]

@@ -474,8 +474,11 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         deadline = request.deadline_ms or math.inf
         size = self.options.max_group_inputs
         calls = [_Call(images[i : i + size], t0, deadline, loop.create_future()) for i in range(0, len(images), size)]
+        # The call's groups are queued under one key: the groups of different calls start in
+        # turn, so a large call does not hold back the calls that arrive after it.
+        key = object()
         for call in calls:
-            self._queue.put(call, len(call.images))
+            self._queue.put(call, len(call.images), key)
         self._admission.set()
         parts = await asyncio.gather(*(c.future for c in calls), return_exceptions=True)
         failed = next((p for p in parts if isinstance(p, BaseException)), None)
