@@ -1,9 +1,13 @@
-"""The chaos soak on loopback: several clients' load while workers are killed, paused and
-restarted and the coordinator is stopped or killed and restarted, at random.
+"""The chaos soak on loopback: several clients' load while, at random, workers are
+killed, paused and restarted, the coordinator is stopped or killed and restarted, an
+impostor takes a dead worker's port, a large call is abandoned, a busy neighbour takes a
+core and idle connections pile up (``launch/chaos.py``).
 
 Prints calls and inputs sent, inputs answered (and answered with fewer branches), calls
-failed with an explicit error (by status), calls lost (no answer, no error: must be 0) and
-duplicated (must be 0), and each restarted worker's time from SERVING to its first use.
+failed with an explicit error (by status), calls lost (no answer, no error), duplicated,
+answers wrong (another class than the model offline for that input, exit and branches),
+proofs of the key an impostor received (all must be 0), large calls abandoned on purpose,
+and each restarted worker's time from SERVING to its first use.
 
 Usage: python bench/runtime/chaos.py RUN_DIR --data PATH [--minutes 5] [--clients 4]
        [--events-per-minute 6] [--seed 0] [--json FILE]
@@ -18,7 +22,7 @@ import time
 from pathlib import Path
 
 from distree.data import load_data
-from distree.launch.chaos import run_soak
+from distree.launch.chaos import model_expectations, run_soak
 from distree.run import RunDir
 
 
@@ -37,10 +41,13 @@ def main() -> None:
     meta = RunDir(args.run_dir).meta
     test = load_data(args.data, None, meta.config.data.val_fraction, meta.config.data.split_seed).test
     logs = Path(tempfile.mkdtemp(prefix="distree-chaos-"))
+    images = test.images[:2000]
+    expected = model_expectations(args.run_dir, images)
     t0 = time.perf_counter()
     r = run_soak(
         args.run_dir,
-        test.images[:2000],
+        images,
+        expected=expected,
         seconds=args.minutes * 60,
         clients=args.clients,
         events_per_minute=args.events_per_minute,
@@ -50,7 +57,8 @@ def main() -> None:
     print(f"{args.minutes} min, {args.clients} clients, {len(r.events)} events (logs in {logs})")
     print(f"calls {r.calls}, inputs {r.inputs}; answered {r.answered} ({r.fewer_branches} with fewer branches)")
     print(f"failed with an explicit error: {sum(r.errors.values())} calls {dict(r.errors)}")
-    print(f"lost: {r.lost}  duplicated: {r.duplicated}")
+    print(f"lost: {r.lost}  duplicated: {r.duplicated}  wrong: {r.wrong}  proofs to impostors: {r.proofs_to_impostors}")
+    print(f"large calls abandoned on purpose: {r.abandoned}")
     reuse = [v for v in r.reuse_s.values() if v is not None]
     never = [k for k, v in r.reuse_s.items() if v is None]
     if reuse:

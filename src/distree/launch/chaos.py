@@ -1,10 +1,15 @@
 """A chaos soak: load from several clients while workers and the coordinator are killed,
-paused and restarted at random, counting what became of every call.
+paused and restarted, impostors take a dead worker's port, large calls are abandoned, a
+busy neighbour takes a core and idle connections pile up, counting what became of every
+call.
 
 Every call must end with its answers or an explicit error: a call that got neither
 within the client's timeout is *lost*, a call with more answers than inputs is
-*duplicated*; both must be 0. For every restarted worker it also measures the time from
-the worker saying SERVING to the first answer that fused its branch (its re-use time).
+*duplicated*, an answer whose class differs from what the model gives offline for the same
+input, exit and branches is *wrong*; all must be 0, as must the proofs an impostor
+received (the cluster runs with a shared key). For every restarted worker it also
+measures the time from the worker saying SERVING to the first answer that fused its
+branch (its re-use time).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,10 +29,24 @@ import torch
 
 from distree.launch.local import LocalCluster
 from distree.runtime.client import DistreeClient, InferenceError
+from distree.runtime.security import AUTH_HEADER
 
 #: Scripted soaks: answers that must arrive between two events, so each meets a serving cluster.
 SETTLE_ANSWERS = 20
-EVENTS = ("kill-worker", "pause-worker", "stop-coordinator", "kill-coordinator")
+EVENTS = (
+    "kill-worker",
+    "pause-worker",
+    "stop-coordinator",
+    "kill-coordinator",
+    "impostor-worker",
+    "abandoned-call",
+    "busy-neighbour",
+    "idle-connections",
+)
+#: The shared key of the soak's cluster (so that an impostor has something to steal).
+KEY = "chaos-soak-key"
+#: How long each of the newer events lasts (s).
+EVENT_S = 3.0
 
 
 @dataclass
@@ -40,6 +60,9 @@ class SoakResult:
     errors: Counter = field(default_factory=Counter)  # calls failed with an explicit status
     lost: int = 0  # calls with neither answers nor an error within the client's timeout
     duplicated: int = 0  # calls with more answers than inputs
+    wrong: int = 0  # answers whose class is not the model's for that input, exit and branches
+    abandoned: int = 0  # large calls given up by their client on purpose (not lost)
+    proofs_to_impostors: int = 0  # calls that carried a proof of the key to an impostor
     events: list[tuple[float, str]] = field(default_factory=list)
     reuse_s: dict[str, float | None] = field(default_factory=dict)  # restart -> seconds to first use
 
@@ -60,18 +83,22 @@ def run_soak(
     client_timeout_s: float = 30.0,
     extra_coordinator: tuple[str, ...] = (),
     script: list[str] | None = None,
+    expected: Callable[[int, int, list[int]], tuple[int, float]] | None = None,
 ) -> SoakResult:
     """Run the soak on a local cluster of real processes (loopback); see the module doc.
     ``script`` replaces the random events by these (names from ``EVENTS``), each once the
     load has been answered again since the one before; the soak then ends as soon as every
-    restarted worker has served again, ``seconds`` being only the most it waits for that."""
+    restarted worker has served again, ``seconds`` being only the most it waits for that.
+    ``expected(index, exit, branches)``: the model's class for input ``index`` at that exit
+    with those branches, and by how much its probability leads the runner-up (an answer
+    that differs where the lead is under 1e-3 is a near tie, not counted as wrong)."""
     rng = random.Random(seed)
     result = SoakResult()
     lock = threading.Lock()
     stop = threading.Event()
     served: list[tuple[float, list[int]]] = []  # (time, branches) of every answer
 
-    with LocalCluster(run_dir, log_dir=log_dir) as cluster:
+    with LocalCluster(run_dir, log_dir=log_dir, token=KEY) as cluster:
         n = len(cluster_branches(run_dir))
         workers = cluster.start_workers(n)
         ports = {b: int(a.rsplit(":", 1)[1]) for b, a in enumerate(workers)}
@@ -80,7 +107,7 @@ def run_soak(
 
         def client(k: int) -> None:
             crng = random.Random(seed * 1000 + k)
-            with DistreeClient(coord, timeout_s=client_timeout_s) as c:
+            with DistreeClient(coord, token=KEY, timeout_s=client_timeout_s) as c:
                 while not stop.is_set():
                     size = crng.choice([1, 1, 1, 2, 4, 16])
                     start = crng.randrange(0, len(images) - size + 1)
@@ -97,6 +124,10 @@ def run_soak(
                         result.inputs += size
                         if outcome == "ok":
                             result.answered += len(answers)
+                            if expected is not None:
+                                for j, a in enumerate(answers):
+                                    want, lead = expected(start + j, a.exit, a.branches)
+                                    result.wrong += a.prediction != want and lead >= 1e-3
                             result.duplicated += len(answers) > size
                             result.fewer_branches += sum(len(a.branches) < n for a in answers)
                             served.extend((now, a.branches) for a in answers)
@@ -138,6 +169,22 @@ def run_soak(
                         time.sleep(rng.uniform(0.5, 3.0))
                         os.kill(proc.pid, signal.SIGCONT)
                     result.events.append((at, f"{event} {b}"))
+                elif event == "impostor-worker":
+                    b = rng.randrange(n)
+                    cluster.kill(f"worker{b}")
+                    result.proofs_to_impostors += _impostor(ports[b], EVENT_S)
+                    cluster.start_worker(b, port=ports[b])
+                    restarts.append((f"worker{b}@{at}s", b, time.monotonic()))
+                    result.events.append((at, f"{event} {b}"))
+                elif event == "abandoned-call":
+                    result.abandoned += _abandon(coord, images)
+                    result.events.append((at, event))
+                elif event == "busy-neighbour":
+                    _busy(EVENT_S)
+                    result.events.append((at, event))
+                elif event == "idle-connections":
+                    _idle_connections(coord, 200, EVENT_S)
+                    result.events.append((at, event))
                 else:
                     proc = cluster.procs["coordinator"]
                     if event == "stop-coordinator":
@@ -164,6 +211,110 @@ def run_soak(
         used = [t for t, branches in served if t >= serving_at and b in branches]
         result.reuse_s[name] = round(min(used) - serving_at, 2) if used else None
     return result
+
+
+class _Impostor(grpc.GenericRpcHandler):
+    """A process on a worker's port that does not hold the key: it says SERVING, answers
+    the challenge with noise, and counts the calls that carry a proof."""
+
+    def __init__(self) -> None:
+        self.proofs = 0
+
+    def service(self, details):
+        from grpc_health.v1 import health_pb2
+
+        self.proofs += any(k == AUTH_HEADER for k, _ in details.invocation_metadata)
+        if details.method == "/grpc.health.v1.Health/Check":
+            serving = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+            return grpc.unary_unary_rpc_method_handler(
+                lambda request, context: serving,
+                request_deserializer=health_pb2.HealthCheckRequest.FromString,
+                response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+            )
+        if details.method == "/distree.Auth/Challenge":
+            return grpc.unary_unary_rpc_method_handler(lambda request, context: os.urandom(48))
+        return None
+
+
+def _impostor(port: int, seconds: float) -> int:
+    """Serve as an impostor on ``port`` for ``seconds``; the proofs it received."""
+    from concurrent import futures
+
+    impostor = _Impostor()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((impostor,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    time.sleep(seconds)
+    server.stop(None)
+    return impostor.proofs
+
+
+def _abandon(coord: str, images: torch.Tensor) -> int:
+    """Send 4,096 inputs in one call and give up after 0.1 s; 1 if it was given up (a
+    model fast enough answers first)."""
+    many = images.repeat(4096 // len(images) + 1, 1, 1, 1)[:4096]
+    with DistreeClient(coord, token=KEY, timeout_s=30) as c:
+        c.model_info()
+        c.timeout_s = 0.1
+        try:
+            c.infer(many)
+        except InferenceError as err:
+            return int(err.code == grpc.StatusCode.DEADLINE_EXCEEDED)
+    return 0
+
+
+def _busy(seconds: float) -> None:
+    """A neighbour process that keeps one core busy for ``seconds``."""
+    import subprocess
+    import sys
+
+    code = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass\n"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _idle_connections(address: str, count: int, seconds: float) -> None:
+    """Hold ``count`` silent TCP connections to ``address`` for ``seconds``."""
+    import socket
+
+    host, port = address.rsplit(":", 1)
+    held = []
+    try:
+        for _ in range(count):
+            try:
+                held.append(socket.create_connection((host, int(port)), timeout=1))
+            except OSError:
+                break  # refused beyond the server's limit: what the limit is for
+        time.sleep(seconds)
+    finally:
+        for s in held:
+            s.close()
+
+
+def model_expectations(run_dir: str | Path, images: torch.Tensor) -> Callable[[int, int, list[int]], tuple[int, float]]:
+    """``expected`` for ``run_soak``: the run's student offline (``inference.records``) on
+    ``images``, every subset of branches fused at every exit."""
+    from itertools import combinations
+
+    from distree.inference.records import branch_vectors, fuse_exits
+    from distree.run import RunDir
+
+    run = RunDir(run_dir)
+    student = run.load_student()
+    vectors = branch_vectors(student, images, run.meta.data.normalization, 256, torch.device("cpu"))
+    n = student.num_branches
+    table = {}
+    for k in range(1, n + 1):
+        for subset in combinations(range(n), k):
+            probs = fuse_exits(student, vectors, subset).logits.softmax(-1)  # (E, N, K)
+            top = probs.topk(2, dim=-1)
+            table[subset] = (top.indices[..., 0], top.values[..., 0] - top.values[..., 1])
+
+    def expected(index: int, exit_: int, branches: list[int]) -> tuple[int, float]:
+        classes, lead = table[tuple(sorted(branches))]
+        return int(classes[exit_, index]), float(lead[exit_, index])
+
+    return expected
 
 
 def _wait(done, deadline: float) -> None:

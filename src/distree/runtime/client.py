@@ -44,15 +44,23 @@ class DistreeClient:
         self._info: pb.ModelInfoReply | None = None
 
     def _call(self, method, request):
+        metadata: tuple[tuple[str, str], ...] = ()
         try:
-            metadata = self._auth.metadata(self._channel, self.timeout_s)
-            return method(request, timeout=self.timeout_s, metadata=metadata)
+            try:
+                metadata = self._auth.metadata(self._channel, self.timeout_s)
+                return method(request, timeout=self.timeout_s, metadata=metadata)
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.UNAUTHENTICATED or not metadata:
+                    raise
+                # A proof over a challenge the coordinator no longer knows (it restarted): the
+                # call was refused before it ran, so it is sent again once, after a new challenge.
+                self._auth.forget()
+                metadata = self._auth.metadata(self._channel, self.timeout_s)
+                return method(request, timeout=self.timeout_s, metadata=metadata)
         except ImpostorError as err:
             raise InferenceError(grpc.StatusCode.UNAUTHENTICATED, str(err)) from None
         except grpc.RpcError as err:
             code, details = err.code(), err.details()
-            if code == grpc.StatusCode.UNAUTHENTICATED:
-                self._auth.forget()  # a restarted coordinator issues new challenges
             if code == grpc.StatusCode.CANCELLED:  # never by this client: see InferenceError
                 code = grpc.StatusCode.UNAVAILABLE
                 details = f"the coordinator shut down before taking the call ({details})"
