@@ -68,14 +68,24 @@ def test_an_abandoned_call_stops_costing_the_workers_and_one_image_passes_at_onc
 
 def test_calls_beyond_the_queue_bound_are_refused_at_once(trained):
     run, splits = trained
+    images = np.repeat(splits.test.images.numpy(), 4096 // len(splits.test.images) + 1, axis=0)[:4096]
     with ThreadCluster(run.path) as cluster:
         cluster.start_workers(RUNTIME_BRANCHES)
-        coordinator = cluster.start_coordinator(CoordinatorOptions(max_queued_inputs=50))
+        options = CoordinatorOptions(max_queued_inputs=50, max_group_inputs=16, policy="full")
+        coordinator = cluster.start_coordinator(options)
         with grpc.insecure_channel(coordinator) as ch:
             stub = pb_grpc.CoordinatorStub(ch)
-            with pytest.raises(grpc.RpcError) as refused:
-                stub.Infer(pb.InferRequest(images=to_proto(splits.test.images[:64].numpy())), timeout=5)
-            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "at most 50" in refused.value.details()
-            reply = stub.Infer(pb.InferRequest(images=to_proto(splits.test.images[:8].numpy())), timeout=5)
+            # An idle queue takes a call larger than the bound, in groups...
+            large = stub.Infer.future(pb.InferRequest(images=to_proto(images)), timeout=60)
+            # ...and while its groups wait, a call that would pass the bound is refused at once.
+            refused = None
+            while refused is None and not large.done():
+                try:
+                    stub.Infer(pb.InferRequest(images=to_proto(images[:8])), timeout=10)
+                except grpc.RpcError as err:
+                    refused = err
+            assert refused is not None and refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "at most 50" in refused.details()
+            assert len(large.result().results) == 4096
+            reply = stub.Infer(pb.InferRequest(images=to_proto(images[:8])), timeout=10)
             assert len(reply.results) == 8

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
 
 from distree.runtime import security
 from distree.runtime.security import AUTH_HEADER, ClientAuth, ImpostorError, ServerAuth
 
 
-class _Channel:
-    """A channel whose only method is the challenge, answered by ``server``."""
+class _Unimplemented(grpc.RpcError):
+    def code(self):
+        return grpc.StatusCode.UNIMPLEMENTED
 
-    def __init__(self, server: ServerAuth | None):
+
+class _Channel:
+    """A channel whose only method is the challenge, answered by ``server`` (None: a server
+    without a key, which has no such method; "noise": random bytes)."""
+
+    def __init__(self, server):
         self.server = server
         self.challenges = 0
 
@@ -20,7 +27,9 @@ class _Channel:
 
         def call(request: bytes, timeout: float) -> bytes:
             self.challenges += 1
-            return self.server.answer(request) if self.server else b"\0" * 48
+            if self.server is None:
+                raise _Unimplemented()
+            return b"\1" * 80 if self.server == "noise" else self.server.answer(request)
 
         return call
 
@@ -31,40 +40,43 @@ def _header(metadata) -> str:
     return value
 
 
-def test_a_server_accepts_a_proof_over_its_own_challenge_only():
-    a, b = ServerAuth("k"), ServerAuth("k")
-    header = _header(ClientAuth("k").metadata(_Channel(a)))
-    assert a.accepts(header)
-    assert not b.accepts(header)  # another server, the same key: not its challenge
+def test_a_proof_is_good_where_its_identity_is_served_only():
+    w0, also_w0, w1 = ServerAuth("k", "worker/0"), ServerAuth("k", "worker/0"), ServerAuth("k", "worker/1")
+    header = _header(ClientAuth("k", expect="worker/0").metadata(_Channel(w0)))
+    assert w0.accepts(header) and also_w0.accepts(header)  # a replica of the same branch
+    assert not w1.accepts(header) and not ServerAuth("other", "worker/0").accepts(header)
     challenge, proof = header.split(":")
-    assert not a.accepts(f"{challenge}:{'0' * len(proof)}")
-    assert not a.accepts("not hex") and not a.accepts("")
+    assert not w0.accepts(f"{challenge}:{'0' * len(proof)}")
+    assert not w0.accepts(f"{'0' * len(challenge)}:{proof}")  # a challenge the server never made
+    assert not w0.accepts("not hex") and not w0.accepts("")
 
 
-def test_a_client_sends_nothing_to_a_server_that_cannot_prove_the_key():
+def test_a_client_sends_nothing_to_a_server_that_cannot_prove_the_key_or_is_another():
     with pytest.raises(ImpostorError, match="did not prove"):
-        ClientAuth("k", "the worker at 10.0.0.7:50061").metadata(_Channel(ServerAuth("other key")))
-    with pytest.raises(ImpostorError):
-        ClientAuth("k").metadata(_Channel(None))  # noise
+        ClientAuth("k", "the worker at 10.0.0.7:50061").metadata(_Channel(ServerAuth("other key", "worker/1")))
+    with pytest.raises(ImpostorError, match="did not prove"):
+        ClientAuth("k").metadata(_Channel("noise"))
+    with pytest.raises(ImpostorError, match="runs without a key"):
+        ClientAuth("k").metadata(_Channel(None))
+    # A process on worker 1's port relaying worker 0's answers holds no key, but the answer
+    # checks out: it names worker/0, and the client expects worker/1.
+    with pytest.raises(ImpostorError, match="is 'worker/0', not 'worker/1'"):
+        ClientAuth("k", expect="worker/1").metadata(_Channel(ServerAuth("k", "worker/0")))
     assert ClientAuth(None).metadata(_Channel(None)) == ()  # no key: nothing to prove, no challenge
 
 
 def test_the_proof_is_made_once_until_forgotten():
-    channel = _Channel(ServerAuth("k"))
-    auth = ClientAuth("k")
+    channel = _Channel(ServerAuth("k", "coordinator"))
+    auth = ClientAuth("k", expect="coordinator")
     first = auth.metadata(channel)
     assert auth.metadata(channel) == first and channel.challenges == 1
     auth.forget()
     assert auth.metadata(channel) != first and channel.challenges == 2
 
 
-def test_challenges_expire_and_the_oldest_are_forgotten(monkeypatch):
-    server = ServerAuth("k")
+def test_challenges_expire(monkeypatch):
+    server = ServerAuth("k", "coordinator")
     header = _header(ClientAuth("k").metadata(_Channel(server)))
-    now = security.time.monotonic()
-    monkeypatch.setattr(security.time, "monotonic", lambda: now + security.CHALLENGE_TTL_S + 1)
+    now = security.time.time()
+    monkeypatch.setattr(security.time, "time", lambda: now + security.CHALLENGE_TTL_S + 5)
     assert not server.accepts(header)
-    monkeypatch.undo()
-    monkeypatch.setattr(security, "MAX_CHALLENGES", 2)
-    headers = [_header(ClientAuth("k").metadata(_Channel(server))) for _ in range(3)]
-    assert not server.accepts(headers[0]) and server.accepts(headers[2])

@@ -146,11 +146,20 @@ def test_a_worker_refuses_state_past_its_limits(trained):
 
 
 class _Impostor(grpc.GenericRpcHandler):
-    """A process on a worker's port that does not hold the key: it says SERVING, answers the
-    challenge with noise, and keeps every call's metadata."""
+    """A process on a worker's port that does not hold the key: it says SERVING, and keeps
+    every call's metadata. ``how`` it meets the challenge: ``noise`` (random bytes),
+    ``relay`` (passes it to a real server at ``relay_to`` and returns its answer), or
+    ``keyless`` (no such method, as a server started without a key)."""
 
-    def __init__(self):
+    def __init__(self, how: str, relay_to: str | None = None):
+        self.how, self.relay_to = how, relay_to
         self.seen: list[tuple[str, dict]] = []
+
+    def _challenge(self, request: bytes, context) -> bytes:
+        if self.how == "noise":
+            return os.urandom(80)
+        with grpc.insecure_channel(self.relay_to) as ch:
+            return ch.unary_unary("/distree.Auth/Challenge")(request, timeout=5)
 
     def service(self, details):
         from grpc_health.v1 import health_pb2
@@ -162,29 +171,37 @@ class _Impostor(grpc.GenericRpcHandler):
                 request_deserializer=health_pb2.HealthCheckRequest.FromString,
                 response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
             )
-        if details.method == "/distree.Auth/Challenge":
-            return grpc.unary_unary_rpc_method_handler(lambda request, context: os.urandom(48))
+        if details.method == "/distree.Auth/Challenge" and self.how != "keyless":
+            return grpc.unary_unary_rpc_method_handler(self._challenge)
         return None  # UNIMPLEMENTED
 
 
-def test_an_impostor_on_a_workers_port_never_receives_a_proof(trained, logged):
+@pytest.mark.parametrize(
+    ("how", "said"),
+    [
+        ("noise", "did not prove that it holds the shared key"),
+        ("relay", "holds the key but is 'worker/0', not 'worker/1'"),
+        ("keyless", "runs without a key"),
+    ],
+)
+def test_an_impostor_on_a_workers_port_never_receives_a_proof(trained, logged, how, said):
     from concurrent import futures
 
     from distree.launch.local import free_port
     from distree.runtime.security import AUTH_HEADER, ClientAuth
 
     run, splits = trained
-    impostor = _Impostor()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    server.add_generic_rpc_handlers((impostor,))
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    try:
-        with ThreadCluster(run.path, token="s3cret") as cluster:
-            w0, w2 = cluster.start_worker(0), cluster.start_worker(2)
+    with ThreadCluster(run.path, token="s3cret") as cluster:
+        w0, w2 = cluster.start_worker(0), cluster.start_worker(2)
+        impostor = _Impostor(how, relay_to=w0)
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        server.add_generic_rpc_handlers((impostor,))
+        port = free_port()
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        server.start()
+        try:
             coord = cluster.start_coordinator(workers=[w0, f"127.0.0.1:{port}", w2])
-            assert until(lambda: "did not prove that it holds the shared key" in logged()), logged()
+            assert until(lambda: said in logged()), logged()
             with DistreeClient(coord, token="s3cret") as client:
                 answers = client.infer(splits.test.images[:4])
             assert all(a.branches == [0, 2] for a in answers)
@@ -194,8 +211,8 @@ def test_an_impostor_on_a_workers_port_never_receives_a_proof(trained, logged):
             with grpc.insecure_channel(w2) as ch, pytest.raises(grpc.RpcError) as refused:
                 pb_grpc.WorkerStub(ch).Info(pb.InfoRequest(), timeout=5, metadata=proof)
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    finally:
-        server.stop(None)
+        finally:
+            server.stop(None)
     assert impostor.seen, "the coordinator never tried the impostor"
     assert {m for m, _ in impostor.seen} <= {"/grpc.health.v1.Health/Check", "/distree.Auth/Challenge"}
     assert not any(AUTH_HEADER in md or "s3cret" in str(md) for _, md in impostor.seen)

@@ -48,8 +48,8 @@ def _command(tmp_path: Path, name: str, ranks: int, *args: str) -> list[str]:
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _train(tmp_path: Path, name: str, ranks: int) -> tuple[Path, subprocess.CompletedProcess]:
-    done = subprocess.run(_command(tmp_path, name, ranks), capture_output=True, text=True, env=ENV, timeout=600)
+def _train(tmp_path: Path, name: str, ranks: int, *args: str) -> tuple[Path, subprocess.CompletedProcess]:
+    done = subprocess.run(_command(tmp_path, name, ranks, *args), capture_output=True, text=True, env=ENV, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return tmp_path / name, done
 
@@ -77,8 +77,10 @@ def test_two_ranks_reach_the_one_rank_accuracy(tmp_path):
 
 
 def test_a_run_started_with_two_ranks_continues_with_one(tmp_path):
+    # A longer teacher phase: the ranks are stopped at its first epoch, well before its end.
+    longer = ("--set", "teacher_optim.epochs=8")
     proc = subprocess.Popen(
-        _command(tmp_path, "run", 2),
+        _command(tmp_path, "run", 2, *longer),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=ENV,
@@ -94,8 +96,8 @@ def test_a_run_started_with_two_ranks_continues_with_one(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    _, done = _train(tmp_path, "run", 1)
-    assert "resuming after epoch" in done.stderr
+    _, done = _train(tmp_path, "run", 1, *longer)
+    assert "teacher: resuming after epoch" in done.stderr, done.stderr[-2000:]
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [(r["phase"], r["epoch"]) for r in rows][-1] == ("student", 4)
     assert (tmp_path / "run" / "student.safetensors").is_file()

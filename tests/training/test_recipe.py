@@ -50,7 +50,8 @@ def test_lookahead_pulls_toward_the_average_and_ends_on_it():
     assert la.average["weight"][0, 0].item() == pytest.approx(1 - d)
     with torch.no_grad():
         net.weight.fill_(5.0)
-    la.after_step(9, 10)  # the last step: the weights become exactly the average
+    la.after_step(9, 10)  # the last step: the weights become the average, the last steps' moves dropped
+    assert net.weight[0, 0].item() == pytest.approx(1 - d)
     assert torch.equal(net.weight, la.average["weight"])
 
 

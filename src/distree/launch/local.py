@@ -53,7 +53,7 @@ def settled_worker_infos(addresses: Sequence[str], timeout_s: float = 10.0, toke
         infos = []
         for address in addresses:
             with make_blocking_channel(address, TLSFiles()) as channel:
-                metadata = ClientAuth(token, address).metadata(channel)
+                metadata = ClientAuth(token, address, expect=lambda who: who.startswith("worker/")).metadata(channel)
                 infos.append(pb_grpc.WorkerStub(channel).Info(pb.InfoRequest(), timeout=5, metadata=metadata))
         if all(i.active_states == 0 for i in infos) or time.monotonic() > deadline:
             return infos

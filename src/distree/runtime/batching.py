@@ -34,6 +34,13 @@ class RowQueue(Generic[T]):
         self.rows += rows
         self._wake.set()
 
+    def discard(self, key: Hashable) -> int:
+        """Remove every item of ``key`` (its caller gave up); the rows removed."""
+        q = self._by_key.pop(key, None)
+        rows = sum(n for _, _, n in q) if q else 0
+        self.rows -= rows
+        return rows
+
     def first(self) -> T | None:
         """The item that has waited longest, or None."""
         heads = [q[0] for q in self._by_key.values()]

@@ -39,7 +39,7 @@ class DistreeClient:
     def __init__(self, address: str, token: str | None = None, tls: TLSFiles = TLSFiles(), timeout_s: float = 60.0):
         self._channel = make_blocking_channel(address, tls)  # a restarted coordinator is reached within seconds
         self._stub = pb_grpc.CoordinatorStub(self._channel)
-        self._auth = ClientAuth(token, f"the coordinator at {address}")
+        self._auth = ClientAuth(token, f"the coordinator at {address}", expect="coordinator")
         self.timeout_s = timeout_s
         self._info: pb.ModelInfoReply | None = None
 

@@ -179,7 +179,7 @@ def check_worker(
 
     row = WorkerCheck(w.name, w.address, w.branch)
     channel = make_blocking_channel(w.address, tls)
-    auth = ClientAuth(token, f"the worker at {w.address}")
+    auth = ClientAuth(token, f"the worker at {w.address}", expect=f"worker/{w.branch}")
     with channel:
         try:
             health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)

@@ -461,7 +461,8 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         if request.deadline_ms < 0 or not math.isfinite(request.deadline_ms):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "deadline_ms must be a finite number >= 0")
         limit = self.options.max_queued_inputs
-        if self._queue.rows + images.shape[0] > limit:
+        # An idle queue takes any call (a call may be larger than the bound).
+        if self._queue.rows and self._queue.rows + images.shape[0] > limit:
             metrics.REQUESTS.labels("refused").inc(images.shape[0])
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -480,7 +481,11 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         for call in calls:
             self._queue.put(call, len(call.images), key)
         self._admission.set()
-        parts = await asyncio.gather(*(c.future for c in calls), return_exceptions=True)
+        try:
+            parts = await asyncio.gather(*(c.future for c in calls), return_exceptions=True)
+        except asyncio.CancelledError:  # the client gave up: its groups still queued never start
+            self._queue.discard(key)
+            raise
         failed = next((p for p in parts if isinstance(p, BaseException)), None)
         if isinstance(failed, NoBranchError):
             metrics.REQUESTS.labels("no-branch").inc(len(images))
@@ -523,7 +528,7 @@ async def serve_coordinator(
     usable, NOT_SERVING while none is."""
     coord = Coordinator(model, workers, options, worker_tls, token)
     server, health_servicer, port = await start_server(
-        lambda srv: pb_grpc.add_CoordinatorServicer_to_server(coord, srv), listen, token, tls, limits
+        lambda srv: pb_grpc.add_CoordinatorServicer_to_server(coord, srv), listen, token, tls, limits, "coordinator"
     )
 
     async def track_health() -> None:

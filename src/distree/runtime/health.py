@@ -31,10 +31,12 @@ async def start_server(
     token: str | None,
     tls: TLSFiles,
     limits: ServerLimits = ServerLimits(),
+    identity: str = "",
 ) -> tuple[aio.Server, HealthServicer, int]:
     """Start a server with the health service (NOT_SERVING for now) and the services
-    ``register`` adds; returns (server, health servicer, bound port)."""
-    server = make_server(token, limits)
+    ``register`` adds; returns (server, health servicer, bound port). ``identity``: what
+    the server is to its clients, named in the key's proofs (``ServerAuth``)."""
+    server = make_server(token, limits, identity)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     register(server)

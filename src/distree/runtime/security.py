@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +29,8 @@ CHALLENGE_METHOD = "/distree.Auth/Challenge"
 OPEN_METHODS = {"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch", CHALLENGE_METHOD}
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 NONCE_BYTES = 16
-#: How long a challenge a server issued stays good; a client then challenges again.
+#: How long a server's challenge stays good; a client then challenges again.
 CHALLENGE_TTL_S = 3600.0
-#: Challenges a server remembers at once (the oldest are forgotten first).
-MAX_CHALLENGES = 4096
 
 
 def _mac(key: bytes, role: bytes, *parts: bytes) -> bytes:
@@ -42,68 +39,105 @@ def _mac(key: bytes, role: bytes, *parts: bytes) -> bytes:
 
 
 class ServerAuth:
-    """A server's side: answers challenges, and accepts the calls that prove the key
-    over a challenge it issued."""
+    """A server's side: answers challenges, and accepts the calls that prove the key over
+    one of its challenges and its identity.
 
-    def __init__(self, key: str):
+    ``identity`` is what the server is to its clients (``worker/2``, ``coordinator``): both
+    proofs name it, so a peer that relays a real server's answer to a client expecting
+    another identity is refused, and a client's proof is good only where that identity is
+    served. A challenge carries its own time and an HMAC of it: the server keeps no list
+    that callers could fill or flush.
+    """
+
+    def __init__(self, key: str, identity: str):
         self._key = key.encode()
-        self._issued: OrderedDict[bytes, float] = OrderedDict()  # server challenge -> when
+        self.identity = identity
+
+    def _challenge(self, issued: int, salt: bytes) -> bytes:
+        stamp = issued.to_bytes(8, "big") + salt
+        return stamp + _mac(self._key, b"challenge", stamp)[:NONCE_BYTES]
 
     def answer(self, client_challenge: bytes) -> bytes:
-        """Our challenge and our proof (HMAC over both challenges), for a client's challenge."""
+        """Our challenge, our proof (HMAC over both challenges and our identity), and our
+        identity, for a client's challenge."""
         if len(client_challenge) != NONCE_BYTES:
             raise ValueError("a challenge is 16 bytes")
-        mine = os.urandom(NONCE_BYTES)
-        self._issued[mine] = time.monotonic()
-        while len(self._issued) > MAX_CHALLENGES:
-            self._issued.popitem(last=False)
-        return mine + _mac(self._key, b"server", client_challenge, mine)
+        mine = self._challenge(int(time.time()), os.urandom(8))
+        name = self.identity.encode()
+        return mine + _mac(self._key, b"server", client_challenge, mine, name) + name
 
     def accepts(self, header: str | bytes) -> bool:
-        """Whether ``header`` (``CHALLENGE:PROOF`` in hex) proves the key over one of our
-        live challenges."""
+        """Whether ``header`` (``CHALLENGE:PROOF`` in hex) proves the key over a challenge
+        of ours that is still good, for our identity."""
         text = header.decode() if isinstance(header, bytes) else header
         try:
             challenge, proof = (bytes.fromhex(part) for part in text.split(":", 1))
         except ValueError:
             return False
-        issued = self._issued.get(challenge)
-        if issued is None or time.monotonic() - issued > CHALLENGE_TTL_S:
+        if len(challenge) != 2 * NONCE_BYTES:
             return False
-        return hmac.compare_digest(proof, _mac(self._key, b"client", challenge))
+        issued, salt = int.from_bytes(challenge[:8], "big"), challenge[8:NONCE_BYTES]
+        if not hmac.compare_digest(challenge, self._challenge(issued, salt)):
+            return False  # not one of ours
+        if not 0 <= time.time() - issued <= CHALLENGE_TTL_S:
+            return False
+        return hmac.compare_digest(proof, _mac(self._key, b"client", challenge, self.identity.encode()))
 
 
 class ImpostorError(RuntimeError):
-    """A server did not prove that it holds the shared key; nothing was sent to it."""
+    """A server did not prove that it holds the shared key, or is not what the client
+    expected; nothing was sent to it."""
 
 
 class ClientAuth:
     """A client's side, per server: the metadata that proves the key to that server, made
-    once the server has proved it holds the key itself. ``None`` key: no metadata."""
+    once the server has proved it holds the key itself and is ``expect`` (an identity, or
+    a test of one). ``None`` key: no metadata."""
 
-    def __init__(self, key: str | None, address: str = "the server"):
+    def __init__(self, key: str | None, address: str = "the server", expect: str | Callable[[str], bool] = ""):
         self._key = key.encode() if key else None
         self._address = address
+        self._expect = expect
         self._metadata: tuple[tuple[str, str], ...] | None = None if key else ()
+        self.made_at = 0.0  # time.monotonic() of the proof in use
 
     def forget(self) -> None:
-        """Challenge the server again before the next call (it restarted, or refused us)."""
+        """Challenge the server again before the next call (it restarted, refused us, or
+        the proof is getting old)."""
         if self._key is not None:
             self._metadata = None
 
+    def _expected(self, identity: str) -> bool:
+        if callable(self._expect):
+            return self._expect(identity)
+        return not self._expect or identity == self._expect
+
     def _check(self, mine: bytes, reply: bytes) -> tuple[tuple[str, str], ...]:
-        theirs, proof = reply[:NONCE_BYTES], reply[NONCE_BYTES:]
-        if len(theirs) != NONCE_BYTES or not hmac.compare_digest(proof, _mac(self._key, b"server", mine, theirs)):
+        size = 2 * NONCE_BYTES
+        theirs, proof, name = reply[:size], reply[size : size + 32], reply[size + 32 :]
+        if len(theirs) != size or not hmac.compare_digest(proof, _mac(self._key, b"server", mine, theirs, name)):
             raise ImpostorError(
                 f"{self._address} did not prove that it holds the shared key (--token): nothing was sent to it; "
                 "is it the process you meant, started with the same key?"
             )
-        return ((AUTH_HEADER, f"{theirs.hex()}:{_mac(self._key, b'client', theirs).hex()}"),)
+        identity = name.decode(errors="replace")
+        if not self._expected(identity):
+            wanted = repr(self._expect) if isinstance(self._expect, str) else "what was expected"
+            raise ImpostorError(
+                f"{self._address} holds the key but is {identity!r}, not {wanted}: nothing was sent to it "
+                "(a process relaying another server's answers, or the wrong address)"
+            )
+        self.made_at = time.monotonic()
+        return ((AUTH_HEADER, f"{theirs.hex()}:{_mac(self._key, b'client', theirs, name).hex()}"),)
 
-    def _open(self, error: grpc.RpcError) -> tuple[tuple[str, str], ...]:
-        # A server started without a key asks for none: there is nothing to prove.
+    def _without_challenge(self, error: grpc.RpcError) -> tuple[tuple[str, str], ...]:
+        # A server with no Challenge method was started without a key: it cannot prove one,
+        # so it gets nothing, whatever it may accept.
         if error.code() == grpc.StatusCode.UNIMPLEMENTED:
-            return ()
+            raise ImpostorError(
+                f"{self._address} runs without a key (it has no challenge to answer), but this client has one: "
+                "nothing was sent to it; start it with the same --token"
+            )
         raise error
 
     def metadata(self, channel: grpc.Channel, timeout_s: float = 5.0) -> tuple[tuple[str, str], ...]:
@@ -112,9 +146,9 @@ class ClientAuth:
             mine = os.urandom(NONCE_BYTES)
             try:
                 reply = channel.unary_unary(CHALLENGE_METHOD)(mine, timeout=timeout_s)
-                self._metadata = self._check(mine, reply)
             except grpc.RpcError as err:
-                self._metadata = self._open(err)
+                self._without_challenge(err)
+            self._metadata = self._check(mine, reply)
         return self._metadata
 
     async def ametadata(self, channel: aio.Channel, timeout_s: float = 5.0) -> tuple[tuple[str, str], ...]:
@@ -123,9 +157,9 @@ class ClientAuth:
             mine = os.urandom(NONCE_BYTES)
             try:
                 reply = await channel.unary_unary(CHALLENGE_METHOD)(mine, timeout=timeout_s)
-                self._metadata = self._check(mine, reply)
             except aio.AioRpcError as err:
-                self._metadata = self._open(err)
+                self._without_challenge(err)
+            self._metadata = self._check(mine, reply)
         return self._metadata
 
 
@@ -226,10 +260,10 @@ class ServerLimits:
         ]
 
 
-def make_server(token: str | None, limits: ServerLimits = ServerLimits()) -> aio.Server:
+def make_server(token: str | None, limits: ServerLimits = ServerLimits(), identity: str = "") -> aio.Server:
     """An asyncio gRPC server with size and connection limits and, with a key, its
-    challenge and checks."""
-    auth = ServerAuth(token) if token else None
+    challenge and checks; ``identity``: what it is to its clients (``ServerAuth``)."""
+    auth = ServerAuth(token, identity) if token else None
     interceptors = [AuthInterceptor(auth)] if auth else []
     # Without SO_REUSEPORT a second server on a port in use fails to start, instead of
     # silently sharing the port (and the traffic) with the first.

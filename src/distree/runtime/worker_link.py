@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from distree.runtime import metrics
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
-from distree.runtime.security import ClientAuth, ImpostorError, TLSFiles, make_channel
+from distree.runtime.security import CHALLENGE_TTL_S, ClientAuth, ImpostorError, TLSFiles, make_channel
 
 log = logging.getLogger("distree.coordinator")
 
@@ -167,7 +167,7 @@ class WorkerLink:
         self.channel = make_channel(address, tls, (opts.retry_initial_s, opts.retry_max_s))
         self.stub = pb_grpc.WorkerStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
-        self._auth = ClientAuth(token, f"the worker at {address}")
+        self._auth = ClientAuth(token, f"the worker at {address}", expect=f"worker/{position}")
         self.metadata: tuple[tuple[str, str], ...] = ()  # proves the key to this worker, once it proved it
         self.up = False
         self._opts = opts
@@ -243,12 +243,20 @@ class WorkerLink:
         self._backoff = min(self._backoff * 2, self._opts.retry_max_s)
 
     async def check(self) -> None:
-        """Health-check a worker in use; one that does not say SERVING is down."""
+        """Health-check a worker in use; one that does not say SERVING is down. A proof of
+        the key half its life old is renewed, so that new sessions never carry a stale one."""
         self.next_check = time.monotonic() + CHECK_INTERVAL_S
         try:
             h = await self.health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+            if self.metadata and time.monotonic() - self._auth.made_at > CHALLENGE_TTL_S / 2:
+                self._auth.forget()
+                self.metadata = await self._auth.ametadata(self.channel, timeout_s=1.0)
         except grpc.aio.AioRpcError as err:
             self.failed(f"health check failed: {err.code().name}")
+            return
+        except ImpostorError as err:
+            log.error("worker refused", extra={"branch": self.branch, "address": self.address, "why": str(err)})
+            self.failed(str(err))
             return
         if h.status != health_pb2.HealthCheckResponse.SERVING and self.up:
             self.failed("the worker says it is not serving (draining or loading)")

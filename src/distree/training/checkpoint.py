@@ -140,7 +140,15 @@ def load_train_state(
     for k, v in meta["optim_scalars"].items():
         pid, name = k.split(".", 1)
         state.setdefault(int(pid), {})[name] = v
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (ValueError, KeyError) as err:
+        raise TrainStateError(
+            f"{progress_file(resume_dir, phase)} holds an optimizer state of other parameter groups ({err}): saved "
+            "by an earlier distree or with other settings; delete the resume folder to start the phase over"
+        ) from None
+    for group in optimizer.param_groups:
+        group.setdefault("lr_scale", 1.0)
     torch.set_rng_state(weights["rng.cpu"])
     return meta["progress"]
 

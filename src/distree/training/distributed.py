@@ -80,10 +80,11 @@ class Ranks:
             dist.barrier()
 
     def from_main(self, obj: object) -> object:
-        """Rank 0's ``obj`` on every rank (tensors included, copied to the CPU)."""
+        """Rank 0's ``obj`` on every rank (tensors included, copied to the CPU first, so that
+        no rank unpickles them onto rank 0's GPU)."""
         if self.world == 1:
             return obj
-        box = [obj if self.is_main else None]
+        box = [_on_cpu(obj) if self.is_main else None]
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
@@ -109,6 +110,16 @@ class Ranks:
 
 
 SINGLE = Ranks()
+
+
+def _on_cpu(obj: object) -> object:
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_on_cpu(v) for v in obj)
+    return obj
 
 
 def _digest(value: object) -> str:

@@ -101,7 +101,7 @@ class Lookahead:
         """Call after optimizer step ``step`` (0-based) of ``total``."""
         done = step + 1
         if done == total:
-            self._pull(0.0)
+            self._pull(1.0)  # the weights become the average
         elif done % self.every == 0:
             self._pull(0.95**self.every * (done / total) ** 3)
 
@@ -213,6 +213,11 @@ def train_phase(
             for g in opt.param_groups:
                 g["lr"] = lr * g["lr_scale"]
             batch = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            if ranks.world > 1:
+                # Every rank a share: a last batch smaller than a multiple of the ranks loses its tail.
+                batch = batch[: len(batch) - len(batch) % ranks.world]
+                if not len(batch):
+                    continue
             idx = ranks.shard(batch)
             if phase.views is not None:
                 views, rows = phase.views.draw(idx)

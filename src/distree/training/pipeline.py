@@ -168,7 +168,7 @@ def train_run(
         )
         store = run.resume_dir / TEACHER_TARGETS_FILE
         key = (
-            f"{_sha256(run.teacher_file)}:{len(splits.train)}:{d.crop_padding}:{d.flip}:{table.per_image}:{config.seed}"
+            f"{ranks.from_main(_sha256(run.teacher_file) if ranks.is_main else None)}:{len(splits.train)}:{d.crop_padding}:{d.flip}:{table.per_image}:{config.seed}"
             + ("" if d.pad_mode == "zeros" else f":{d.pad_mode}")
         )
         targets = TeacherTargets(
@@ -182,7 +182,9 @@ def train_run(
             # Each rank computes them (a matter of seconds on a GPU); rank 0 keeps them.
             store=store if ranks.is_main else None,
             key=key,
-            deadline=deadline,
+            # Decided by each rank alone, a deadline here could stop one rank and not the
+            # others: with several ranks (seconds of work on GPUs) the time limit waits.
+            deadline=deadline if ranks.world == 1 else None,
         )
     objective = StudentObjective(student, teacher, config.distill, targets, config.student_optim.label_smoothing)
     phase = Phase("student", objective, config.student_optim, validate_student, views=table)
