@@ -40,11 +40,12 @@ def _header(metadata) -> str:
     return value
 
 
-def test_a_proof_is_good_where_its_identity_is_served_only():
-    w0, also_w0, w1 = ServerAuth("k", "worker/0"), ServerAuth("k", "worker/0"), ServerAuth("k", "worker/1")
+def test_a_proof_is_good_on_the_process_that_challenged_only():
+    w0, w0_restarted, w1 = (ServerAuth("k", who) for who in ("worker/0#a1", "worker/0#b2", "worker/1#c3"))
     header = _header(ClientAuth("k", expect="worker/0").metadata(_Channel(w0)))
-    assert w0.accepts(header) and also_w0.accepts(header)  # a replica of the same branch
-    assert not w1.accepts(header) and not ServerAuth("other", "worker/0").accepts(header)
+    assert w0.accepts(header)
+    assert not w0_restarted.accepts(header)  # the same branch, another process
+    assert not w1.accepts(header) and not ServerAuth("other", "worker/0#a1").accepts(header)
     challenge, proof = header.split(":")
     assert not w0.accepts(f"{challenge}:{'0' * len(proof)}")
     assert not w0.accepts(f"{'0' * len(challenge)}:{proof}")  # a challenge the server never made
@@ -61,7 +62,7 @@ def test_a_client_sends_nothing_to_a_server_that_cannot_prove_the_key_or_is_anot
     # A process on worker 1's port relaying worker 0's answers holds no key, but the answer
     # checks out: it names worker/0, and the client expects worker/1.
     with pytest.raises(ImpostorError, match="is 'worker/0', not 'worker/1'"):
-        ClientAuth("k", expect="worker/1").metadata(_Channel(ServerAuth("k", "worker/0")))
+        ClientAuth("k", expect="worker/1").metadata(_Channel(ServerAuth("k", "worker/0#a1")))
     assert ClientAuth(None).metadata(_Channel(None)) == ()  # no key: nothing to prove, no challenge
 
 

@@ -528,7 +528,12 @@ async def serve_coordinator(
     usable, NOT_SERVING while none is."""
     coord = Coordinator(model, workers, options, worker_tls, token)
     server, health_servicer, port = await start_server(
-        lambda srv: pb_grpc.add_CoordinatorServicer_to_server(coord, srv), listen, token, tls, limits, "coordinator"
+        lambda srv: pb_grpc.add_CoordinatorServicer_to_server(coord, srv),
+        listen,
+        token,
+        tls,
+        limits,
+        f"coordinator#{uuid.uuid4().hex}",
     )
 
     async def track_health() -> None:

@@ -42,10 +42,10 @@ class ServerAuth:
     """A server's side: answers challenges, and accepts the calls that prove the key over
     one of its challenges and its identity.
 
-    ``identity`` is what the server is to its clients (``worker/2``, ``coordinator``): both
-    proofs name it, so a peer that relays a real server's answer to a client expecting
-    another identity is refused, and a client's proof is good only where that identity is
-    served. A challenge carries its own time and an HMAC of it: the server keeps no list
+    ``identity`` is what the server is to its clients and which process it is
+    (``worker/2#<instance>``, ``coordinator#<instance>``): both proofs name it, so a peer
+    that relays a real server's answer to a client expecting another role is refused, and
+    a client's proof is good on this process only, not on a restarted one or a replica. A challenge carries its own time and an HMAC of it: the server keeps no list
     that callers could fill or flush.
     """
 
@@ -108,9 +108,10 @@ class ClientAuth:
             self._metadata = None
 
     def _expected(self, identity: str) -> bool:
+        role = identity.split("#", 1)[0]  # what the server is, without which process
         if callable(self._expect):
-            return self._expect(identity)
-        return not self._expect or identity == self._expect
+            return self._expect(role)
+        return not self._expect or role == self._expect
 
     def _check(self, mine: bytes, reply: bytes) -> tuple[tuple[str, str], ...]:
         size = 2 * NONCE_BYTES
@@ -122,6 +123,7 @@ class ClientAuth:
             )
         identity = name.decode(errors="replace")
         if not self._expected(identity):
+            identity = identity.split("#", 1)[0]
             wanted = repr(self._expect) if isinstance(self._expect, str) else "what was expected"
             raise ImpostorError(
                 f"{self._address} holds the key but is {identity!r}, not {wanted}: nothing was sent to it "

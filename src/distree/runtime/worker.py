@@ -326,7 +326,9 @@ async def serve_worker(
         if debug_rpcs:
             pb_grpc.add_WorkerDebugServicer_to_server(WorkerDebug(worker), srv)
 
-    server, health_servicer, port = await start_server(add, listen, token, tls, limits, identity=f"worker/{branch}")
+    server, health_servicer, port = await start_server(
+        add, listen, token, tls, limits, identity=f"worker/{branch}#{worker.instance}"
+    )
     log.info("listening", extra={"address": listen, "port": port, "branch": branch})
     await asyncio.to_thread(worker.load)
     worker.start()

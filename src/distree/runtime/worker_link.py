@@ -75,6 +75,7 @@ class _Session:
         self._waiting: dict[_Key, asyncio.Future] = {}
         self._seq = itertools.count(1)
         self._closing = False
+        self.broken = False  # ended while still in use (not by rotation): the peer failed or went away
         self._ended = False  # the end of the request stream is queued
         self.last_reply = 0.0  # monotonic time of the latest reply on this stream
         # The deadline bounds the stream's life; the link rotates to a new session well before.
@@ -135,6 +136,7 @@ class _Session:
             err = SessionEnded("the session was cancelled")
             raise
         finally:
+            self.broken = not self._closing
             waiting, self._waiting = self._waiting, {}
             for f in waiting.values():
                 if not f.done():
@@ -225,6 +227,10 @@ class WorkerLink:
     def _session_ended(self, session: _Session) -> None:
         if self._session is session:
             self._session = None
+        if session.broken:
+            # Whatever answers at this address next proves the key before it gets a proof
+            # (the link reconnects, and challenges, once it is marked down).
+            self.metadata = ()
 
     def answering(self, within_s: float) -> bool:
         """Whether the worker has answered anything in the last ``within_s`` seconds: a
