@@ -28,8 +28,8 @@ def training_memory_format(device: torch.device) -> torch.memory_format:
     """channels_last on CUDA (tensor cores) and on CPUs with AVX-512; the default layout on
     other CPUs.
 
-    On an AVX-512 CPU channels_last trains the whitened convnet teacher about 1.4 times as
-    fast (bench/training/train_throughput.py). On AVX2-only CPUs it was only about 10%
+    On AVX-512 CPUs channels_last trains faster (bench/training/train_throughput.py measures
+    both layouts). On AVX2-only CPUs it was only about 10%
     faster, and oneDNN 3.12 (torch 2.13) aborts there in the convolution backward pass with
     channels_last under one thread.
     """

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 
 import grpc
@@ -145,37 +144,6 @@ def test_a_worker_refuses_state_past_its_limits(trained):
             stub.RunStage(pb.StageRequest(group_id="c", stage=0, input=tensor), timeout=5)  # room again
 
 
-class _Impostor(grpc.GenericRpcHandler):
-    """A process on a worker's port that does not hold the key: it says SERVING, and keeps
-    every call's metadata. ``how`` it meets the challenge: ``noise`` (random bytes),
-    ``relay`` (passes it to a real server at ``relay_to`` and returns its answer), or
-    ``keyless`` (no such method, as a server started without a key)."""
-
-    def __init__(self, how: str, relay_to: str | None = None):
-        self.how, self.relay_to = how, relay_to
-        self.seen: list[tuple[str, dict]] = []
-
-    def _challenge(self, request: bytes, context) -> bytes:
-        if self.how == "noise":
-            return os.urandom(80)
-        with grpc.insecure_channel(self.relay_to) as ch:
-            return ch.unary_unary("/distree.Auth/Challenge")(request, timeout=5)
-
-    def service(self, details):
-        from grpc_health.v1 import health_pb2
-
-        self.seen.append((details.method, dict(details.invocation_metadata)))
-        if details.method == "/grpc.health.v1.Health/Check":
-            return grpc.unary_unary_rpc_method_handler(
-                lambda request, context: health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING),
-                request_deserializer=health_pb2.HealthCheckRequest.FromString,
-                response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
-            )
-        if details.method == "/distree.Auth/Challenge" and self.how != "keyless":
-            return grpc.unary_unary_rpc_method_handler(self._challenge)
-        return None  # UNIMPLEMENTED
-
-
 @pytest.mark.parametrize(
     ("how", "said"),
     [
@@ -187,13 +155,14 @@ class _Impostor(grpc.GenericRpcHandler):
 def test_an_impostor_on_a_workers_port_never_receives_a_proof(trained, logged, how, said):
     from concurrent import futures
 
+    from distree.launch.chaos import Impostor
     from distree.launch.local import free_port
-    from distree.runtime.security import AUTH_HEADER, ClientAuth
+    from distree.runtime.security import ClientAuth
 
     run, splits = trained
     with ThreadCluster(run.path, token="s3cret") as cluster:
         w0, w2 = cluster.start_worker(0), cluster.start_worker(2)
-        impostor = _Impostor(how, relay_to=w0)
+        impostor = Impostor(how, relay_to=w0)
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
         server.add_generic_rpc_handlers((impostor,))
         port = free_port()
@@ -215,7 +184,7 @@ def test_an_impostor_on_a_workers_port_never_receives_a_proof(trained, logged, h
             server.stop(None)
     assert impostor.seen, "the coordinator never tried the impostor"
     assert {m for m, _ in impostor.seen} <= {"/grpc.health.v1.Health/Check", "/distree.Auth/Challenge"}
-    assert not any(AUTH_HEADER in md or "s3cret" in str(md) for _, md in impostor.seen)
+    assert impostor.proofs == 0 and not any("s3cret" in str(md) for _, md in impostor.seen)
 
 
 def test_connections_beyond_the_limit_are_refused_and_idle_ones_closed(trained):

@@ -213,17 +213,31 @@ def run_soak(
     return result
 
 
-class _Impostor(grpc.GenericRpcHandler):
-    """A process on a worker's port that does not hold the key: it says SERVING, answers
-    the challenge with noise, and counts the calls that carry a proof."""
+class Impostor(grpc.GenericRpcHandler):
+    """A process on a worker's port that does not hold the key: it says SERVING, and keeps
+    every call's method and metadata (``seen``). ``how`` it meets the challenge: ``noise``
+    (random bytes), ``relay`` (passes it to the real server at ``relay_to`` and returns its
+    answer), or ``keyless`` (no such method, as a server started without a key)."""
 
-    def __init__(self) -> None:
-        self.proofs = 0
+    def __init__(self, how: str = "noise", relay_to: str | None = None) -> None:
+        self.how, self.relay_to = how, relay_to
+        self.seen: list[tuple[str, dict]] = []
+
+    @property
+    def proofs(self) -> int:
+        """Calls that carried a proof of the key."""
+        return sum(AUTH_HEADER in md for _, md in self.seen)
+
+    def _challenge(self, request: bytes, context) -> bytes:
+        if self.how == "noise":
+            return os.urandom(80)
+        with grpc.insecure_channel(self.relay_to) as ch:
+            return ch.unary_unary("/distree.Auth/Challenge")(request, timeout=5)
 
     def service(self, details):
         from grpc_health.v1 import health_pb2
 
-        self.proofs += any(k == AUTH_HEADER for k, _ in details.invocation_metadata)
+        self.seen.append((details.method, dict(details.invocation_metadata)))
         if details.method == "/grpc.health.v1.Health/Check":
             serving = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
             return grpc.unary_unary_rpc_method_handler(
@@ -231,16 +245,16 @@ class _Impostor(grpc.GenericRpcHandler):
                 request_deserializer=health_pb2.HealthCheckRequest.FromString,
                 response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
             )
-        if details.method == "/distree.Auth/Challenge":
-            return grpc.unary_unary_rpc_method_handler(lambda request, context: os.urandom(48))
-        return None
+        if details.method == "/distree.Auth/Challenge" and self.how != "keyless":
+            return grpc.unary_unary_rpc_method_handler(self._challenge)
+        return None  # UNIMPLEMENTED
 
 
 def _impostor(port: int, seconds: float) -> int:
     """Serve as an impostor on ``port`` for ``seconds``; the proofs it received."""
     from concurrent import futures
 
-    impostor = _Impostor()
+    impostor = Impostor()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     server.add_generic_rpc_handlers((impostor,))
     server.add_insecure_port(f"127.0.0.1:{port}")

@@ -51,8 +51,7 @@ def served_model(source: str | Path, backend: HeadBackend = "torch", threads: in
 
     One by default: the heads are a few thousand MACs a row, run inline on the event loop,
     and a pool of threads per core spins against the gRPC work and any neighbour process
-    (measured: one head call at batch 2 took 56.7 ms with torch's default threads beside a
-    busy process, 0.63 ms with one).
+    (bench/runtime/contended.py measures the cluster beside a busy one).
     """
     if backend == "torch":
         return _from_run(Path(source), threads)
