@@ -63,3 +63,13 @@ def test_reflect_padding_fills_the_border_with_the_image():
     assert zeros[0, 0, 0].tolist() == [0, 0, 0, 0]
     assert reflect[0, 0, 0].tolist() == x[0, 0, 1, [1, 0, 1, 2]].tolist()
     assert torch.equal(reflect[0, 0, 1:, 1:], x[0, 0, :3, :3])
+
+
+def test_the_whitening_sample_is_drawn_across_a_class_ordered_split():
+    from distree.training.pipeline import init_sample
+
+    labels = torch.arange(10).repeat_interleave(500)  # an image folder's order: class after class
+    sample = init_sample(labels, seed=0, n=1000)
+    assert len(sample) == 1000
+    assert sample.bincount(minlength=10).min() > 60
+    assert torch.equal(sample, init_sample(labels, seed=0, n=1000))

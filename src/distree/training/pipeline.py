@@ -31,6 +31,17 @@ TEACHER_TARGETS_FILE = "teacher-targets.safetensors"
 WHITEN_SAMPLE = 5000
 
 
+def init_sample(images: torch.Tensor, seed: int, n: int = WHITEN_SAMPLE) -> torch.Tensor:
+    """``n`` of ``images`` (N, ...) drawn at random with ``seed``, in their order.
+
+    Drawn, not the first ``n``: the training split keeps the image folder's order, class
+    after class, so its first 5,000 CIFAR-10 images are nine tenths airplanes, and a
+    whitening layer fitted to them mis-scales every other class's patches.
+    """
+    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
+    return images[pick.sort().values]
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -140,7 +151,7 @@ def train_run(
             return {"accuracy": round(accuracy(logits, val.labels), 4)}
 
         if ranks.is_main and not progress_file(run.resume_dir, "teacher").is_file():
-            teacher.init_from_data(norm(splits.train.images[:WHITEN_SAMPLE]))
+            teacher.init_from_data(norm(init_sample(splits.train.images, config.seed)))
         objective = TeacherObjective(teacher, config.teacher_optim.label_smoothing)
         phase = Phase("teacher", objective, config.teacher_optim, validate_teacher)
         train_phase(phase, final_weights=run.teacher_file, **common)
@@ -151,7 +162,7 @@ def train_run(
     torch.manual_seed(config.seed + 1)
     student = run.build_student(meta)
     if ranks.is_main and not progress_file(run.resume_dir, "student").is_file():
-        student.init_from_data(norm(splits.train.images[:WHITEN_SAMPLE]))
+        student.init_from_data(norm(init_sample(splits.train.images, config.seed + 1)))
 
     def validate_student() -> dict[str, object]:
         rec = student_exits(student, val.images, norm, config.eval_batch_size, device)
