@@ -32,10 +32,14 @@ DATA_ENV_VAR = "DISTREE_DATA"
 PLUGINS_ENV_VAR = "DISTREE_PLUGINS"
 #: The data set formats ``--format`` names (``distree.data.loading.FORMATS`` reads them).
 DATA_FORMATS = ("image-folder", "cifar10-python", "idx", "npz")
-#: What the runtime and the demo use unless told otherwise: the feature criterion that
-#: predicts best whether an exit is right (docs/policies.md). Confidence (``max-prob``)
-#: saves more on the shipped models; the README says by how much.
-DEFAULT_POLICY = "feature-agreement"
+#: What the runtime, the demo, ``distree.load`` and the client use unless told otherwise:
+#: softmax confidence, the policy that saves the most computation within its accuracy
+#: target on the shipped models (tests/policies/test_default_policy.py checks it against
+#: their recorded evaluations). The paper's feature criteria stay available by name.
+DEFAULT_POLICY = "max-prob"
+#: What ``distree demo`` compares with full execution: the default policy first, then the
+#: feature criterion that predicts best whether an exit is right (``FeatureAgreement``).
+DEMO_POLICIES = (DEFAULT_POLICY, "feature-agreement")
 
 
 class ConfigError(ValueError):

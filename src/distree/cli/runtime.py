@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from distree.cli.args import COUNT, INDEX, NON_NEGATIVE, PORT, POSITIVE, log, policy_type, shipped, write_json
-from distree.config import DEFAULT_POLICY
+from distree.config import DEFAULT_POLICY, DEMO_POLICIES
 from distree.runtime.cluster import CoordinatorEntry
 
 DEFAULT_DEMO_RUN = "models/cifar10"
@@ -285,7 +285,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """The runtime demo (``distree.launch.demo``) on this run's test split."""
     from distree.data import load_data
-    from distree.launch.demo import DEMO_POLICIES, DemoSettings, demo_export, format_demo, run_demo
+    from distree.launch.demo import DemoSettings, demo_export, format_demo, run_demo
     from distree.run import RunDir
 
     cluster = None
@@ -474,7 +474,7 @@ def add_runtime_commands(sub, add_data_args) -> None:
         "--policy",
         action="append",
         type=policy_type(servable=True, calibrated=True),
-        help=f"an early-exit policy to compare with full execution; repeat for more (default: {DEFAULT_POLICY}, then max-prob)",
+        help=f"an early-exit policy to compare with full execution; repeat for more (default: {' then '.join(DEMO_POLICIES)})",
     )
     p.add_argument("--mode", choices=["lockstep", "eager"], default="lockstep", help="how the coordinators send stages")
     p.add_argument(

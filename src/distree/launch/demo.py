@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
+from distree.config import DEMO_POLICIES
 from distree.launch.local import LocalCluster, settled_worker_infos
-from distree.policies import DEFAULT_POLICY
 from distree.policies.scores import Full
 from distree.provenance import machine
 from distree.run import RunDir
@@ -23,9 +23,6 @@ from distree.runtime.cluster import ClusterFile
 from distree.runtime.loadgen import format_infer, send, summarize
 from distree.runtime.security import resolve_token
 
-#: The default policy first, then softmax confidence (``MaxProb``), the criterion every
-#: other is measured against; both beside full execution.
-DEMO_POLICIES = tuple(dict.fromkeys((DEFAULT_POLICY, "max-prob")))
 DEMO_WARM_UP = 64  # images sent through each coordinator before anything is measured
 DEMO_ROUNDS_PER_COORDINATOR = 2  # the measured images go in this many rounds per coordinator
 

@@ -5,7 +5,7 @@ check FILE`` asks every worker in it whether it is up, serving, on its branch an
 run's weights before traffic starts. Paths in the file are relative to the file.
 
     run: models/cifar10
-    coordinator: {listen: "0.0.0.0:50051", policy: feature-agreement, mode: lockstep}
+    coordinator: {listen: "0.0.0.0:50051", policy: max-prob, mode: lockstep}
     token_file: ~/.distree-token
     workers:
       - {name: board0, address: "board0.local:50061", branch: 0}
