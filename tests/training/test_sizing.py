@@ -41,3 +41,12 @@ def test_a_teacher_taken_from_another_run_is_not_warned_about():
     cfg = RunConfig().with_epochs(3)
     warnings = too_few_steps(cfg, 1300, teacher_trained=False)
     assert len(warnings) == 1 and warnings[0].startswith("student:")
+
+
+def test_a_large_batch_recipe_learns_from_fewer_steps_but_not_fewer_images():
+    fast = RunConfig.model_validate({"teacher_optim": {"epochs": 30, "batch_size": 1024}})
+    assert steps(fast.teacher_optim, 45_000) < MIN_STEPS
+    assert not any(w.startswith("teacher") for w in too_few_steps(fast, 45_000))
+    short = RunConfig.model_validate({"teacher_optim": {"epochs": 4, "batch_size": 1024}})
+    (warning,) = [w for w in too_few_steps(short, 45_000) if w.startswith("teacher")]
+    assert "try --epochs 5" in warning  # 5 x 45,000 images pass MIN_SAMPLES

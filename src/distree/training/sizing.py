@@ -18,6 +18,10 @@ from distree.config import OptimConfig, RunConfig, WideResNetConfig
 
 #: Optimizer steps per phase that the defaults aim for (and below which a run is warned).
 MIN_STEPS = 1500
+#: Images a phase must see when it takes fewer than ``MIN_STEPS`` steps: ``MIN_STEPS``
+#: batches of 128. Large-batch recipes learn in fewer steps (the fast CIFAR-10 recipe's
+#: 30 epochs are 1,320 steps of 1,024), but not from fewer images.
+MIN_SAMPLES = MIN_STEPS * 128
 #: Below this many training images, an unset teacher is WRN-16-2 rather than WRN-16-4.
 SMALL_DATA = 20_000
 SMALL_TEACHER = WideResNetConfig(depth=16, width=2)
@@ -74,7 +78,8 @@ def fit_to_data(config: RunConfig, num_images: int) -> tuple[RunConfig, list[str
 
 
 def too_few_steps(config: RunConfig, num_images: int, teacher_trained: bool = True) -> list[str]:
-    """A warning per phase whose schedule is too short to learn from, with a setting to try.
+    """A warning per phase whose schedule is too short to learn from (fewer than
+    ``MIN_STEPS`` steps and ``MIN_SAMPLES`` images seen), with a setting to try.
 
     ``teacher_trained`` False: the teacher comes from another run, only the student trains.
     """
@@ -82,12 +87,13 @@ def too_few_steps(config: RunConfig, num_images: int, teacher_trained: bool = Tr
     phases = [("teacher", config.teacher_optim)] if teacher_trained else []
     for phase, optim in [*phases, ("student", config.student_optim)]:
         n = steps(optim, num_images)
-        if n < MIN_STEPS:
+        if n < MIN_STEPS and optim.epochs * num_images < MIN_SAMPLES:
             per_epoch = math.ceil(num_images / optim.batch_size)
+            enough = min(math.ceil(MIN_STEPS / per_epoch), math.ceil(MIN_SAMPLES / num_images))
             out.append(
                 f"{phase}: {n:,} optimizer steps ({optim.epochs} epoch{'s' * (optim.epochs != 1)} of "
                 f"{per_epoch} batches of {optim.batch_size}) are too few to learn from; about {MIN_STEPS:,} "
-                f"are needed: try "
-                f"--epochs {math.ceil(MIN_STEPS / per_epoch)}, or leave the epochs and batch size unset"
+                f"steps or {MIN_SAMPLES:,} images seen are needed: try "
+                f"--epochs {enough}, or leave the epochs and batch size unset"
             )
     return out
