@@ -48,7 +48,8 @@ proto: $(VENV)/.installed  # regenerate the committed gRPC code from distree.pro
 #   make results RUN=models/fashion-mnist RUN_DATA=../shared/data/fashion-mnist
 # (RUN/calibration.json; RUN/eval.json and eval.txt; the simulator report and each shipped
 # scenario under reports/NAME/; the int8 export evaluated as it ships, RUN/eval-onnxruntime-int8.*;
-# the runtime demo, RUN/demo.json). The README tables then come from bench/tools/results_table.py.
+# the runtime demo, RUN/demo.json). The tables in README.md and docs/results.md then come from
+# bench/tools/results_table.py.
 RUN ?= models/cifar10
 RUN_DATA ?= $(DATA)
 EXPORT_DIR := build/export-$(notdir $(RUN))

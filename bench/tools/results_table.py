@@ -1,5 +1,5 @@
-"""Markdown tables for the README from `distree eval --json` outputs: the same rows
-`distree eval` prints (distree.evaluation.results), with a data-set column.
+"""Markdown tables for README.md and docs/results.md from `distree eval --json` outputs:
+the same rows `distree eval` prints (distree.evaluation.results), with a data-set column.
 
 Usage: python bench/tools/results_table.py NAME=EVAL.json [NAME=EVAL.json ...]
 """

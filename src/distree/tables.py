@@ -1,5 +1,5 @@
-"""Tables of results as aligned text (what commands print) or Markdown (what reports and
-the README hold): one renderer, so the two cannot drift apart."""
+"""Tables of results as aligned text (what commands print) or Markdown (what reports,
+README.md and docs/results.md hold): one renderer, so the two cannot drift apart."""
 
 from __future__ import annotations
 

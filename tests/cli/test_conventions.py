@@ -1,5 +1,5 @@
 """Command-line conventions: every option has help that shows its default, and the exit
-statuses the README documents."""
+statuses docs/cli.md documents."""
 
 from __future__ import annotations
 

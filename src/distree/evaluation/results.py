@@ -2,8 +2,9 @@
 tables made from them.
 
 Each table is built once from the records, as a header and rows of cells; the command
-prints them as aligned text and the README's tables (``bench/tools/results_table.py``) are the
-same rows as Markdown, with a data-set column in front when several runs share a table.
+prints them as aligned text and the tables of README.md and docs/results.md
+(``bench/tools/results_table.py``) are the same rows as Markdown, with a data-set column in
+front when several runs share a table.
 """
 
 from __future__ import annotations
