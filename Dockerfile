@@ -1,6 +1,6 @@
 # distree images. Two targets:
-#   docker build --target worker -t distree:worker .   # a board's worker: onnxruntime on an export, no torch
-#   docker build --target full -t distree:full .       # everything: coordinator, torch workers, training, export
+#   docker build --target board -t distree:board .   # a board's worker or coordinator: onnxruntime on an export, no torch
+#   docker build --target full -t distree:full .     # everything: torch coordinator and workers, training, export
 # deploy/compose.yaml builds both; docs/deploy.md says how to run them.
 FROM python:3.11-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -12,7 +12,7 @@ COPY pyproject.toml README.md ./
 COPY src ./src
 RUN useradd --system --uid 10001 --no-create-home distree
 
-FROM base AS worker
+FROM base AS board
 # "." is distree itself, from this checkout; its dependencies are ranges (pyproject.toml).
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir ".[onnx]"

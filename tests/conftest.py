@@ -24,8 +24,10 @@ from distree.training.pipeline import train_run
 #: What each install role lacks (pyproject's extras): in a process with ``missing_modules``
 #: first on PYTHONPATH, importing any of them fails, as it would on such an install.
 NOT_ON_A_COORDINATOR = ("matplotlib", "simpy", "onnx", "onnxscript", "onnxruntime")  # distree[torch]
-NOT_ON_A_BOARD = ("torch", "scipy", "PIL", "tqdm", "matplotlib", "simpy", "onnx", "onnxscript")  # distree[onnx]
-NOT_ON_A_CLIENT = (*NOT_ON_A_BOARD, "onnxruntime")  # distree's core
+# distree[onnx]:
+NOT_ON_A_BOARD = ("torch", "safetensors", "scipy", "PIL", "tqdm", "matplotlib", "simpy", "onnx", "onnxscript")
+# distree's core, without distree[serve]:
+NOT_ON_A_CLIENT = (*NOT_ON_A_BOARD, "onnxruntime", "pydantic", "yaml", "prometheus_client", "array_api_compat")
 
 
 def missing_modules(path, modules):

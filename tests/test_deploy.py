@@ -37,7 +37,7 @@ def _compose() -> dict:
 
 def test_every_compose_command_parses_and_the_services_agree():
     services = _compose()["services"]
-    workers = {name: s for name, s in services.items() if s.get("image") == "distree:worker"}
+    workers = {name: s for name, s in services.items() if s.get("command", [None])[0] == "worker"}
     branches = {}
     for name, s in workers.items():
         args = _parses(s["command"])
@@ -48,6 +48,8 @@ def test_every_compose_command_parses_and_the_services_agree():
     coordinator = services["coordinator"]
     args = _parses(coordinator["command"])
     assert args.workers.split(",") == [f"{branches[b]}:50061" for b in range(4)]
+    # A board's image for every distree service: the heads run on onnxruntime, no torch.
+    assert args.backend == "onnxruntime" and {s["image"] for s in [*workers.values(), coordinator]} == {"distree:board"}
     assert set(coordinator["depends_on"]) == set(workers)
     _parses(coordinator["healthcheck"]["test"][2:])
     # Prometheus scrapes every distree service where its metrics listen.
@@ -91,7 +93,9 @@ def test_the_kubernetes_manifests_run_commands_that_parse_with_grpc_probes():
     # The coordinator names each worker pod through the headless service, branch k on pod k.
     (container,) = coordinator["template"]["spec"]["containers"]
     names = [f"distree-worker-{k}.{workers['serviceName']}:50061" for k in range(workers["replicas"])]
-    assert _parses(container["args"]).workers.split(",") == names
+    args = _parses(container["args"])
+    assert args.workers.split(",") == names
+    assert args.backend == "onnxruntime" and container["image"] == "distree:board"
 
 
 def _hadolint() -> str | None:

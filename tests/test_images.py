@@ -17,6 +17,7 @@ from distree.cli.main import main
 from distree.data import load_data
 from distree.images import as_model_input, image_files
 from distree.inference.inprocess import early_exit_batch
+from distree.run import RunDir
 from distree.runtime.client import DistreeClient
 
 FMNIST = Path(__file__).parents[1] / "models" / "fashion-mnist"
@@ -112,7 +113,8 @@ def test_a_loaded_run_answers_as_the_stage_loop_does(fmnist_test):
     model = distree.load(FMNIST)
     images = fmnist_test.images[:200]
     got = model.infer(images.numpy())
-    want = early_exit_batch(model.student, model.policy, model.thresholds, images, model.run.meta.data.normalization)
+    run = RunDir(FMNIST)
+    want = early_exit_batch(run.load_student(), model.policy, model.thresholds, images, run.meta.data.normalization)
     assert [p.prediction for p in got] == want.predictions.tolist()
     assert [p.exit for p in got] == want.exit.tolist()
     assert np.mean([p.prediction == y for p, y in zip(got, fmnist_test.labels[:200].tolist())]) > 0.8

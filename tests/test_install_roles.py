@@ -38,7 +38,8 @@ def test_the_blocker_blocks(board_only):
 
 @pytest.mark.e2e
 def test_version_and_help_need_only_the_core(client_only):
-    for argv in (["--version"], ["--help"], ["worker", "--help"], ["serve", "--help"], ["export", "--help"]):
+    helps = [[c, "--help"] for c in ("worker", "serve", "export", "infer", "health", "sweep")]
+    for argv in (["--version"], ["--help"], *helps):
         proc = _python(["-m", "distree", *argv], client_only)
         assert proc.returncode == 0, proc.stderr
 
@@ -56,9 +57,14 @@ def test_the_client_needs_only_the_core(trained, tmp_path, client_only):
             "from distree.runtime.client import DistreeClient\n"
             f"with DistreeClient({coordinator!r}, timeout_s=30) as c:\n"
             f"    print(len(c.infer(np.load({str(images)!r}))))\n"
+            # what `infer --json` records, without pydantic
+            "from distree.provenance import provenance_dict\n"
+            "assert provenance_dict(['distree', 'infer'])['command'] == ['distree', 'infer']\n"
         )
         proc = _python(["-c", script], client_only)
+        health = _python(["-m", "distree", "health", coordinator], client_only)
     assert proc.returncode == 0 and proc.stdout.strip() == "2", proc.stderr
+    assert health.returncode == 0 and health.stdout.strip().endswith("SERVING"), health.stdout + health.stderr
 
 
 FMNIST = "models/fashion-mnist"
@@ -72,6 +78,9 @@ NEEDS_AN_EXTRA = [
     (["export", FMNIST, "--out", "EXPORT"], "distree["),
     (["worker", FMNIST, "--branch", "0", "--listen", "127.0.0.1:0"], "distree[torch]"),
     (["serve", FMNIST, "--workers", "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3,127.0.0.1:4"], "distree[torch]"),
+    (["serve", FMNIST, "--backend", "onnxruntime", "--workers", "127.0.0.1:1,127.0.0.1:2"], "distree[onnx]"),
+    (["policies"], "distree[serve]"),
+    (["cluster", "check", "cluster.yaml"], "distree[serve]"),
     (["demo", "--data", DATA], "distree[torch]"),
     (["record", FMNIST, "--data", DATA], "distree["),
     (["simulate", "scenarios/four-boards-wifi.yaml", FMNIST], "distree["),

@@ -13,12 +13,14 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 #: Bottom to top. A package may import its own modules and those of lower layers only;
 #: packages of one layer never import each other.
 LAYERS = [
+    {"defaults"},  # plain constants the command line reads (no pydantic, no yaml): below config
     {"config", "hardware", "weights", "tables", "images", "provenance", "arrays", "answer"},
     {"exits"},
     {"data", "models"},
     {"policies"},
     {"run"},
-    {"inference", "export"},
+    {"inference"},
+    {"export"},  # an export runs in this process through the inference loop (``load_export``)
     {"evaluation"},
     {"training", "runtime", "simulation"},
     {"launch"},

@@ -23,23 +23,15 @@ from pydantic import (
     model_validator,
 )
 
-#: Names users meet on the command line before anything is loaded: the command line reads
-#: them from here, so that ``distree --help``, ``--version`` and a board's onnxruntime
-#: worker never import torch.
-#: The environment variable a data set path is read from when ``--data`` is not given.
-DATA_ENV_VAR = "DISTREE_DATA"
-#: The environment variable listing policy plugin modules (comma-separated).
-PLUGINS_ENV_VAR = "DISTREE_PLUGINS"
-#: The data set formats ``--format`` names (``distree.data.loading.FORMATS`` reads them).
-DATA_FORMATS = ("image-folder", "cifar10-python", "idx", "npz")
-#: What the runtime, the demo, ``distree.load`` and the client use unless told otherwise:
-#: softmax confidence, the policy that saves the most computation within its accuracy
-#: target on the shipped models (tests/policies/test_default_policy.py checks it against
-#: their recorded evaluations). The paper's feature criteria stay available by name.
-DEFAULT_POLICY = "max-prob"
-#: What ``distree demo`` compares with full execution: the default policy first, then the
-#: feature criterion that predicts best whether an exit is right (``FeatureAgreement``).
-DEMO_POLICIES = (DEFAULT_POLICY, "feature-agreement")
+# The names the command line reads before anything is loaded are defined in distree.defaults
+# (which imports neither pydantic nor PyYAML), and found here too.
+from distree.defaults import (  # noqa: F401
+    DATA_ENV_VAR,
+    DATA_FORMATS,
+    DEFAULT_POLICY,
+    DEMO_POLICIES,
+    PLUGINS_ENV_VAR,
+)
 
 
 class ConfigError(ValueError):

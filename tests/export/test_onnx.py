@@ -96,3 +96,48 @@ def test_every_stage_and_head_matches_torch(exported, batch):
             assert (finite == torch.isfinite(want.agreement).numpy()).all()
             if finite.any():  # a one-branch subset has no agreement to compare
                 assert _worst(agreement[finite], want.agreement[torch.from_numpy(finite)]) <= TOLERANCE
+
+
+def test_execution_providers_are_checked_against_this_onnxruntime():
+    import onnxruntime
+
+    from distree.export.ort import CPU_PROVIDERS, check_providers
+
+    assert check_providers(None) == list(CPU_PROVIDERS)
+    assert check_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    with pytest.raises(ValueError, match="has no NoSuchExecutionProvider; it has .*CPUExecutionProvider") as err:
+        check_providers(["NoSuchExecutionProvider", "CPUExecutionProvider"])
+    assert all(p in str(err.value) for p in onnxruntime.get_available_providers())
+
+
+def test_a_worker_given_providers_it_cannot_use_exits_2_naming_them(trained_export, capsys):
+    from distree.cli.main import main
+
+    args = ["worker", str(trained_export), "--backend", "onnxruntime", "--branch", "0", "--listen", "127.0.0.1:1"]
+    assert main([*args, "--providers", "NoSuchExecutionProvider"]) == 2
+    assert "has no NoSuchExecutionProvider" in capsys.readouterr().err
+    assert main(["worker", "RUN", "--branch", "0", "--providers", "CPUExecutionProvider"]) == 2
+    assert "--providers are onnxruntime's" in capsys.readouterr().err
+
+
+def test_distree_load_of_an_export_answers_as_the_run_does(trained, trained_export):
+    """``distree.load`` on an export runs it with onnxruntime, through the same stage loop
+    and calibration: the same exits, predictions, branches and MACs as the run in torch."""
+    import distree
+
+    run, splits = trained
+    images = list(splits.test.images[:40].numpy())
+    on_ort, on_torch = distree.load(trained_export), distree.load(run.path)
+    assert (on_ort.num_branches, on_ort.num_exits, on_ort.classes) == (
+        on_torch.num_branches,
+        on_torch.num_exits,
+        on_torch.classes,
+    )
+    a, b = on_ort.infer(images), on_torch.infer(images)
+    assert [(x.prediction, x.exit, x.branches, x.macs) for x in a] == [
+        (y.prediction, y.exit, y.branches, y.macs) for y in b
+    ]
+    assert len({x.exit for x in a}) > 1
+    np.testing.assert_allclose([x.probabilities for x in a], [y.probabilities for y in b], atol=1e-4)
+    with pytest.raises(ValueError, match="providers are for an export"):
+        distree.load(run.path, providers=["CPUExecutionProvider"])

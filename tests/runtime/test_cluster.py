@@ -51,6 +51,22 @@ def test_a_bad_cluster_file_is_refused_naming_the_field(tmp_path, workers, messa
         load_cluster(_write(tmp_path / "c.yaml", run="r", workers=workers))
 
 
+def test_an_export_is_served_by_an_onnxruntime_coordinator_and_a_run_by_a_torch_one(tmp_path):
+    workers = _workers(["h:1"])
+    board = load_cluster(
+        _write(tmp_path / "b.yaml", export="exp", coordinator={"backend": "onnxruntime"}, workers=workers)
+    )
+    assert board.served == tmp_path / "exp" and board.run is None
+    both = load_cluster(_write(tmp_path / "t.yaml", run="r", export="exp", workers=workers))
+    assert both.served == tmp_path / "r"  # the default coordinator runs torch on the run
+    with pytest.raises(ConfigError, match="give export: EXPORT_DIR"):
+        load_cluster(_write(tmp_path / "x.yaml", run="r", coordinator={"backend": "onnxruntime"}, workers=workers))
+    with pytest.raises(ConfigError, match="a torch coordinator serves a run"):
+        load_cluster(_write(tmp_path / "y.yaml", export="exp", workers=workers))
+    with pytest.raises(ConfigError, match="backend"):
+        load_cluster(_write(tmp_path / "z.yaml", run="r", coordinator={"backend": "tflite"}, workers=workers))
+
+
 def test_a_missing_cluster_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="cluster file not found"):
         load_cluster(tmp_path / "nope.yaml")

@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from distree.config import DATA_ENV_VAR, DATA_FORMATS
+from distree.defaults import DATA_ENV_VAR, DATA_FORMATS
 
 
 class _DefaultsShown(argparse.HelpFormatter):
@@ -69,10 +69,10 @@ def write_json(where: str, data: dict, args: argparse.Namespace) -> None:
     provenance of what made it (``distree.provenance``) unless it carries its own."""
     import json
 
-    from distree.provenance import provenance
+    from distree.provenance import provenance_dict  # (no pydantic: `infer --json` on a client's install)
 
     if "provenance" not in data:
-        data = {**data, "provenance": provenance(args.argv).model_dump()}
+        data = {**data, "provenance": provenance_dict(args.argv)}
     text = json.dumps(data, indent=2) + "\n"
     if where == "-":
         sys.stdout.write(text)

@@ -16,11 +16,14 @@ def cmd_cluster_check(args: argparse.Namespace) -> int:
 
     cluster = load_cluster(args.file)
     expected = None
-    if not args.skip_weights:
+    if not args.skip_weights and cluster.coordinator.backend == "onnxruntime":
+        from distree.export.manifest import read_manifest  # an export's manifest: no torch
+
+        expected = read_manifest(cluster.served).branch_fingerprints.__getitem__
+    elif not args.skip_weights:
         from distree.run import RunDir  # reads the run's weights: needs distree[torch]
 
-        run = RunDir(cluster.run)
-        expected = run.branch_fingerprint
+        expected = RunDir(cluster.served).branch_fingerprint
     tls = cluster.worker_tls.files() if cluster.worker_tls else TLSFiles()
     rows = check_cluster(cluster, expected, resolve_token(None, cluster.token_file), tls, args.timeout_s)
 
@@ -68,7 +71,8 @@ def add_cluster_commands(sub) -> None:
     c.add_argument(
         "--skip-weights",
         action="store_true",
-        help="do not compare the workers' weights with the run directory's (which needs torch to read)",
+        help="do not compare the workers' weights with the run directory's (which needs torch to read; an "
+        "export's fingerprints are read from its manifest)",
     )
     c.add_argument("--json", help="write one record per worker to this file")
     c.set_defaults(func=cmd_cluster_check)

@@ -16,10 +16,9 @@ from distree.cli.cluster import add_cluster_commands
 from distree.cli.export import add_export_commands
 from distree.cli.runtime import add_runtime_commands
 from distree.cli.simulation import add_simulation_commands
-from distree.config import ConfigError, load_run_config
-from distree.provenance import provenance
+from distree.defaults import SERVE_DEFAULTS
 
-# Exit statuses (README, "Exit statuses"). 0: done.
+# Exit statuses (docs/cli.md, "Exit statuses"). 0: done.
 #: It ran and failed (a file, a port, a peer), or a target was not met (calibrate).
 EXIT_FAILED = 1
 #: Bad input, nothing ran: a flag, a path that is not there, or the content of a file it
@@ -36,6 +35,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from distree.training.loop import TimeLimitReached
     from distree.training.pipeline import train_run
     from distree.training.sizing import fit_to_data, too_few_steps
+
+    # isort: split
+    # (after torch, so that a client's install is told it lacks torch, not pydantic)
+    from distree.config import load_run_config
+    from distree.provenance import provenance
 
     config = load_run_config(args.config, args.set)
     if args.epochs is not None:
@@ -86,6 +90,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a run on the test split."""
     from distree.evaluation.offline import evaluate
     from distree.evaluation.results import format_policies
+    from distree.provenance import provenance
 
     run, _, splits, device = _open_run(args)
     if args.backend == "torch" and args.export:
@@ -143,6 +148,10 @@ def cmd_policies(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Fit exit-policy thresholds on the validation split for a QoS target."""
     from distree.evaluation.offline import calibrate_run
+
+    # isort: split
+    # (after torch, so that a client's install is told it lacks torch, not pydantic)
+    from distree.config import ConfigError
 
     if not 0 <= args.confidence < 1:
         raise ConfigError(f"--confidence must be in [0, 1), got {args.confidence}")
@@ -307,7 +316,12 @@ def main(argv: list[str] | None = None) -> int:
 
 #: Which install provides a module a command may import (pyproject.toml's extras).
 EXTRA_OF = {
+    "pydantic": "distree[serve]",
+    "yaml": "distree[serve]",
+    "prometheus_client": "distree[serve]",
+    "array_api_compat": "distree[serve]",
     "torch": "distree[torch]",
+    "safetensors": "distree[torch]",
     "scipy": "distree[torch]",
     "tqdm": "distree[torch]",
     "PIL": "distree[torch]",
@@ -320,13 +334,32 @@ EXTRA_OF = {
 }
 
 
-def missing_extra(err: ImportError) -> str:
-    """One line for a module this install lacks: what it is, and the install that has it."""
+def missing_extra(err: ImportError, backend: str | None = None) -> str:
+    """One line for a module this install lacks: what it is, and the install that has it.
+    ``backend``: the command's ``--backend`` (torch, onnxruntime), whose extra brings
+    ``distree[serve]`` too: named instead of it when the backend is missing as well."""
     top = (err.name or "").split(".")[0]
+    if EXTRA_OF.get(top) == "distree[serve]" and backend in EXTRA_OF:
+        import importlib
+
+        try:
+            importlib.import_module(backend)
+        except ImportError as also:
+            return missing_extra(also)
     if top in EXTRA_OF:
-        what = "Pillow" if top == "PIL" else top
+        what = {"PIL": "Pillow", "yaml": "PyYAML"}.get(top, top)
         return f"this command needs {what}, which is not installed: pip install '{EXTRA_OF[top]}'"
     return str(err)  # distree's own messages name what to install
+
+
+def _backend(args: argparse.Namespace) -> str | None:
+    """What runs the model in this command, where the command line says it: its --backend, or
+    serve's default when no cluster file can name another."""
+    if not hasattr(args, "backend"):
+        return None
+    if args.backend is None and not getattr(args, "cluster", None):
+        return SERVE_DEFAULTS.backend
+    return args.backend
 
 
 def run_command(argv: list[str]) -> int:
@@ -337,7 +370,7 @@ def run_command(argv: list[str]) -> int:
     try:
         return args.func(args)
     except ImportError as err:  # an extra this install lacks: say which to install
-        print(f"distree {args.command}: error: {missing_extra(err)}", file=sys.stderr)
+        print(f"distree {args.command}: error: {missing_extra(err, _backend(args))}", file=sys.stderr)
         return EXIT_USAGE
     except (ValueError, FileNotFoundError) as err:  # ConfigError, DataError: bad input, nothing ran
         print(f"distree {args.command}: error: {err}", file=sys.stderr)

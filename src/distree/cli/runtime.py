@@ -9,12 +9,9 @@ import sys
 from pathlib import Path
 
 from distree.cli.args import COUNT, INDEX, NON_NEGATIVE, PORT, POSITIVE, log, policy_type, shipped, write_json
-from distree.config import DEFAULT_POLICY, DEMO_POLICIES
-from distree.runtime.cluster import CoordinatorEntry
+from distree.defaults import DEFAULT_POLICY, DEMO_POLICIES, SERVE_DEFAULTS
 
 DEFAULT_DEMO_RUN = "models/cifar10"
-#: What ``serve`` uses for what neither a flag nor a cluster file sets: a cluster file's defaults.
-SERVE_DEFAULTS = CoordinatorEntry()
 
 
 def _tls_args(p: argparse.ArgumentParser, who: str) -> None:
@@ -23,6 +20,23 @@ def _tls_args(p: argparse.ArgumentParser, who: str) -> None:
     p.add_argument("--tls-cert", type=Path, help=f"PEM certificate of this {who}")
     p.add_argument("--tls-key", type=Path, help=f"PEM private key of this {who}")
     p.add_argument("--tls-ca", type=Path, help="PEM CA: verifies peers (mutual TLS on servers)")
+
+
+def _providers(value: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one execution provider")
+    return names
+
+
+def _providers_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--providers",
+        type=_providers,
+        metavar="NAME,...",
+        help="--backend onnxruntime: execution providers in order of preference, each one this onnxruntime "
+        "has (e.g. CUDAExecutionProvider,CPUExecutionProvider; default CPUExecutionProvider)",
+    )
 
 
 def _service_args(p: argparse.ArgumentParser) -> None:
@@ -109,13 +123,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
         from distree.run import RunDir
         from distree.runtime.torch_stages import TorchStages
 
+        if args.providers:
+            raise ValueError("--providers are onnxruntime's: give them with --backend onnxruntime")
         backend = TorchStages(RunDir(args.source), args.branch, pick_device(args.device), args.threads)
     else:
         from distree.runtime.ort_stages import OrtStages
 
         if args.device:
-            raise ValueError("--device is for --backend torch; onnxruntime runs on the CPU here")
-        backend = OrtStages(args.source, args.branch, args.threads)
+            raise ValueError("--device is for --backend torch; onnxruntime takes --providers")
+        backend = OrtStages(args.source, args.branch, args.threads, args.providers)
     serve_metrics(args.metrics_port, "worker", _metrics_host(args))
     opts = WorkerOptions(
         max_batch=args.max_batch,
@@ -159,11 +175,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         if args.run_dir or args.workers:
             raise ValueError("--cluster names the run and the workers: give RUN_DIR and --workers only without it")
-        if args.backend != "torch":
-            raise ValueError("--cluster names a run, whose heads run in torch: --backend onnxruntime takes EXPORT")
         cluster = load_cluster(args.cluster)
         c = cluster.coordinator
-        run_dir, workers = cluster.run, cluster.addresses
+        args.backend = args.backend or c.backend
+        run_dir = cluster.export if args.backend == "onnxruntime" else cluster.run
+        if run_dir is None:
+            field = "export" if args.backend == "onnxruntime" else "run"
+            raise ValueError(f"--backend {args.backend} serves the cluster file's {field}:, which it does not give")
+        workers = cluster.addresses
         # A flag given on the command line wins over the file.
         args.listen, args.policy = args.listen or c.listen, args.policy or c.policy
         args.mode, args.metrics_port = args.mode or c.mode, args.metrics_port or c.metrics_port
@@ -177,12 +196,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not (args.run_dir and args.workers):
             raise ValueError("give RUN_DIR (or EXPORT with --backend onnxruntime) and --workers, or --cluster FILE")
         run_dir, workers = args.run_dir, [w.strip() for w in args.workers.split(",") if w.strip()]
+    args.backend = args.backend or SERVE_DEFAULTS.backend
     args.listen = args.listen or SERVE_DEFAULTS.listen
     args.policy = args.policy or SERVE_DEFAULTS.policy
     args.mode = args.mode or SERVE_DEFAULTS.mode
     if args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
-    model = served_model(run_dir, args.backend, args.threads)
+    model = served_model(run_dir, args.backend, args.threads, args.providers)
     serve_metrics(args.metrics_port, "coordinator", _metrics_host(args))
     opts = CoordinatorOptions(
         mode=args.mode,
@@ -299,6 +319,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise ValueError(
                 "demo --cluster reaches workers in plaintext: for TLS workers use serve --cluster and infer"
             )
+        if cluster.run is None:
+            raise ValueError("demo --cluster compares the cluster with the torch model: its file needs run: RUN_DIR")
         args.run_dir = str(cluster.run)
     if args.export and args.backend != "onnxruntime":
         raise ValueError("--export is read by --backend onnxruntime only")
@@ -366,6 +388,7 @@ def add_runtime_commands(sub, add_data_args) -> None:
     )
     p.add_argument("--threads", type=COUNT, help="compute threads (default: the backend's choice)")
     p.add_argument("--device", help="--backend torch: torch device (default: cuda when present, else cpu)")
+    _providers_arg(p)
     _service_args(p)
     p.add_argument(
         "--debug-rpcs",
@@ -386,10 +409,10 @@ def add_runtime_commands(sub, add_data_args) -> None:
     p.add_argument(
         "--backend",
         choices=["torch", "onnxruntime"],
-        default="torch",
         help="where the exit heads run: torch on the run's weights, or onnxruntime on an export, so that the "
-        "coordinator needs no torch (default torch)",
+        f"coordinator needs no torch (default: the cluster file's, else {SERVE_DEFAULTS.backend})",
     )
+    _providers_arg(p)
     p.add_argument("--workers", help="HOST:PORT of each worker, comma-separated, in branch order")
     p.add_argument(
         "--cluster",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from distree.cli.args import COUNT, NON_NEGATIVE, shipped, write_json
 from distree.cli.args import log as _log
+from distree.defaults import SWEEP_PARAMS
 
 DEFAULT_SCENARIO = "scenarios/four-boards-wifi.yaml"
 
@@ -121,8 +122,6 @@ def add_simulation_commands(sub, add_data_args) -> None:
     p = sub.add_parser("sweep", help="simulate a scenario over values of one parameter, to CSV")
     p.add_argument("scenario", help="scenario file (YAML; see scenarios/)")
     common(p)
-    from distree.simulation.scenario import SWEEP_PARAMS  # (no torch)
-
     p.add_argument("--param", required=True, choices=SWEEP_PARAMS, help="the scenario parameter to vary")
     p.add_argument("--values", required=True, type=_floats, help="comma-separated values")
     p.add_argument("--csv", required=True, help="output CSV file")

@@ -3,13 +3,14 @@ and the exit heads."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import array_api_compat.numpy
 import numpy as np
 import onnxruntime as ort
 
-from distree.exits import ExitOutput
+from distree.exits import ExitOutput, StudentMacs
 from distree.export.manifest import (
     AGREEMENT,
     EMBEDDING,
@@ -23,28 +24,56 @@ from distree.export.manifest import (
     pooled_input,
     read_manifest,
 )
+from distree.inference.local import LocalModel, ModelParts
+from distree.policies import DEFAULT_POLICY
+from distree.policies.calibration_file import CalibrationFile, read_calibration_file
+
+#: Where a session runs unless told otherwise: every onnxruntime build has it.
+CPU_PROVIDERS = ("CPUExecutionProvider",)
 
 
-def session(path: Path, threads: int | None = None) -> ort.InferenceSession:
-    """An onnxruntime CPU session for one exported file."""
+def check_providers(requested: Sequence[str] | None) -> list[str]:
+    """The execution providers a session is to try, in order (``--providers``): the CPU's
+    unless given; each given one must be in this onnxruntime build, or a ValueError names
+    those that are."""
+    if not requested:
+        return list(CPU_PROVIDERS)
+    available = ort.get_available_providers()
+    missing = [p for p in requested if p not in available]
+    if missing:
+        raise ValueError(
+            f"this onnxruntime has no {', '.join(missing)}; it has {', '.join(available)} "
+            "(another build of onnxruntime brings others, e.g. onnxruntime-gpu)"
+        )
+    return list(requested)
+
+
+def session(path: Path, threads: int | None = None, providers: Sequence[str] | None = None) -> ort.InferenceSession:
+    """An onnxruntime session for one exported file, on ``providers`` (default the CPU)."""
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), sess_options=opts, providers=check_providers(providers))
 
 
 class OrtBranch:
     """One branch of an export: ``run_stage`` as ``distree.models.Branch.run_stage``, on
     numpy arrays."""
 
-    def __init__(self, export_dir: str | Path, branch: int, threads: int | None = None):
+    def __init__(
+        self,
+        export_dir: str | Path,
+        branch: int,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+    ):
         self.dir = Path(export_dir)
         self.manifest: ExportManifest = read_manifest(self.dir)
         if not 0 <= branch < self.manifest.num_branches:
             raise ValueError(f"branch must be in 0..{self.manifest.num_branches - 1} for {self.dir}, got {branch}")
         self.branch = branch
         self.stages = self.manifest.stages[branch]
-        self._sessions = [session(self.dir / s.file, threads) for s in self.stages]
+        self._sessions = [session(self.dir / s.file, threads, providers) for s in self.stages]
 
     @property
     def num_stages(self) -> int:
@@ -72,10 +101,20 @@ class OrtHeads:
 
     xp = array_api_compat.numpy
 
-    def __init__(self, export_dir: str | Path, threads: int | None = None):
+    def __init__(self, export_dir: str | Path, threads: int | None = None, providers: Sequence[str] | None = None):
         self.dir = Path(export_dir)
         self.manifest = read_manifest(self.dir)
-        self._sessions = [session(self.dir / h.file, threads) for h in self.manifest.heads]
+        self._sessions = [session(self.dir / h.file, threads, providers) for h in self.manifest.heads]
+
+    @property
+    def macs(self) -> StudentMacs:
+        """The export's per-sample MACs, as its run counted them."""
+        m = self.manifest
+        return StudentMacs([[s.macs for s in per] for per in m.stages], [h.macs for h in m.heads])
+
+    def read_calibration(self) -> CalibrationFile | None:
+        """The calibration the run had when exported (None: it had none)."""
+        return read_calibration_file(self.dir / self.manifest.calibration) if self.manifest.calibration else None
 
     def run(self, e: int, vectors: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Exit ``e`` on one pooled vector (B, dim_b) per branch, None where a branch is
@@ -94,3 +133,25 @@ class OrtHeads:
     def __call__(self, k: int, vectors: list[np.ndarray | None], agreement: bool) -> ExitOutput:
         z, logits, agree = self.run(k, vectors)
         return ExitOutput(z, logits, agree if agreement else None)
+
+
+def load_export(
+    export_dir: str | Path,
+    policy: str = DEFAULT_POLICY,
+    *,
+    threads: int | None = None,
+    providers: Sequence[str] | None = None,
+) -> LocalModel:
+    """An export run in this process with onnxruntime and numpy, no torch: every branch
+    in turn, the exit heads, and the calibration the run had when exported."""
+    heads = OrtHeads(export_dir, threads, providers)
+    m = heads.manifest
+    parts = ModelParts(
+        branches=[OrtBranch(export_dir, b, threads, providers) for b in range(m.num_branches)],
+        fusion=heads,
+        macs=heads.macs,
+        classes=list(m.classes),
+        input_shape=m.input_shape,
+        calibration=heads.read_calibration(),
+    )
+    return LocalModel(parts, policy)

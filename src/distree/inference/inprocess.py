@@ -12,7 +12,7 @@ import torch
 
 from distree.data.augment import Normalization
 from distree.inference.costs import ExitCosts
-from distree.inference.stage_loop import Exited, StageLoop
+from distree.inference.stage_loop import Exited, StageLoop, run_in_turn
 from distree.models import DistrEEStudent, HeadFusion
 from distree.policies import ExitPolicy, ExitThresholds
 
@@ -31,15 +31,4 @@ def early_exit_batch(
         images.shape[0],
         num_exits=model.num_exits,
     )
-    x = norm(images).contiguous(memory_format=torch.channels_last)
-    state = [x] * model.num_branches
-    for k in range(model.num_exits):
-        vectors = []
-        for i, branch in enumerate(model.branches):
-            state[i], v = branch.run_stage(k, state[i])
-            vectors.append(v)
-        keep = loop.step(k, vectors)
-        if loop.done:
-            break
-        state = [s[keep] for s in state]
-    return loop.result()
+    return run_in_turn(loop, model.branches, norm(images).contiguous(memory_format=torch.channels_last))

@@ -209,3 +209,30 @@ class StageLoop:
             [self.reason[r] for r in idx],  # type: ignore[misc]
             [self.branches[r] for r in idx],
         )
+
+
+class StageRunner(Protocol):
+    """One branch as a driver that runs it in this process calls it: a model's
+    (``distree.models.Branch``) in PyTorch, or an export's (``distree.export.ort.OrtBranch``)
+    in onnxruntime."""
+
+    def run_stage(self, k: int, x: Any) -> tuple[Any, Array]:
+        """Stage ``k`` on what stage k-1 returned (the prepared images for k = 0):
+        (its state for stage k+1, the pooled vector (rows, d) the heads read)."""
+
+
+def run_in_turn(loop: StageLoop, branches: Sequence[StageRunner], x: Any) -> Exited:
+    """Every branch in turn on the same prepared images ``x`` (rows first), stage by stage,
+    until every row has left ``loop``; the rows that leave are dropped from every branch's
+    state, so computation stops where it does on the devices."""
+    state = [x] * len(branches)
+    for k in range(loop.num_exits):
+        vectors = []
+        for i, branch in enumerate(branches):
+            state[i], v = branch.run_stage(k, state[i])
+            vectors.append(v)
+        keep = loop.step(k, vectors)
+        if loop.done:
+            break
+        state = [s[keep] for s in state]
+    return loop.result()

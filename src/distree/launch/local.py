@@ -176,10 +176,10 @@ class LocalCluster:
             wait_serving(address, proc=proc, tls=self.tls)
         return {name: address for name, (address, _) in launched.items()}
 
-    def start_command(self, name: str, args: Sequence[str], address: str) -> str:
-        """Start ``distree ARGS`` as the process ``name`` and return ``address`` once it
-        serves there (e.g. ``serve --cluster FILE``)."""
-        wait_serving(address, proc=self._spawn(name, args), tls=self.tls)
+    def start_command(self, name: str, args: Sequence[str], address: str, prefix: Sequence[str] = ()) -> str:
+        """Start ``distree ARGS`` (under ``prefix``) as the process ``name`` and return
+        ``address`` once it serves there (e.g. ``serve --cluster FILE``)."""
+        wait_serving(address, proc=self._spawn(name, args, prefix), tls=self.tls)
         return address
 
     def cpu_seconds(self) -> dict[str, float]:

@@ -11,6 +11,10 @@ run's weights before traffic starts. Paths in the file are relative to the file.
       - {name: board0, address: "board0.local:50061", branch: 0}
       - {name: board1, address: "board1.local:50061", branch: 1}
 
+On boards, without torch: ``export: cifar10-export`` (a ``distree export`` directory)
+instead of ``run``, and ``backend: onnxruntime`` in ``coordinator``; the check then reads
+the weights' fingerprints from the export's manifest.
+
 The check (``check_cluster``): every worker of a cluster file asked, before traffic starts,
 whether it is reachable, serving, on its branch and on the run's weights.
 
@@ -31,7 +35,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from distree.config import DEFAULT_POLICY, parse_config, read_yaml_mapping
+from distree.config import parse_config, read_yaml_mapping
+from distree.defaults import SERVE_DEFAULTS
 
 if TYPE_CHECKING:  # grpc is imported by the check only: `distree --help` reads these models
     from distree.runtime.security import TLSFiles
@@ -64,10 +69,12 @@ class WorkerEntry(_Entry):
 class CoordinatorEntry(_Entry):
     """The coordinator: where it listens and how it decides."""
 
-    listen: str = "127.0.0.1:50051"
-    policy: str = DEFAULT_POLICY
-    mode: Literal["lockstep", "eager"] = "lockstep"
+    listen: str = SERVE_DEFAULTS.listen
+    policy: str = SERVE_DEFAULTS.policy
+    mode: Literal["lockstep", "eager"] = SERVE_DEFAULTS.mode
     metrics_port: int | None = Field(default=None, gt=0, lt=65536)
+    #: Where the exit heads run: torch on the run's weights, or onnxruntime on the export.
+    backend: Literal["torch", "onnxruntime"] = SERVE_DEFAULTS.backend
 
     @field_validator("listen")
     @classmethod
@@ -92,12 +99,30 @@ class TLSEntry(_Entry):
 class ClusterFile(_Entry):
     """What ``--cluster FILE`` holds."""
 
-    run: Path  # the run directory the coordinator serves (and checks the workers' weights against)
+    run: Path | None = None  # the run directory a torch coordinator serves
+    export: Path | None = None  # the 'distree export' directory an onnxruntime coordinator serves
     coordinator: CoordinatorEntry = CoordinatorEntry()
     workers: list[WorkerEntry] = Field(min_length=1)
     token_file: Path | None = None  # the shared secret of every RPC
     tls: TLSEntry | None = None  # the coordinator's own certificate, towards clients
     worker_tls: TLSEntry | None = None  # how the coordinator reaches the workers (and check does)
+
+    @model_validator(mode="after")
+    def _model_for_the_backend(self) -> ClusterFile:
+        backend = self.coordinator.backend
+        if backend == "torch" and self.run is None:
+            raise ValueError(
+                "a torch coordinator serves a run: give run: RUN_DIR (or export: DIR with coordinator.backend "
+                "onnxruntime)"
+            )
+        if backend == "onnxruntime" and self.export is None:
+            raise ValueError("coordinator.backend onnxruntime serves an export: give export: EXPORT_DIR")
+        return self
+
+    @property
+    def served(self) -> Path:
+        """What the coordinator serves: the run (torch) or the export (onnxruntime)."""
+        return self.export if self.coordinator.backend == "onnxruntime" else self.run  # type: ignore[return-value]
 
     @model_validator(mode="after")
     def _one_worker_per_branch(self) -> ClusterFile:
@@ -133,6 +158,7 @@ def load_cluster(path: str | Path) -> ClusterFile:
     return cluster.model_copy(
         update={
             "run": where(cluster.run),
+            "export": where(cluster.export),
             "token_file": where(cluster.token_file),
             "tls": tls(cluster.tls),
             "worker_tls": tls(cluster.worker_tls),
@@ -212,7 +238,7 @@ def check_worker(
     if expected_fingerprint is not None:
         row.weights_match = info.fingerprint == expected_fingerprint
         if not row.weights_match:
-            row.problems.append("serves other weights than the run's (copy the run directory to it again)")
+            row.problems.append("serves other weights than the cluster file's model (copy it to the worker again)")
     return row
 
 

@@ -3,19 +3,27 @@ numpy and onnxruntime only: a process serving it never imports torch."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from distree.export.manifest import read_manifest
-from distree.export.ort import OrtBranch
+from distree.export.ort import CPU_PROVIDERS, OrtBranch, check_providers
 
 
 class OrtStages:
     """``StageBackend`` on onnxruntime: stage 0's graph normalises the images itself."""
 
-    def __init__(self, export_dir: str | Path, branch: int, threads: int | None = None):
+    def __init__(
+        self,
+        export_dir: str | Path,
+        branch: int,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+    ):
         self.export_dir, self.branch, self.threads = Path(export_dir), branch, threads
+        self.providers = check_providers(providers)
         self._ort: OrtBranch | None = None
         # Read now, so that a wrong directory or branch fails before the server starts.
         manifest = read_manifest(self.export_dir)
@@ -26,11 +34,12 @@ class OrtStages:
         self.stage_macs = [s.macs for s in manifest.stages[branch]]
         # The weights it was exported from: the coordinator checks them as a torch worker's.
         self.fingerprint = manifest.branch_fingerprints[branch]
-        self.description = f"onnxruntime {manifest.precision}"
+        on = "" if self.providers == list(CPU_PROVIDERS) else f" on {', '.join(self.providers)}"
+        self.description = f"onnxruntime {manifest.precision}{on}"
 
     def load(self) -> None:
         """Open every stage's session and run each once."""
-        self._ort = OrtBranch(self.export_dir, self.branch, self.threads)
+        self._ort = OrtBranch(self.export_dir, self.branch, self.threads, self.providers)
         self._ort.pooled(np.zeros((1, *self.input_shape), dtype=np.uint8))
 
     def as_input(self, images: np.ndarray) -> np.ndarray:

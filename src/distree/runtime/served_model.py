@@ -8,13 +8,14 @@ heads run differs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from distree.exits import StudentMacs
 from distree.inference.stage_loop import Fusion
-from distree.policies.calibration_file import CalibrationFile, read_calibration_file
+from distree.policies.calibration_file import CalibrationFile
 
 #: Where the coordinator runs the exit heads: a run's weights in PyTorch, or an export's
 #: ONNX files in onnxruntime.
@@ -45,18 +46,23 @@ class ServedModel:
         return len(self.macs.head)
 
 
-def served_model(source: str | Path, backend: HeadBackend = "torch", threads: int = 1) -> ServedModel:
-    """The model of a run directory (``torch``) or of an export directory (``onnxruntime``),
-    its heads computing on ``threads`` threads.
+def served_model(
+    source: str | Path, backend: HeadBackend = "torch", threads: int = 1, providers: Sequence[str] | None = None
+) -> ServedModel:
+    """The model of a run directory (``torch``) or of an export directory (``onnxruntime``,
+    on its execution ``providers``, default the CPU), its heads computing on ``threads``
+    threads.
 
     One by default: the heads are a few thousand MACs a row, run inline on the event loop,
     and a pool of threads per core spins against the gRPC work and any neighbour process
     (bench/runtime/contended.py measures the cluster beside a busy one).
     """
     if backend == "torch":
+        if providers:
+            raise ValueError("execution providers are onnxruntime's: give them with --backend onnxruntime")
         return _from_run(Path(source), threads)
     if backend == "onnxruntime":
-        return _from_export(Path(source), threads)
+        return _from_export(Path(source), threads, providers)
     raise ValueError(f"the heads' backend must be one of {', '.join(HEAD_BACKENDS)}, got {backend!r}")
 
 
@@ -85,7 +91,7 @@ def _from_run(path: Path, threads: int) -> ServedModel:
     )
 
 
-def _from_export(path: Path, threads: int) -> ServedModel:
+def _from_export(path: Path, threads: int, providers: Sequence[str] | None) -> ServedModel:
     try:
         from distree.export.ort import OrtHeads
     except ImportError as err:  # onnxruntime is an extra
@@ -93,19 +99,16 @@ def _from_export(path: Path, threads: int) -> ServedModel:
             f"--backend onnxruntime needs onnxruntime ({err.name} is not installed): pip install 'distree[onnx]'"
         ) from None
 
-    heads = OrtHeads(path, threads=threads)
+    heads = OrtHeads(path, threads=threads, providers=providers)
     m = heads.manifest
-    calibration = None
-    if m.calibration:
-        calibration = read_calibration_file(path / m.calibration)
     return ServedModel(
         source=path,
         fusion=heads,
-        macs=StudentMacs([[s.macs for s in per] for per in m.stages], [h.macs for h in m.heads]),
+        macs=heads.macs,
         input_shape=m.input_shape,
         classes=m.classes,
         branch_fingerprints=m.branch_fingerprints,
-        calibration=calibration,
+        calibration=heads.read_calibration(),
         calibration_hint="an export carries the calibration its run had when exported: calibrate the run, "
         "then export it again",
     )

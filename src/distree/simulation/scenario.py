@@ -8,9 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from distree.config import ConfigError, parse_config, read_yaml_mapping
-
-#: What ``distree sweep --param`` varies (``distree.simulation.sweep``).
-SWEEP_PARAMS = ("devices", "bandwidth", "rtt", "rate", "availability")
+from distree.defaults import SWEEP_PARAMS  # noqa: F401  (defined where the command line reads it)
 
 
 class _Strict(BaseModel):
