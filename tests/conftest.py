@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +40,29 @@ def missing_modules(path, modules):
             f'raise ModuleNotFoundError("{name} is not in this install", name="{name}")\n'
         )
     return path
+
+
+@contextlib.contextmanager
+def policy_registry_kept(*modules: str):
+    """distree's policy registry and $DISTREE_PLUGINS as they were, afterwards, and the
+    plug-in ``modules`` forgotten: a test's plug-in stays out of later tests."""
+    from distree.policies import registry
+
+    env = os.environ.pop(registry.PLUGINS_ENV, None)
+    saved, loaded = dict(registry._REGISTRY), set(registry._loaded)
+    try:
+        yield
+    finally:
+        # load_plugins names the module in the environment, for the processes distree starts.
+        os.environ.pop(registry.PLUGINS_ENV, None)
+        if env is not None:
+            os.environ[registry.PLUGINS_ENV] = env
+        registry._REGISTRY.clear()
+        registry._REGISTRY.update(saved)
+        registry._loaded.clear()
+        registry._loaded.update(loaded)
+        for m in modules:
+            sys.modules.pop(m, None)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import sys
 from collections import Counter
 
 import pytest
+from conftest import policy_registry_kept
 from servers import ThreadCluster
 
 from distree.cli.main import main
@@ -56,25 +57,11 @@ policies: [user-margin]
 @pytest.fixture
 def user_module(tmp_path, monkeypatch):
     """The user's module importable here; distree's policy registry as it was afterwards."""
-    from distree.policies import registry
-
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "my_policies.py").write_text(USER_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path / "mine"))
-    env = os.environ.get(registry.PLUGINS_ENV)
-    os.environ.pop(registry.PLUGINS_ENV, None)
-    saved, loaded = dict(registry._REGISTRY), set(registry._loaded)
-    yield tmp_path / "mine"
-    # load_plugins names the module in the environment, for the processes distree starts.
-    if env is None:
-        os.environ.pop(registry.PLUGINS_ENV, None)
-    else:
-        os.environ[registry.PLUGINS_ENV] = env
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(saved)
-    registry._loaded.clear()
-    registry._loaded.update(loaded)
-    sys.modules.pop("my_policies", None)
+    with policy_registry_kept("my_policies"):
+        yield tmp_path / "mine"
 
 
 @pytest.mark.slow  # calibrate, eval, an export and a simulation
