@@ -45,6 +45,14 @@ class DataInfo(BaseModel):
         return Normalization(self.mean, self.std)
 
 
+def with_precision(branch_fingerprint: str, precision: str) -> str:
+    """A branch fingerprint for weights stored at ``precision``: ``WEIGHTS-INPUT`` as it is
+    for full precision (fp32, what the run trained), ``WEIGHTS-INPUT-int8`` for an int8
+    export, whose answers differ from the run's, so that a coordinator does not take one
+    for the other."""
+    return branch_fingerprint if precision == "fp32" else f"{branch_fingerprint}-{precision}"
+
+
 def input_fingerprint(data: DataInfo) -> str:
     """A short hash of what a model's input must be: channels, size and normalisation."""
     described = json.dumps([data.in_channels, data.image_size, list(data.mean), list(data.std)])

@@ -21,6 +21,10 @@ def test_int8_export_is_calibrated_on_validation_and_evaluated_as_shipped(traine
     )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["precision"] == "int8"
+    # Its workers report the precision: a coordinator of the fp32 model refuses them by name.
+    assert manifest["branch_fingerprints"] == [
+        f"{run.branch_fingerprint(b)}-int8" for b in range(len(manifest["stages"]))
+    ]
     assert manifest["int8_calibration"] == {"split": "validation", "samples": 8, "method": "MinMax"}
     assert all(s["file"].endswith(".int8.onnx") for per in manifest["stages"] for s in per)
     assert all((out / h["file"]).is_file() for h in manifest["heads"])  # heads stay fp32

@@ -223,3 +223,17 @@ def test_connections_beyond_the_limit_are_refused_and_idle_ones_closed(trained):
             pass
         assert time.monotonic() - t0 < 15
         silent.close()
+
+
+def test_a_worker_at_another_precision_is_named_as_such():
+    from distree.run import with_precision
+    from distree.runtime.worker_link import fingerprint_mismatch
+
+    fp32 = "0123abcd-9f9f9f9f"
+    assert with_precision(fp32, "fp32") == fp32
+    int8 = with_precision(fp32, "int8")
+    assert int8 != fp32
+    said = fingerprint_mismatch(1, int8, fp32)
+    assert "another precision (int8; the coordinator's model is fp32" in said
+    assert "other weights" in fingerprint_mismatch(1, "ffff0000-9f9f9f9f", fp32)
+    assert "input normalisation" in fingerprint_mismatch(1, "0123abcd-00000000", fp32)

@@ -44,7 +44,7 @@ from distree.export.manifest import (
 )
 from distree.models import Branch, DistrEEStudent
 from distree.models.heads import ExitHead
-from distree.run import RunDir
+from distree.run import RunDir, with_precision
 
 OPSET = 18
 CALIBRATION_BATCH = 64
@@ -185,12 +185,13 @@ def export_onnx(
     if run.calibration_file.is_file():
         calibration = CALIBRATION_FILE
         shutil.copyfile(run.calibration_file, out / CALIBRATION_FILE)
+    precision = "fp32" if int8_images is None else "int8"
     manifest = ExportManifest(
-        precision="fp32" if int8_images is None else "int8",
+        precision=precision,
         opset=OPSET,
         run=str(run.path),
         fingerprint=run.student_fingerprint(),
-        branch_fingerprints=[run.branch_fingerprint(b) for b in range(n)],
+        branch_fingerprints=[with_precision(run.branch_fingerprint(b), precision) for b in range(n)],
         input_shape=(c, s, s),
         mean=norm.mean,
         std=norm.std,

@@ -32,15 +32,27 @@ class SessionEnded(RuntimeError):
     """The stream to a worker ended before a batch was answered."""
 
 
+def _fingerprint_parts(fingerprint: str) -> tuple[str, str, str]:
+    weights, _, rest = fingerprint.partition("-")
+    inputs, _, precision = rest.partition("-")
+    return weights, inputs, precision or "fp32"
+
+
 def fingerprint_mismatch(branch: int, reported: str, expected: str) -> str:
     """Why a worker reporting ``reported`` cannot serve ``branch`` of a model whose branch
-    fingerprint is ``expected`` (both ``WEIGHTS-INPUT``, ``RunDir.branch_fingerprint``)."""
-    got_weights, _, got_input = reported.partition("-")
-    want_weights, _, want_input = expected.partition("-")
-    if got_weights == want_weights and got_input != want_input:
+    fingerprint is ``expected`` (both ``WEIGHTS-INPUT[-PRECISION]``,
+    ``RunDir.branch_fingerprint`` and ``run.with_precision``)."""
+    got_weights, got_input, got_precision = _fingerprint_parts(reported)
+    want_weights, want_input, want_precision = _fingerprint_parts(expected)
+    if got_weights != want_weights:
+        what = "other weights"
+    elif got_input != want_input:
         what = "another input normalisation or image shape (data.mean, data.std in its run.json)"
     else:
-        what = "other weights"
+        what = (
+            f"the weights at another precision ({got_precision}; the coordinator's model is {want_precision}: "
+            "serve the export the workers serve)"
+        )
     return (
         f"worker serves branch {branch} with {what}: fingerprint {reported or 'none'}, the coordinator's model "
         f"has {expected}; is it another run directory?"
