@@ -1,7 +1,7 @@
 # distree images. Two targets:
 #   docker build --target board -t distree:board .   # a board's worker or coordinator: onnxruntime on an export, no torch
 #   docker build --target full -t distree:full .     # everything: torch coordinator and workers, training, export
-# deploy/compose.yaml builds both; docs/deploy.md says how to run them.
+# deploy/compose.yaml builds the board image; docs/deploy.md says how to run them.
 FROM python:3.11-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -60,7 +60,7 @@ def check_wheel() -> list[str]:
 
 
 #: What the sdist must hold for its tests to run (MANIFEST.in): the fixtures, the shipped run they serve.
-SDIST_FILES = ("tests/conftest.py", "tests/servers.py", "models/fashion-mnist/run.json")
+SDIST_FILES = ("tests/conftest.py", "tests/servers.py", "models/fashion-mnist/run.json", "docs/policies.md")
 
 
 def check_sdist() -> list[str]:

@@ -1,6 +1,8 @@
-"""Every shell command shown in README.md and docs/ still works as written.
+"""Every shell command shown in a ``sh`` block of README.md and docs/ still works as
+written, and every cluster file they show is valid. (Commands quoted inline in the text
+are not collected.)
 
-Each command in a ``sh`` block is checked by what it runs:
+Each command is checked by what it runs:
 
 - ``distree ...``: parsed by distree's own parser, its synopsis placeholders (``RUN_DIR``,
   ``HOST:PORT``, ``[optional]`` groups, ``a|b`` choices) filled in, so a renamed or
@@ -142,6 +144,23 @@ def _parses(where: str, argv: list[str]) -> None:
     except SystemExit as done:
         if done.code:
             pytest.fail(f"{where}: distree {shlex.join(argv)} does not parse")
+
+
+def test_the_cluster_files_the_docs_show_are_valid():
+    import yaml
+
+    from distree.config import parse_config
+    from distree.runtime.cluster import ClusterFile
+
+    shown = [
+        (doc, block)
+        for doc in DOCS
+        for block in re.findall(r"```yaml\n(.*?)```", doc.read_text(), re.DOTALL)
+        if block.startswith("# cluster.yaml")
+    ]
+    assert shown
+    for doc, block in shown:
+        parse_config(ClusterFile, yaml.safe_load(block), str(doc))
 
 
 def test_the_docs_show_commands():

@@ -27,7 +27,7 @@ def pillow():
         from PIL import Image
     except ImportError:
         raise ImportError(
-            "converting images (files, bytes, other sizes or colours) needs Pillow: pip install pillow"
+            "converting images (files, bytes, other sizes or colours) needs Pillow: pip install 'distree[images]'"
         ) from None
     return Image
 

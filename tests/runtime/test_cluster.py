@@ -112,3 +112,12 @@ def test_serve_and_check_a_cluster_from_its_file(trained, tmp_path, capsys):
         assert main(["cluster", "check", str(f), "--timeout-s", "1"]) == 1
         printed = capsys.readouterr().out
         assert "unreachable" in printed and "failing: board1" in printed
+
+
+def test_cluster_check_refuses_more_workers_than_the_model_has_branches(trained, tmp_path, capsys):
+    run, _ = trained
+    branches = len(run.meta.config.student.branches)
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(branches + 1)]
+    f = _write(tmp_path / "c.yaml", run=str(run.path), workers=_workers(addresses))
+    assert main(["cluster", "check", str(f)]) == 2
+    assert f"gives {branches + 1} workers; {run.path} has {branches} branches" in capsys.readouterr().err

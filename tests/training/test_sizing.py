@@ -50,3 +50,9 @@ def test_a_large_batch_recipe_learns_from_fewer_steps_but_not_fewer_images():
     short = RunConfig.model_validate({"teacher_optim": {"epochs": 4, "batch_size": 1024}})
     (warning,) = [w for w in too_few_steps(short, 45_000) if w.startswith("teacher")]
     assert "try --epochs 5" in warning  # 5 x 45,000 images pass MIN_SAMPLES
+
+
+def test_one_epoch_of_a_large_set_at_a_large_batch_is_still_too_short():
+    one = RunConfig.model_validate({"teacher_optim": {"epochs": 1, "batch_size": 1024}})
+    (warning,) = [w for w in too_few_steps(one, 100_000) if w.startswith("teacher")]
+    assert "98 optimizer steps" in warning and "try --epochs 1" not in warning

@@ -8,6 +8,11 @@ import dataclasses
 from distree.cli.args import POSITIVE, write_json
 
 
+def _same_branches(workers: int, branches: int, model) -> None:
+    if workers != branches:
+        raise ValueError(f"the cluster file gives {workers} workers; {model} has {branches} branches, one per worker")
+
+
 def cmd_cluster_check(args: argparse.Namespace) -> int:
     """One row per worker; exit 1 when any check fails, naming the worker and why."""
     from distree.runtime.cluster import check_cluster, load_cluster
@@ -19,11 +24,15 @@ def cmd_cluster_check(args: argparse.Namespace) -> int:
     if not args.skip_weights and cluster.coordinator.backend == "onnxruntime":
         from distree.export.manifest import read_manifest  # an export's manifest: no torch
 
-        expected = read_manifest(cluster.served).branch_fingerprints.__getitem__
+        fingerprints = read_manifest(cluster.served).branch_fingerprints
+        _same_branches(len(cluster.workers), len(fingerprints), cluster.served)
+        expected = fingerprints.__getitem__
     elif not args.skip_weights:
         from distree.run import RunDir  # reads the run's weights: needs distree[torch]
 
-        expected = RunDir(cluster.served).branch_fingerprint
+        run = RunDir(cluster.served)
+        _same_branches(len(cluster.workers), len(run.meta.config.student.branches), cluster.served)
+        expected = run.branch_fingerprint
     tls = cluster.worker_tls.files() if cluster.worker_tls else TLSFiles()
     rows = check_cluster(cluster, expected, resolve_token(None, cluster.token_file), tls, args.timeout_s)
 

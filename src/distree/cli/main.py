@@ -324,7 +324,7 @@ EXTRA_OF = {
     "safetensors": "distree[torch]",
     "scipy": "distree[torch]",
     "tqdm": "distree[torch]",
-    "PIL": "distree[torch]",
+    "PIL": "distree[images]",
     "matplotlib": "distree[train]",
     "simpy": "distree[sim]",
     "onnxruntime": "distree[onnx]",
@@ -339,6 +339,11 @@ def missing_extra(err: ImportError, backend: str | None = None) -> str:
     ``backend``: the command's ``--backend`` (torch, onnxruntime), whose extra brings
     ``distree[serve]`` too: named instead of it when the backend is missing as well."""
     top = (err.name or "").split(".")[0]
+    if EXTRA_OF.get(top) == "distree[serve]" and backend == "unknown":
+        return (
+            f"this command needs {top}, which is not installed: pip install 'distree[onnx]' to serve an export, "
+            "'distree[torch]' to serve a run"
+        )
     if EXTRA_OF.get(top) == "distree[serve]" and backend in EXTRA_OF:
         import importlib
 
@@ -357,8 +362,8 @@ def _backend(args: argparse.Namespace) -> str | None:
     serve's default when no cluster file can name another."""
     if not hasattr(args, "backend"):
         return None
-    if args.backend is None and not getattr(args, "cluster", None):
-        return SERVE_DEFAULTS.backend
+    if args.backend is None:  # a cluster file names it, unread yet
+        return "unknown" if getattr(args, "cluster", None) else SERVE_DEFAULTS.backend
     return args.backend
 
 

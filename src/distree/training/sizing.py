@@ -79,7 +79,8 @@ def fit_to_data(config: RunConfig, num_images: int) -> tuple[RunConfig, list[str
 
 def too_few_steps(config: RunConfig, num_images: int, teacher_trained: bool = True) -> list[str]:
     """A warning per phase whose schedule is too short to learn from (fewer than
-    ``MIN_STEPS`` steps and ``MIN_SAMPLES`` images seen), with a setting to try.
+    ``MIN_STEPS`` steps and either ``MIN_SAMPLES`` images seen or an eighth of the steps),
+    with a setting to try.
 
     ``teacher_trained`` False: the teacher comes from another run, only the student trains.
     """
@@ -87,9 +88,13 @@ def too_few_steps(config: RunConfig, num_images: int, teacher_trained: bool = Tr
     phases = [("teacher", config.teacher_optim)] if teacher_trained else []
     for phase, optim in [*phases, ("student", config.student_optim)]:
         n = steps(optim, num_images)
-        if n < MIN_STEPS and optim.epochs * num_images < MIN_SAMPLES:
+        few_images = optim.epochs * num_images < MIN_SAMPLES
+        if n < MIN_STEPS and (few_images or n < MIN_STEPS // 8):
             per_epoch = math.ceil(num_images / optim.batch_size)
-            enough = min(math.ceil(MIN_STEPS / per_epoch), math.ceil(MIN_SAMPLES / num_images))
+            enough = max(
+                min(math.ceil(MIN_STEPS / per_epoch), math.ceil(MIN_SAMPLES / num_images)),
+                math.ceil(MIN_STEPS // 8 / per_epoch),
+            )
             out.append(
                 f"{phase}: {n:,} optimizer steps ({optim.epochs} epoch{'s' * (optim.epochs != 1)} of "
                 f"{per_epoch} batches of {optim.batch_size}) are too few to learn from; about {MIN_STEPS:,} "
