@@ -7,7 +7,9 @@ Prints calls and inputs sent, inputs answered (and answered with fewer branches)
 failed with an explicit error (by status), calls lost (no answer, no error), duplicated,
 answers wrong (another class than the model offline for that input, exit and branches),
 proofs of the key an impostor received (all must be 0), large calls abandoned on purpose,
-and each restarted worker's time from SERVING to its first use.
+each restarted worker's time from SERVING to its first use, and the same counts per case
+(the event under way when a call started). Events are dealt from a shuffled deck, so
+every case comes up once in every len(EVENTS) events.
 
 Usage: python bench/runtime/chaos.py RUN_DIR --data PATH [--minutes 5] [--clients 4]
        [--events-per-minute 6] [--seed 0] [--json FILE]
@@ -22,7 +24,7 @@ import time
 from pathlib import Path
 
 from distree.data import load_data
-from distree.launch.chaos import model_expectations, run_soak
+from distree.launch.chaos import EVENTS, model_expectations, run_soak
 from distree.run import RunDir
 
 
@@ -59,6 +61,15 @@ def main() -> None:
     print(f"failed with an explicit error: {sum(r.errors.values())} calls {dict(r.errors)}")
     print(f"lost: {r.lost}  duplicated: {r.duplicated}  wrong: {r.wrong}  proofs to impostors: {r.proofs_to_impostors}")
     print(f"large calls abandoned on purpose: {r.abandoned}")
+    print("per case (the event under way when a call started):")
+    for name, c in sorted(r.by_case.items()):
+        print(
+            f"  {name:18} calls {c['calls']:6}  inputs answered {c['answered']:6}  failed {c['failed']:4}  "
+            f"lost {c['lost']}  wrong {c['wrong']}"
+        )
+    missing = [e for e in EVENTS if e not in r.by_case]
+    if missing:
+        print(f"cases that did not come up (run longer): {', '.join(missing)}")
     reuse = [v for v in r.reuse_s.values() if v is not None]
     never = [k for k, v in r.reuse_s.items() if v is None]
     if reuse:

@@ -8,13 +8,15 @@ answered (workers, coordinator, the clients' process); then the throughput besid
 neighbour as a share of the throughput without it.
 
 Usage: python bench/runtime/contended.py RUN_DIR --data PATH [--clients 128] [--seconds 60]
-       [--large 2048] [--modes lockstep,eager] [--policy max-prob] [--json FILE]
+       [--large 2048] [--modes lockstep,eager] [--policy max-prob] [--neighbour off,on]
+       [--coordinator-args '--max-groups 2'] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -99,6 +101,8 @@ def main() -> None:
     ap.add_argument("--large", type=int, default=2048)
     ap.add_argument("--modes", default="lockstep,eager")
     ap.add_argument("--policy", default="max-prob")
+    ap.add_argument("--neighbour", default="off,on", help="runs without and/or with the busy neighbour")
+    ap.add_argument("--coordinator-args", default="", help="more 'distree serve' options, e.g. '--max-groups 2'")
     ap.add_argument("--json")
     args = ap.parse_args()
     run = RunDir(args.run_dir)
@@ -109,8 +113,9 @@ def main() -> None:
     for mode in args.modes.split(","):
         with LocalCluster(run.path, log_dir=Path(tempfile.mkdtemp(prefix="distree-contended-"))) as cluster:
             cluster.start_workers(len(meta.config.student.branches))
-            coord = cluster.start_coordinator(extra=["--policy", args.policy, "--mode", mode])
-            for neighbour in (False, True):
+            extra = ["--policy", args.policy, "--mode", mode, *shlex.split(args.coordinator_args)]
+            coord = cluster.start_coordinator(extra=extra)
+            for neighbour in [{"off": False, "on": True}[n] for n in args.neighbour.split(",")]:
                 busy = subprocess.Popen([sys.executable, "-c", NEIGHBOUR]) if neighbour else None
                 try:
                     cpu0, own0 = cluster.cpu_seconds(), time.process_time()
@@ -134,13 +139,16 @@ def main() -> None:
                 )
                 print(f"          CPU ms per input: {cpu}", flush=True)
     for mode in args.modes.split(","):
-        alone, beside = (next(r for r in results if r["mode"] == mode and r["neighbour"] == n) for n in (False, True))
-        print(f"{mode}: beside the neighbour {beside['answers_per_s'] / max(alone['answers_per_s'], 1e-9):.2f}x alone")
+        runs = {r["neighbour"]: r for r in results if r["mode"] == mode}
+        if len(runs) == 2:
+            ratio = runs[True]["answers_per_s"] / max(runs[False]["answers_per_s"], 1e-9)
+            print(f"{mode}: beside the neighbour {ratio:.2f}x alone")
     out = {
         "machine": machine(),
         "clients": args.clients,
         "seconds": args.seconds,
         "policy": args.policy,
+        "coordinator_args": args.coordinator_args,
         "results": results,
         "provenance": provenance(["python", *sys.argv]).model_dump(mode="json"),
     }

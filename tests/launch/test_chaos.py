@@ -18,5 +18,9 @@ def test_no_call_is_lost_or_duplicated_through_kills_pauses_and_restarts(trained
     assert r.lost == 0 and r.duplicated == 0 and r.wrong == 0
     assert r.proofs_to_impostors == 0 and r.abandoned == 1
     assert r.answered > 0
+    # Every call is counted under the case under way when it started.
+    assert set(r.by_case) <= {"none", *EVENTS}
+    assert sum(c["calls"] for c in r.by_case.values()) == r.calls
+    assert sum(c["answered"] for c in r.by_case.values()) == r.answered
     assert set(r.errors) <= {"UNAVAILABLE"}, r.errors  # the coordinator's downtime, said as such
     assert all(v is not None for v in r.reuse_s.values()), r.reuse_s  # the restarted worker served again

@@ -64,11 +64,18 @@ class SoakResult:
     abandoned: int = 0  # large calls given up by their client on purpose (not lost)
     proofs_to_impostors: int = 0  # calls that carried a proof of the key to an impostor
     events: list[tuple[float, str]] = field(default_factory=list)
+    #: Per case (the event under way when a call started, "none" before the first): calls,
+    #: inputs answered, calls failed with a status, lost, answers wrong.
+    by_case: dict[str, Counter] = field(default_factory=dict)
     reuse_s: dict[str, float | None] = field(default_factory=dict)  # restart -> seconds to first use
 
     def to_json(self) -> dict:
         """JSON-ready."""
-        return {**self.__dict__, "errors": dict(self.errors)}
+        return {
+            **self.__dict__,
+            "errors": dict(self.errors),
+            "by_case": {case: dict(c) for case, c in self.by_case.items()},
+        }
 
 
 def run_soak(
@@ -94,6 +101,8 @@ def run_soak(
     that differs where the lead is under 1e-3 is a near tie, not counted as wrong)."""
     rng = random.Random(seed)
     result = SoakResult()
+    case = ["none"]  # the event under way: what a call started now is counted under
+    deck: list[str] = []  # random events are dealt from a shuffled deck: every case comes up
     lock = threading.Lock()
     stop = threading.Event()
     served: list[tuple[float, list[int]]] = []  # (time, branches) of every answer
@@ -109,6 +118,7 @@ def run_soak(
             crng = random.Random(seed * 1000 + k)
             with DistreeClient(coord, token=KEY, timeout_s=client_timeout_s) as c:
                 while not stop.is_set():
+                    during = case[0]
                     size = crng.choice([1, 1, 1, 2, 4, 16])
                     start = crng.randrange(0, len(images) - size + 1)
                     outcome: str
@@ -120,21 +130,28 @@ def run_soak(
                         answers = []
                     now = time.monotonic()
                     with lock:
+                        per = result.by_case.setdefault(during, Counter())
+                        per["calls"] += 1
                         result.calls += 1
                         result.inputs += size
                         if outcome == "ok":
                             result.answered += len(answers)
+                            per["answered"] += len(answers)
                             if expected is not None:
                                 for j, a in enumerate(answers):
                                     want, lead = expected(start + j, a.exit, a.branches)
-                                    result.wrong += a.prediction != want and lead >= 1e-3
+                                    wrong = a.prediction != want and lead >= 1e-3
+                                    result.wrong += wrong
+                                    per["wrong"] += wrong
                             result.duplicated += len(answers) > size
                             result.fewer_branches += sum(len(a.branches) < n for a in answers)
                             served.extend((now, a.branches) for a in answers)
                         elif outcome == grpc.StatusCode.DEADLINE_EXCEEDED.name:
                             result.lost += 1  # no answer and no error within the timeout
+                            per["lost"] += 1
                         else:
                             result.errors[outcome] += 1
+                            per["failed"] += 1
                     if outcome != "ok":
                         time.sleep(0.05)
 
@@ -154,7 +171,10 @@ def run_soak(
                     time.sleep(rng.expovariate(events_per_minute / 60))
                     if time.monotonic() - t0 >= seconds:
                         break
-                event = queue.pop(0) if queue is not None else rng.choice(EVENTS)
+                if queue is None and not deck:
+                    deck = rng.sample(EVENTS, len(EVENTS))
+                event = queue.pop(0) if queue is not None else deck.pop()
+                case[0] = event
                 at = round(time.monotonic() - t0, 2)
                 if event in ("kill-worker", "pause-worker"):
                     b = rng.randrange(n)
