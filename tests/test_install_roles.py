@@ -108,3 +108,27 @@ def test_a_command_a_client_install_lacks_names_the_extra_in_one_line(argv, need
     err = [line for line in proc.stderr.strip().splitlines() if not line.startswith("$ ")]
     assert proc.returncode == 2, proc.stderr
     assert len(err) == 1 and needs in err[0], proc.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("argv", "_"), NEEDS_AN_EXTRA, ids=[a[0] for a, _ in NEEDS_AN_EXTRA])
+def test_on_a_board_install_a_command_works_or_says_what_it_lacks_in_one_line(argv, _, board_only, tmp_path):
+    """A board's install (distree[onnx]): each command runs, or exits 2 with one line (the
+    extra it lacks, or what is wrong with its input), never a traceback."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    argv = [str(tmp_path / a) if a in ("RUN", "EXPORT", "REPORT") else a for a in argv]
+    proc = subprocess.run(
+        [sys.executable, "-m", "distree", *argv],
+        env={**os.environ, "PYTHONPATH": str(board_only)},
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=120,
+    )
+    err = [line for line in proc.stderr.strip().splitlines() if not line.startswith("$ ")]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode in (0, 2), proc.stderr
+    if proc.returncode == 2:
+        assert len(err) == 1 and err[0].startswith("distree ") and ": error: " in err[0], proc.stderr
