@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import threading
 import time
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from distree.data import load_data
 from distree.launch.local import LocalCluster
+from distree.provenance import machine, provenance
 from distree.run import RunDir
 from distree.runtime.client import DistreeClient, InferenceError
 
@@ -85,6 +87,8 @@ def main() -> None:
     out["single_fewer_branches"] = sum(b is not None and b < n for _, b in small)
     out["single_failed"] = sum(b is None for _, b in small)
     out["single_max_s"] = round(max(s for s, _ in small), 2) if small else None
+    out["machine"] = machine()
+    out["provenance"] = provenance(["python", *sys.argv]).model_dump(mode="json")
     print(json.dumps(out, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
