@@ -139,5 +139,5 @@ def test_distree_load_of_an_export_answers_as_the_run_does(trained, trained_expo
     ]
     assert len({x.exit for x in a}) > 1
     np.testing.assert_allclose([x.probabilities for x in a], [y.probabilities for y in b], atol=1e-4)
-    with pytest.raises(ValueError, match="providers are for an export"):
+    with pytest.raises(ValueError, match="providers and threads are for an export"):
         distree.load(run.path, providers=["CPUExecutionProvider"])
