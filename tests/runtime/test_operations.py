@@ -149,7 +149,9 @@ def test_sigterm_answers_the_calls_in_flight_and_workers_exit_quickly(trained, t
 
     run, splits = trained
     with LocalCluster(run.path, log_dir=tmp_path) as cluster:
-        workers = cluster.start_workers(RUNTIME_BRANCHES)
+        # A grace period far longer than the exit it allows: a worker that waited it out with
+        # sessions open would take 30 s, one that exits as it should takes a fraction of it.
+        workers = cluster.start_workers(RUNTIME_BRANCHES, extra=["--grace-s", "30"])
         coord = cluster.start_coordinator()
         with DistreeClient(coord) as client:
             client.infer(splits.test.images[:1])  # sessions to every worker are open
@@ -175,12 +177,13 @@ def test_sigterm_answers_the_calls_in_flight_and_workers_exit_quickly(trained, t
         os.kill(paused.pid, signal.SIGCONT)
         assert cluster.procs["coordinator"].wait(timeout=15) == 0
         assert not errors and len(answers) == 16, errors[:3]
-        # A worker whose session is open exits within 2 s of SIGTERM, without a traceback.
+        # A worker whose session is open exits at once on SIGTERM (it has no call in flight),
+        # without a traceback, not after its grace period: seconds at most on a loaded machine.
         worker = cluster.procs["worker0"]
         t0 = time.monotonic()
         worker.terminate()
-        assert worker.wait(timeout=10) == 0
-        assert time.monotonic() - t0 < 2.0
+        assert worker.wait(timeout=30) == 0
+        assert time.monotonic() - t0 < 10.0
         del workers
     assert "Traceback" not in (tmp_path / "worker0.log").read_text()
     assert "Traceback" not in (tmp_path / "coordinator.log").read_text()
