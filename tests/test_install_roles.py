@@ -89,21 +89,26 @@ NEEDS_AN_EXTRA = [
 ]
 
 
+def _distree_as(install, argv: list[str], tmp_path) -> subprocess.CompletedProcess:
+    """``distree ARGV`` from the repository root in a process with ``install`` (a missing-
+    modules folder) first on PYTHONPATH; RUN, EXPORT and REPORT become paths in ``tmp_path``."""
+    from pathlib import Path
+
+    argv = [str(tmp_path / a) if a in ("RUN", "EXPORT", "REPORT") else a for a in argv]
+    return subprocess.run(
+        [sys.executable, "-m", "distree", *argv],
+        env={**os.environ, "PYTHONPATH": str(install)},
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize(("argv", "needs"), NEEDS_AN_EXTRA, ids=[a[0] for a, _ in NEEDS_AN_EXTRA])
 def test_a_command_a_client_install_lacks_names_the_extra_in_one_line(argv, needs, client_only, tmp_path):
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    argv = [str(tmp_path / a) if a in ("RUN", "EXPORT", "REPORT") else a for a in argv]
-    proc = subprocess.run(
-        [sys.executable, "-m", "distree", *argv],
-        env={**os.environ, "PYTHONPATH": str(client_only)},
-        capture_output=True,
-        text=True,
-        cwd=root,
-        timeout=120,
-    )
+    proc = _distree_as(client_only, argv, tmp_path)
     # quickstart says each step's command before running it ("$ distree train ...").
     err = [line for line in proc.stderr.strip().splitlines() if not line.startswith("$ ")]
     assert proc.returncode == 2, proc.stderr
@@ -115,18 +120,7 @@ def test_a_command_a_client_install_lacks_names_the_extra_in_one_line(argv, need
 def test_on_a_board_install_a_command_works_or_says_what_it_lacks_in_one_line(argv, _, board_only, tmp_path):
     """A board's install (distree[onnx]): each command runs, or exits 2 with one line (the
     extra it lacks, or what is wrong with its input), never a traceback."""
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    argv = [str(tmp_path / a) if a in ("RUN", "EXPORT", "REPORT") else a for a in argv]
-    proc = subprocess.run(
-        [sys.executable, "-m", "distree", *argv],
-        env={**os.environ, "PYTHONPATH": str(board_only)},
-        capture_output=True,
-        text=True,
-        cwd=root,
-        timeout=120,
-    )
+    proc = _distree_as(board_only, argv, tmp_path)
     err = [line for line in proc.stderr.strip().splitlines() if not line.startswith("$ ")]
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode in (0, 2), proc.stderr
