@@ -21,6 +21,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from distree.launch.local import free_port
 from distree.run import RunDir
 from distree.runtime.coordinator import CoordinatorOptions, serve_coordinator
+from distree.runtime.proto import distree_pb2 as pb
+from distree.runtime.proto import distree_pb2_grpc as pb_grpc
 from distree.runtime.security import ServerLimits, TLSFiles
 from distree.runtime.served_model import served_model
 from distree.runtime.torch_stages import TorchStages
@@ -140,3 +142,26 @@ class ThreadCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def stages_run(workers: list[str]) -> int:
+    """Stages the workers at ``workers`` have run since they started (one per input and stage)."""
+    total = 0
+    for address in workers:
+        with grpc.insecure_channel(address) as ch:
+            total += pb_grpc.WorkerStub(ch).Info(pb.InfoRequest(), timeout=5).stages_run
+    return total
+
+
+def settled_stages(workers: list[str], quiet_s: float = 0.5, timeout_s: float = 10.0) -> tuple[int, float]:
+    """The workers' stage count once it has not moved for ``quiet_s``, and when it last moved."""
+    last, moved = stages_run(workers), time.monotonic()
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        time.sleep(0.05)
+        now = stages_run(workers)
+        if now != last:
+            last, moved = now, time.monotonic()
+        elif time.monotonic() - moved >= quiet_s:
+            return last, moved
+    raise AssertionError(f"the workers were still running stages after {timeout_s} s")

@@ -10,6 +10,10 @@ one message out and one back on each of --streams streams (one per worker), fed 
 the coordinator feeds its sessions (an async generator per stream).
 
 Usage: python bench/runtime/grpc_unary_vs_stream.py [--seconds 4] [--bytes 256] [--streams 4]
+       [--option grpc.http2.bdp_probe=0 ...]
+
+``--option`` sets a gRPC channel argument (integer value) on both ends, to measure what it
+changes.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ def _identity(b: bytes) -> bytes:
     return b
 
 
-async def _serve(port: int, ready) -> None:
+async def _serve(port: int, ready, options: list[tuple[str, int]]) -> None:
     async def unary(request: bytes, context) -> bytes:
         return request
 
@@ -42,7 +46,7 @@ async def _serve(port: int, ready) -> None:
         "Unary": grpc.unary_unary_rpc_method_handler(unary, _identity, _identity),
         "Stream": grpc.stream_stream_rpc_method_handler(stream, _identity, _identity),
     }
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -50,8 +54,8 @@ async def _serve(port: int, ready) -> None:
     await server.wait_for_termination()
 
 
-def _server_main(port: int, ready) -> None:
-    asyncio.run(_serve(port, ready))
+def _server_main(port: int, ready, options: list[tuple[str, int]]) -> None:
+    asyncio.run(_serve(port, ready, options))
 
 
 def _cpu_s(pid: int) -> float:
@@ -71,9 +75,11 @@ async def _timed(pid: int, seconds: float, round_trip) -> str:
     return f"{wall:.3f} ms round trip, {cpu:.3f} ms server CPU, {client:.3f} ms client CPU ({n} rounds)"
 
 
-async def _measure(port: int, pid: int, seconds: float, size: int, streams: int) -> None:
+async def _measure(
+    port: int, pid: int, seconds: float, size: int, streams: int, options: list[tuple[str, int]]
+) -> None:
     payload = b"x" * size
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as ch:
         unary = ch.unary_unary(f"/{SERVICE}/Unary", _identity, _identity)
 
         async def unary_round() -> None:
@@ -120,16 +126,24 @@ def main() -> None:
     ap.add_argument("--bytes", type=int, default=256)
     ap.add_argument("--streams", type=int, default=4, help="streams of the fan-out round (workers)")
     ap.add_argument("--port", type=int, default=50977)
+    ap.add_argument("--option", action="append", default=[], help="a gRPC channel argument KEY=INT, both ends")
     args = ap.parse_args()
+    options = []
+    for o in args.option:
+        key, _, value = o.partition("=")
+        try:
+            options.append((key, int(value)))
+        except ValueError:
+            ap.error(f"--option {o}: expected KEY=INTEGER")
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
-    proc = ctx.Process(target=_server_main, args=(args.port, ready), daemon=True)
+    proc = ctx.Process(target=_server_main, args=(args.port, ready, options), daemon=True)
     proc.start()
     try:
         if not ready.wait(30):
             raise RuntimeError("echo server did not start")
-        print(f"machine: {machine()}; message {args.bytes} bytes")
-        asyncio.run(_measure(args.port, proc.pid, args.seconds, args.bytes, args.streams))
+        print(f"machine: {machine()}; message {args.bytes} bytes; options {options or 'none'}")
+        asyncio.run(_measure(args.port, proc.pid, args.seconds, args.bytes, args.streams, options))
     finally:
         proc.terminate()
         proc.join()

@@ -13,7 +13,7 @@ from conftest import RUNTIME_BRANCHES, until
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from distree.launch.local import LocalCluster, free_port
-from distree.runtime.client import DistreeClient
+from distree.runtime.client import DistreeClient, InferenceError
 from distree.runtime.proto import distree_pb2 as pb
 from distree.runtime.proto import distree_pb2_grpc as pb_grpc
 from distree.runtime.security import ClientAuth
@@ -152,9 +152,11 @@ def test_sigterm_answers_the_calls_in_flight_and_workers_exit_quickly(trained, t
         # A grace period far longer than the exit it allows: a worker that waited it out with
         # sessions open would take 30 s, one that exits as it should takes a fraction of it.
         workers = cluster.start_workers(RUNTIME_BRANCHES, extra=["--grace-s", "30"])
-        coord = cluster.start_coordinator()
-        with DistreeClient(coord) as client:
-            client.infer(splits.test.images[:1])  # sessions to every worker are open
+        # The same grace for the coordinator: it must end the streams its clients keep open
+        # (``idle`` below) itself, once their calls are answered, not wait the grace out.
+        coord = cluster.start_coordinator(extra=["--grace-s", "30"])
+        idle = DistreeClient(coord)
+        idle.infer(splits.test.images[:1])  # sessions to every worker are open, and idle's stream
         # A paused worker holds every call at stage 0 until the stage deadline (1 s).
         paused = cluster.procs["worker2"]
         os.kill(paused.pid, signal.SIGSTOP)
@@ -176,6 +178,10 @@ def test_sigterm_answers_the_calls_in_flight_and_workers_exit_quickly(trained, t
             t.join(timeout=30)
         os.kill(paused.pid, signal.SIGCONT)
         assert cluster.procs["coordinator"].wait(timeout=15) == 0
+        with pytest.raises(InferenceError) as gone:
+            idle.infer(splits.test.images[:1])
+        assert gone.value.code == grpc.StatusCode.UNAVAILABLE
+        idle.close()
         assert not errors and len(answers) == 16, errors[:3]
         # A worker whose session is open exits at once on SIGTERM (it has no call in flight),
         # without a traceback, not after its grace period: seconds at most on a loaded machine.

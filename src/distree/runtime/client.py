@@ -3,7 +3,12 @@ also takes torch tensors, without importing torch)."""
 
 from __future__ import annotations
 
+import itertools
+import queue
+import threading
 from collections.abc import Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import grpc
 import numpy as np
@@ -32,9 +37,83 @@ class InferenceError(RuntimeError):
         self.code = code
 
 
+def _error(code: grpc.StatusCode, details: str) -> InferenceError:
+    """The error a caller gets for a call ended with ``code``."""
+    if code == grpc.StatusCode.CANCELLED:  # never by this client: see InferenceError
+        code = grpc.StatusCode.UNAVAILABLE
+        details = f"the coordinator shut down before taking the call ({details})"
+    return InferenceError(code, details)
+
+
+_STATUS = {c.value[0]: c for c in grpc.StatusCode}
+
+
+class _InferStream:
+    """One open ``InferStream`` call that the client's threads share: each call a message
+    with its id, its answer routed back by a reader thread."""
+
+    def __init__(self, stub: pb_grpc.CoordinatorStub, metadata: tuple[tuple[str, str], ...]):
+        self.metadata = metadata
+        self._requests: queue.SimpleQueue[pb.InferStreamRequest | None] = queue.SimpleQueue()
+        self._waiting: dict[int, Future] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self.ended: InferenceError | None = None  # why the stream ended; then it takes no calls
+        self._call = stub.InferStream(iter(self._requests.get, None), metadata=metadata)
+        threading.Thread(target=self._read, name="distree-infer-stream", daemon=True).start()
+
+    def send(self, request: pb.InferRequest) -> tuple[int, Future]:
+        """Send a call; its future gets the InferReply or an InferenceError."""
+        answer: Future = Future()
+        with self._lock:
+            if self.ended is not None:
+                raise self.ended
+            call_id = next(self._ids)
+            self._waiting[call_id] = answer
+            self._requests.put(pb.InferStreamRequest(id=call_id, request=request))
+        return call_id, answer
+
+    def cancel(self, call_id: int) -> None:
+        """Give up on a call: the coordinator stops running it."""
+        with self._lock:
+            if self._waiting.pop(call_id, None) is not None and self.ended is None:
+                self._requests.put(pb.InferStreamRequest(id=call_id, cancel=True))
+
+    def _read(self) -> None:
+        try:
+            for reply in self._call:
+                with self._lock:
+                    answer = self._waiting.pop(reply.id, None)
+                if answer is None:
+                    continue  # given up on
+                if reply.code:
+                    answer.set_exception(_error(_STATUS.get(reply.code, grpc.StatusCode.UNKNOWN), reply.details))
+                else:
+                    answer.set_result(reply.reply)
+            err = InferenceError(
+                grpc.StatusCode.UNAVAILABLE, "the coordinator ended the stream before taking the call (shutting down?)"
+            )
+        except grpc.RpcError as rpc_err:
+            err = _error(rpc_err.code(), rpc_err.details())
+        with self._lock:
+            self.ended = err
+            waiting, self._waiting = self._waiting, {}
+        for answer in waiting.values():
+            answer.set_exception(err)
+
+    def close(self) -> None:
+        """End the stream once the calls sent are answered."""
+        self._requests.put(None)
+
+
 class DistreeClient:
     """Blocking client: ``DistreeClient("host:port").infer(["frame.png"])``, images as they
     come (``distree.images``) or a uint8 numpy array or torch tensor of the model's shape."""
+
+    #: Calls of at most this many inputs ride the client's one open stream, where a call
+    #: costs the coordinator about half as much; larger ones go as calls of their own, so
+    #: that their upload does not hold the small calls back.
+    STREAM_MAX_INPUTS = 64
 
     def __init__(self, address: str, token: str | None = None, tls: TLSFiles = TLSFiles(), timeout_s: float = 60.0):
         self._channel = make_blocking_channel(address, tls)  # a restarted coordinator is reached within seconds
@@ -42,6 +121,9 @@ class DistreeClient:
         self._auth = ClientAuth(token, f"the coordinator at {address}", expect="coordinator")
         self.timeout_s = timeout_s
         self._info: pb.ModelInfoReply | None = None
+        self._stream: _InferStream | None = None
+        self._stream_lock = threading.Lock()
+        self._streams = True  # False once the coordinator said it has no InferStream
 
     def _call(self, method, request):
         metadata: tuple[tuple[str, str], ...] = ()
@@ -60,11 +142,44 @@ class DistreeClient:
         except ImpostorError as err:
             raise InferenceError(grpc.StatusCode.UNAUTHENTICATED, str(err)) from None
         except grpc.RpcError as err:
-            code, details = err.code(), err.details()
-            if code == grpc.StatusCode.CANCELLED:  # never by this client: see InferenceError
-                code = grpc.StatusCode.UNAVAILABLE
-                details = f"the coordinator shut down before taking the call ({details})"
-            raise InferenceError(code, details) from None
+            raise _error(err.code(), err.details()) from None
+
+    def _open_stream(self) -> _InferStream:
+        with self._stream_lock:
+            if self._stream is None or self._stream.ended is not None:
+                try:
+                    metadata = self._auth.metadata(self._channel, self.timeout_s)
+                except ImpostorError as err:
+                    raise InferenceError(grpc.StatusCode.UNAUTHENTICATED, str(err)) from None
+                except grpc.RpcError as err:
+                    raise _error(err.code(), err.details()) from None
+                self._stream = _InferStream(self._stub, metadata)
+            return self._stream
+
+    def _call_on_stream(self, request: pb.InferRequest) -> pb.InferReply:
+        """A call on the open stream (opened, or opened again, as needed)."""
+        for attempt in range(2):
+            stream = self._open_stream()
+            call_id = None
+            try:
+                call_id, answer = stream.send(request)
+                return answer.result(timeout=self.timeout_s)
+            except FutureTimeout:
+                stream.cancel(call_id)
+                raise InferenceError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {self.timeout_s} s"
+                ) from None
+            except InferenceError as err:
+                if err.code == grpc.StatusCode.UNIMPLEMENTED:  # a coordinator without streams
+                    self._streams = False
+                    return self._call(self._stub.Infer, request)
+                if err.code == grpc.StatusCode.UNAUTHENTICATED and stream.metadata and not attempt:
+                    # Refused before anything ran: a proof over a challenge the coordinator
+                    # no longer knows (it restarted). Once more, after a new challenge.
+                    self._auth.forget()
+                    continue
+                raise err from None
+        raise AssertionError("unreachable")
 
     def model_info(self) -> pb.ModelInfoReply:
         """What the coordinator serves (asked once per client, then kept)."""
@@ -95,7 +210,11 @@ class DistreeClient:
         return [a for i in range(0, len(x), step) for a in self._infer(x[i : i + step], deadline_ms, info.classes)]
 
     def _infer(self, images: np.ndarray, deadline_ms: float, classes: Sequence[str]) -> list[Answer]:
-        reply = self._call(self._stub.Infer, pb.InferRequest(images=to_proto(images), deadline_ms=deadline_ms))
+        request = pb.InferRequest(images=to_proto(images), deadline_ms=deadline_ms)
+        if self._streams and len(images) <= self.STREAM_MAX_INPUTS:
+            reply = self._call_on_stream(request)
+        else:
+            reply = self._call(self._stub.Infer, request)
         return [
             Answer(
                 prediction=r.prediction,
@@ -113,7 +232,9 @@ class DistreeClient:
         ]
 
     def close(self) -> None:
-        """Close the channel."""
+        """Close the stream and the channel."""
+        if self._stream is not None:
+            self._stream.close()
         self._channel.close()
 
     def __enter__(self) -> DistreeClient:

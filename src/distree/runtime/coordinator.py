@@ -184,6 +184,86 @@ class _Eager:
                     f.exception()  # a stage that failed after the answer is no news
 
 
+class Refused(Exception):
+    """A call answered with a status (``code``, ``details``) instead of results."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+_CODES = {c: c.value[0] for c in grpc.StatusCode}
+
+
+class _InferStream:
+    """The calls of one ``InferStream``: each message a task that queues its reply."""
+
+    def __init__(self, coordinator: Coordinator):
+        self.coordinator = coordinator
+        self.replies: asyncio.Queue[pb.InferStreamReply | None] = asyncio.Queue()
+        self.running: dict[int, asyncio.Task] = {}
+
+    async def read(self, request_iterator) -> None:
+        """Take the client's messages until it ends its side or the coordinator stops
+        admitting; then wait for the calls taken, and end the replies."""
+        messages = aiter(request_iterator)
+        stopping = asyncio.ensure_future(self.coordinator.stopping.wait())
+        message: asyncio.Future | None = None
+        try:
+            while True:
+                message = asyncio.ensure_future(anext(messages))
+                await asyncio.wait({message, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not message.done():  # shutting down: take no more messages
+                    break
+                try:
+                    m = message.result()
+                except (StopAsyncIteration, grpc.aio.AioRpcError):  # the client ended its side, or went away
+                    break
+                if m.cancel:
+                    task = self.running.get(m.id)
+                    if task is not None:
+                        task.cancel()
+                elif m.id in self.running:
+                    self.replies.put_nowait(
+                        pb.InferStreamReply(
+                            id=m.id,
+                            code=_CODES[grpc.StatusCode.INVALID_ARGUMENT],
+                            details=f"call id {m.id} is already in flight on this stream",
+                        )
+                    )
+                else:
+                    self.running[m.id] = asyncio.ensure_future(self._one(m.id, m.request))
+            if self.running:
+                await asyncio.wait(list(self.running.values()))
+        finally:
+            stopping.cancel()
+            if message is not None and not message.cancel() and not message.cancelled():
+                message.exception()  # the end of the stream, or the error that ended it: no news
+            self.replies.put_nowait(None)
+
+    async def _one(self, call_id: int, request: pb.InferRequest) -> None:
+        try:
+            reply = pb.InferStreamReply(id=call_id, reply=await self.coordinator.answer(request))
+        except Refused as refused:
+            reply = pb.InferStreamReply(id=call_id, code=_CODES[refused.code], details=refused.details)
+        except asyncio.CancelledError:
+            reply = pb.InferStreamReply(
+                id=call_id, code=_CODES[grpc.StatusCode.CANCELLED], details="cancelled by the client"
+            )
+        except Exception as err:  # answered UNKNOWN, as a call of its own that raised would be
+            log.exception("call failed", extra={"call_id": call_id})
+            reply = pb.InferStreamReply(id=call_id, code=_CODES[grpc.StatusCode.UNKNOWN], details=str(err))
+        finally:
+            self.running.pop(call_id, None)
+        self.replies.put_nowait(reply)
+
+    def abandon(self) -> None:
+        """The stream ended: the calls still running have nobody to answer."""
+        for task in list(self.running.values()):
+            task.cancel()
+
+
 class Coordinator(pb_grpc.CoordinatorServicer):
     """The application-facing inference service."""
 
@@ -217,6 +297,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         self._running = 0  # groups in flight
         self._groups: set[asyncio.Task] = set()  # their tasks: the event loop holds only weak references
         self._admission = asyncio.Event()  # a call arrived or a group ended
+        self.stopping = asyncio.Event()  # set when shutting down: new calls are refused
 
     async def watch_workers(self) -> None:
         """Probe workers that are down, each on its back-off schedule, and health-check the
@@ -447,24 +528,28 @@ class Coordinator(pb_grpc.CoordinatorServicer):
 
     # -- RPCs --------------------------------------------------------------------------
 
-    async def Infer(self, request, context):  # noqa: N802 - gRPC method name
-        """Answer a batch of inputs; they run with the other calls waiting at the time."""
+    async def answer(self, request: pb.InferRequest) -> pb.InferReply:
+        """Answer a batch of inputs; they run with the other calls waiting at the time.
+        Raises ``Refused`` for a call answered with a status instead (bad input, a full
+        queue, no branch), whether it came as a call of its own or on a stream."""
         try:
             images = array_from_proto(
                 request.images, "images", ("uint8",), (None, *self.input_shape), MAX_INPUTS * 4096 * 3
             )
         except InvalidTensor as err:
             metrics.REQUESTS.labels("invalid").inc()
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
         if images.shape[0] > MAX_INPUTS:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_INPUTS} inputs per call")
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_INPUTS} inputs per call")
         if request.deadline_ms < 0 or not math.isfinite(request.deadline_ms):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "deadline_ms must be a finite number >= 0")
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "deadline_ms must be a finite number >= 0")
+        if self.stopping.is_set():
+            raise Refused(grpc.StatusCode.UNAVAILABLE, "the coordinator is shutting down: send the call again")
         limit = self.options.max_queued_inputs
         # An idle queue takes any call (a call may be larger than the bound).
         if self._queue.rows and self._queue.rows + images.shape[0] > limit:
             metrics.REQUESTS.labels("refused").inc(images.shape[0])
-            await context.abort(
+            raise Refused(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the coordinator has {self._queue.rows} inputs waiting to start (at most {limit}): try again later",
             )
@@ -489,13 +574,39 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         failed = next((p for p in parts if isinstance(p, BaseException)), None)
         if isinstance(failed, NoBranchError):
             metrics.REQUESTS.labels("no-branch").inc(len(images))
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(failed))
+            raise Refused(grpc.StatusCode.UNAVAILABLE, str(failed))
         if failed is not None:
             raise failed
         results = [r for part in parts for r in part]
         metrics.REQUESTS.labels("ok").inc(len(images))
         metrics.REQUEST_SECONDS.observe(time.perf_counter() - t0)
         return pb.InferReply(results=results)
+
+    async def Infer(self, request, context):  # noqa: N802 - gRPC method name
+        """One call: ``answer`` it, or end it with the status it was refused with."""
+        try:
+            return await self.answer(request)
+        except Refused as refused:
+            await context.abort(refused.code, refused.details)
+
+    async def InferStream(self, request_iterator, context):  # noqa: N802 - gRPC method name
+        """Calls on one stream (``InferStreamRequest``), each answered as it finishes, with
+        its id and status. When the client ends its side, the stream ends once every call
+        taken is answered; when the client goes away, its calls are abandoned (they stop
+        costing the workers as a cancelled call does)."""
+        stream = _InferStream(self)
+        reader = asyncio.ensure_future(stream.read(request_iterator))
+        try:
+            while (reply := await stream.replies.get()) is not None:
+                yield reply
+        finally:
+            reader.cancel()
+            stream.abandon()
+
+    def stop_admitting(self) -> None:
+        """Shutting down: calls that arrive from now on are refused with UNAVAILABLE, and
+        streams end once they have answered the calls they took."""
+        self.stopping.set()
 
     async def ModelInfo(self, request, context):  # noqa: N802
         """Shapes, classes, exits, policy and per-exit MACs of the served model."""
@@ -552,7 +663,7 @@ async def serve_coordinator(
     tasks = [asyncio.ensure_future(t) for t in (coord.watch_workers(), coord.admit(), track_health())]
     log.info("listening", extra={"address": listen, "port": port, "mode": options.mode, "policy": options.policy})
     try:
-        await serve_until_stopped(server, health_servicer, grace_s, log)
+        await serve_until_stopped(server, health_servicer, grace_s, log, coord.stop_admitting)
     finally:
         for t in tasks:
             t.cancel()

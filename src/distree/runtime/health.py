@@ -47,11 +47,16 @@ async def start_server(
 
 
 async def serve_until_stopped(
-    server: aio.Server, health_servicer: HealthServicer, grace_s: float, log: logging.Logger
+    server: aio.Server,
+    health_servicer: HealthServicer,
+    grace_s: float,
+    log: logging.Logger,
+    on_stop: Callable[[], None] = lambda: None,
 ) -> None:
     """Serve until SIGTERM or SIGINT (what ``docker stop``, systemd and Ctrl-C send) or until
-    cancelled; then drain: NOT_SERVING first, so load balancers stop sending, then the calls
-    in flight get up to ``grace_s`` to finish, then log ``stopped``."""
+    cancelled; then drain: NOT_SERVING first, so load balancers stop sending, ``on_stop()``
+    (what the service does to stop taking work on calls already open, such as streams), then
+    the calls in flight get up to ``grace_s`` to finish, then log ``stopped``."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = (signal.SIGTERM, signal.SIGINT)
@@ -69,5 +74,6 @@ async def serve_until_stopped(
         for sig in handled:
             loop.remove_signal_handler(sig)
         await set_health(health_servicer, NOT_SERVING)
+        on_stop()
         await server.stop(grace=grace_s)
         log.info("stopped")

@@ -144,6 +144,28 @@ class InferReply(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[InferResult]
     def __init__(self, results: _Optional[_Iterable[_Union[InferResult, _Mapping]]] = ...) -> None: ...
 
+class InferStreamRequest(_message.Message):
+    __slots__ = ("id", "request", "cancel")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    request: InferRequest
+    cancel: bool
+    def __init__(self, id: _Optional[int] = ..., request: _Optional[_Union[InferRequest, _Mapping]] = ..., cancel: _Optional[bool] = ...) -> None: ...
+
+class InferStreamReply(_message.Message):
+    __slots__ = ("id", "reply", "code", "details")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    reply: InferReply
+    code: int
+    details: str
+    def __init__(self, id: _Optional[int] = ..., reply: _Optional[_Union[InferReply, _Mapping]] = ..., code: _Optional[int] = ..., details: _Optional[str] = ...) -> None: ...
+
 class ModelInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -5,7 +5,7 @@ import warnings
 
 from distree.runtime.proto import distree_pb2 as distree_dot_runtime_dot_proto_dot_distree__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -325,6 +325,11 @@ class CoordinatorStub:
                 request_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.InferRequest.SerializeToString,
                 response_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.InferReply.FromString,
                 _registered_method=True)
+        self.InferStream = channel.stream_stream(
+                '/distree.v1.Coordinator/InferStream',
+                request_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.InferStreamRequest.SerializeToString,
+                response_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.InferStreamReply.FromString,
+                _registered_method=True)
         self.ModelInfo = channel.unary_unary(
                 '/distree.v1.Coordinator/ModelInfo',
                 request_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.ModelInfoRequest.SerializeToString,
@@ -337,6 +342,15 @@ class CoordinatorServicer:
 
     def Infer(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InferStream(self, request_iterator, context):
+        """Many calls on one stream, each answered (in the order they finish) with its id and
+        status. While the coordinator shuts down it answers what it took, refuses new calls
+        with UNAVAILABLE, and ends the stream once nothing is left to answer.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -354,6 +368,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Infer,
                     request_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.InferRequest.FromString,
                     response_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.InferReply.SerializeToString,
+            ),
+            'InferStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.InferStream,
+                    request_deserializer=distree_dot_runtime_dot_proto_dot_distree__pb2.InferStreamRequest.FromString,
+                    response_serializer=distree_dot_runtime_dot_proto_dot_distree__pb2.InferStreamReply.SerializeToString,
             ),
             'ModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelInfo,
@@ -388,6 +407,33 @@ class Coordinator:
             '/distree.v1.Coordinator/Infer',
             distree_dot_runtime_dot_proto_dot_distree__pb2.InferRequest.SerializeToString,
             distree_dot_runtime_dot_proto_dot_distree__pb2.InferReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InferStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/distree.v1.Coordinator/InferStream',
+            distree_dot_runtime_dot_proto_dot_distree__pb2.InferStreamRequest.SerializeToString,
+            distree_dot_runtime_dot_proto_dot_distree__pb2.InferStreamReply.FromString,
             options,
             channel_credentials,
             insecure,
