@@ -12,9 +12,15 @@ policy, bookkeeping), tensor conversion, the coordinator's or the worker's own P
 worker's branch compute, and the rest; then the functions with the most self time.
 Needs py-spy (``pip install py-spy``) and the right to trace a child process.
 
+``--native`` samples every thread with its native frames instead (py-spy stops the
+process at each sample, so the load runs a little slower): torch and gRPC release the GIL
+in their C++ work, which the default sampling therefore misses. Samples of threads
+waiting (in epoll_wait, poll, futex and the like) are left out, so the shares are of the
+process's busy time.
+
 Usage: python bench/runtime/profile_coordinator.py RUN_DIR --data PATH [--mode lockstep]
        [--policy max-prob] [--clients 1,32] [--n 600] [--process coordinator|worker0]
-       [--json FILE]
+       [--native] [--json FILE]
 """
 
 from __future__ import annotations
@@ -65,32 +71,35 @@ def classify(stack: list[str]) -> str:
     return "other"
 
 
-def profile(pid: int, seconds: float, out: Path) -> list[tuple[list[str], int]]:
-    """py-spy's raw samples of ``pid`` for ``seconds``: (stack, count) pairs."""
-    subprocess.run(
-        [
-            "py-spy",
-            "record",
-            "--pid",
-            str(pid),
-            "--duration",
-            str(int(seconds)),
-            "--rate",
-            "500",
-            "--format",
-            "raw",
-            "--output",
-            str(out),
-            "--nonblocking",
-            "--gil",
-        ],
-        check=True,
-        capture_output=True,
-    )
+#: Innermost native frames of a thread that waits rather than works.
+WAITING = (
+    "epoll_wait",
+    "epoll_pwait",
+    "poll",
+    "ppoll",
+    "select",
+    "pselect",
+    "futex",
+    "pthread_cond",
+    "sem_wait",
+    "nanosleep",
+)
+
+
+def profile(pid: int, seconds: float, out: Path, native: bool = False) -> list[tuple[list[str], int]]:
+    """py-spy's raw samples of ``pid`` for ``seconds``: (stack, count) pairs; the thread
+    holding the GIL only, or (``native``) every busy thread with its native frames."""
+    how = ["--native"] if native else ["--nonblocking", "--gil"]
+    rate = ["--duration", str(int(seconds)), "--rate", "500"]
+    cmd = ["py-spy", "record", "--pid", str(pid), *rate, "--format", "raw", "--output", str(out), *how]
+    subprocess.run(cmd, check=True, capture_output=True)
     samples = []
     for line in out.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        samples.append((stack.split(";"), int(count)))
+        frames = stack.split(";")
+        if native and frames[-1].split(" ")[0].startswith(WAITING):
+            continue
+        samples.append((frames, int(count)))
     return samples
 
 
@@ -117,6 +126,7 @@ def main() -> None:
     ap.add_argument("--clients", default="1,32", help="single-image client counts to profile under")
     ap.add_argument("--n", type=int, default=600, help="test images per load")
     ap.add_argument("--process", default="coordinator", help="what to profile: coordinator, or workerN")
+    ap.add_argument("--native", action="store_true", help="every busy thread, native frames included")
     ap.add_argument("--json")
     args = ap.parse_args()
     if shutil.which("py-spy") is None:
@@ -131,6 +141,7 @@ def main() -> None:
         "mode": args.mode,
         "policy": args.policy,
         "process": args.process,
+        "native": args.native,
         "loads": {},
     }
     tmp = Path(tempfile.mkdtemp(prefix="distree-profile-"))
@@ -149,7 +160,7 @@ def main() -> None:
             stage_inputs = sum(r["exit"] + 1 for r in load["requests"])
             wall = len(images) / load["throughput_per_s"]
             with concurrent_load(coord, images, labels, clients):
-                samples = profile(pid, max(2.0, wall * 0.8), tmp / f"raw-{clients}.txt")
+                samples = profile(pid, max(2.0, wall * 0.8), tmp / f"raw-{clients}.txt", args.native)
             total = sum(c for _, c in samples)
             parts = collections.Counter()
             self_time = collections.Counter()

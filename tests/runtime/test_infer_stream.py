@@ -99,7 +99,9 @@ def test_a_call_given_up_on_a_stream_stops_costing_the_workers(trained):
 def test_a_client_that_times_out_on_the_stream_can_call_again(cluster):
     coordinator, _, images = cluster
     many = np.resize(images, (64, *images.shape[1:]))
-    with DistreeClient(coordinator, timeout_s=0.001) as client:
+    with DistreeClient(coordinator, timeout_s=30) as client:
+        client.model_info()  # asked once, then kept
+        client.timeout_s = 0.001
         with pytest.raises(InferenceError, match="DEADLINE_EXCEEDED: no answer within") as err:
             client.infer(many)
         assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -118,3 +120,17 @@ def test_an_id_in_flight_twice_is_refused_and_the_first_call_still_answered(clus
         replies = list(pb_grpc.CoordinatorStub(ch).InferStream(iter(messages), timeout=60))
     assert [r.code for r in replies] == [grpc.StatusCode.INVALID_ARGUMENT.value[0], 0]
     assert "already in flight" in replies[0].details and len(replies[1].reply.results) == 512
+
+
+def test_a_message_that_cannot_be_read_ends_the_stream_with_the_reason_after_the_calls_taken(cluster):
+    coordinator, _, images = cluster
+    good = pb.InferStreamRequest(id=1, request=_request(images[:2])).SerializeToString()
+    with grpc.insecure_channel(coordinator) as ch:
+        raw = ch.stream_stream("/distree.v1.Coordinator/InferStream")  # bytes both ways
+        replies = raw(iter([good, b"\xff\xff\xff"]), timeout=30)
+        first = pb.InferStreamReply.FromString(next(replies))
+        with pytest.raises(grpc.RpcError) as ended:
+            next(replies)
+    assert first.id == 1 and first.code == 0 and len(first.reply.results) == 2
+    assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "a message on the stream" in ended.value.details()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -37,12 +38,16 @@ class InferenceError(RuntimeError):
         self.code = code
 
 
+def _status(code: grpc.StatusCode, details: str) -> tuple[grpc.StatusCode, str]:
+    """The status a caller is told of for a call ended with ``code``."""
+    if code == grpc.StatusCode.CANCELLED:  # never by this client: see InferenceError
+        return grpc.StatusCode.UNAVAILABLE, f"the coordinator shut down before taking the call ({details})"
+    return code, details
+
+
 def _error(code: grpc.StatusCode, details: str) -> InferenceError:
     """The error a caller gets for a call ended with ``code``."""
-    if code == grpc.StatusCode.CANCELLED:  # never by this client: see InferenceError
-        code = grpc.StatusCode.UNAVAILABLE
-        details = f"the coordinator shut down before taking the call ({details})"
-    return InferenceError(code, details)
+    return InferenceError(*_status(code, details))
 
 
 _STATUS = {c.value[0]: c for c in grpc.StatusCode}
@@ -58,7 +63,8 @@ class _InferStream:
         self._waiting: dict[int, Future] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        self.ended: InferenceError | None = None  # why the stream ended; then it takes no calls
+        self._closed = False  # closed by this client
+        self.ended: tuple[grpc.StatusCode, str] | None = None  # why the stream ended; then it takes no calls
         self._call = stub.InferStream(iter(self._requests.get, None), metadata=metadata)
         threading.Thread(target=self._read, name="distree-infer-stream", daemon=True).start()
 
@@ -67,7 +73,7 @@ class _InferStream:
         answer: Future = Future()
         with self._lock:
             if self.ended is not None:
-                raise self.ended
+                raise InferenceError(*self.ended)
             call_id = next(self._ids)
             self._waiting[call_id] = answer
             self._requests.put(pb.InferStreamRequest(id=call_id, request=request))
@@ -90,20 +96,27 @@ class _InferStream:
                     answer.set_exception(_error(_STATUS.get(reply.code, grpc.StatusCode.UNKNOWN), reply.details))
                 else:
                     answer.set_result(reply.reply)
-            err = InferenceError(
-                grpc.StatusCode.UNAVAILABLE, "the coordinator ended the stream before taking the call (shutting down?)"
+            ended = (
+                grpc.StatusCode.UNAVAILABLE,
+                "the coordinator ended the stream before taking the call (shutting down?)",
             )
-        except grpc.RpcError as rpc_err:
-            err = _error(rpc_err.code(), rpc_err.details())
+        except grpc.RpcError as err:
+            if self._closed and err.code() == grpc.StatusCode.CANCELLED:
+                ended = (grpc.StatusCode.CANCELLED, "the client was closed while the call waited")
+            else:
+                ended = _status(err.code(), err.details())
         with self._lock:
-            self.ended = err
+            self.ended = ended
             waiting, self._waiting = self._waiting, {}
+            self._requests.put(None)  # ends gRPC's thread that sends the requests
         for answer in waiting.values():
-            answer.set_exception(err)
+            answer.set_exception(InferenceError(*ended))
 
     def close(self) -> None:
-        """End the stream once the calls sent are answered."""
+        """End the stream: calls still waiting get CANCELLED."""
+        self._closed = True
         self._requests.put(None)
+        self._call.cancel()
 
 
 class DistreeClient:
@@ -124,6 +137,9 @@ class DistreeClient:
         self._stream: _InferStream | None = None
         self._stream_lock = threading.Lock()
         self._streams = True  # False once the coordinator said it has no InferStream
+        # A client dropped without close() must not hold its stream (and a connection of
+        # the coordinator's) open: closing the channel ends the stream and its threads.
+        self._finalizer = weakref.finalize(self, self._channel.close)
 
     def _call(self, method, request):
         metadata: tuple[tuple[str, str], ...] = ()
@@ -235,7 +251,7 @@ class DistreeClient:
         """Close the stream and the channel."""
         if self._stream is not None:
             self._stream.close()
-        self._channel.close()
+        self._finalizer()
 
     def __enter__(self) -> DistreeClient:
         return self

@@ -42,6 +42,7 @@ log = logging.getLogger("distree.coordinator")
 
 MODES = ("lockstep", "eager")
 MAX_INPUTS = 4096
+MAX_STREAM_CALLS = 256  # calls in flight on one InferStream (running, or answered and not yet sent)
 
 
 class NoBranchError(RuntimeError):
@@ -197,50 +198,80 @@ _CODES = {c: c.value[0] for c in grpc.StatusCode}
 
 
 class _InferStream:
-    """The calls of one ``InferStream``: each message a task that queues its reply."""
+    """The calls of one ``InferStream``: each message a task that queues its reply.
 
-    def __init__(self, coordinator: Coordinator):
+    At most ``max_calls`` calls are in flight on a stream (running, or answered and not yet
+    sent): beyond it the stream is not read, so a client that sends without reading its
+    replies is held back by the transport instead of filling the coordinator's memory."""
+
+    def __init__(self, coordinator: Coordinator, max_calls: int):
         self.coordinator = coordinator
         self.replies: asyncio.Queue[pb.InferStreamReply | None] = asyncio.Queue()
         self.running: dict[int, asyncio.Task] = {}
+        self.slots = asyncio.Semaphore(max_calls)  # released when a call's reply is sent
+        self.malformed: str | None = None  # why the client's last message could not be read
+        self._changed = asyncio.Event()  # a call ended
 
     async def read(self, request_iterator) -> None:
-        """Take the client's messages until it ends its side or the coordinator stops
-        admitting; then wait for the calls taken, and end the replies."""
+        """Take the client's messages until it ends its side, sends what cannot be read, or
+        the coordinator shuts down and nothing is running any more (meanwhile new calls are
+        refused and cancels are taken); then wait for the calls taken, and end the replies."""
         messages = aiter(request_iterator)
-        stopping = asyncio.ensure_future(self.coordinator.stopping.wait())
+        done = asyncio.ensure_future(self._stopped_and_idle())
         message: asyncio.Future | None = None
         try:
             while True:
-                message = asyncio.ensure_future(anext(messages))
-                await asyncio.wait({message, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if not message.done():  # shutting down: take no more messages
+                message = asyncio.ensure_future(self._next(messages))
+                await asyncio.wait({message, done}, return_when=asyncio.FIRST_COMPLETED)
+                if not message.done():  # shutting down, and every call answered
                     break
                 try:
                     m = message.result()
-                except (StopAsyncIteration, grpc.aio.AioRpcError):  # the client ended its side, or went away
+                except StopAsyncIteration:  # the client ended its side
                     break
-                if m.cancel:
-                    task = self.running.get(m.id)
-                    if task is not None:
-                        task.cancel()
-                elif m.id in self.running:
-                    self.replies.put_nowait(
-                        pb.InferStreamReply(
-                            id=m.id,
-                            code=_CODES[grpc.StatusCode.INVALID_ARGUMENT],
-                            details=f"call id {m.id} is already in flight on this stream",
-                        )
-                    )
-                else:
-                    self.running[m.id] = asyncio.ensure_future(self._one(m.id, m.request))
-            if self.running:
-                await asyncio.wait(list(self.running.values()))
+                except Exception as err:  # noqa: BLE001 - the stream ends with the reason, once the calls taken are answered
+                    self.malformed = f"{type(err).__name__}: {err}"
+                    break
+                self._take(m)
+            while self.running:
+                self._changed.clear()
+                await self._changed.wait()
         finally:
-            stopping.cancel()
+            done.cancel()
             if message is not None and not message.cancel() and not message.cancelled():
                 message.exception()  # the end of the stream, or the error that ended it: no news
             self.replies.put_nowait(None)
+
+    async def _next(self, messages) -> pb.InferStreamRequest:
+        await self.slots.acquire()
+        try:
+            return await anext(messages)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    async def _stopped_and_idle(self) -> None:
+        await self.coordinator.stopping.wait()
+        while self.running:
+            self._changed.clear()
+            await self._changed.wait()
+
+    def _take(self, m: pb.InferStreamRequest) -> None:
+        if m.cancel:
+            self.slots.release()  # a cancel gets no reply
+            task = self.running.get(m.id)
+            if task is not None:
+                task.cancel()
+        elif m.id in self.running:
+            self._reply(m.id, grpc.StatusCode.INVALID_ARGUMENT, f"call id {m.id} is already in flight on this stream")
+        elif self.coordinator.stopping.is_set():
+            metrics.REQUESTS.labels("stopping").inc(m.request.images.shape[0] if len(m.request.images.shape) else 1)
+            self._reply(m.id, grpc.StatusCode.UNAVAILABLE, "the coordinator is shutting down: send the call again")
+        else:
+            self.running[m.id] = asyncio.ensure_future(self._one(m.id, m.request))
+
+    def _reply(self, call_id: int, code: grpc.StatusCode, details: str) -> None:
+        self.replies.put_nowait(pb.InferStreamReply(id=call_id, code=_CODES[code], details=details))
 
     async def _one(self, call_id: int, request: pb.InferRequest) -> None:
         try:
@@ -256,6 +287,7 @@ class _InferStream:
             reply = pb.InferStreamReply(id=call_id, code=_CODES[grpc.StatusCode.UNKNOWN], details=str(err))
         finally:
             self.running.pop(call_id, None)
+            self._changed.set()
         self.replies.put_nowait(reply)
 
     def abandon(self) -> None:
@@ -543,8 +575,6 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_INPUTS} inputs per call")
         if request.deadline_ms < 0 or not math.isfinite(request.deadline_ms):
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "deadline_ms must be a finite number >= 0")
-        if self.stopping.is_set():
-            raise Refused(grpc.StatusCode.UNAVAILABLE, "the coordinator is shutting down: send the call again")
         limit = self.options.max_queued_inputs
         # An idle queue takes any call (a call may be larger than the bound).
         if self._queue.rows and self._queue.rows + images.shape[0] > limit:
@@ -594,18 +624,23 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         its id and status. When the client ends its side, the stream ends once every call
         taken is answered; when the client goes away, its calls are abandoned (they stop
         costing the workers as a cancelled call does)."""
-        stream = _InferStream(self)
+        stream = _InferStream(self, MAX_STREAM_CALLS)
         reader = asyncio.ensure_future(stream.read(request_iterator))
         try:
             while (reply := await stream.replies.get()) is not None:
                 yield reply
+                stream.slots.release()
+            await reader
         finally:
             reader.cancel()
             stream.abandon()
+        if stream.malformed is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a message on the stream: {stream.malformed}")
 
     def stop_admitting(self) -> None:
-        """Shutting down: calls that arrive from now on are refused with UNAVAILABLE, and
-        streams end once they have answered the calls they took."""
+        """Shutting down: calls that arrive on a stream from now on are refused with
+        UNAVAILABLE, and streams end once they have answered the calls they took (the
+        server itself refuses new calls of their own)."""
         self.stopping.set()
 
     async def ModelInfo(self, request, context):  # noqa: N802
