@@ -224,6 +224,14 @@ class DistillConfig(_Strict):
         "and the teacher (CE + KD), so that the branches' own features at one exit are comparable and their "
         "agreement can serve as an exit criterion",
     )
+    subset_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the device-subset term: for each sample a wake order (a rotation of the branches, "
+        "starting anywhere) is drawn, and the first 1, 2, ..., N-1 branches of it, fused through every exit head, "
+        "learn the labels and the teacher (CE + KD), so that the subsets a depth-and-devices schedule runs on "
+        "are each accurate (docs/policies.md)",
+    )
     teacher_views: int = Field(
         0,
         ge=0,

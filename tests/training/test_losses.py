@@ -66,6 +66,32 @@ def test_branch_term_trains_each_branch_alone_through_every_head():
     torch.testing.assert_close(terms["branch"], expected / (3 * len(outs)))
 
 
+def test_subset_term_trains_the_first_devices_of_a_random_wake_order_through_every_head():
+    x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 4, (6,))
+    plain_loss, plain = _objective(branch_dropout=0.0)(x, y)
+    obj = _objective(branch_dropout=0.0, subset_weight=0.5)
+    torch.manual_seed(1)
+    loss, terms = obj(x, y)
+    assert "subset" not in plain and terms["subset"] > 0
+    torch.testing.assert_close(loss, plain_loss + 0.5 * terms["subset"])
+    # Sample i wakes branches start_i, start_i + 1, ... (mod 3): its first one, then two,
+    # fused through each exit head; CE + KD of each, averaged.
+    torch.manual_seed(1)
+    start = torch.randint(0, 3, (6,))
+    with torch.no_grad():
+        t = obj._teacher[0](x)
+        outs, vectors = obj.student.run_exits(x)
+        expected = 0.0
+        for m in (1, 2):
+            for head, per_branch in zip(obj.student.heads, vectors):
+                for i in range(6):
+                    awake = {(int(start[i]) + j) % 3 for j in range(m)}
+                    out = head([v[i : i + 1] if b in awake else None for b, v in enumerate(per_branch)])
+                    expected += torch.nn.functional.cross_entropy(out.logits, y[i : i + 1]) / 6
+                    expected += distillation_loss(out.logits, t.logits[i : i + 1], 4.0) / 6
+    torch.testing.assert_close(terms["subset"], expected / (2 * len(outs)))
+
+
 def test_terms_vanish_when_student_matches_teacher():
     """With a teacher that says exactly what the student's exit says, KD and FT are zero."""
     torch.manual_seed(0)

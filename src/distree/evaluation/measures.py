@@ -4,6 +4,7 @@ thresholds, its calibration on validation, AUROC, and the tables with k of N bra
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from itertools import combinations
 
@@ -12,13 +13,16 @@ import torch
 from scipy.stats import mannwhitneyu
 
 from distree.evaluation.results import AtTarget, PresentResult
-from distree.inference.records import exit_costs, fuse_exits, fuse_random_subsets
+from distree.inference.costs import ExitCosts
+from distree.inference.records import exit_costs, fuse_exits, fuse_random_subsets, fuse_schedule, schedule_costs
 from distree.models import DistrEEStudent, ExitRecords
 from distree.policies import exit_scores, make_policy, policy_class
+from distree.policies.base import first_passing
 from distree.policies.calibration import (
     DEFAULT_CONFIDENCE,
     Calibration,
     calibrate,
+    calibrate_choice,
     calibrate_targets,
     candidate_thresholds,
     outcome,
@@ -30,6 +34,7 @@ from distree.policies.calibration_file import (
     PolicyCalibration,
     model_thresholds,
 )
+from distree.policies.schedule import Step, candidate_schedules
 
 DEFAULT_MAX_DROP_PP = 0.5
 
@@ -223,3 +228,63 @@ def sweep_policy(
         del r["exit_histogram"], r["saving_by_exit"]
         rows.append({"policy": policy, "step": i, **r})
     return rows
+
+
+def device_schedules(
+    model: DistrEEStudent,
+    policy: str,
+    val_vectors: list[list[torch.Tensor]],
+    val_labels: torch.Tensor,
+    test_vectors: list[list[torch.Tensor]],
+    test_labels: torch.Tensor,
+    max_drop_pp: float = DEFAULT_MAX_DROP_PP,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> dict:
+    """``policy`` over depth only (every device for every input) and over depth and devices
+    (a schedule chosen on validation with its thresholds, ``calibrate_choice``), each
+    calibrated for ``max_drop_pp`` at ``confidence`` and measured on test: accuracy, drop,
+    saving, the share of inputs answered with each number of devices awake, and each
+    device's busy share (the MACs it ran over what it runs under full execution). Inputs
+    start on the branches in turn (input i on branch i mod N)."""
+    n = model.num_branches
+    num_exits = model.num_exits
+    schedules = list(candidate_schedules(num_exits, n))
+
+    def recorded(vectors, labels, schedule):
+        starts = torch.arange(labels.shape[0]) % n
+        rec = fuse_schedule(model, vectors, schedule, starts)
+        scores, correct = scores_and_correct(policy, rec, labels)
+        return scores, correct, schedule_costs(model, policy, schedule, starts)
+
+    val = [recorded(val_vectors, val_labels, s) for s in schedules]
+    full_macs = float(model.macs.full())
+    costs = ExitCosts(model.macs, make_policy(policy))
+    per_device_full = [costs.device(b, Step(num_exits - 1, n), 0) for b in range(n)]
+    out = {}
+    for name, choices in (("depth", val[:1]), ("depth-and-devices", val)):
+        c, cal = calibrate_choice(choices, full_macs, max_drop_pp, confidence)
+        schedule = schedules[c]
+        scores, correct, macs = recorded(test_vectors, test_labels, schedule)
+        stop = torch.from_numpy(first_passing(scores.double().numpy(), cal.thresholds))
+        n_test = stop.shape[0]
+        right = correct[stop, torch.arange(n_test)]
+        spent = macs[stop, torch.arange(n_test)].double()
+        starts = torch.arange(n_test) % n
+        awake = torch.tensor([schedule.steps[i].awake for i in stop.tolist()])
+        busy = [
+            sum(costs.device(b, schedule.steps[i], s) for i, s in zip(stop.tolist(), starts.tolist()))
+            / (per_device_full[b] * n_test)
+            for b in range(n)
+        ]
+        full_acc = float(correct[-1].float().mean())
+        out[name] = {
+            "schedule": schedule.label,
+            "thresholds": [round(t, 6) if math.isfinite(t) else None for t in cal.thresholds],
+            "validation_saving": round(cal.saving, 4),
+            "accuracy": round(float(right.float().mean()), 4),
+            "drop_pp": round((full_acc - float(right.float().mean())) * 100, 2) + 0.0,
+            "saving": round(1 - float(spent.mean()) / full_macs, 4),
+            "answered_by_devices": {str(k): round(float((awake == k).float().mean()), 4) for k in range(1, n + 1)},
+            "device_busy": [round(b, 4) for b in busy],
+        }
+    return out

@@ -20,6 +20,7 @@ from distree.evaluation.measures import (
     at_targets,
     branches_present_table,
     calibrate_policies,
+    device_schedules,
     evaluate_policy,
     exit_auroc,
     model_thresholds,
@@ -33,12 +34,13 @@ from distree.evaluation.results import (
     PolicyResult,
     PolicyResults,
     RunResult,
+    ScheduleResult,
     format_run,
 )
 from distree.inference.records import branch_vectors, fuse_exits, student_exits, teacher_logits
 from distree.models import DistrEEStudent
 from distree.models.macs import count_macs
-from distree.policies import policy_names
+from distree.policies import DEFAULT_POLICY, policy_names
 from distree.policies.calibration_file import CalibrationFile, CalibrationTarget
 from distree.provenance import Provenance
 from distree.run import RunDir
@@ -217,12 +219,20 @@ def evaluate_policies(
             w.writerows(rows)
         plot_policy_curves(rows, png_path, f"{run.path.name}: accuracy vs computation (test split)")
         curves = Curves(csv=str(csv_path), png=str(png_path))
+    target = saved.target
+    schedules = None
+    if target.max_drop_pp is not None and target.confidence is not None and student.num_branches > 1:
+        found = device_schedules(
+            student, DEFAULT_POLICY, val_vec, splits.val.labels, test_vec, y, target.max_drop_pp, target.confidence
+        )
+        schedules = {name: ScheduleResult(**r) for name, r in found.items()}
     return PolicyResults(
-        target=saved.target,
+        target=target,
         calibration_saved=not in_memory,
         policies=results,
         branches_present=branches_present_table(student, test_vec, y, saved, policies),
         curves=curves,
+        depth_and_devices=schedules,
     )
 
 

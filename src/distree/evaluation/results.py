@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, model_serializer
 
-from distree.policies import policy_class
+from distree.policies import DEFAULT_POLICY, policy_class
 from distree.policies.calibration_file import CalibrationTarget, PolicyCalibration
 from distree.provenance import Provenance
 from distree.tables import render
@@ -77,6 +77,20 @@ class PresentResult(_Record):
     saving: float
 
 
+class ScheduleResult(_Record):
+    """A policy over a schedule of (exit, devices awake) steps, calibrated on validation and
+    measured on test (``measures.device_schedules``)."""
+
+    schedule: str  # exit:awake per step
+    thresholds: list[float | None]  # per step but the last; None: never stops there
+    validation_saving: float
+    accuracy: float
+    drop_pp: float  # against full execution
+    saving: float
+    answered_by_devices: dict[str, float]  # devices awake -> share of the inputs answered
+    device_busy: list[float]  # per device: MACs it ran over what it runs under full execution
+
+
 class Curves(_Record):
     """Where the accuracy-vs-computation sweep was written."""
 
@@ -110,6 +124,10 @@ class PolicyResults(_Record):
     policies: dict[str, PolicyResult]
     branches_present: dict[str, dict[str, PresentResult]]  # policy -> k -> result
     curves: Curves | None
+    #: The default policy over depth only and over depth and devices ("depth",
+    #: "depth-and-devices"), at the drop target; absent for a budget target and in files
+    #: written before it was measured.
+    depth_and_devices: dict[str, ScheduleResult] | None = None
 
 
 class EvalResult(PolicyResults, RunResult):  # RunResult's fields come first
@@ -120,8 +138,9 @@ class EvalResult(PolicyResults, RunResult):  # RunResult's fields come first
     @model_serializer(mode="wrap")
     def _without_absent(self, handler):
         out = handler(self)
-        if out.get("provenance") is None:
-            out.pop("provenance", None)
+        for key in ("provenance", "depth_and_devices"):
+            if out.get(key) is None:
+                out.pop(key, None)
         return out
 
 
@@ -218,6 +237,23 @@ def by_present_table(r: EvalResult) -> Table:
     return ["policy", *(f"{k} present: drop / saving" for k in counts)], rows
 
 
+def schedules_table(r: EvalResult) -> Table:
+    """The default policy waking every device, and waking devices on demand."""
+    rows = [
+        [
+            name,
+            v.schedule,
+            f"{v.drop_pp:.2f}",
+            _pct(v.saving, 1),
+            " ".join(f"{k}: {_pct(x, 1)}" for k, x in v.answered_by_devices.items() if x),
+            " ".join(_pct(b, 0) for b in v.device_busy),
+        ]
+        for name, v in (r.depth_and_devices or {}).items()
+    ]
+    headers = ["over", "schedule (exit:awake)", "drop (pp)", "saving", "answered with k devices", "device busy"]
+    return headers, rows
+
+
 def columns(table: Table, names: list[str]) -> Table:
     """Only the columns called ``names``, in that order."""
     headers, rows = table
@@ -266,6 +302,13 @@ def format_policies(r: EvalResult) -> str:
         *render(*by_present_table(r)),
         "",
     ]
+    if r.depth_and_devices:
+        lines += [
+            f"{DEFAULT_POLICY} waking every device, and waking devices on demand (the schedule chosen and "
+            f"calibrated on validation, inputs starting on the devices in turn), test split:",
+            *render(*schedules_table(r)),
+            "",
+        ]
     if r.curves is None:
         lines.append("curves: not written (--out-dir DIR, or --json FILE to write them beside it)")
     else:

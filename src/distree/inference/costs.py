@@ -15,6 +15,7 @@ import numpy as np
 
 from distree.exits import StudentMacs
 from distree.policies import ExitPolicy
+from distree.policies.schedule import Schedule, Step, awake_branches
 
 
 class ExitCosts:
@@ -45,3 +46,24 @@ class ExitCosts:
     def full(self, present: Sequence[int] | None = None) -> int:
         """Full execution's cost with the ``present`` branches: every stage, the last head."""
         return self.macs.full(present)
+
+    def device(self, b: int, step: Step, start: int) -> int:
+        """What device ``b`` has run for an input that started on ``start`` and stops at
+        ``step`` of a schedule: every stage to the step's exit if it is awake by then (a
+        device woken late catches up from stage 0), else nothing."""
+        if b not in awake_branches(step, start, len(self.macs.stage)):
+            return 0
+        return sum(self.macs.stage[b][k] for k in range(step.exit + 1))
+
+    def per_step(self, schedule: Schedule, start: int) -> np.ndarray:
+        """(L,) float64: what an input that starts on ``start`` costs if it stops at each
+        step of ``schedule``: the stages its awake devices ran, and the heads of the steps
+        on the way (every one for a policy that reads exits; the depth-only schedule of
+        a policy that reads none pays only the head it leaves at, as ``until`` does)."""
+        n = len(self.macs.stage)
+        out = []
+        for i, step in enumerate(schedule.steps):
+            stages = sum(self.device(b, step, start) for b in range(n))
+            heads = sum(self.head(s.exit, j == i) for j, s in enumerate(schedule.steps[: i + 1]))
+            out.append(float(stages + heads))
+        return np.array(out)

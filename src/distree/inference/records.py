@@ -17,10 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from distree.data.augment import Normalization
+from distree.exits import ExitOutput
 from distree.hardware import autocast
 from distree.inference.costs import ExitCosts
 from distree.models import DistrEEStudent, ExitRecords, Teacher
 from distree.policies import make_policy
+from distree.policies.schedule import Schedule, awake_branches
 
 
 def _batches(images: torch.Tensor, batch_size: int):
@@ -133,6 +135,51 @@ def fuse_random_subsets(
         return out
 
     return ExitRecords(*(pick(f) for f in range(len(ExitRecords._fields)))), subsets, which
+
+
+@torch.no_grad()
+def fuse_schedule(
+    model: DistrEEStudent, vectors: list[list[torch.Tensor]], schedule: Schedule, starts: torch.Tensor
+) -> ExitRecords:
+    """Every step's outputs (L, N, ...) from precomputed branch vectors, sample i fused
+    with the devices awake at that step when it starts on branch ``starts[i]``."""
+    model.eval()
+    n = model.num_branches
+    head_device = next(model.heads.parameters()).device
+    fused: dict[tuple[int, tuple[int, ...]], ExitOutput] = {}
+    steps = []
+    for step in schedule.steps:
+        parts: list[tuple[torch.Tensor, ExitOutput]] = []
+        for s in sorted(set(starts.tolist())):
+            keep = awake_branches(step, s, n)
+            if (step.exit, keep) not in fused:
+                x = [vectors[b][step.exit].to(head_device) if b in keep else None for b in range(n)]
+                fused[step.exit, keep] = ExitOutput(
+                    *(None if t is None else t.float().cpu() for t in model.heads[step.exit](x))
+                )
+            parts.append((starts == s, fused[step.exit, keep]))
+        steps.append(
+            ExitOutput(*(_by_sample([(rows, o[f]) for rows, o in parts]) for f in range(len(ExitOutput._fields))))
+        )
+    return ExitRecords.of(steps)
+
+
+def _by_sample(parts: list[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor | None:
+    """One tensor whose rows come from the part whose mask holds them."""
+    if parts[0][1] is None:
+        return None
+    out = parts[0][1].clone()
+    for rows, t in parts[1:]:
+        out[rows] = t[rows]
+    return out
+
+
+def schedule_costs(model: DistrEEStudent, policy: str, schedule: Schedule, starts: torch.Tensor) -> torch.Tensor:
+    """MACs (L, N) of stopping at each step of ``schedule`` under ``policy``, sample i
+    starting on branch ``starts[i]`` (``ExitCosts.per_step``)."""
+    costs = ExitCosts(model.macs, make_policy(policy))
+    per_start = {s: torch.from_numpy(costs.per_step(schedule, s)) for s in set(starts.tolist())}
+    return torch.stack([per_start[s] for s in starts.tolist()], dim=1).float()
 
 
 def student_exits(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -207,22 +208,37 @@ def _grid(rec: _Recorded, cands) -> list[tuple[list[float], Outcome]] | None:
     return [(list(t), rec.outcome(list(t))) for t in itertools.product(*cands)] + _family(rec, cands)
 
 
+def _loss_ladder(n: int) -> list[int]:
+    """Loss counts 0, 1, 2, 3, 4, 6, 8, ... (about 1.4x apart) up to ``n``."""
+    ladder, k = [], 0
+    while k <= n:
+        ladder.append(k)
+        k = max(k + 1, round(k * 1.4))
+    return ladder
+
+
+def _cheapest_per_loss(rec: _Recorded, full_macs: float, passes: int) -> dict[int, tuple[list[float], float]]:
+    """For each loss count k of the ladder: the cheapest setting on ``rec`` in which at
+    most k samples that full execution gets right end up wrong, and its MACs per sample."""
+    cands = candidate_thresholds(torch.from_numpy(rec.scores))
+    grid = _grid(rec, cands)
+    found = {}
+    for k in _loss_ladder(rec.scores.shape[1]):
+        c = _fit(rec, cands, full_macs, None, None, passes, grid, max_losses=k)
+        if c.met:
+            found[k] = (list(c.thresholds), c.macs_per_sample)
+    return found
+
+
 def calibration_path(rec: _Recorded, full_macs: float, passes: int = 4) -> list[list[float]]:
     """Threshold settings from full execution to ever cheaper ones: for each of a ladder
     of loss counts k (0, 1, 2, 3, 4, 6, 8, ... about 1.4x apart), the cheapest setting on
     ``rec`` in which at most k samples that full execution gets right end up wrong. Few
     losses come first, so the steps are small where a bound is tightest."""
-    cands = candidate_thresholds(torch.from_numpy(rec.scores))
-    grid = _grid(rec, cands)
-    never = [math.inf] * len(cands)
+    never = [math.inf] * (rec.scores.shape[0] - 1)
     found = {tuple(never): rec.outcome(never).macs_per_sample}
-    n = rec.scores.shape[1]
-    k = 0
-    while k <= n:
-        c = _fit(rec, cands, full_macs, None, None, passes, grid, max_losses=k)
-        if c.met:
-            found.setdefault(tuple(c.thresholds), c.macs_per_sample)
-        k = max(k + 1, round(k * 1.4))
+    for t, macs in _cheapest_per_loss(rec, full_macs, passes).values():
+        found.setdefault(tuple(t), macs)
     # Most expensive (full execution) first, cheapest last.
     return [list(t) for t, _ in sorted(found.items(), key=lambda tm: -tm[1])]
 
@@ -277,6 +293,68 @@ def calibrate_targets(
             msg = f"target met at {confidence:.0%} confidence ({bound})"
         out.append(_result(t, rec.outcome(t), full_acc, full_macs, True, msg, bounds[chosen], confidence, held_n))
     return out
+
+
+def calibrate_choice(
+    candidates: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    full_macs: float,
+    max_drop_pp: float,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = 0,
+    passes: int = 4,
+) -> tuple[int, Calibration]:
+    """Choose one of several candidates and its thresholds for a drop target held at
+    ``confidence``: each candidate is (scores, correct, costs) of a sequence of decision
+    points on the same samples (a schedule's steps), the last of every one full execution.
+
+    As ``calibrate_targets``, with the choice inside the test: the fitting third gives,
+    for each loss count of the ladder, the cheapest (candidate, setting) with at most that
+    many losses, and the held-out part tests them in order of decreasing cost. The first
+    candidate's full execution starts the path. Returns the candidate's index and its
+    calibration (on all the given samples)."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if max_drop_pp < 0:
+        raise ValueError(f"max_drop_pp must be >= 0, got {max_drop_pp}")
+    recs = [_Recorded(*c) for c in candidates]
+    n = recs[0].scores.shape[1]
+    if any(r.scores.shape[1] != n for r in recs):
+        raise ValueError("every candidate needs records of the same samples")
+    order = np.random.default_rng(seed).permutation(n)
+    cut = round(n * FIT_SHARE)
+    fit_idx, held_idx = np.sort(order[:cut]), np.sort(order[cut:])
+    best: dict[int, tuple[float, int, list[float]]] = {}  # loss count -> (macs, candidate, thresholds)
+    for c, rec in enumerate(recs):
+        for k, (t, macs) in _cheapest_per_loss(rec.subset(fit_idx), full_macs, min(passes, 2)).items():
+            if k not in best or macs < best[k][0]:
+                best[k] = (macs, c, t)
+    never = [math.inf] * (recs[0].scores.shape[0] - 1)
+    path = [(0, never)]
+    for _, c, t in sorted(best.values(), key=lambda v: -v[0]):
+        if (c, t) not in path:
+            path.append((c, t))
+    held = [r.subset(held_idx) for r in recs]
+    held_n = len(held_idx)
+    chosen = 0
+    bound = 0.0
+    for i in range(1, len(path)):
+        c, t = path[i]
+        o = held[c].outcome(t)
+        b = drop_upper_bound(o.losses, o.gains, held_n, confidence) * 100
+        if b > max_drop_pp + 1e-9:
+            break
+        chosen, bound = i, b
+    c, t = path[chosen]
+    rec = recs[c]
+    full_acc = float(rec.correct[-1].mean())
+    if chosen == 0:
+        msg = (
+            f"met by full execution only: no early-exit setting's bound at {confidence:.0%} confidence was "
+            f"within {max_drop_pp} pp on {held_n} held-out samples"
+        )
+    else:
+        msg = f"target met at {confidence:.0%} confidence (bound {bound:.2f} pp on {held_n} held-out samples)"
+    return c, _result(t, rec.outcome(t), full_acc, full_macs, True, msg, bound, confidence, held_n)
 
 
 def _descend(rec, cands, best_t, best, feasible, key, passes):

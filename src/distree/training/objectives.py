@@ -233,7 +233,29 @@ class StudentObjective(nn.Module):
             alone = self._branch_term(vectors, y, t.logits)
             loss = loss + self.cfg.branch_weight * alone
             terms["branch"] = alone.detach()
+        if self.cfg.subset_weight > 0 and self.student.num_branches > 1:
+            subsets = self._subset_term(vectors, y, t.logits)
+            loss = loss + self.cfg.subset_weight * subsets
+            terms["subset"] = subsets.detach()
         return loss, terms
+
+    def _subset_term(
+        self, vectors: list[list[torch.Tensor | None]], y: torch.Tensor, teacher_logits: torch.Tensor
+    ) -> torch.Tensor:
+        """CE + KD of the first 1 .. N-1 branches of a random wake order per sample (a
+        rotation of the branches), fused through every exit head, averaged over all."""
+        n, batch = self.student.num_branches, y.shape[0]
+        start = torch.randint(0, n, (batch,), device=y.device)
+        order = (start[:, None] + torch.arange(n, device=y.device)) % n  # (B, N): the wake order of each sample
+        total, count = teacher_logits.new_zeros(()), 0
+        for m in range(1, n):
+            mask = torch.zeros(batch, n, dtype=torch.bool, device=y.device).scatter_(1, order[:, :m], True)
+            for head, per_branch in zip(self.student.heads, vectors):
+                out = head(per_branch, mask=mask, agreement=False)
+                total = total + F.cross_entropy(out.logits, y, label_smoothing=self.label_smoothing)
+                total = total + self.cfg.kd_weight * distillation_loss(out.logits, teacher_logits, self.cfg.temperature)
+                count += 1
+        return total / count
 
     def _branch_term(
         self, vectors: list[list[torch.Tensor | None]], y: torch.Tensor, teacher_logits: torch.Tensor
