@@ -64,7 +64,13 @@ def test_eval_json_round_trips_key_for_key():
     assert "calibration" not in r.model_dump(mode="json")["policies"]["full"]  # absent, not null
     assert r.policies["max-prob"].calibration.by_present[1].met
     schedules = {
-        "depth": {"schedule": "0:2 1:2", "thresholds": [0.9], "validation_saving": 0.3, "accuracy": 0.89}
+        "depth": {
+            "policy": "max-prob",
+            "schedule": "0:2 1:2",
+            "thresholds": [0.9],
+            "validation_saving": 0.3,
+            "accuracy": 0.89,
+        }
         | {"drop_pp": 0.1, "saving": 0.3, "answered_by_devices": {"1": 0.0, "2": 1.0}, "device_busy": [0.7, 0.7]},
     }
     with_schedules = {**d, "depth_and_devices": schedules}

@@ -17,7 +17,6 @@ def test_a_schedule_only_moves_on_and_must_end_with_full_execution():
     s = Schedule.parse("0:1 1:1 1:4 2:4")
     assert s.steps == (Step(0, 1), Step(1, 1), Step(1, 4), Step(2, 4)) and s.label == "0:1 1:1 1:4 2:4"
     s.check(num_exits=3, num_branches=4)
-    assert not s.is_depth_only and Schedule.depth_only(3, 4).is_depth_only
     with pytest.raises(ValueError, match="never back"):
         Schedule.parse("0:2 1:1 2:4")
     with pytest.raises(ValueError, match="never back"):
@@ -81,5 +80,9 @@ def test_the_cheaper_candidate_is_chosen_and_its_drop_is_bounded():
     # With no drop allowed, no early stop can pass the test: full execution of the first.
     c, cal = calibrate_choice([worse, better], full_macs=10.0, max_drop_pp=0.0, confidence=0.9)
     assert c == 0 and cal.saving == 0.0 and "full execution only" in cal.message
+    other_full = tuple(t.clone() for t in better)
+    other_full[1][-1, :10] = False  # its last step is not the same full execution
+    with pytest.raises(ValueError, match="same full execution"):
+        calibrate_choice([worse, other_full], full_macs=10.0, max_drop_pp=0.5)
     with pytest.raises(ValueError, match="same samples"):
         calibrate_choice([worse, _recorded(100, 4, seed=4, easy=0.9)], full_macs=10.0, max_drop_pp=0.5)

@@ -270,14 +270,16 @@ def device_schedules(
         right = correct[stop, torch.arange(n_test)]
         spent = macs[stop, torch.arange(n_test)].double()
         starts = torch.arange(n_test) % n
-        awake = torch.tensor([schedule.steps[i].awake for i in stop.tolist()])
-        busy = [
-            sum(costs.device(b, schedule.steps[i], s) for i, s in zip(stop.tolist(), starts.tolist()))
-            / (per_device_full[b] * n_test)
-            for b in range(n)
-        ]
+        awake = torch.tensor([s.awake for s in schedule.steps])[stop]
+        # ran[b, i, s]: what device b has run for an input that starts on s and stops at step i
+        ran = torch.tensor(
+            [[[costs.device(b, step, s) for s in range(n)] for step in schedule.steps] for b in range(n)],
+            dtype=torch.float64,
+        )
+        busy = [float(ran[b, stop, starts].sum()) / (per_device_full[b] * n_test) for b in range(n)]
         full_acc = float(correct[-1].float().mean())
         out[name] = {
+            "policy": policy,
             "schedule": schedule.label,
             "thresholds": [round(t, 6) if math.isfinite(t) else None for t in cal.thresholds],
             "validation_saving": round(cal.saving, 4),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, model_serializer
 
-from distree.policies import DEFAULT_POLICY, policy_class
+from distree.policies import policy_class
 from distree.policies.calibration_file import CalibrationTarget, PolicyCalibration
 from distree.provenance import Provenance
 from distree.tables import render
@@ -81,6 +81,7 @@ class ScheduleResult(_Record):
     """A policy over a schedule of (exit, devices awake) steps, calibrated on validation and
     measured on test (``measures.device_schedules``)."""
 
+    policy: str
     schedule: str  # exit:awake per step
     thresholds: list[float | None]  # per step but the last; None: never stops there
     validation_saving: float
@@ -303,8 +304,9 @@ def format_policies(r: EvalResult) -> str:
         "",
     ]
     if r.depth_and_devices:
+        policy = next(iter(r.depth_and_devices.values())).policy
         lines += [
-            f"{DEFAULT_POLICY} waking every device, and waking devices on demand (the schedule chosen and "
+            f"{policy} waking every device, and waking devices on demand (the schedule chosen and "
             f"calibrated on validation, inputs starting on the devices in turn), test split:",
             *render(*schedules_table(r)),
             "",

@@ -58,8 +58,8 @@ class ExitCosts:
     def per_step(self, schedule: Schedule, start: int) -> np.ndarray:
         """(L,) float64: what an input that starts on ``start`` costs if it stops at each
         step of ``schedule``: the stages its awake devices ran, and the heads of the steps
-        on the way (every one for a policy that reads exits; the depth-only schedule of
-        a policy that reads none pays only the head it leaves at, as ``until`` does)."""
+        on the way (every one for a policy that reads exits; a policy that reads none pays
+        only the head it leaves at, as ``until`` does)."""
         n = len(self.macs.stage)
         out = []
         for i, step in enumerate(schedule.steps):

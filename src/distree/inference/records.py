@@ -143,6 +143,7 @@ def fuse_schedule(
 ) -> ExitRecords:
     """Every step's outputs (L, N, ...) from precomputed branch vectors, sample i fused
     with the devices awake at that step when it starts on branch ``starts[i]``."""
+    schedule.check(model.num_exits, model.num_branches)
     model.eval()
     n = model.num_branches
     head_device = next(model.heads.parameters()).device
@@ -177,9 +178,10 @@ def _by_sample(parts: list[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.T
 def schedule_costs(model: DistrEEStudent, policy: str, schedule: Schedule, starts: torch.Tensor) -> torch.Tensor:
     """MACs (L, N) of stopping at each step of ``schedule`` under ``policy``, sample i
     starting on branch ``starts[i]`` (``ExitCosts.per_step``)."""
+    schedule.check(model.num_exits, model.num_branches)
     costs = ExitCosts(model.macs, make_policy(policy))
-    per_start = {s: torch.from_numpy(costs.per_step(schedule, s)) for s in set(starts.tolist())}
-    return torch.stack([per_start[s] for s in starts.tolist()], dim=1).float()
+    table = torch.stack([torch.from_numpy(costs.per_step(schedule, s)) for s in range(model.num_branches)], dim=1)
+    return table[:, starts].float()  # (L, N)
 
 
 def student_exits(

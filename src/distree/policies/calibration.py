@@ -316,10 +316,15 @@ def calibrate_choice(
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if max_drop_pp < 0:
         raise ValueError(f"max_drop_pp must be >= 0, got {max_drop_pp}")
+    if not candidates:
+        raise ValueError("no candidate to choose from")
     recs = [_Recorded(*c) for c in candidates]
     n = recs[0].scores.shape[1]
     if any(r.scores.shape[1] != n for r in recs):
         raise ValueError("every candidate needs records of the same samples")
+    # Every drop is measured against one full execution: each candidate's last decision point.
+    if any(not np.array_equal(r.correct[-1], recs[0].correct[-1]) for r in recs):
+        raise ValueError("every candidate must end with the same full execution (its last row)")
     order = np.random.default_rng(seed).permutation(n)
     cut = round(n * FIT_SHARE)
     fit_idx, held_idx = np.sort(order[:cut]), np.sort(order[cut:])

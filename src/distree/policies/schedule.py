@@ -75,11 +75,6 @@ class Schedule:
                 f"schedule {self.label} must end at the last exit with every device ({num_exits - 1}:{num_branches})"
             )
 
-    @property
-    def is_depth_only(self) -> bool:
-        """Every step has every device of the last step awake."""
-        return all(s.awake == self.steps[-1].awake for s in self.steps)
-
 
 def wake_order(start: int, num_branches: int) -> tuple[int, ...]:
     """The branches in the order they wake for an input that starts on ``start``."""
