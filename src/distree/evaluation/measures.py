@@ -14,7 +14,14 @@ from scipy.stats import mannwhitneyu
 
 from distree.evaluation.results import AtTarget, PresentResult
 from distree.inference.costs import ExitCosts
-from distree.inference.records import exit_costs, fuse_exits, fuse_random_subsets, fuse_schedule, schedule_costs
+from distree.inference.records import (
+    exit_costs,
+    fuse_awake,
+    fuse_exits,
+    fuse_random_subsets,
+    fuse_schedule,
+    schedule_costs,
+)
 from distree.models import DistrEEStudent, ExitRecords
 from distree.policies import exit_scores, make_policy, policy_class
 from distree.policies.base import first_passing
@@ -288,5 +295,34 @@ def device_schedules(
             "saving": round(1 - float(spent.mean()) / full_macs, 4),
             "answered_by_devices": {str(k): round(float((awake == k).float().mean()), 4) for k in range(1, n + 1)},
             "device_busy": [round(b, 4) for b in busy],
+        }
+    return out
+
+
+def calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """Expected calibration error of softmax confidence (Guo et al. 2017): the gap between
+    accuracy and mean confidence in equal-width confidence bins, weighted by each bin's
+    share of the (N, K) ``logits``."""
+    conf, pred = logits.float().softmax(-1).max(-1)
+    right = (pred == labels).float()
+    which = torch.bucketize(conf, torch.linspace(0, 1, bins + 1)[1:-1])
+    total = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            total += float(inside.float().mean()) * abs(float(right[inside].mean() - conf[inside].mean()))
+    return total
+
+
+def awake_table(model: DistrEEStudent, vectors: list[list[torch.Tensor]], labels: torch.Tensor) -> dict:
+    """For 1 to N devices awake (the first of each input's wake order, inputs starting on
+    the devices in turn): every exit's accuracy and calibration error."""
+    starts = torch.arange(labels.shape[0]) % model.num_branches
+    out = {}
+    for m in range(1, model.num_branches + 1):
+        rec = fuse_awake(model, vectors, m, starts)
+        out[str(m)] = {
+            "accuracy": [round(a, 4) for a in accuracy(rec.logits, labels)],
+            "calibration_error": [round(calibration_error(lg, labels), 4) for lg in rec.logits],
         }
     return out

@@ -18,6 +18,7 @@ from distree.evaluation.measures import (
     DEFAULT_MAX_DROP_PP,
     accuracy,
     at_targets,
+    awake_table,
     branches_present_table,
     calibrate_policies,
     device_schedules,
@@ -28,6 +29,7 @@ from distree.evaluation.measures import (
 )
 from distree.evaluation.plots import plot_policy_curves
 from distree.evaluation.results import (
+    AwakeResult,
     Curves,
     EvalResult,
     Measured,
@@ -109,6 +111,7 @@ def evaluate_run(
         stage_macs=macs.stage,
         head_macs=macs.head,
         backend=backend,
+        devices_awake={k: AwakeResult(**v) for k, v in awake_table(student, vectors, test.labels).items()},
     )
 
 

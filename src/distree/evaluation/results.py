@@ -92,6 +92,13 @@ class ScheduleResult(_Record):
     device_busy: list[float]  # per device: MACs it ran over what it runs under full execution
 
 
+class AwakeResult(_Record):
+    """Every exit with k devices awake: accuracy and calibration error (ECE, 15 bins)."""
+
+    accuracy: list[float]
+    calibration_error: list[float]
+
+
 class Curves(_Record):
     """Where the accuracy-vs-computation sweep was written."""
 
@@ -115,6 +122,9 @@ class RunResult(_Record):
     #: What ran the branches: torch, or an export under onnxruntime ("onnxruntime fp32",
     #: "onnxruntime int8"; the heads are fp32 torch in every case).
     backend: str = "torch"
+    #: k -> every exit with the first k devices of each input's wake order awake
+    #: (``measures.awake_table``); absent in files written before it was measured.
+    devices_awake: dict[str, AwakeResult] | None = None
 
 
 class PolicyResults(_Record):
@@ -139,7 +149,7 @@ class EvalResult(PolicyResults, RunResult):  # RunResult's fields come first
     @model_serializer(mode="wrap")
     def _without_absent(self, handler):
         out = handler(self)
-        for key in ("provenance", "depth_and_devices"):
+        for key in ("provenance", "depth_and_devices", "devices_awake"):
             if out.get(key) is None:
                 out.pop(key, None)
         return out
@@ -275,11 +285,26 @@ def _target_text(t: CalibrationTarget) -> str:
     return f"budget {t.budget:.0%}"
 
 
+def awake_table(r: RunResult) -> Table:
+    """Each exit's accuracy and calibration error with k devices awake."""
+    rows = [
+        [
+            f"{k} of {len(r.devices_awake or {})}",
+            *(f"{_pct(a, 1)} / {e:.3f}" for a, e in zip(v.accuracy, v.calibration_error)),
+        ]
+        for k, v in (r.devices_awake or {}).items()
+    ]
+    return ["devices awake", *(f"exit {e}: accuracy / ECE" for e in range(len(r.exits)))], rows
+
+
 def format_run(r: RunResult) -> str:
     """What ``distree eval`` prints first: the exits and the branches-present table."""
     lines = [f"test samples: {r.test_samples}   branches run by: {r.backend}   (computation: MACs per sample)"]
     for table in (exits_table(r), present_table(r)):
         lines += ["", *render(*table)]
+    if r.devices_awake:
+        lines += ["", "the first k devices of each input's wake order (inputs starting on the devices in turn):"]
+        lines += render(*awake_table(r))
     return "\n".join(lines)
 
 

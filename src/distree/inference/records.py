@@ -22,7 +22,7 @@ from distree.hardware import autocast
 from distree.inference.costs import ExitCosts
 from distree.models import DistrEEStudent, ExitRecords, Teacher
 from distree.policies import make_policy
-from distree.policies.schedule import Schedule, awake_branches
+from distree.policies.schedule import Schedule, Step, awake_branches
 
 
 def _batches(images: torch.Tensor, batch_size: int):
@@ -144,12 +144,29 @@ def fuse_schedule(
     """Every step's outputs (L, N, ...) from precomputed branch vectors, sample i fused
     with the devices awake at that step when it starts on branch ``starts[i]``."""
     schedule.check(model.num_exits, model.num_branches)
+    return _fuse_steps(model, vectors, schedule.steps, starts)
+
+
+@torch.no_grad()
+def fuse_awake(
+    model: DistrEEStudent, vectors: list[list[torch.Tensor]], awake: int, starts: torch.Tensor
+) -> ExitRecords:
+    """Every exit's outputs (E, N, ...) with the first ``awake`` devices of each sample's
+    wake order (sample i starting on branch ``starts[i]``)."""
+    if not 1 <= awake <= model.num_branches:
+        raise ValueError(f"awake must be 1 to {model.num_branches}, got {awake}")
+    return _fuse_steps(model, vectors, [Step(k, awake) for k in range(model.num_exits)], starts)
+
+
+def _fuse_steps(
+    model: DistrEEStudent, vectors: list[list[torch.Tensor]], steps: Sequence[Step], starts: torch.Tensor
+) -> ExitRecords:
     model.eval()
     n = model.num_branches
     head_device = next(model.heads.parameters()).device
     fused: dict[tuple[int, tuple[int, ...]], ExitOutput] = {}
-    steps = []
-    for step in schedule.steps:
+    out = []
+    for step in steps:
         parts: list[tuple[torch.Tensor, ExitOutput]] = []
         for s in sorted(set(starts.tolist())):
             keep = awake_branches(step, s, n)
@@ -159,10 +176,10 @@ def fuse_schedule(
                     *(None if t is None else t.float().cpu() for t in model.heads[step.exit](x))
                 )
             parts.append((starts == s, fused[step.exit, keep]))
-        steps.append(
+        out.append(
             ExitOutput(*(_by_sample([(rows, o[f]) for rows, o in parts]) for f in range(len(ExitOutput._fields))))
         )
-    return ExitRecords.of(steps)
+    return ExitRecords.of(out)
 
 
 def _by_sample(parts: list[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor | None:
