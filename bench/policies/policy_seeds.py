@@ -16,6 +16,12 @@ Fashion-MNIST, the shipped model (seed 0) and two more students with its teacher
 25 min per seed on 2 CPU cores):
   python bench/policies/policy_seeds.py --data ../shared/data/fashion-mnist --config configs/fashion-mnist.yaml \\
       --teacher models/fashion-mnist --runs models/fashion-mnist --seeds 1,2
+
+Evaluations that hold ``depth_and_devices`` (``distree eval`` since it measures schedules
+over depth and devices) add its mean and standard deviation: three students trained with
+the device-subset term:
+  python bench/policies/policy_seeds.py --data ../shared/data/fashion-mnist \\
+      --config configs/fashion-mnist-subsets.yaml --teacher models/fashion-mnist --work runs/fm-subsets
 """
 
 from __future__ import annotations
@@ -108,6 +114,18 @@ def main() -> None:
             saving = _mean_sd([a["saving"] * 100 for a in at], 1)
             cells += f" | {drop} / {saving}%"
         print(f"| `{name}` | {auroc}{cells} |")
+    schedules = [e.get("depth_and_devices") for e in evals]
+    if all(schedules):
+        print("max-prob over depth only and over depth and devices (0.5 pp at 90% confidence):")
+        print("| over | schedules chosen | drop (pp) | saving | answered by one device |")
+        print("|---|---|---|---|---|")
+        for over in schedules[0]:
+            rows = [s[over] for s in schedules]
+            chosen = ", ".join(sorted({r["schedule"] for r in rows}))
+            drop = _mean_sd([r["drop_pp"] for r in rows], 2)
+            saving = _mean_sd([r["saving"] * 100 for r in rows], 1)
+            alone = _mean_sd([r["answered_by_devices"]["1"] * 100 for r in rows], 1)
+            print(f"| {over} | {chosen} | {drop} | {saving}% | {alone}% |")
     print(f"({time.perf_counter() - t0:.0f} s; {machine()})")
 
 
