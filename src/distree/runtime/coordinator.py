@@ -233,9 +233,7 @@ class _InferStream:
                     self.malformed = f"{type(err).__name__}: {err}"
                     break
                 self._take(m)
-            while self.running:
-                self._changed.clear()
-                await self._changed.wait()
+            await self._idle()
         finally:
             done.cancel()
             if message is not None and not message.cancel() and not message.cancelled():
@@ -252,6 +250,10 @@ class _InferStream:
 
     async def _stopped_and_idle(self) -> None:
         await self.coordinator.stopping.wait()
+        await self._idle()
+
+    async def _idle(self) -> None:
+        """Until no call of this stream is running."""
         while self.running:
             self._changed.clear()
             await self._changed.wait()

@@ -252,10 +252,14 @@ class StudentObjective(nn.Module):
             mask = torch.zeros(batch, n, dtype=torch.bool, device=y.device).scatter_(1, order[:, :m], True)
             for head, per_branch in zip(self.student.heads, vectors):
                 out = head(per_branch, mask=mask, agreement=False)
-                total = total + F.cross_entropy(out.logits, y, label_smoothing=self.label_smoothing)
-                total = total + self.cfg.kd_weight * distillation_loss(out.logits, teacher_logits, self.cfg.temperature)
+                total = total + self._labels_and_teacher(out.logits, y, teacher_logits)
                 count += 1
         return total / count
+
+    def _labels_and_teacher(self, logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """CE on the labels + kd_weight * KD toward the teacher, for one exit's (B, K) logits."""
+        ce = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        return ce + self.cfg.kd_weight * distillation_loss(logits, teacher_logits, self.cfg.temperature)
 
     def _branch_term(
         self, vectors: list[list[torch.Tensor | None]], y: torch.Tensor, teacher_logits: torch.Tensor
@@ -265,9 +269,6 @@ class StudentObjective(nn.Module):
         for head, per_branch in zip(self.student.heads, vectors):
             for b, v in enumerate(per_branch):
                 alone = head([v if i == b else None for i in range(len(per_branch))], agreement=False)
-                total = total + F.cross_entropy(alone.logits, y, label_smoothing=self.label_smoothing)
-                total = total + self.cfg.kd_weight * distillation_loss(
-                    alone.logits, teacher_logits, self.cfg.temperature
-                )
+                total = total + self._labels_and_teacher(alone.logits, y, teacher_logits)
                 count += 1
         return total / count
