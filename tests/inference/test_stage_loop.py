@@ -10,6 +10,7 @@ from distree.inference.costs import ExitCosts
 from distree.inference.stage_loop import StageLoop, StopReason
 from distree.models import ExitHead, HeadFusion, StudentMacs
 from distree.policies import ExitPolicy, ExitThresholds, make_policy
+from distree.policies.schedule import Schedule
 
 NEVER, ALWAYS = 2.0, -1.0  # max-prob thresholds no score reaches / every score passes
 # Branch b's stage k costs 10^(b+1) * (k+1) MACs; head k costs k+1: every sum tells its parts apart.
@@ -79,15 +80,19 @@ def test_rows_leave_with_their_exit_reason_and_logits():
     with torch.no_grad():
         expected = heads[0](v).logits[1]
     torch.testing.assert_close(loop.logits[1], expected)
-    # The next stage gets vectors for the 3 running rows only; one branch did not answer.
+    # The next stage gets vectors for the 3 running rows only; one branch did not answer,
+    # and the loop asks nothing more of it.
     loop.step(1, _v(3, 0), stage_ms=10.0, now_s=0.020)
-    loop.step(2, _v(3, 0, 1), stage_ms=10.0, now_s=0.030)
+    assert loop.lost == {1} and list(loop.due()) == [0]
+    with pytest.raises(ValueError, match=r"branches \[1\] had nothing to run"):
+        loop.step(2, _v(3, 0, 1), stage_ms=10.0, now_s=0.030)
+    loop.step(2, _v(3, 0), stage_ms=10.0, now_s=0.030)
     out = loop.result()
     assert out.exit.tolist() == [2, 0, 2, 2]
     assert out.reason == [StopReason.LAST_EXIT, StopReason.DEADLINE, StopReason.LAST_EXIT, StopReason.LAST_EXIT]
     assert out.predictions.shape == (4,)
     assert int(out.macs[1]) == _cost(True, 0, [[0, 1]])
-    assert [int(out.macs[r]) for r in (0, 2, 3)] == [_cost(True, 2, [[0, 1], [0], [0, 1]])] * 3
+    assert [int(out.macs[r]) for r in (0, 2, 3)] == [_cost(True, 2, [[0, 1], [0], [0]])] * 3
 
 
 def test_every_row_out_before_the_last_stage_ends_the_loop():
@@ -294,3 +299,39 @@ def test_the_loop_on_numpy_arrays_decides_as_on_torch_tensors(policy):
     assert on_numpy.macs.tolist() == on_torch.macs.tolist()
     assert on_numpy.head_macs.tolist() == on_torch.head_macs.tolist()
     torch.testing.assert_close(torch.from_numpy(on_numpy.logits), on_torch.logits, rtol=0, atol=1e-6)
+
+
+def test_a_schedule_names_what_each_branch_runs_and_charges_it():
+    # Start on branch 1 alone to exit 1, then wake branch 0, which catches up from stage 0.
+    plan = Schedule.parse("0:1 1:1 1:2 2:2")
+    t = ExitThresholds(ExitThresholds.same([NEVER, NEVER], 2).by_present, schedule=plan, per_step=[NEVER] * 3)
+    loop = _loop(thresholds=t, rows=2, start=1)
+    assert loop.due() == {1: range(0, 1)}
+    loop.step(0, _v(2, 1))
+    assert loop.due() == {1: range(1, 2)}
+    loop.step(1, _v(2, 1))
+    assert loop.due() == {0: range(0, 2)}  # branch 1 is fused from what it gave at exit 1
+    with pytest.raises(ValueError, match="decides at exit 1"):
+        loop.step(2, _v(2, 0))
+    loop.step(1, _v(2, 0))
+    assert loop.due() == {0: range(2, 3), 1: range(2, 3)}
+    loop.step(2, _v(2, 0, 1))
+    out = loop.result()
+    assert out.exit.tolist() == [2, 2] and out.branches == [[0, 1]] * 2
+    stages = sum(MACS.stage[1]) + sum(MACS.stage[0])  # each branch ran every stage once
+    assert out.macs.tolist() == [stages + MACS.head[0] + 2 * MACS.head[1] + MACS.head[2]] * 2
+
+
+def test_a_schedule_step_missing_a_device_does_not_stop_early():
+    # Every score passes the step thresholds, but the woken branch does not answer: the
+    # thresholds were fitted with it, so the rows go on to the last step.
+    plan = Schedule.parse("0:1 0:2 1:2 2:2")
+    t = ExitThresholds(ExitThresholds.same([NEVER, NEVER], 2).by_present, schedule=plan, per_step=[NEVER, ALWAYS, ALWAYS])
+    loop = _loop(thresholds=t, rows=3)
+    assert loop.step(0, _v(3, 0)).all()
+    assert loop.step(0, [None, None]).all() and loop.lost == {1}
+    assert loop.step(1, _v(3, 0)).all()
+    loop.step(2, _v(3, 0))
+    out = loop.result()
+    assert out.exit.tolist() == [2] * 3 and out.branches == [[0]] * 3
+    assert set(out.reason) == {StopReason.LAST_EXIT}

@@ -10,6 +10,7 @@ vectorised over recorded outputs (``first_passing``) and charges the same costs
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 from distree.exits import Array, ExitOutput, ExitRecords
 from distree.inference.costs import ExitCosts
 from distree.policies import ExitPolicy, ExitThresholds, should_stop_for_deadline
+from distree.policies.schedule import Schedule, Step, awake_branches
 
 
 class Fusion(Protocol):
@@ -71,6 +73,13 @@ class StageLoop:
     slowest stage so far, would end after its deadline.
 
     Arrays in and out are of the fusion's kind (``fuse.xp``): torch tensors or numpy arrays.
+
+    The loop decides at the steps of a schedule (``distree.policies.schedule``): with
+    ``thresholds.schedule`` set, the rows start on some of the devices (the first of the
+    wake order that begins at ``start``) and wake the others only if they go on; without
+    it, every device runs every stage and the loop decides at every exit. Before each step
+    the driver runs what ``due()`` names, on the rows still running, and hands in the
+    vectors of the step's exit (``next_step``): a branch woken late runs from stage 0.
     """
 
     def __init__(
@@ -84,6 +93,7 @@ class StageLoop:
         num_exits: int,
         arrived_s: Array | None = None,
         deadline_ms: Array | None = None,
+        start: int = 0,
     ):
         self.fuse = fuse
         self.xp = xp = fuse.xp
@@ -110,8 +120,38 @@ class StageLoop:
             raise ValueError("deadlines need the rows' arrival times")
         self._arrived = xp.asarray(arrived_s, dtype=xp.float64) if has_deadline else None
         self._deadline = deadline_ms if has_deadline else None
-        self._outputs: list[ExitOutput] = []  # per stage so far, running rows only
+        self._outputs: list[ExitOutput] = []  # per step so far, running rows only
         self.left = self.alive[:0]  # original indices of the rows the latest step stopped
+        n = len(costs.macs.stage)
+        self.num_branches = n
+        self.start = start
+        if thresholds.schedule is None:
+            self.steps = Schedule.depth_only(num_exits, n).steps
+        else:
+            thresholds.schedule.check(num_exits, n)
+            self.steps = thresholds.schedule.steps
+        self._at = 0  # index of the next step
+        self.ran_to = [-1] * n  # per branch: the last stage it ran for the running rows
+        self.lost: set[int] = set()  # branches that did not answer a step they were due at
+        # Vectors of the latest exit per branch, kept (running rows) only when the next
+        # step fuses the same exit with more devices: the branches already there run nothing.
+        self._held: dict[int, Array] = {}
+
+    @property
+    def next_step(self) -> Step:
+        """The step the loop decides at next."""
+        return self.steps[self._at]
+
+    def due(self) -> dict[int, range]:
+        """Per branch, the stages to run before the next step, for the rows still running
+        (``alive``): from the one after its last to the step's exit; a range from 0 means
+        the branch starts now, on the rows' images. Branches with nothing to run are left out."""
+        step = self.steps[self._at]
+        return {
+            b: range(self.ran_to[b] + 1, step.exit + 1)
+            for b in awake_branches(step, self.start, self.num_branches)
+            if b not in self.lost and self.ran_to[b] < step.exit
+        }
 
     @property
     def done(self) -> bool:
@@ -135,10 +175,30 @@ class StageLoop:
         stage_ms: float | None = None,
         now_s: float | None = None,
     ) -> Array:
-        """Fuse stage ``k``'s vectors (per branch (A, d) for the A running rows, None for a
-        branch that did not answer) and decide. ``stage_ms`` is how long the stage took and
-        ``now_s`` the clock (seconds, as ``arrived_s``); both are needed only with
-        deadlines. Returns (A,) bool: the rows that go on."""
+        """Fuse exit ``k``'s vectors for the next step (per branch (A, d) for the A running
+        rows: those ``due()`` named, None for one that did not answer; a branch already at
+        ``k`` is fused from what it gave before) and decide. ``stage_ms`` is how long the
+        step took and ``now_s`` the clock (seconds, as ``arrived_s``); both are needed
+        only with deadlines. Returns (A,) bool: the rows that go on."""
+        if self.done:
+            raise ValueError("every row has exited")
+        step, i = self.steps[self._at], self._at
+        if k != step.exit:
+            raise ValueError(f"the next step decides at exit {step.exit}, got vectors of exit {k}")
+        due = self.due()
+        stray = [b for b, v in enumerate(vectors) if v is not None and b not in due]
+        if stray:
+            raise ValueError(f"branches {stray} had nothing to run for step {step.exit}:{step.awake}")
+        vectors = list(vectors)
+        for b in due:
+            if vectors[b] is None:
+                self.lost.add(b)
+            else:
+                self._stage_macs += sum(self.costs.macs.stage[b][s] for s in due[b])
+                self.ran_to[b] = k
+        for b, v in self._held.items():
+            if b not in self.lost:
+                vectors[b] = v
         present = [b for b, v in enumerate(vectors) if v is not None]
         if not present:
             raise ValueError(f"no branch answered stage {k}")
@@ -146,16 +206,16 @@ class StageLoop:
         if stage_ms is not None:
             self.stage_ms.append(stage_ms)
         xp = self.xp
-        last = k == self.num_exits - 1
+        last = i == len(self.steps) - 1
+        self._at += 1
+        self._hold(vectors, present)
         running = self.alive.shape[0]
-        self._stage_macs += self.costs.stage(k, present)
         late = self._late(stage_ms, now_s)
         if self.policy.reads_exits:
             out = self.fuse(k, vectors, self.policy.reads_agreement)
             self._head_macs += self.costs.head(k, leaving=False)
             self._outputs.append(out)
-            thresholds = self.thresholds.at(len(present))
-            stop = self.policy.should_exit(k, ExitRecords.of(self._outputs, stack=False), thresholds)
+            stop = self.policy.should_exit(i, ExitRecords.of(self._outputs, stack=False), self._thresholds(step, present))
         else:
             if not last and (late is None or not bool(late.any())):
                 return xp.ones(running, dtype=xp.bool)  # no row leaves: no head to run
@@ -187,7 +247,24 @@ class StageLoop:
             return keep
         self.alive = self.alive[keep]
         self._outputs = [ExitOutput(*(None if t is None else t[keep] for t in o)) for o in self._outputs]
+        self._held = {b: v[keep] for b, v in self._held.items()}
         return keep
+
+    def _thresholds(self, step: Step, present: list[int]) -> list[float]:
+        if self.thresholds.schedule is None:
+            return self.thresholds.at(len(present))
+        if len(present) < step.awake:
+            # A device the schedule counted on did not answer: no threshold was fitted for
+            # what is left, so the rows go on (the last step stops in any case).
+            return [math.inf] * (len(self.steps) - 1)
+        return list(self.thresholds.per_step)
+
+    def _hold(self, vectors: Sequence[Array | None], present: list[int]) -> None:
+        i = self._at
+        if i < len(self.steps) and self.steps[i].exit == self.steps[i - 1].exit:
+            self._held = {b: vectors[b] for b in present}  # type: ignore[misc]
+        else:
+            self._held = {}
 
     def result(self) -> Exited:
         """Every row's exit, once all have left."""
@@ -222,17 +299,21 @@ class StageRunner(Protocol):
 
 
 def run_in_turn(loop: StageLoop, branches: Sequence[StageRunner], x: Any) -> Exited:
-    """Every branch in turn on the same prepared images ``x`` (rows first), stage by stage,
-    until every row has left ``loop``; the rows that leave are dropped from every branch's
-    state, so computation stops where it does on the devices."""
-    state = [x] * len(branches)
-    for k in range(loop.num_exits):
-        vectors = []
-        for i, branch in enumerate(branches):
-            state[i], v = branch.run_stage(k, state[i])
-            vectors.append(v)
-        keep = loop.step(k, vectors)
+    """Every branch in turn on the same prepared images ``x`` (rows first), what ``due()``
+    names step by step, until every row has left ``loop``; the rows that leave are dropped
+    from every branch's state, so computation stops where it does on the devices, and a
+    branch woken late starts on the images of the rows still running."""
+    state: dict[int, Any] = {}
+    total = loop.exit.shape[0]
+    while True:
+        vectors: list[Array | None] = [None] * len(branches)
+        for b, stages in loop.due().items():
+            if stages.start == 0:
+                state[b] = x if loop.alive.shape[0] == total else x[loop.alive]
+            for k in stages:
+                state[b], vectors[b] = branches[b].run_stage(k, state[b])
+        keep = loop.step(loop.next_step.exit, vectors)
         if loop.done:
-            break
-        state = [s[keep] for s in state]
-    return loop.result()
+            return loop.result()
+        if not bool(keep.all()):
+            state = {b: s[keep] for b, s in state.items()}

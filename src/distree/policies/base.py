@@ -18,6 +18,7 @@ import numpy as np
 
 from distree.arrays import namespace
 from distree.exits import Array, ExitRecords
+from distree.policies.schedule import Schedule
 
 
 class ExitPolicy(ABC):
@@ -94,6 +95,18 @@ class ExitThresholds:
     """
 
     by_present: Mapping[int, Sequence[float]]
+    #: Exits over depth and devices: the schedule an input follows when every device is up
+    #: and a threshold for each of its steps but the last (``per_step``). None: every
+    #: device from the start, deciding at each exit with ``by_present``.
+    schedule: Schedule | None = None
+    per_step: Sequence[float] = ()
+
+    def __post_init__(self) -> None:
+        if self.schedule is not None and len(self.per_step) != len(self.schedule.steps) - 1:
+            raise ValueError(
+                f"schedule {self.schedule.label} has {len(self.schedule.steps)} steps and needs "
+                f"{len(self.schedule.steps) - 1} thresholds, got {len(self.per_step)}"
+            )
 
     @classmethod
     def same(cls, thresholds: Sequence[float], branches: int) -> ExitThresholds:
@@ -105,6 +118,11 @@ class ExitThresholds:
         if present not in self.by_present:
             raise ValueError(f"no thresholds for {present} branches present (have {sorted(self.by_present)})")
         return list(self.by_present[present])
+
+    def depth_only(self) -> ExitThresholds:
+        """The same policy with every device from the start (what a group runs when a
+        device is down: the schedule's steps were calibrated with all of them up)."""
+        return ExitThresholds(self.by_present)
 
 
 def exit_scores(policy: ExitPolicy, records: ExitRecords) -> Array:
