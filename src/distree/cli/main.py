@@ -172,6 +172,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             met = "" if f.met else f"  NOT MET: {f.message}"
             of = f"{k} of {len(c.by_present) + 1} branches present"
             print(f"    {of:<23} drop {f.drop_pp:.2f} pp  saving {f.saving:.1%}{met}")
+        if c.depth_and_devices is not None:
+            d = c.depth_and_devices
+            print(
+                f"    {'over depth and devices':<23} drop {d.drop_pp:.2f} pp  saving {d.saving:.1%}  "
+                f"schedule {d.schedule} (exit:devices awake)"
+            )
     met = [c.met and all(f.met for f in c.by_present.values()) for c in cal.policies.values()]
     return 0 if all(met) else 1
 

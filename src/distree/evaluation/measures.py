@@ -39,9 +39,10 @@ from distree.policies.calibration_file import (
     CalibrationFile,
     CalibrationTarget,
     PolicyCalibration,
+    ScheduleCalibration,
     model_thresholds,
 )
-from distree.policies.schedule import Step, candidate_schedules
+from distree.policies.schedule import Schedule, Step, candidate_schedules
 
 DEFAULT_MAX_DROP_PP = 0.5
 
@@ -59,9 +60,22 @@ def calibrate_policies(
     smaller count k, fitted on the validation samples each fused with a random k-subset
     of the branches. The target is relative to full execution with the same branches, so
     it holds on average over which devices are missing.
+
+    With a drop target held at a confidence and more than one branch, each policy also
+    chooses a schedule over depth and devices (``depth_and_devices``, kept only when it is
+    not the depth-only one).
     """
     everything = fuse_exits(model, vectors)
     mixtures = {k: fuse_random_subsets(model, vectors, k) for k in range(1, model.num_branches)}
+    over_devices = (
+        model.num_branches > 1
+        and target.max_drop_pp is not None
+        and target.budget is None
+        and target.confidence is not None
+    )
+    if over_devices:
+        schedules = list(candidate_schedules(model.num_exits, model.num_branches))
+        steps = schedule_records(model, vectors, schedules)
     fitted = {}
     for name in policies:
         if not make_policy(name, val_labels).calibrated:
@@ -71,8 +85,43 @@ def calibrate_policies(
             k: _calibrate_on(model, name, rec, val_labels, subsets, which, target)
             for k, (rec, subsets, which) in mixtures.items()
         }
-        fitted[name] = PolicyCalibration(**dict(entry), by_present=by_present)
+        chosen = None
+        if over_devices:
+            c, cal = choose_schedule(model, name, schedules, steps, val_labels, target.max_drop_pp, target.confidence)
+            if c:
+                chosen = ScheduleCalibration(schedule=schedules[c].label, **dict(cal))
+        fitted[name] = PolicyCalibration(**dict(entry), by_present=by_present, depth_and_devices=chosen)
     return CalibrationFile(target=target, split="validation", samples=int(val_labels.numel()), policies=fitted)
+
+
+def schedule_records(
+    model: DistrEEStudent, vectors: list[list[torch.Tensor]], schedules: Sequence[Schedule]
+) -> list[ExitRecords]:
+    """Each schedule's step records (``fuse_schedule``), inputs starting on the branches in
+    turn (input i on branch i mod N)."""
+    starts = torch.arange(vectors[0][0].shape[0]) % model.num_branches
+    return [fuse_schedule(model, vectors, s, starts) for s in schedules]
+
+
+def _scored(model: DistrEEStudent, policy: str, schedule: Schedule, rec: ExitRecords, labels: torch.Tensor):
+    starts = torch.arange(labels.shape[0]) % model.num_branches
+    scores, correct = scores_and_correct(policy, rec, labels)
+    return scores, correct, schedule_costs(model, policy, schedule, starts)
+
+
+def choose_schedule(
+    model: DistrEEStudent,
+    policy: str,
+    schedules: Sequence[Schedule],
+    records: Sequence[ExitRecords],
+    labels: torch.Tensor,
+    max_drop_pp: float,
+    confidence: float,
+) -> tuple[int, Calibration]:
+    """``calibrate_choice`` among ``schedules`` (the first is the depth-only one) on their
+    step records: the chosen index and its calibration."""
+    candidates = [_scored(model, policy, s, rec, labels) for s, rec in zip(schedules, records)]
+    return calibrate_choice(candidates, float(model.macs.full()), max_drop_pp, confidence)
 
 
 def _calibrate_on(
@@ -256,22 +305,17 @@ def device_schedules(
     n = model.num_branches
     num_exits = model.num_exits
     schedules = list(candidate_schedules(num_exits, n))
-
-    def recorded(vectors, labels, schedule):
-        starts = torch.arange(labels.shape[0]) % n
-        rec = fuse_schedule(model, vectors, schedule, starts)
-        scores, correct = scores_and_correct(policy, rec, labels)
-        return scores, correct, schedule_costs(model, policy, schedule, starts)
-
-    val = [recorded(val_vectors, val_labels, s) for s in schedules]
+    val = schedule_records(model, val_vectors, schedules)
     full_macs = float(model.macs.full())
     costs = ExitCosts(model.macs, make_policy(policy))
     per_device_full = [costs.device(b, Step(num_exits - 1, n), 0) for b in range(n)]
     out = {}
-    for name, choices in (("depth", val[:1]), ("depth-and-devices", val)):
-        c, cal = calibrate_choice(choices, full_macs, max_drop_pp, confidence)
+    for name, choices in (("depth", 1), ("depth-and-devices", len(schedules))):
+        c, cal = choose_schedule(model, policy, schedules[:choices], val[:choices], val_labels, max_drop_pp, confidence)
         schedule = schedules[c]
-        scores, correct, macs = recorded(test_vectors, test_labels, schedule)
+        scores, correct, macs = _scored(
+            model, policy, schedule, schedule_records(model, test_vectors, [schedule])[0], test_labels
+        )
         stop = torch.from_numpy(first_passing(scores.double().numpy(), cal.thresholds))
         n_test = stop.shape[0]
         right = correct[stop, torch.arange(n_test)]

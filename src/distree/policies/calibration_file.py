@@ -9,6 +9,8 @@ Layout (one entry per calibrated policy)::
 
 ``thresholds`` hold the setting with every branch present; ``by_present[k]`` the one for k
 branches present (k < N). An infinite threshold (never stop there) is written as null.
+``depth_and_devices``, where calibration chose a schedule that wakes devices only for the
+inputs that need them: its steps (``"0:1 1:1 1:4 2:4 3:4"``) and a threshold per step.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ import math
 from pathlib import Path
 from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, field_serializer, field_validator, model_serializer, model_validator
 
 from distree.config import ConfigError, parse_config
 from distree.policies.base import ExitPolicy, ExitThresholds
 from distree.policies.registry import make_policy
+from distree.policies.schedule import Schedule
 
 
 class HasExits(Protocol):
@@ -86,10 +89,40 @@ class CalibrationTarget(BaseModel):
     confidence: float | None = None
 
 
+class ScheduleCalibration(Calibration):
+    """A setting over depth and devices: the schedule's steps (``Schedule.label``) and a
+    threshold for each step but the last."""
+
+    schedule: str
+
+    @field_validator("schedule")
+    @classmethod
+    def _a_schedule(cls, label: str) -> str:
+        Schedule.parse(label)
+        return label
+
+    @model_validator(mode="after")
+    def _a_threshold_per_step(self) -> ScheduleCalibration:
+        steps = len(Schedule.parse(self.schedule).steps)
+        if len(self.thresholds) != steps - 1:
+            raise ValueError(f"schedule {self.schedule!r} needs {steps - 1} thresholds, got {len(self.thresholds)}")
+        return self
+
+
 class PolicyCalibration(Calibration):
-    """A policy's setting with every branch present, and one per smaller count."""
+    """A policy's setting with every branch present, one per smaller count, and the
+    schedule over depth and devices when calibration chose one."""
 
     by_present: dict[int, Calibration] = {}
+    depth_and_devices: ScheduleCalibration | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent(self, handler):
+        # Depth only: no entry, as in the files written before schedules existed.
+        out = handler(self)
+        if out.get("depth_and_devices") is None:
+            out.pop("depth_and_devices", None)
+        return out
 
 
 class CalibrationFile(BaseModel):
@@ -133,7 +166,15 @@ def thresholds_for(policy: ExitPolicy, saved: CalibrationFile | None, *, branche
             f"the calibration of {policy.name!r} has {len(by_present[bad[0]])} thresholds for a model with "
             f"{exits} exits (need {gaps}); run 'distree calibrate' again"
         )
-    return ExitThresholds(by_present)
+    over = entry.depth_and_devices
+    if over is None:
+        return ExitThresholds(by_present)
+    schedule = Schedule.parse(over.schedule)
+    try:
+        schedule.check(exits, branches)
+    except ValueError as err:
+        raise ValueError(f"the calibration of {policy.name!r}: {err}; run 'distree calibrate' again") from None
+    return ExitThresholds(by_present, schedule=schedule, per_step=over.thresholds)
 
 
 def model_thresholds(policy: str | ExitPolicy, model: HasExits, saved: CalibrationFile | None) -> ExitThresholds:
