@@ -19,9 +19,15 @@ from distree.policies import ExitPolicy, ExitThresholds
 
 @torch.no_grad()
 def early_exit_batch(
-    model: DistrEEStudent, policy: ExitPolicy, thresholds: ExitThresholds, images: torch.Tensor, norm: Normalization
+    model: DistrEEStudent,
+    policy: ExitPolicy,
+    thresholds: ExitThresholds,
+    images: torch.Tensor,
+    norm: Normalization,
+    start: int = 0,
 ) -> Exited:
-    """uint8 images (B, C, H, W) -> every input's exit, logits and cost."""
+    """uint8 images (B, C, H, W) -> every input's exit, logits and cost; under a schedule
+    (``thresholds.schedule``) every input starts on branch ``start``."""
     model.eval()
     loop = StageLoop(
         HeadFusion(model.heads),
@@ -30,5 +36,6 @@ def early_exit_batch(
         ExitCosts(model.macs, policy),
         images.shape[0],
         num_exits=model.num_exits,
+        start=start,
     )
     return run_in_turn(loop, model.branches, norm(images).contiguous(memory_format=torch.channels_last))

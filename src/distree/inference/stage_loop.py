@@ -36,6 +36,10 @@ class Fusion(Protocol):
         whether the policy reads agreement -> the fused ExitOutput of the A rows."""
 
 
+class NoBranchAnswered(ValueError):
+    """A step at which no branch had vectors to fuse: the rows still running cannot go on."""
+
+
 class StopReason(str, Enum):
     """Why a row left the loop where it did."""
 
@@ -138,6 +142,11 @@ class StageLoop:
         self._held: dict[int, Array] = {}
 
     @property
+    def last_step(self) -> bool:
+        """The next step is the schedule's last: it stops every row left."""
+        return self._at == len(self.steps) - 1
+
+    @property
     def next_step(self) -> Step:
         """The step the loop decides at next."""
         return self.steps[self._at]
@@ -201,7 +210,7 @@ class StageLoop:
                 vectors[b] = v
         present = [b for b, v in enumerate(vectors) if v is not None]
         if not present:
-            raise ValueError(f"no branch answered stage {k}")
+            raise NoBranchAnswered(f"no branch answered stage {k}")
         self.left = self.alive[:0]
         if stage_ms is not None:
             self.stage_ms.append(stage_ms)

@@ -24,7 +24,7 @@ import numpy as np
 
 from distree.exits import Array
 from distree.inference.costs import ExitCosts
-from distree.inference.stage_loop import StageLoop
+from distree.inference.stage_loop import NoBranchAnswered, StageLoop
 from distree.policies import DEFAULT_POLICY, make_policy
 from distree.policies.calibration_file import model_thresholds
 from distree.policies.scores import softmax
@@ -134,49 +134,75 @@ class _CallAnswers:
                 c.future.set_exception(err)
 
 
+def _rows_of(images: np.ndarray, alive: np.ndarray) -> np.ndarray:
+    return images if alive.shape[0] == images.shape[0] else images[alive]
+
+
 class _Lockstep:
-    """How stages reach the workers in lockstep mode: stage k+1 is asked for only once the
-    loop has decided stage k, for the rows that go on."""
+    """How stages reach the workers in lockstep mode: a worker runs a stage only once the
+    loop has asked for it, for the rows still running; a worker woken late runs from stage
+    0, one stage at a time, on the images of those rows."""
 
-    def __init__(self, first: pb.StageRequest):
-        self.first = first
-        self.keep: list[int] = []
+    def __init__(self, group_id: str, images: np.ndarray, num_exits: int):
+        self.group_id = group_id
+        self.images = images
+        self.held: dict[WorkerLink, np.ndarray] = {}  # the rows each worker's state holds
 
-    def stage(self, k: int, active: list[WorkerLink]) -> dict[WorkerLink, asyncio.Future]:
-        req = self.first if k == 0 else pb.StageRequest(group_id=self.first.group_id, stage=k, keep=self.keep)
-        return {w: w.run_stage(req) for w in active}
+    def reach(self, w: WorkerLink, stages: range, alive: np.ndarray) -> asyncio.Future:
+        """Run ``stages`` on ``w`` for the rows ``alive``; the last one's reply."""
+        if len(stages) == 1:  # the common case, without a task of its own
+            return w.run_stage(self._request(w, stages[0], alive))
+        return asyncio.ensure_future(self._in_turn(w, stages, alive))
 
-    def rows(self, loop: StageLoop) -> int:
-        return loop.alive.shape[0]  # a worker runs only the rows still running
+    async def _in_turn(self, w: WorkerLink, stages: range, alive: np.ndarray) -> pb.StageReply:
+        for k in stages:
+            reply = await w.run_stage(self._request(w, k, alive))
+        return reply
 
-    def running(self, vectors: Array, loop: StageLoop) -> Array:
-        return vectors
+    def _request(self, w: WorkerLink, k: int, alive: np.ndarray) -> pb.StageRequest:
+        held, self.held[w] = self.held.get(w), alive
+        if k == 0:
+            return pb.StageRequest(group_id=self.group_id, stage=0, input=to_proto(_rows_of(self.images, alive)))
+        keep = [] if held.shape[0] == alive.shape[0] else np.flatnonzero(np.isin(held, alive)).tolist()
+        return pb.StageRequest(group_id=self.group_id, stage=k, keep=keep)
 
-    def went_on(self, go_on: Array) -> None:
-        self.keep = np.flatnonzero(np.asarray(go_on)).tolist() if not bool(go_on.all()) else []
+    def rows(self, w: WorkerLink) -> int:
+        return self.held[w].shape[0]
+
+    def running(self, w: WorkerLink, vectors: Array, alive: np.ndarray) -> Array:
+        return vectors  # the worker ran exactly the running rows
 
     def close(self) -> None:
         pass
 
 
 class _Eager:
-    """How stages reach the workers in eager mode: every worker runs on through all stages
-    for every row, sending each stage's vectors as they are ready (one future per stage)."""
+    """How stages reach the workers in eager mode: a worker, once woken, runs on through
+    every stage for the rows running then, sending each stage's vectors as they are ready
+    (one future per stage)."""
 
-    def __init__(self, first: pb.StageRequest, active: list[WorkerLink], num_exits: int):
-        self.ahead = {w: w.run_on(first, num_exits) for w in active}
+    def __init__(self, group_id: str, images: np.ndarray, num_exits: int):
+        self.group_id = group_id
+        self.images = images
+        self.num_exits = num_exits
+        self.held: dict[WorkerLink, np.ndarray] = {}
+        self.ahead: dict[WorkerLink, list[asyncio.Future]] = {}
 
-    def stage(self, k: int, active: list[WorkerLink]) -> dict[WorkerLink, asyncio.Future]:
-        return {w: self.ahead[w][k] for w in active}
+    def reach(self, w: WorkerLink, stages: range, alive: np.ndarray) -> asyncio.Future:
+        if stages.start == 0:
+            first = pb.StageRequest(group_id=self.group_id, stage=0, input=to_proto(_rows_of(self.images, alive)))
+            self.ahead[w] = w.run_on(first, self.num_exits)
+            self.held[w] = alive
+        return self.ahead[w][stages[-1]]
 
-    def rows(self, loop: StageLoop) -> int:
-        return loop.exit.shape[0]  # every row of the group, exited or not
+    def rows(self, w: WorkerLink) -> int:
+        return self.held[w].shape[0]
 
-    def running(self, vectors: Array, loop: StageLoop) -> Array:
-        return vectors[loop.alive]
-
-    def went_on(self, go_on: Array) -> None:
-        pass
+    def running(self, w: WorkerLink, vectors: Array, alive: np.ndarray) -> Array:
+        held = self.held[w]
+        if held.shape[0] == alive.shape[0]:
+            return vectors
+        return vectors[np.searchsorted(held, alive)]
 
     def close(self) -> None:
         for futures in self.ahead.values():
@@ -329,6 +355,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         self._queue: RowQueue[_Call] = RowQueue()
         self._slots = asyncio.Semaphore(options.max_groups)
         self._running = 0  # groups in flight
+        self._next_start = 0  # the branch the next group starts on, under a schedule
         self._groups: set[asyncio.Task] = set()  # their tasks: the event loop holds only weak references
         self._admission = asyncio.Event()  # a call arrived or a group ended
         self.stopping = asyncio.Event()  # set when shutting down: new calls are refused
@@ -348,19 +375,19 @@ class Coordinator(pb_grpc.CoordinatorServicer):
     # -- the stage loop ------------------------------------------------------------------
 
     async def _gather(
-        self, calls: dict[WorkerLink, asyncio.Future], k: int, rows: int
+        self, calls: dict[WorkerLink, asyncio.Future], k: int, rows: Callable[[WorkerLink], int], stages: int = 1
     ) -> tuple[dict[WorkerLink, Array], float]:
-        """Wait for stage ``k`` (``rows`` vectors) from every call until the stage deadline;
-        drop the rest.
+        """Wait for stage ``k`` (``rows(w)`` vectors from worker w) from every call until
+        the deadline of ``stages`` stages; drop the rest.
 
         Returns the vectors that arrived and the slowest worker's own stage time (ms)."""
-        done, pending = await asyncio.wait(calls.values(), timeout=self.options.stage_timeout_ms / 1000)
+        timeout_s = self.options.stage_timeout_ms / 1000
+        done, pending = await asyncio.wait(calls.values(), timeout=timeout_s * stages)
         for t in pending:
             t.cancel()
         got = {}
         xp = self.model.fusion.xp  # the vectors go to the heads as the kind of array they take
         worker_ms = 0.0
-        timeout_s = self.options.stage_timeout_ms / 1000
         for w, t in calls.items():
             if t not in done:
                 # Left out of this group either way; marked down only if it has gone
@@ -379,7 +406,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             reply = t.result()
             try:
                 got[w] = xp.asarray(
-                    array_from_proto(reply.pooled, f"branch {w.branch} vectors", ("float32",), (rows, None))
+                    array_from_proto(reply.pooled, f"branch {w.branch} vectors", ("float32",), (rows(w), None))
                 )
                 worker_ms = max(worker_ms, reply.queue_ms + reply.compute_ms)
             except InvalidTensor as bad:
@@ -406,57 +433,70 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         rows still running when no branch is left."""
         gid = uuid.uuid4().hex
         rows = images.shape[0]
-        active = started = [w for w in self.links if w.up]
-        if not active:
+        up = [w for w in self.links if w.up]
+        if not up:
             log.warning("group failed: no worker is up", extra={"group_id": gid, "inputs": rows})
             raise NoBranchError("no branch is available (all workers are down)")
         n, E = self.model.num_branches, self.model.num_exits
+        # A schedule's steps were calibrated with every device up; with one down the group
+        # wakes every device left from the start, as the depth-only policy does.
+        thresholds = self.thresholds if len(up) == n else self.thresholds.depth_only()
+        start, self._next_start = self._next_start, (self._next_start + 1) % n
         loop = StageLoop(
             self.model.fusion,
             self.policy,
-            self.thresholds,
+            thresholds,
             self.costs,
             rows,
             num_exits=E,
             arrived_s=arrived,
             deadline_ms=deadline_ms,
+            start=start,
         )
-        first = pb.StageRequest(group_id=gid, stage=0, input=to_proto(images))
-        sends = _Eager(first, active, E) if self.options.mode == "eager" else _Lockstep(first)
+        links = {w.branch: w for w in up}
+        sends = (_Eager if self.options.mode == "eager" else _Lockstep)(gid, images, E)
         worker_ms: list[float] = []
         try:
-            for k in range(E):
-                if k and abandoned():
+            while True:
+                if worker_ms and abandoned():
                     metrics.GROUPS_ABANDONED.inc()
-                    log.debug("group abandoned by its callers", extra={"group_id": gid, "stage": k})
+                    log.debug("group abandoned by its callers", extra={"group_id": gid, "step": len(worker_ms)})
                     return
                 t0 = time.perf_counter()
-                calls = sends.stage(k, active)
-                got, slowest = await self._gather(calls, k, sends.rows(loop))
-                active = [w for w in active if w in got]
-                if not got:
-                    log.warning("group failed: no branch answered", extra={"group_id": gid, "stage": k})
-                    raise NoBranchError(f"no branch answered stage {k}")
+                k = loop.next_step.exit
+                due = loop.due()
+                alive = np.asarray(loop.alive)
+                # A worker down or lost before its turn is a branch that did not answer.
+                calls = {links[b]: sends.reach(links[b], stages, alive) for b, stages in due.items() if b in links}
+                got, slowest = (
+                    await self._gather(calls, k, sends.rows, max(len(r) for r in due.values())) if calls else ({}, 0.0)
+                )
+                for w in calls:
+                    if w not in got:
+                        del links[w.branch]
                 vectors: list[Array | None] = [None] * n
                 for w, v in got.items():
-                    vectors[w.branch] = sends.running(v, loop)
+                    vectors[w.branch] = sends.running(w, v, alive)
                 now = time.perf_counter()
                 dt = (now - t0) * 1000
                 worker_ms.append(slowest)
-                # The heads are a few thousand MACs: cheaper inline than a thread hop.
-                go_on = loop.step(k, vectors, stage_ms=dt, now_s=now)
+                try:
+                    # The heads are a few thousand MACs: cheaper inline than a thread hop.
+                    loop.step(k, vectors, stage_ms=dt, now_s=now)
+                except NoBranchAnswered:
+                    log.warning("group failed: no branch answered", extra={"group_id": gid, "stage": k})
+                    raise NoBranchError(f"no branch answered stage {k}") from None
                 metrics.COORD_STAGE_SECONDS.labels(str(k)).observe(dt / 1000)
                 if loop.left.shape[0]:
                     answer(loop.left.tolist(), self._results(gid, loop, worker_ms))
                 if loop.done:
                     break
-                sends.went_on(go_on)
         finally:
             sends.close()
             # Workers that answered the last stage freed the state themselves; the others
             # drop it now (eager ones stop running on).
-            finished = [] if len(worker_ms) < E else active
-            self._drop_later(gid, [w for w in started if w not in finished])
+            started = list(sends.held)
+            self._drop_later(gid, [w for w in started if loop.ran_to[w.branch] < E - 1 or w.branch in loop.lost])
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "group answered",
@@ -484,9 +524,9 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                     probabilities=p,
                     exit=e,
                     branches=branches,
-                    stage_ms=loop.stage_ms[: e + 1],
+                    stage_ms=list(loop.stage_ms),
                     stop_reason=reason.value,
-                    worker_ms=worker_ms[: e + 1],
+                    worker_ms=list(worker_ms),
                     macs=macs,
                     group_id=gid,
                 )

@@ -15,7 +15,7 @@ import simpy
 import torch
 
 from distree.inference.costs import ExitCosts
-from distree.inference.stage_loop import StageLoop, StopReason
+from distree.inference.stage_loop import NoBranchAnswered, StageLoop, StopReason
 from distree.models import ExitRecords, StudentMacs
 from distree.policies import ExitThresholds, exit_scores, make_policy
 from distree.policies.base import first_passing
@@ -85,6 +85,7 @@ class DistrEE:
         self.thresholds = thresholds
         meta = cluster.trace.meta
         self.costs = ExitCosts(StudentMacs(meta.stage_macs, meta.head_macs), self.policy)
+        self._next_start = 0  # the branch the next request starts on, under a schedule
 
     def _stage(self, b: int, e: int, message: int) -> Generator:
         """Lockstep: message down (input or go), run stage e, vector up. Value: success."""
@@ -94,6 +95,15 @@ class DistrEE:
         if not ok:
             return False
         yield from c.network.transfer(b, "up", c.trace.meta.vector_bytes[b][e])
+        return True
+
+    def _stages(self, b: int, stages: range) -> Generator:
+        """Lockstep: ``stages`` one after another, as ``_stage`` (the first carries the
+        input when it is stage 0). Value: success."""
+        for k in stages:
+            ok = yield from self._stage(b, k, self.c.trace.meta.input_bytes if k == 0 else CONTROL_BYTES)
+            if not ok:
+                return False
         return True
 
     def _eager_worker(self, b: int, arrived: list[simpy.Event], cancelled: dict[int, bool]) -> Generator:
@@ -120,7 +130,7 @@ class DistrEE:
     def request(self, sample: int) -> Generator:
         """One request through the stage loop; value: Done."""
         c, env, meta = self.c, self.c.env, self.c.trace.meta
-        start = env.now
+        start_s = env.now
         yield _admit(c)
         # With fewer devices than branches, the first len(devices) branches are deployed.
         deployed = min(len(meta.stage_macs), len(c.devices))
@@ -129,70 +139,84 @@ class DistrEE:
             return _failed(sample)
         eager = c.scenario.mode == "eager"
         num_exits = len(meta.head_macs)
-        if eager:
-            arrivals = {b: [env.event() for _ in range(num_exits)] for b in active}
-            cancelled = dict.fromkeys(active, False)
-            for b in active:
-                env.process(self._eager_worker(b, arrivals[b], cancelled))
+        arrivals: dict[int, list[simpy.Event]] = {}
+        cancelled: dict[int, bool] = {}
         deadline = c.scenario.deadline_ms
+        n = len(meta.stage_macs)
+        # As the coordinator: a schedule with every device up, else every device from the start.
+        thresholds = self.thresholds if len(active) == n else self.thresholds.depth_only()
+        start, self._next_start = self._next_start, (self._next_start + 1) % n
         loop = StageLoop(
             self.tables.fusion(sample),
             self.policy,
-            self.thresholds,
+            thresholds,
             self.costs,
             1,
             num_exits=num_exits,
-            arrived_s=torch.tensor([start], dtype=torch.float64),
+            arrived_s=torch.tensor([start_s], dtype=torch.float64),
             deadline_ms=torch.tensor([math.inf if deadline is None else deadline], dtype=torch.float64),
+            start=start,
         )
-        for e in range(num_exits):
-            stage_start = env.now
+        woken: list[int] = []
+        while True:
+            e, last = loop.next_step.exit, loop.last_step
+            due = {b: r for b, r in loop.due().items() if b in active}
+            step_start = env.now
             if eager:
-                pending = {b: arrivals[b][e] for b in active}
+                for b, r in due.items():
+                    if r.start == 0:
+                        arrivals[b] = [env.event() for _ in range(num_exits)]
+                        cancelled[b] = False
+                        env.process(self._eager_worker(b, arrivals[b], cancelled))
+                pending = {b: arrivals[b][e] for b in due}
             else:
-                message = meta.input_bytes if e == 0 else CONTROL_BYTES
-                pending = {b: env.process(self._stage(b, e, message)) for b in active}
-            yield simpy.AnyOf(
-                env, [simpy.AllOf(env, pending.values()), env.timeout(c.scenario.stage_timeout_ms / 1000)]
-            )
-            answered = [b for b in active if pending[b].triggered and pending[b].value]
-            for b in set(active) - set(answered):
+                pending = {b: env.process(self._stages(b, r)) for b, r in due.items()}
+            woken += [b for b, r in due.items() if r.start == 0]
+            if pending:
+                longest = max(len(r) for r in due.values())
+                yield simpy.AnyOf(
+                    env,
+                    [simpy.AllOf(env, pending.values()), env.timeout(longest * c.scenario.stage_timeout_ms / 1000)],
+                )
+            answered = [b for b in due if pending[b].triggered and pending[b].value]
+            for b in set(due) - set(answered):
                 c.health.failed(b)
                 if eager:
                     cancelled[b] = True
-            active = answered
-            if not active:
-                return _failed(sample)
-            stage_ms = (env.now - stage_start) * 1000
-            last = e == num_exits - 1
-            # The coordinator's time for the head: at every exit for a policy that reads
+            active = [b for b in active if b not in due or b in answered]
+            stage_ms = (env.now - step_start) * 1000
+            # The coordinator's time for the head: at every step for a policy that reads
             # them, else (full execution) only where the request leaves.
             if self.policy.reads_exits or last:
                 yield _coordinator_time(c, meta.head_macs[e])
-            loop.step(e, self.tables.sample_vectors(sample, e, active), stage_ms=stage_ms, now_s=env.now)
+            try:
+                loop.step(e, self.tables.sample_vectors(sample, e, answered), stage_ms=stage_ms, now_s=env.now)
+            except NoBranchAnswered:
+                return _failed(sample)
             if loop.done:
-                out = loop.result()
-                if not self.policy.reads_exits and not last:  # stopped by the deadline
-                    yield _coordinator_time(c, meta.head_macs[e])
-                for b in active:
-                    if eager:
-                        env.process(self._cancel(b, cancelled))
-                    elif not last:
-                        env.process(c.network.transfer(b, "down", CONTROL_BYTES))
-                prediction = int(out.predictions[0])
-                correct = prediction == int(c.trace.labels[sample])
-                return Done(
-                    sample,
-                    env.now - start,
-                    correct,
-                    e,
-                    active,
-                    coordinator_macs=float(out.head_macs[0]),
-                    prediction=prediction,
-                    macs=int(out.macs[0]),
-                    stop_reason=out.reason[0],
-                )
-        raise AssertionError("the last exit always stops")
+                break
+        out = loop.result()
+        if not self.policy.reads_exits and not last:  # stopped by the deadline
+            yield _coordinator_time(c, meta.head_macs[e])
+        for b in woken:
+            if b not in active:
+                continue
+            if eager:
+                env.process(self._cancel(b, cancelled))
+            elif loop.ran_to[b] < num_exits - 1:
+                env.process(c.network.transfer(b, "down", CONTROL_BYTES))
+        prediction = int(out.predictions[0])
+        return Done(
+            sample,
+            env.now - start_s,
+            prediction == int(c.trace.labels[sample]),
+            e,
+            out.branches[0],
+            coordinator_macs=float(out.head_macs[0]),
+            prediction=prediction,
+            macs=int(out.macs[0]),
+            stop_reason=out.reason[0],
+        )
 
 
 # -- Baselines --------------------------------------------------------------------------
