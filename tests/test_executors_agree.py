@@ -12,7 +12,7 @@ from servers import ThreadCluster
 
 from distree.evaluation.measures import model_thresholds
 from distree.inference.inprocess import early_exit_batch
-from distree.inference.records import branch_vectors, exit_costs, fuse_schedule, schedule_costs, student_exits
+from distree.inference.records import branch_vectors, exit_costs, fuse_exits, fuse_schedule, schedule_costs, student_exits
 from distree.policies import decide_exits, exit_scores, make_policy, policy_names
 from distree.policies.calibration_file import ScheduleCalibration
 from distree.policies.schedule import Schedule
@@ -129,6 +129,17 @@ def test_every_executor_follows_a_schedule_over_depth_and_devices(trained, tmp_p
             runtime = [(a.exit, a.prediction, a.macs) for a in answers]
             assert runtime == [expected(i, i % branches) for i in range(n)], mode
             assert {len(a.branches) for a in answers} > {branches}, "some inputs should be answered by fewer devices"
+        # A device down: groups wake the others from the start, with the depth-only
+        # thresholds for two branches present, whichever branch their turn would start on.
+        dead = cluster._address()  # nothing listens there
+        address = cluster.start_coordinator(
+            CoordinatorOptions(policy="max-prob"), workers=[*cluster.worker_addresses[:2], dead]
+        )
+        with DistreeClient(address) as client:
+            answers = [client.infer(images[i : i + 1])[0] for i in range(n)]
+        exits = decide_exits(exit_scores(policy, fuse_exits(student, vectors, [0, 1])), thresholds.at(2))
+        assert [a.exit for a in answers] == exits.tolist()
+        assert {tuple(a.branches) for a in answers} == {(0, 1)}
 
     model = Model.from_run(run, record_trace(run, splits.source, torch.device("cpu"), log=lambda m: None))
     scenario = Scenario.model_validate(
