@@ -213,6 +213,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         min_group_inputs=args.min_group_inputs,
         max_group_wait_ms=args.max_group_wait_ms,
         max_queued_inputs=args.max_queued_inputs,
+        depth_only=args.depth_only,
     )
     return _serve_forever(
         serve_coordinator(
@@ -432,6 +433,12 @@ def add_runtime_commands(sub, add_data_args) -> None:
         "--max-group-inputs", type=COUNT, default=128, help="inputs of waiting calls that start as one group"
     )
     p.add_argument("--max-groups", type=COUNT, default=4, help="groups in flight at once")
+    p.add_argument(
+        "--depth-only",
+        action="store_true",
+        help="wake every device for every input, even where the calibration holds a schedule over depth "
+        "and devices (hard inputs answer sooner; every input costs more)",
+    )
     p.add_argument(
         "--threads",
         type=COUNT,

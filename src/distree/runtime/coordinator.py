@@ -63,6 +63,9 @@ class CoordinatorOptions:
     min_group_inputs: int = 32  # inputs a group needs to start at once while others run
     max_group_wait_ms: float = 50.0  # ...or the longest a call waits for more to join it
     max_queued_inputs: int = 8 * MAX_INPUTS  # inputs of calls waiting to start; more: RESOURCE_EXHAUSTED
+    # Wake every device for every input even where the calibration holds a schedule over
+    # depth and devices (lower latency for hard inputs, more work per input).
+    depth_only: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -337,6 +340,8 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             self.thresholds = model_thresholds(self.policy, model, model.calibration)
         except ValueError as err:
             raise ValueError(f"{model.source}: {err} ({model.calibration_hint})") from None
+        if options.depth_only:
+            self.thresholds = self.thresholds.depth_only()
         self.costs = ExitCosts(model.macs, self.policy)
         self.exit_macs = [int(m) for m in self.costs.per_exit().tolist()]
         self.input_shape = model.input_shape
@@ -738,7 +743,17 @@ async def serve_coordinator(
             await asyncio.sleep(0.05)
 
     tasks = [asyncio.ensure_future(t) for t in (coord.watch_workers(), coord.admit(), track_health())]
-    log.info("listening", extra={"address": listen, "port": port, "mode": options.mode, "policy": options.policy})
+    schedule = coord.thresholds.schedule
+    log.info(
+        "listening",
+        extra={
+            "address": listen,
+            "port": port,
+            "mode": options.mode,
+            "policy": options.policy,
+            "schedule": "depth only" if schedule is None else schedule.label,
+        },
+    )
     try:
         await serve_until_stopped(server, health_servicer, grace_s, log, coord.stop_admitting)
     finally:

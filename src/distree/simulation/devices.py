@@ -111,7 +111,14 @@ class Network:
             for link in self.links
         ]
         self.bytes = 0
+        self.device_bytes = [0] * len(scenario.devices)  # both directions of each device's link
+        self._busy: dict[int, float] = {}  # per channel (id of its resource): time spent sending
         self._rng = rng
+
+    @property
+    def busiest_channel_s(self) -> float:
+        """The most time any one channel (a link direction, or the shared medium) spent sending."""
+        return max(self._busy.values(), default=0.0)
 
     def one_way_s(self, link: Link) -> float:
         """A propagation delay draw: rtt/2 with Gaussian jitter, never negative."""
@@ -122,10 +129,14 @@ class Network:
         """Carry one message between the coordinator and ``device`` ("up": to the coordinator)."""
         link = self.links[device]
         size = nbytes + link.header_bytes
-        with self._channels[device][direction].request() as req:
+        channel = self._channels[device][direction]
+        with channel.request() as req:
             yield req
-            yield self.env.timeout(self._buckets[device][direction].serialisation_s(size, self.env.now))
+            sending = self._buckets[device][direction].serialisation_s(size, self.env.now)
+            yield self.env.timeout(sending)
+        self._busy[id(channel)] = self._busy.get(id(channel), 0.0) + sending
         self.bytes += size
+        self.device_bytes[device] += size
         yield self.env.timeout(self.one_way_s(link))
 
     def device_to_device(self, src: int, dst: int, nbytes: int) -> Generator:

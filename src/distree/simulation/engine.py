@@ -73,7 +73,27 @@ def systems_for(scenario: Scenario, model: Model) -> list[str]:
     unknown = [p for p in policies if p not in allowed]
     if unknown:
         raise ValueError(f"scenario policies: unknown {unknown}; choose from {allowed}")
-    return [*BASELINES, f"distree-{Full.name}", *(f"distree-{p}" for p in policies)]
+    # A policy calibrated over depth and devices is also compared with its depth-only self.
+    distree = [
+        name
+        for p in policies
+        for name in ((f"distree-{p}{DEPTH_ONLY}", f"distree-{p}") if model.thresholds(p).schedule else (f"distree-{p}",))
+    ]
+    return [*BASELINES, f"distree-{Full.name}", *distree]
+
+
+#: The suffix of a DistrEE system that wakes every device for every input although its
+#: policy's calibration holds a schedule over depth and devices.
+DEPTH_ONLY = ":depth-only"
+
+
+def distree_system(system: str) -> tuple[str, bool]:
+    """``distree-POLICY[:depth-only]`` -> (policy, whether depth only)."""
+    name = system.removeprefix("distree-")
+    policy, sep, variant = name.partition(":")
+    if sep and sep + variant != DEPTH_ONLY:
+        raise ValueError(f"unknown system {system!r}: a DistrEE system is distree-POLICY or distree-POLICY{DEPTH_ONLY}")
+    return policy, bool(sep)
 
 
 def _arrival_times(scenario: Scenario, rng: np.random.Generator) -> np.ndarray:
@@ -136,8 +156,9 @@ def run_system(scenario: Scenario, model: Model, system: str) -> SystemRun:
     elif system == "single-device-exit":
         start_request = partial(single_device_request, cluster, exits=model.single_exits)
     elif system.startswith("distree-"):
-        policy = system.removeprefix("distree-")
-        start_request = DistrEE(cluster, model.tables, policy, model.thresholds(policy)).request
+        policy, depth_only = distree_system(system)
+        thresholds = model.thresholds(policy)
+        start_request = DistrEE(cluster, model.tables, policy, thresholds.depth_only() if depth_only else thresholds).request
     else:
         raise ValueError(f"unknown system {system!r}")
 
@@ -183,7 +204,13 @@ def _measures(scenario: Scenario, run: SystemRun) -> dict:
             else sum(lat * 1000 <= scenario.deadline_ms for lat in latencies) / len(done)
         ),
         "utilisation": {dev.spec.name: dev.busy_s / end for dev in devices},
+        # The utilisation law: the rate at which the busiest device or link would be busy
+        # all the time, at this run's busy time per request (no queue or timeout counted).
+        "capacity_per_s": len(done) / max(*(dev.busy_s for dev in devices), run.network.busiest_channel_s),
         "bytes_per_request": run.network.bytes / len(done),
+        "bytes_per_request_by_device": {
+            dev.spec.name: b / len(done) for dev, b in zip(devices, run.network.device_bytes, strict=True)
+        },
         "simulated_s": end,
     }
     if run.num_exits is not None:
@@ -232,14 +259,16 @@ def result_cells(r: dict) -> dict[str, str]:
         "deadline": "-" if r["deadline_hit_rate"] is None else f"{100 * r['deadline_hit_rate']:.1f}%",
         "failed": str(r["failed"]),
         "max util": f"{100 * max(r['utilisation'].values()):.0f}%",
+        "capacity": f"{r['capacity_per_s']:.1f}",
         "kB/req": f"{r['bytes_per_request'] / 1000:.1f}",
     }
 
 
 def format_results(report: dict) -> str:
-    """The results as an aligned text table (busiest device's utilisation, kB on the wire per request)."""
-    cols = ("accuracy", "MMACs", "mean", "p50", "p95", "p99", "deadline", "failed", "max util", "kB/req")
-    headers = ("system", "accuracy", "MMACs", "mean ms", *cols[3:])
+    """The results as an aligned text table (busiest device's utilisation, the request rate
+    that would keep the busiest device or link busy all the time, kB on the wire per request)."""
+    cols = ("accuracy", "MMACs", "mean", "p50", "p95", "p99", "deadline", "failed", "max util", "capacity", "kB/req")
+    headers = ("system", "accuracy", "MMACs", "mean ms", *cols[3:9], "capacity/s", "kB/req")
     rows = [[name, *(result_cells(r)[c] for c in cols)] for name, r in report["results"].items()]
     title = f"scenario {report['scenario']} ({report['mode']}, {report['requests']} requests)"
     return "\n".join([title, *render(headers, rows)])

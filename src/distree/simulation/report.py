@@ -30,8 +30,19 @@ def _save(fig, path: Path) -> str:
 
 
 def _table(report: dict) -> list[str]:
-    cols = ("accuracy", "MMACs", "mean", "p50", "p95", "p99", "deadline", "failed")
-    headers = ("system", "accuracy", "MMACs/sample", "mean ms", "p50 ms", "p95 ms", "p99 ms", "deadline hit", "failed")
+    cols = ("accuracy", "MMACs", "mean", "p50", "p95", "p99", "deadline", "failed", "capacity")
+    headers = (
+        "system",
+        "accuracy",
+        "MMACs/sample",
+        "mean ms",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "deadline hit",
+        "failed",
+        "capacity/s",
+    )
     return render(headers, [[name, *(result_cells(r)[c] for c in cols)] for name, r in report["results"].items()], True)
 
 
@@ -149,7 +160,9 @@ def write_report(
     lines += [
         f"Model: `{run.path}`; {model.trace.meta.samples} recorded test samples from `{model.trace.meta.source}`.",
         "Every simulated request answers with the model's recorded outputs for its sample, so",
-        "accuracy is the model's real accuracy on the samples the requests drew.",
+        "accuracy is the model's real accuracy on the samples the requests drew. capacity/s is the",
+        "request rate at which the busiest device or link would be busy all the time, at the busy",
+        "time per request of the run (the utilisation law): the throughput at saturation.",
         "",
     ]
     log(f"simulating {main.name}")
