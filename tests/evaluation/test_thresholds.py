@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -97,3 +98,38 @@ def test_full_execution_is_charged_the_head_of_the_exit_it_stops_at_only():
     assert full[-1] == macs.full([1])
     assert full.tolist() == [float(macs.stages_until(e, [1]) + macs.head[e]) for e in range(model.num_exits)]
     assert exit_costs(model, "max-prob")[-1] == macs.full() + sum(macs.head[:-1])
+
+
+def _with_schedule(label, thresholds):
+    saved = calibration_of({"max-prob": {3: [0.9, None], 2: [0.5, 0.6], 1: [0.4, 0.5]}})
+    entry = saved.policies["max-prob"].model_dump()
+    over = {**{k: v for k, v in entry.items() if k != "by_present"}, "schedule": label, "thresholds": thresholds}
+    raw = saved.model_dump(mode="json")
+    raw["policies"]["max-prob"]["depth_and_devices"] = over
+    return raw
+
+
+def test_a_schedule_in_calibration_json_reaches_the_thresholds_and_a_bad_one_is_named(tmp_path):
+    run = RunDir(tmp_path)
+    run.calibration_file.write_text(json.dumps(_with_schedule("0:1 1:1 1:3 2:3", [0.8, None, 0.7])))
+    saved = run.read_calibration()
+    t = thresholds_for(make_policy("max-prob"), saved, **SHAPE)
+    assert t.schedule.label == "0:1 1:1 1:3 2:3" and t.per_step == [0.8, math.inf, 0.7]
+    assert t.at(3) == [0.9, math.inf]  # the depth-only settings stay, for groups with a device down
+    assert t.depth_only().schedule is None and t.depth_only().at(2) == [0.5, 0.6]
+    run.write_calibration(saved)  # round trip, and no entry for a depth-only choice
+    assert run.read_calibration() == saved
+    assert "depth_and_devices" not in json.dumps(calibration_of({"max-prob": {3: [0.9, None]}}).model_dump())
+    for label, thresholds, problem in [
+        ("0:1 1:x", [0.8], "EXIT:AWAKE"),
+        ("0:1 1:1 1:3 2:3", [0.8], "needs 3 thresholds, got 1"),
+        ("1:1 0:3 2:3", [0.8, 0.7], "never back"),
+    ]:
+        run.calibration_file.write_text(json.dumps(_with_schedule(label, thresholds)))
+        with pytest.raises(ValueError, match=problem) as err:
+            run.read_calibration()
+        assert "depth_and_devices" in str(err.value) and str(run.calibration_file) in str(err.value)
+    # A schedule that does not fit the model: named when the thresholds are asked for.
+    run.calibration_file.write_text(json.dumps(_with_schedule("0:1 1:1 2:2", [0.8, 0.7])))
+    with pytest.raises(ValueError, match=r"must end at the last exit with every device.*distree calibrate"):
+        thresholds_for(make_policy("max-prob"), run.read_calibration(), **SHAPE)
