@@ -12,7 +12,14 @@ from servers import ThreadCluster
 
 from distree.evaluation.measures import model_thresholds
 from distree.inference.inprocess import early_exit_batch
-from distree.inference.records import branch_vectors, exit_costs, fuse_exits, fuse_schedule, schedule_costs, student_exits
+from distree.inference.records import (
+    branch_vectors,
+    exit_costs,
+    fuse_exits,
+    fuse_schedule,
+    schedule_costs,
+    student_exits,
+)
 from distree.policies import decide_exits, exit_scores, make_policy, policy_names
 from distree.policies.calibration_file import ScheduleCalibration
 from distree.policies.schedule import Schedule

@@ -3,8 +3,8 @@ import torch
 from conftest import tiny_student_config
 
 from distree.data.augment import Normalization
-from distree.inference.inprocess import early_exit_batch
 from distree.inference.costs import ExitCosts
+from distree.inference.inprocess import early_exit_batch
 from distree.inference.records import branch_vectors, exit_costs, fuse_schedule, schedule_costs
 from distree.inference.stage_loop import StageLoop, run_in_turn
 from distree.models import DistrEEStudent, ExitRecords, HeadFusion

@@ -306,11 +306,11 @@ def test_a_schedule_names_what_each_branch_runs_and_charges_it():
     plan = Schedule.parse("0:1 1:1 1:2 2:2")
     t = ExitThresholds(ExitThresholds.same([NEVER, NEVER], 2).by_present, schedule=plan, per_step=[NEVER] * 3)
     loop = _loop(thresholds=t, rows=2, start=1)
-    assert loop.due() == {1: range(0, 1)}
+    assert loop.due() == {1: range(1)}
     loop.step(0, _v(2, 1))
     assert loop.due() == {1: range(1, 2)}
     loop.step(1, _v(2, 1))
-    assert loop.due() == {0: range(0, 2)}  # branch 1 is fused from what it gave at exit 1
+    assert loop.due() == {0: range(2)}  # branch 1 is fused from what it gave at exit 1
     with pytest.raises(ValueError, match="decides at exit 1"):
         loop.step(2, _v(2, 0))
     loop.step(1, _v(2, 0))
@@ -326,7 +326,9 @@ def test_a_schedule_step_missing_a_device_does_not_stop_early():
     # Every score passes the step thresholds, but the woken branch does not answer: the
     # thresholds were fitted with it, so the rows go on to the last step.
     plan = Schedule.parse("0:1 0:2 1:2 2:2")
-    t = ExitThresholds(ExitThresholds.same([NEVER, NEVER], 2).by_present, schedule=plan, per_step=[NEVER, ALWAYS, ALWAYS])
+    t = ExitThresholds(
+        ExitThresholds.same([NEVER, NEVER], 2).by_present, schedule=plan, per_step=[NEVER, ALWAYS, ALWAYS]
+    )
     loop = _loop(thresholds=t, rows=3)
     assert loop.step(0, _v(3, 0)).all()
     assert loop.step(0, [None, None]).all() and loop.lost == {1}

@@ -224,7 +224,9 @@ class StageLoop:
             out = self.fuse(k, vectors, self.policy.reads_agreement)
             self._head_macs += self.costs.head(k, leaving=False)
             self._outputs.append(out)
-            stop = self.policy.should_exit(i, ExitRecords.of(self._outputs, stack=False), self._thresholds(step, present))
+            stop = self.policy.should_exit(
+                i, ExitRecords.of(self._outputs, stack=False), self._thresholds(step, present)
+            )
         else:
             if not last and (late is None or not bool(late.any())):
                 return xp.ones(running, dtype=xp.bool)  # no row leaves: no head to run

@@ -77,7 +77,9 @@ def systems_for(scenario: Scenario, model: Model) -> list[str]:
     distree = [
         name
         for p in policies
-        for name in ((f"distree-{p}{DEPTH_ONLY}", f"distree-{p}") if model.thresholds(p).schedule else (f"distree-{p}",))
+        for name in (
+            (f"distree-{p}{DEPTH_ONLY}", f"distree-{p}") if model.thresholds(p).schedule else (f"distree-{p}",)
+        )
     ]
     return [*BASELINES, f"distree-{Full.name}", *distree]
 
@@ -158,7 +160,9 @@ def run_system(scenario: Scenario, model: Model, system: str) -> SystemRun:
     elif system.startswith("distree-"):
         policy, depth_only = distree_system(system)
         thresholds = model.thresholds(policy)
-        start_request = DistrEE(cluster, model.tables, policy, thresholds.depth_only() if depth_only else thresholds).request
+        start_request = DistrEE(
+            cluster, model.tables, policy, thresholds.depth_only() if depth_only else thresholds
+        ).request
     else:
         raise ValueError(f"unknown system {system!r}")
 
