@@ -33,6 +33,19 @@ from distree.simulation.trace import record_trace
 POLICIES = policy_names(servable=True)
 
 
+def _one_at_a_time(n: int) -> Scenario:
+    """``n`` requests, each arriving after the previous one has answered, every device up."""
+    return Scenario.model_validate(
+        {
+            "name": "all up, one request at a time",
+            "devices": [{"name": f"d{i}", "macs_per_s": 1e9} for i in range(RUNTIME_BRANCHES)],
+            "link": {"bandwidth_mbps": 100, "rtt_ms": 1},
+            "arrivals": {"trace": [10.0 * i for i in range(n)]},
+            "requests": n,
+        }
+    )
+
+
 @pytest.fixture(scope="module")
 def executors(trained):
     """Every executor's (exits, predictions, MACs) per policy on the test split."""
@@ -42,15 +55,7 @@ def executors(trained):
     n = len(images)
     rec = student_exits(student, images, meta.data.normalization, 64, torch.device("cpu"))
     model = Model.from_run(run, record_trace(run, splits.source, torch.device("cpu"), log=lambda m: None))
-    scenario = Scenario.model_validate(
-        {
-            "name": "all up, one request at a time",
-            "devices": [{"name": f"d{i}", "macs_per_s": 1e9} for i in range(RUNTIME_BRANCHES)],
-            "link": {"bandwidth_mbps": 100, "rtt_ms": 1},
-            "arrivals": {"trace": [10.0 * i for i in range(n)]},
-            "requests": n,
-        }
-    )
+    scenario = _one_at_a_time(n)
     out: dict[str, dict[str, tuple[list, list, list]]] = {p: {} for p in POLICIES}
     with ThreadCluster(run.path) as cluster:
         cluster.start_workers(RUNTIME_BRANCHES)
@@ -149,15 +154,6 @@ def test_every_executor_follows_a_schedule_over_depth_and_devices(trained, tmp_p
         assert {tuple(a.branches) for a in answers} == {(0, 1)}
 
     model = Model.from_run(run, record_trace(run, splits.source, torch.device("cpu"), log=lambda m: None))
-    scenario = Scenario.model_validate(
-        {
-            "name": "all up, one request at a time",
-            "devices": [{"name": f"d{i}", "macs_per_s": 1e9} for i in range(branches)],
-            "link": {"bandwidth_mbps": 100, "rtt_ms": 1},
-            "arrivals": {"trace": [10.0 * i for i in range(n)]},
-            "requests": n,
-        }
-    )
-    done = run_system(scenario, model, "distree-max-prob").done
+    done = run_system(_one_at_a_time(n), model, "distree-max-prob").done
     simulated = {d.sample: ((d.exit, d.prediction, d.macs), d.request) for d in done}
     assert [simulated[i][0] for i in range(n)] == [expected(i, simulated[i][1] % branches) for i in range(n)]
