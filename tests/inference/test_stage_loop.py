@@ -337,3 +337,34 @@ def test_a_schedule_step_missing_a_device_does_not_stop_early():
     out = loop.result()
     assert out.exit.tolist() == [2] * 3 and out.branches == [[0]] * 3
     assert set(out.reason) == {StopReason.LAST_EXIT}
+
+
+def test_a_schedule_whose_awake_devices_are_all_lost_wakes_the_others():
+    # Branch 0 alone starts and does not answer: rather than failing the rows, the loop
+    # wakes branch 1 at the same exit, and goes on without stopping early (the thresholds
+    # were fitted with both) to the last exit.
+    plan = Schedule.parse("0:1 1:1 1:2 2:2")
+    t = ExitThresholds(ExitThresholds.same([NEVER, NEVER], 2).by_present, schedule=plan, per_step=[ALWAYS] * 3)
+    loop = _loop(thresholds=t, rows=2)
+    assert loop.step(0, [None, None]).all() and loop.lost == {0}
+    assert loop.due() == {1: range(1)} and loop.next_step.exit == 0
+    assert loop.step(0, _v(2, 1)).all()
+    assert loop.step(1, _v(2, 1)).all()
+    loop.step(2, _v(2, 1))
+    out = loop.result()
+    assert out.exit.tolist() == [2, 2] and out.branches == [[1]] * 2
+    assert out.macs.tolist() == [sum(MACS.stage[1]) + sum(MACS.head)] * 2
+    loop = _loop(thresholds=t, rows=1)
+    loop.step(0, [None, None])  # branch 0 lost: branch 1 woken
+    with pytest.raises(ValueError, match="no branch answered stage 0"):  # nobody left to wake
+        loop.step(0, [None, None])
+
+
+def test_the_deadline_rule_expects_as_many_stages_as_the_next_step_runs():
+    # One device to exit 0 in 10 ms; the next step wakes the other at exit 2, which runs
+    # three stages: 30 ms more would end past a 35 ms deadline, so the row stops now.
+    plan = Schedule.parse("0:1 2:2")
+    t = ExitThresholds(ExitThresholds.same([NEVER, NEVER], 2).by_present, schedule=plan, per_step=[NEVER])
+    loop = _loop(thresholds=t, rows=2, arrived_s=torch.zeros(2), deadline_ms=torch.tensor([35.0, 45.0]))
+    go_on = loop.step(0, _v(2, 0), stage_ms=10.0, now_s=0.010)
+    assert go_on.tolist() == [False, True] and loop.reason[0] == StopReason.DEADLINE

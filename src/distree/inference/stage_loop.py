@@ -116,7 +116,8 @@ class StageLoop:
         self._stage_macs = 0
         self._head_macs = 0
         self.logits: Array | None = None  # (rows, classes) at each row's exit
-        self.stage_ms: list[float] = []
+        self.stage_ms: list[float] = []  # per step taken
+        self._per_stage_ms: list[float] = []  # each step's time over the most stages a device ran for it
         if deadline_ms is not None:
             deadline_ms = xp.asarray(deadline_ms, dtype=xp.float64)
         has_deadline = deadline_ms is not None and bool(xp.any(xp.isfinite(deadline_ms)))
@@ -168,13 +169,15 @@ class StageLoop:
         return self.alive.shape[0] == 0
 
     def _late(self, stage_ms: float | None, now_s: float | None) -> Array | None:
-        """(A,) bool: running rows whose deadline the next stage would pass."""
+        """(A,) bool: running rows whose deadline the next step would pass (as many of the
+        slowest stage so far as the next step runs on one device)."""
         if self._deadline is None:
             return None
         if stage_ms is None or now_s is None:
             raise ValueError("with deadlines, every step needs the stage's time and the clock")
         elapsed = (now_s - self._arrived[self.alive]) * 1000
-        return should_stop_for_deadline(elapsed, max(self.stage_ms), self._deadline[self.alive])
+        stages = max((len(r) for r in self.due().values()), default=1) if self._at < len(self.steps) else 1
+        return should_stop_for_deadline(elapsed, max(self._per_stage_ms) * stages, self._deadline[self.alive])
 
     def step(
         self,
@@ -209,12 +212,21 @@ class StageLoop:
             if b not in self.lost:
                 vectors[b] = v
         present = [b for b, v in enumerate(vectors) if v is not None]
-        if not present:
-            raise NoBranchAnswered(f"no branch answered stage {k}")
         self.left = self.alive[:0]
         if stage_ms is not None:
             self.stage_ms.append(stage_ms)
+            self._per_stage_ms.append(stage_ms / max((len(r) for r in due.values()), default=1))
         xp = self.xp
+        if not present:
+            asleep = [b for b in range(self.num_branches) if b not in self.lost and self.ran_to[b] < 0]
+            if not asleep:
+                raise NoBranchAnswered(f"no branch answered stage {k}")
+            # Every device awake was lost: wake the others at this exit, and go on with
+            # them as with every device (no step stops early without the devices the
+            # thresholds were fitted with; the last one does).
+            n = self.num_branches
+            self.steps = self.steps[:i] + tuple(Step(e, n) for e in range(k, self.num_exits))
+            return xp.ones(self.alive.shape[0], dtype=xp.bool)
         last = i == len(self.steps) - 1
         self._at += 1
         self._hold(vectors, present)

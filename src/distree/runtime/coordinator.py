@@ -3,9 +3,10 @@
 Holds the exit heads and the calibrated policy: a run's heads in PyTorch, or an export's
 in onnxruntime with no torch in the process (``ServedModel``). For every input it runs
 the stage loop:
-send the input to every usable worker, gather pooled vectors stage by stage with a
-per-stage deadline, fuse those that arrived, apply the policy, and on exit tell the
-workers to drop the request. A worker that fails or misses a deadline is left out of
+send the input to every usable worker (or, under a schedule over depth and devices, to
+the first of its wake order, waking the others only if it goes on), gather pooled vectors
+stage by stage with a per-stage deadline, fuse those that arrived, apply the policy, and
+on exit tell the workers to drop the request. A worker that fails or misses a deadline is left out of
 that request and retried with back-off until healthy again.
 """
 
@@ -150,12 +151,16 @@ class _Lockstep:
         self.group_id = group_id
         self.images = images
         self.held: dict[WorkerLink, np.ndarray] = {}  # the rows each worker's state holds
+        self._catching_up: list[asyncio.Task] = []
 
     def reach(self, w: WorkerLink, stages: range, alive: np.ndarray) -> asyncio.Future:
         """Run ``stages`` on ``w`` for the rows ``alive``; the last one's reply."""
         if len(stages) == 1:  # the common case, without a task of its own
             return w.run_stage(self._request(w, stages[0], alive))
-        return asyncio.ensure_future(self._in_turn(w, stages, alive))
+        self.held.setdefault(w, alive)  # known at once: the group's end drops it in any case
+        task = asyncio.ensure_future(self._in_turn(w, stages, alive))
+        self._catching_up.append(task)
+        return task
 
     async def _in_turn(self, w: WorkerLink, stages: range, alive: np.ndarray) -> pb.StageReply:
         for k in stages:
@@ -176,7 +181,9 @@ class _Lockstep:
         return vectors  # the worker ran exactly the running rows
 
     def close(self) -> None:
-        pass
+        for t in self._catching_up:
+            if not t.cancel() and not t.cancelled():
+                t.exception()  # a stage that failed after the answer is no news
 
 
 class _Eager:
@@ -196,7 +203,17 @@ class _Eager:
             first = pb.StageRequest(group_id=self.group_id, stage=0, input=to_proto(_rows_of(self.images, alive)))
             self.ahead[w] = w.run_on(first, self.num_exits)
             self.held[w] = alive
-        return self.ahead[w][stages[-1]]
+        if len(stages) == 1:
+            return self.ahead[w][stages[0]]
+        # A worker that fails a stage it catches up on never sends the later ones: its
+        # error, not the deadline, ends the wait.
+        return asyncio.ensure_future(self._in_turn(self.ahead[w][stages.start : stages.stop]))
+
+    @staticmethod
+    async def _in_turn(futures: list[asyncio.Future]) -> pb.StageReply:
+        for f in futures:
+            reply = await f
+        return reply
 
     def rows(self, w: WorkerLink) -> int:
         return self.held[w].shape[0]
@@ -471,8 +488,13 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                 k = loop.next_step.exit
                 due = loop.due()
                 alive = np.asarray(loop.alive)
-                # A worker down or lost before its turn is a branch that did not answer.
-                calls = {links[b]: sends.reach(links[b], stages, alive) for b, stages in due.items() if b in links}
+                # A worker down (now, or lost earlier in this group) before its turn is a
+                # branch that did not answer.
+                calls = {
+                    links[b]: sends.reach(links[b], stages, alive)
+                    for b, stages in due.items()
+                    if b in links and links[b].up
+                }
                 got, slowest = (
                     await self._gather(calls, k, sends.rows, max(len(r) for r in due.values())) if calls else ({}, 0.0)
                 )

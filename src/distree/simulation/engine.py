@@ -195,6 +195,7 @@ def _measures(scenario: Scenario, run: SystemRun) -> dict:
     answered = [d for d in done if d.latency_s is not None]
     latencies = [d.latency_s for d in answered]
     macs = sum(dev.macs for dev in devices) + sum(d.coordinator_macs for d in done)
+    busiest = max(*(dev.busy_s for dev in devices), run.network.busiest_channel_s)
     out = {
         "requests": len(done),
         "failed": len(done) - len(answered),
@@ -208,9 +209,10 @@ def _measures(scenario: Scenario, run: SystemRun) -> dict:
             else sum(lat * 1000 <= scenario.deadline_ms for lat in latencies) / len(done)
         ),
         "utilisation": {dev.spec.name: dev.busy_s / end for dev in devices},
-        # The utilisation law: the rate at which the busiest device or link would be busy
-        # all the time, at this run's busy time per request (no queue or timeout counted).
-        "capacity_per_s": len(done) / max(*(dev.busy_s for dev in devices), run.network.busiest_channel_s),
+        # The utilisation law: the request rate at which the busiest device or link would
+        # be busy all the time, at this run's busy time per request (no queue or timeout
+        # counted; a failed request counts with the work it cost); None when nothing was busy.
+        "capacity_per_s": len(done) / busiest if busiest else None,
         "bytes_per_request": run.network.bytes / len(done),
         "bytes_per_request_by_device": {
             dev.spec.name: b / len(done) for dev, b in zip(devices, run.network.device_bytes, strict=True)
@@ -263,7 +265,7 @@ def result_cells(r: dict) -> dict[str, str]:
         "deadline": "-" if r["deadline_hit_rate"] is None else f"{100 * r['deadline_hit_rate']:.1f}%",
         "failed": str(r["failed"]),
         "max util": f"{100 * max(r['utilisation'].values()):.0f}%",
-        "capacity": f"{r['capacity_per_s']:.1f}",
+        "capacity": "-" if r["capacity_per_s"] is None else f"{r['capacity_per_s']:.1f}",
         "kB/req": f"{r['bytes_per_request'] / 1000:.1f}",
     }
 

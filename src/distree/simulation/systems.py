@@ -160,7 +160,8 @@ class DistrEE:
         woken: list[int] = []
         while True:
             e, last = loop.next_step.exit, loop.last_step
-            due = {b: r for b, r in loop.due().items() if b in active}
+            # A device unusable now (or lost earlier) before its turn does not answer.
+            due = {b: r for b, r in loop.due().items() if b in active and c.health.usable[b]}
             step_start = env.now
             if eager:
                 for b, r in due.items():
