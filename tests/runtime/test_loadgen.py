@@ -40,3 +40,20 @@ def test_answers_before_and_after_a_failed_call_are_kept():
     assert [r["label"] for r in requests] == list(range(10))
     assert [r.get("prediction") for r in requests] == [0, 1, 2, 3, None, None, 6, 7, 8, 9]
     assert {r["error"] for r in requests if "error" in r} == {"UNAVAILABLE: coordinator went away"}
+
+
+def test_the_summary_counts_answers_by_exit_and_by_devices_fused():
+    from types import SimpleNamespace
+
+    from distree.runtime.loadgen import format_infer, summarize
+
+    info = SimpleNamespace(num_exits=3, num_branches=4, policy="max-prob", mode="lockstep", full_macs=100)
+    requests = [
+        {"label": 1, "prediction": 1, "exit": 0, "branches": [0, 1], "macs": 20, "latency_ms": 5.0},
+        {"label": 2, "prediction": 0, "exit": 2, "branches": [0, 1, 2, 3], "macs": 100, "latency_ms": 9.0},
+        {"label": 3, "error": "UNAVAILABLE: gone"},
+    ]
+    r = summarize(info, requests, 1.0)
+    assert r["exit_histogram"] == [1, 0, 1] and r["devices_histogram"] == [0, 1, 0, 1]
+    assert r["saving"] == 0.4 and r["failed"] == 1
+    assert "answered by 1..4 devices [0, 1, 0, 1]" in format_infer(r)

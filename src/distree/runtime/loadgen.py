@@ -76,8 +76,10 @@ def summarize(info, requests: list[dict], wall_s: float, **fields) -> dict:
     failed = [r for r in requests if "error" in r]
     lat = [r["latency_ms"] for r in answered]
     hist = [0] * info.num_exits
+    devices = [0] * info.num_branches  # answers fused from 1..N devices
     for r in answered:
         hist[r["exit"]] += 1
+        devices[len(r["branches"]) - 1] += 1
     macs = sum(r["macs"] for r in answered) / max(1, len(answered))
     return {
         **fields,
@@ -94,6 +96,7 @@ def summarize(info, requests: list[dict], wall_s: float, **fields) -> dict:
         | {"mean": round(float(np.mean(lat)), 3) if lat else float("nan")},
         "throughput_per_s": round(len(requests) / wall_s, 1),
         "exit_histogram": hist,
+        "devices_histogram": devices,
         "requests": requests,
     }
 
@@ -123,5 +126,6 @@ def format_infer(r: dict) -> str:
     return (
         f"{r['policy']:<23} ({r['mode']}): accuracy {r['accuracy']:.2%}  saving {r['saving']:.1%}  "
         f"latency p50 {lat['p50']:.1f} ms  p95 {lat['p95']:.1f} ms  {r['throughput_per_s']:.0f}/s  "
-        f"exits {r['exit_histogram']}{failed}"
+        f"exits {r['exit_histogram']}  answered by 1..{len(r['devices_histogram'])} devices "
+        f"{r['devices_histogram']}{failed}"
     )
