@@ -73,6 +73,9 @@ class _Recorded:
         if self.macs.shape != self.scores.shape:
             raise ValueError(f"exit costs {tuple(macs.shape)} do not match scores {self.scores.shape}")
         self.idx = np.arange(self.scores.shape[1])
+        # The searches come back to the same settings many times (each loss count of the
+        # ladder descends again from the same family): each is measured once.
+        self._outcomes: dict[tuple[float, ...], Outcome] = {}
 
     def subset(self, idx: np.ndarray) -> _Recorded:
         """The same records for the samples ``idx`` only."""
@@ -80,6 +83,12 @@ class _Recorded:
         return _Recorded(*(torch.from_numpy(np.ascontiguousarray(a)) for a in parts))
 
     def outcome(self, thresholds: list[float]) -> Outcome:
+        key = tuple(thresholds)
+        if key not in self._outcomes:
+            self._outcomes[key] = self._measure(thresholds)
+        return self._outcomes[key]
+
+    def _measure(self, thresholds: list[float]) -> Outcome:
         exits = first_passing(self.scores, thresholds)
         stopped, full = self.correct[exits, self.idx], self.correct[-1]
         return Outcome(
