@@ -137,9 +137,11 @@ def test_every_executor_follows_a_schedule_over_depth_and_devices(trained, tmp_p
         for mode in ("lockstep", "eager"):
             address = cluster.start_coordinator(CoordinatorOptions(policy="max-prob", mode=mode))
             with DistreeClient(address) as client:  # one input per call: group i starts on branch i mod 3
+                assert client.model_info().schedule == SCHEDULE
                 answers = [client.infer(images[i : i + 1])[0] for i in range(n)]
             runtime = [(a.exit, a.prediction, a.macs) for a in answers]
             assert runtime == [expected(i, i % branches) for i in range(n)], mode
+            assert [a.start for a in answers] == [i % branches for i in range(n)]
             assert {len(a.branches) for a in answers} > {branches}, "some inputs should be answered by fewer devices"
         # A device down: groups wake the others from the start, with the depth-only
         # thresholds for two branches present, whichever branch their turn would start on.

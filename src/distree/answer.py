@@ -17,9 +17,10 @@ class Answer:
     class_name: str = ""  # the prediction's name
     branches: list[int] = field(default_factory=list)  # fused at the exit
     stop_reason: str = ""  # why it stopped there: "policy", "last-exit" or "deadline"
-    stage_ms: list[float] = field(default_factory=list)  # a cluster's: wall time of each stage at the coordinator
-    worker_ms: list[float] = field(default_factory=list)  # a cluster's: the slowest worker's own time per stage
+    stage_ms: list[float] = field(default_factory=list)  # a cluster's: wall time of each step at the coordinator
+    worker_ms: list[float] = field(default_factory=list)  # a cluster's: the slowest worker's own time per step
     group_id: str = ""  # a cluster's: the group it ran in, as the coordinator's and workers' debug logs name it
+    start: int = 0  # the branch its wake order began with (a schedule over depth and devices starts there)
 
     @property
     def probability(self) -> float:

@@ -47,7 +47,9 @@ def test_the_summary_counts_answers_by_exit_and_by_devices_fused():
 
     from distree.runtime.loadgen import format_infer, summarize
 
-    info = SimpleNamespace(num_exits=3, num_branches=4, policy="max-prob", mode="lockstep", full_macs=100)
+    info = SimpleNamespace(
+        num_exits=3, num_branches=4, policy="max-prob", mode="lockstep", full_macs=100, schedule="0:2 1:2 1:4 2:4"
+    )
     requests = [
         {"label": 1, "prediction": 1, "exit": 0, "branches": [0, 1], "macs": 20, "latency_ms": 5.0},
         {"label": 2, "prediction": 0, "exit": 2, "branches": [0, 1, 2, 3], "macs": 100, "latency_ms": 9.0},
@@ -57,3 +59,5 @@ def test_the_summary_counts_answers_by_exit_and_by_devices_fused():
     assert r["exit_histogram"] == [1, 0, 1] and r["devices_histogram"] == [0, 1, 0, 1]
     assert r["saving"] == 0.4 and r["failed"] == 1
     assert "answered by 1..4 devices [0, 1, 0, 1]" in format_infer(r)
+    assert "(lockstep, schedule 0:2 1:2 1:4 2:4)" in format_infer(r)
+    assert "schedule" not in format_infer(summarize(SimpleNamespace(**{**vars(info), "schedule": ""}), requests, 1.0))

@@ -204,11 +204,17 @@ def _torch_agreement(run: RunDir, student, policy: str, images: torch.Tensor, re
 
     p = make_policy(policy)
     thresholds = model_thresholds(p, student, run.read_calibration())
-    exits, preds = [], []
-    for i in range(0, len(images), 256):
-        out = early_exit_batch(student, p, thresholds, images[i : i + 256], run.meta.data.normalization)
-        exits += out.exit.tolist()
-        preds += out.predictions.tolist()
+    exits, preds = [0] * len(requests), [0] * len(requests)
+    # Under a schedule an answer depends on the branch its input started on: each input
+    # runs here from the same one.
+    starts = torch.tensor([r["start"] for r in requests])
+    for start in starts.unique().tolist():
+        rows = torch.nonzero(starts == start).flatten()
+        for i in range(0, len(rows), 256):
+            part = rows[i : i + 256]
+            out = early_exit_batch(student, p, thresholds, images[part], run.meta.data.normalization, start=start)
+            for r, e, q in zip(part.tolist(), out.exit.tolist(), out.predictions.tolist()):
+                exits[r], preds[r] = e, q
     same_pred = [r["prediction"] == q for r, q in zip(requests, preds, strict=True)]
     same_exit = [r["exit"] == e for r, e in zip(requests, exits, strict=True)]
     n = max(1, len(requests))

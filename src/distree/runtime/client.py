@@ -243,6 +243,7 @@ class DistreeClient:
                 stage_ms=list(r.stage_ms),
                 worker_ms=list(r.worker_ms),
                 group_id=r.group_id,
+                start=r.start,
             )
             for r in reply.results
         ]

@@ -556,6 +556,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                     worker_ms=list(worker_ms),
                     macs=macs,
                     group_id=gid,
+                    start=loop.start,
                 )
             )
         return results
@@ -713,7 +714,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         self.stopping.set()
 
     async def ModelInfo(self, request, context):  # noqa: N802
-        """Shapes, classes, exits, policy and per-exit MACs of the served model."""
+        """Shapes, classes, exits, policy, schedule and per-exit MACs of the served model."""
         m = self.model
         return pb.ModelInfoReply(
             in_channels=m.input_shape[0],
@@ -725,6 +726,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             mode=self.options.mode,
             exit_macs=self.exit_macs,
             full_macs=int(m.macs.full()),
+            schedule="" if self.thresholds.schedule is None else self.thresholds.schedule.label,
         )
 
 

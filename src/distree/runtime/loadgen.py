@@ -57,6 +57,7 @@ def send(
                 "worker_ms": [round(v, 3) for v in a.worker_ms],
                 "macs": a.macs,
                 "group_id": a.group_id,
+                "start": a.start,
             }
             for j, a in enumerate(answers)
         ]
@@ -84,6 +85,7 @@ def summarize(info, requests: list[dict], wall_s: float, **fields) -> dict:
     return {
         **fields,
         "policy": info.policy,
+        "schedule": info.schedule or None,
         "mode": info.mode,
         "samples": len(requests),
         "answered": len(answered),
@@ -124,7 +126,7 @@ def format_infer(r: dict) -> str:
     lat = r["latency_ms"]
     failed = f"  FAILED {r['failed']} of {r['samples']}: {'; '.join(r['errors'])}" if r["failed"] else ""
     return (
-        f"{r['policy']:<23} ({r['mode']}): accuracy {r['accuracy']:.2%}  saving {r['saving']:.1%}  "
+        f"{r['policy']:<23} ({r['mode']}{', schedule ' + r['schedule'] if r.get('schedule') else ''}): accuracy {r['accuracy']:.2%}  saving {r['saving']:.1%}  "
         f"latency p50 {lat['p50']:.1f} ms  p95 {lat['p95']:.1f} ms  {r['throughput_per_s']:.0f}/s  "
         f"exits {r['exit_histogram']}  answered by 1..{len(r['devices_histogram'])} devices "
         f"{r['devices_histogram']}{failed}"

@@ -117,7 +117,7 @@ class InferRequest(_message.Message):
     def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., deadline_ms: _Optional[float] = ...) -> None: ...
 
 class InferResult(_message.Message):
-    __slots__ = ("prediction", "probabilities", "exit", "branches", "stage_ms", "stop_reason", "worker_ms", "macs", "group_id")
+    __slots__ = ("prediction", "probabilities", "exit", "branches", "stage_ms", "stop_reason", "worker_ms", "macs", "group_id", "start")
     PREDICTION_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     EXIT_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +127,7 @@ class InferResult(_message.Message):
     WORKER_MS_FIELD_NUMBER: _ClassVar[int]
     MACS_FIELD_NUMBER: _ClassVar[int]
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
     prediction: int
     probabilities: _containers.RepeatedScalarFieldContainer[float]
     exit: int
@@ -136,7 +137,8 @@ class InferResult(_message.Message):
     worker_ms: _containers.RepeatedScalarFieldContainer[float]
     macs: int
     group_id: str
-    def __init__(self, prediction: _Optional[int] = ..., probabilities: _Optional[_Iterable[float]] = ..., exit: _Optional[int] = ..., branches: _Optional[_Iterable[int]] = ..., stage_ms: _Optional[_Iterable[float]] = ..., stop_reason: _Optional[str] = ..., worker_ms: _Optional[_Iterable[float]] = ..., macs: _Optional[int] = ..., group_id: _Optional[str] = ...) -> None: ...
+    start: int
+    def __init__(self, prediction: _Optional[int] = ..., probabilities: _Optional[_Iterable[float]] = ..., exit: _Optional[int] = ..., branches: _Optional[_Iterable[int]] = ..., stage_ms: _Optional[_Iterable[float]] = ..., stop_reason: _Optional[str] = ..., worker_ms: _Optional[_Iterable[float]] = ..., macs: _Optional[int] = ..., group_id: _Optional[str] = ..., start: _Optional[int] = ...) -> None: ...
 
 class InferReply(_message.Message):
     __slots__ = ("results",)
@@ -171,7 +173,7 @@ class ModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfoReply(_message.Message):
-    __slots__ = ("in_channels", "image_size", "classes", "num_exits", "num_branches", "policy", "mode", "exit_macs", "full_macs")
+    __slots__ = ("in_channels", "image_size", "classes", "num_exits", "num_branches", "policy", "mode", "exit_macs", "full_macs", "schedule")
     IN_CHANNELS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +183,7 @@ class ModelInfoReply(_message.Message):
     MODE_FIELD_NUMBER: _ClassVar[int]
     EXIT_MACS_FIELD_NUMBER: _ClassVar[int]
     FULL_MACS_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     in_channels: int
     image_size: int
     classes: _containers.RepeatedScalarFieldContainer[str]
@@ -190,4 +193,5 @@ class ModelInfoReply(_message.Message):
     mode: str
     exit_macs: _containers.RepeatedScalarFieldContainer[int]
     full_macs: int
-    def __init__(self, in_channels: _Optional[int] = ..., image_size: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., num_exits: _Optional[int] = ..., num_branches: _Optional[int] = ..., policy: _Optional[str] = ..., mode: _Optional[str] = ..., exit_macs: _Optional[_Iterable[int]] = ..., full_macs: _Optional[int] = ...) -> None: ...
+    schedule: str
+    def __init__(self, in_channels: _Optional[int] = ..., image_size: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., num_exits: _Optional[int] = ..., num_branches: _Optional[int] = ..., policy: _Optional[str] = ..., mode: _Optional[str] = ..., exit_macs: _Optional[_Iterable[int]] = ..., full_macs: _Optional[int] = ..., schedule: _Optional[str] = ...) -> None: ...
