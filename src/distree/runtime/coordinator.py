@@ -445,7 +445,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
     ) -> None:
         """Run a group of inputs (uint8 (B, C, H, W)) through the stage loop together.
 
-        ``abandoned()``: checked before every stage after the first; once true (no caller
+        ``abandoned()``: checked before every step after the first; once true (no caller
         waits for any of the rows) the group stops, and the workers drop its state.
 
         ``arrived`` (B,) is each input's arrival (perf_counter seconds) and ``deadline_ms``
