@@ -94,19 +94,24 @@ def calibrate_policies(
     return CalibrationFile(target=target, split="validation", samples=int(val_labels.numel()), policies=fitted)
 
 
+def in_turn(samples: int, model: DistrEEStudent) -> torch.Tensor:
+    """The branch each of ``samples`` inputs starts on when they take the branches in turn
+    (input i on branch i mod N), as the runtime's groups do."""
+    return torch.arange(samples) % model.num_branches
+
+
 def schedule_records(
     model: DistrEEStudent, vectors: list[list[torch.Tensor]], schedules: Sequence[Schedule]
 ) -> list[ExitRecords]:
     """Each schedule's step records (``fuse_schedule``), inputs starting on the branches in
-    turn (input i on branch i mod N)."""
-    starts = torch.arange(vectors[0][0].shape[0]) % model.num_branches
+    turn."""
+    starts = in_turn(vectors[0][0].shape[0], model)
     return [fuse_schedule(model, vectors, s, starts) for s in schedules]
 
 
 def _scored(model: DistrEEStudent, policy: str, schedule: Schedule, rec: ExitRecords, labels: torch.Tensor):
-    starts = torch.arange(labels.shape[0]) % model.num_branches
     scores, correct = scores_and_correct(policy, rec, labels)
-    return scores, correct, schedule_costs(model, policy, schedule, starts)
+    return scores, correct, schedule_costs(model, policy, schedule, in_turn(labels.shape[0], model))
 
 
 def choose_schedule(
@@ -320,7 +325,7 @@ def device_schedules(
         n_test = stop.shape[0]
         right = correct[stop, torch.arange(n_test)]
         spent = macs[stop, torch.arange(n_test)].double()
-        starts = torch.arange(n_test) % n
+        starts = in_turn(n_test, model)
         awake = torch.tensor([s.awake for s in schedule.steps])[stop]
         # ran[b, i, s]: what device b has run for an input that starts on s and stops at step i
         ran = torch.tensor(
@@ -361,7 +366,7 @@ def calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15
 def awake_table(model: DistrEEStudent, vectors: list[list[torch.Tensor]], labels: torch.Tensor) -> dict:
     """For 1 to N devices awake (the first of each input's wake order, inputs starting on
     the devices in turn): every exit's accuracy and calibration error."""
-    starts = torch.arange(labels.shape[0]) % model.num_branches
+    starts = in_turn(labels.shape[0], model)
     out = {}
     for m in range(1, model.num_branches + 1):
         rec = fuse_awake(model, vectors, m, starts)

@@ -239,17 +239,29 @@ def _cheapest_per_loss(rec: _Recorded, full_macs: float, passes: int) -> dict[in
     return found
 
 
+def _choice_path(fits: Sequence[_Recorded], full_macs: float, passes: int) -> list[tuple[int, list[float]]]:
+    """(candidate, setting) pairs from full execution (candidate 0, never stopping early)
+    to ever cheaper ones: for each loss count of the ladder, the cheapest pair on the
+    fitting records ``fits`` (one per candidate, the same samples) with at most that many
+    losses."""
+    best: dict[int, tuple[float, int, list[float]]] = {}  # loss count -> (macs, candidate, thresholds)
+    for c, rec in enumerate(fits):
+        for k, (t, macs) in _cheapest_per_loss(rec, full_macs, passes).items():
+            if k not in best or macs < best[k][0]:
+                best[k] = (macs, c, t)
+    path = [(0, [math.inf] * (fits[0].scores.shape[0] - 1))]
+    for _, c, t in sorted(best.values(), key=lambda v: -v[0]):  # most expensive first
+        if (c, t) not in path:
+            path.append((c, t))
+    return path
+
+
 def calibration_path(rec: _Recorded, full_macs: float, passes: int = 4) -> list[list[float]]:
     """Threshold settings from full execution to ever cheaper ones: for each of a ladder
     of loss counts k (0, 1, 2, 3, 4, 6, 8, ... about 1.4x apart), the cheapest setting on
     ``rec`` in which at most k samples that full execution gets right end up wrong. Few
     losses come first, so the steps are small where a bound is tightest."""
-    never = [math.inf] * (rec.scores.shape[0] - 1)
-    found = {tuple(never): rec.outcome(never).macs_per_sample}
-    for t, macs in _cheapest_per_loss(rec, full_macs, passes).values():
-        found.setdefault(tuple(t), macs)
-    # Most expensive (full execution) first, cheapest last.
-    return [list(t) for t, _ in sorted(found.items(), key=lambda tm: -tm[1])]
+    return [t for _, t in _choice_path([rec], full_macs, passes)]
 
 
 def calibrate_targets(
@@ -263,45 +275,8 @@ def calibrate_targets(
     passes: int = 4,
 ) -> list[Calibration]:
     """``calibrate`` with a confidence for several drop targets, sharing one path."""
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    rec = _Recorded(scores, correct, exit_macs)
-    n = rec.scores.shape[1]
-    order = np.random.default_rng(seed).permutation(n)
-    cut = round(n * FIT_SHARE)
-    fit, held = rec.subset(np.sort(order[:cut])), rec.subset(np.sort(order[cut:]))
-    # The order of the tests comes from the fitting part alone (its score grid included).
-    path = calibration_path(fit, full_macs, min(passes, 2))
-    held_n = held.scores.shape[1]
-    # path[0] is full execution: its drop is 0 by definition, so it needs no test (and no
-    # power is spent on it). The others are tested in order on the held-out part.
-    bounds = [0.0]
-    for t in path[1:]:
-        o = held.outcome(t)
-        bounds.append(drop_upper_bound(o.losses, o.gains, held_n, confidence) * 100)
-    full_acc = float(rec.correct[-1].mean())
-    out = []
-    for target in targets_pp:
-        if target < 0:
-            raise ValueError(f"max_drop_pp must be >= 0, got {target}")
-        # Fixed-sequence testing: walk the path, stop at the first setting whose bound fails.
-        chosen = 0
-        for i in range(1, len(bounds)):
-            if bounds[i] > target + 1e-9:
-                break
-            chosen = i
-        t = path[chosen]
-        if chosen == 0:
-            msg = (
-                f"met by full execution only: no early-exit setting's bound at {confidence:.0%} confidence was "
-                f"within {target} pp on {held_n} held-out samples (a looser target, a lower confidence or more "
-                "validation samples leave room for early exits)"
-            )
-        else:
-            bound = f"bound {bounds[chosen]:.2f} pp on {held_n} held-out samples"
-            msg = f"target met at {confidence:.0%} confidence ({bound})"
-        out.append(_result(t, rec.outcome(t), full_acc, full_macs, True, msg, bounds[chosen], confidence, held_n))
-    return out
+    chosen = _tested_path([(scores, correct, exit_macs)], full_macs, targets_pp, confidence, seed, passes)
+    return [cal for _, cal in chosen]
 
 
 def calibrate_choice(
@@ -321,10 +296,24 @@ def calibrate_choice(
     many losses, and the held-out part tests them in order of decreasing cost. The first
     candidate's full execution starts the path. Returns the candidate's index and its
     calibration (on all the given samples)."""
+    return _tested_path(candidates, full_macs, [max_drop_pp], confidence, seed, passes)[0]
+
+
+def _tested_path(
+    candidates: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    full_macs: float,
+    targets_pp: Sequence[float],
+    confidence: float,
+    seed: int,
+    passes: int,
+) -> list[tuple[int, Calibration]]:
+    """Per drop target: the (candidate, calibration) that fixed-sequence testing of the
+    choice path on the held-out part reaches."""
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    if max_drop_pp < 0:
-        raise ValueError(f"max_drop_pp must be >= 0, got {max_drop_pp}")
+    negative = [t for t in targets_pp if t < 0]
+    if negative:
+        raise ValueError(f"max_drop_pp must be >= 0, got {negative[0]}")
     if not candidates:
         raise ValueError("no candidate to choose from")
     recs = [_Recorded(*c) for c in candidates]
@@ -337,38 +326,38 @@ def calibrate_choice(
     order = np.random.default_rng(seed).permutation(n)
     cut = round(n * FIT_SHARE)
     fit_idx, held_idx = np.sort(order[:cut]), np.sort(order[cut:])
-    best: dict[int, tuple[float, int, list[float]]] = {}  # loss count -> (macs, candidate, thresholds)
-    for c, rec in enumerate(recs):
-        for k, (t, macs) in _cheapest_per_loss(rec.subset(fit_idx), full_macs, min(passes, 2)).items():
-            if k not in best or macs < best[k][0]:
-                best[k] = (macs, c, t)
-    never = [math.inf] * (recs[0].scores.shape[0] - 1)
-    path = [(0, never)]
-    for _, c, t in sorted(best.values(), key=lambda v: -v[0]):
-        if (c, t) not in path:
-            path.append((c, t))
+    # The order of the tests comes from the fitting part alone (its score grid included).
+    path = _choice_path([r.subset(fit_idx) for r in recs], full_macs, min(passes, 2))
     held = [r.subset(held_idx) for r in recs]
     held_n = len(held_idx)
-    chosen = 0
-    bound = 0.0
-    for i in range(1, len(path)):
-        c, t = path[i]
+    # path[0] is full execution: its drop is 0 by definition, so it needs no test (and no
+    # power is spent on it). The others are tested in order on the held-out part.
+    bounds = [0.0]
+    for c, t in path[1:]:
         o = held[c].outcome(t)
-        b = drop_upper_bound(o.losses, o.gains, held_n, confidence) * 100
-        if b > max_drop_pp + 1e-9:
-            break
-        chosen, bound = i, b
-    c, t = path[chosen]
-    rec = recs[c]
-    full_acc = float(rec.correct[-1].mean())
-    if chosen == 0:
-        msg = (
-            f"met by full execution only: no early-exit setting's bound at {confidence:.0%} confidence was "
-            f"within {max_drop_pp} pp on {held_n} held-out samples"
-        )
-    else:
-        msg = f"target met at {confidence:.0%} confidence (bound {bound:.2f} pp on {held_n} held-out samples)"
-    return c, _result(t, rec.outcome(t), full_acc, full_macs, True, msg, bound, confidence, held_n)
+        bounds.append(drop_upper_bound(o.losses, o.gains, held_n, confidence) * 100)
+    full_acc = float(recs[0].correct[-1].mean())
+    out = []
+    for target in targets_pp:
+        # Fixed-sequence testing: walk the path, stop at the first setting whose bound fails.
+        chosen = 0
+        for i in range(1, len(bounds)):
+            if bounds[i] > target + 1e-9:
+                break
+            chosen = i
+        c, t = path[chosen]
+        if chosen == 0:
+            msg = (
+                f"met by full execution only: no early-exit setting's bound at {confidence:.0%} confidence was "
+                f"within {target} pp on {held_n} held-out samples (a looser target, a lower confidence or more "
+                "validation samples leave room for early exits)"
+            )
+        else:
+            bound = f"bound {bounds[chosen]:.2f} pp on {held_n} held-out samples"
+            msg = f"target met at {confidence:.0%} confidence ({bound})"
+        cal = _result(t, recs[c].outcome(t), full_acc, full_macs, True, msg, bounds[chosen], confidence, held_n)
+        out.append((c, cal))
+    return out
 
 
 def _descend(rec, cands, best_t, best, feasible, key, passes):

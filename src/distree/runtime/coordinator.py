@@ -6,8 +6,8 @@ the stage loop:
 send the input to every usable worker (or, under a schedule over depth and devices, to
 the first of its wake order, waking the others only if it goes on), gather pooled vectors
 stage by stage with a per-stage deadline, fuse those that arrived, apply the policy, and
-on exit tell the workers to drop the request. A worker that fails or misses a deadline is left out of
-that request and retried with back-off until healthy again.
+on exit tell the workers to drop the request. A worker that fails or misses a deadline
+is left out of that request and retried with back-off until healthy again.
 """
 
 from __future__ import annotations

@@ -125,8 +125,9 @@ def format_infer(r: dict) -> str:
     """One summary line block of ``run_infer``."""
     lat = r["latency_ms"]
     failed = f"  FAILED {r['failed']} of {r['samples']}: {'; '.join(r['errors'])}" if r["failed"] else ""
+    how = r["mode"] + (f", schedule {r['schedule']}" if r.get("schedule") else "")
     return (
-        f"{r['policy']:<23} ({r['mode']}{', schedule ' + r['schedule'] if r.get('schedule') else ''}): accuracy {r['accuracy']:.2%}  saving {r['saving']:.1%}  "
+        f"{r['policy']:<23} ({how}): accuracy {r['accuracy']:.2%}  saving {r['saving']:.1%}  "
         f"latency p50 {lat['p50']:.1f} ms  p95 {lat['p95']:.1f} ms  {r['throughput_per_s']:.0f}/s  "
         f"exits {r['exit_histogram']}  answered by 1..{len(r['devices_histogram'])} devices "
         f"{r['devices_histogram']}{failed}"
