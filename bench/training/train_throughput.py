@@ -15,7 +15,12 @@ picked: 64 with AVX-512 (two 16-wide fp32 FMA units), 32 with AVX2 (two 8-wide).
 that boosts above the reported one, or a core with fewer FMA units, moves the peak: the
 share is for scale, not a measurement.
 
+The training steps run at each ``--precision`` (``OptimConfig.precision``: fp32, or bf16
+mixed precision, which pays on CPUs with AVX512-BF16); the teacher's views are computed in
+fp32 as ``distree train`` computes them on a CPU.
+
 Usage: python bench/training/train_throughput.py [CONFIG[:CxS] ...] [--steps N] [--batch B]
+                                                 [--precision fp32 bf16] [--layout channels_last]
   CxS is channels x image size (default 1x28 for fashion-mnist configs, 3x32 otherwise).
   With no config: the three shipped configs.
 """
@@ -23,6 +28,7 @@ Usage: python bench/training/train_throughput.py [CONFIG[:CxS] ...] [--steps N] 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from pathlib import Path
@@ -40,6 +46,7 @@ from distree.training.objectives import StudentObjective, TeacherObjective, Teac
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ["configs/cifar10-cpu.yaml", "configs/fashion-mnist.yaml", "configs/cifar10-gpu.yaml"]
 FLOP_PER_CYCLE = {"AVX512": 64, "AVX2": 32}
+LAYOUTS = {"default": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 def cpu_clock_ghz() -> float | None:
@@ -65,8 +72,10 @@ def timed(fn, steps: int) -> float:
     return statistics.median(times)
 
 
-def bench_config(path: str, shape: tuple[int, int], steps: int, batch: int | None, fmt: torch.memory_format):
-    """Rows (phase, images/s, GFLOP/s) for one config and memory format."""
+def bench_config(
+    path: str, shape: tuple[int, int], steps: int, batch: int | None, fmt: torch.memory_format, precision: str
+):
+    """Rows (phase, images/s, GFLOP/s) for one config, memory format and precision."""
     cfg = load_run_config(path)
     channels, size = shape
     classes = 10
@@ -95,7 +104,7 @@ def bench_config(path: str, shape: tuple[int, int], steps: int, batch: int | Non
             else:
                 views, rows = random_views(idx.shape, pad, flip), None
             x = apply_views(norm(images[idx]), pad, views).contiguous(memory_format=fmt)
-            train_step(obj, opt, x, labels[idx], rows, device)
+            train_step(obj, opt, x, labels[idx], rows, device, precision=precision)
 
         return step, bs
 
@@ -124,6 +133,12 @@ def main() -> None:
     ap.add_argument("configs", nargs="*", help="config files, each optionally :CxS")
     ap.add_argument("--steps", type=int, default=8, help="timed steps per measurement (median)")
     ap.add_argument("--batch", type=int, help="override the configs' batch size")
+    ap.add_argument(
+        "--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"], help="training steps' arithmetic"
+    )
+    ap.add_argument(
+        "--layout", nargs="+", choices=list(LAYOUTS), default=list(LAYOUTS), help="memory layouts to measure"
+    )
     args = ap.parse_args()
     specs = args.configs or [str(ROOT / c) for c in SHIPPED]
     ghz = cpu_clock_ghz()
@@ -144,11 +159,11 @@ def main() -> None:
             shape = (int(c), int(s))
         else:
             shape = (1, 28) if "fashion" in Path(path).name else (3, 32)
-        for name, fmt in (("default", torch.contiguous_format), ("channels_last", torch.channels_last)):
-            rows, t_macs, s_macs = bench_config(path, shape, args.steps, args.batch, fmt)
+        for name, precision in itertools.product(args.layout, args.precision):
+            rows, t_macs, s_macs = bench_config(path, shape, args.steps, args.batch, LAYOUTS[name], precision)
             print(
                 f"\n{Path(path).name} ({shape[0]}x{shape[1]}x{shape[1]}; teacher {t_macs / 1e6:.1f} M MACs, "
-                f"student {s_macs / 1e6:.1f} M MACs per image), layout {name}:"
+                f"student {s_macs / 1e6:.1f} M MACs per image), layout {name}, {precision}:"
             )
             print(f"  {'phase':<28}{'images/s':>10}{'GFLOP/s':>9}{'of peak':>9}")
             for phase, ips, flops in rows:

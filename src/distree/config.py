@@ -208,6 +208,11 @@ class OptimConfig(_Strict):
         description="every this many steps, pull the weights toward a running average of them and "
         "continue from it (lookahead), ending on the average; 0: off",
     )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="arithmetic of the training steps: bf16 mixed precision, fp32, or auto (bf16 on CUDA, fp32 "
+        "on CPUs; bf16 pays on CPUs with AVX512-BF16, where it trains about 1.7x faster)",
+    )
 
 
 class DistillConfig(_Strict):

@@ -6,7 +6,7 @@ from torch import nn
 
 from distree.config import OptimConfig
 from distree.data.augment import Views, apply_views
-from distree.training.loop import LINEAR_END, LINEAR_START, Lookahead, lr_at, make_optimizer
+from distree.training.loop import LINEAR_END, LINEAR_START, Lookahead, lr_at, make_optimizer, train_step
 
 
 def test_the_linear_schedule_warms_up_from_a_fifth_and_decays_to_seven_percent():
@@ -73,3 +73,29 @@ def test_the_whitening_sample_is_drawn_across_a_class_ordered_split():
     assert len(sample) == 1000
     assert sample.bincount(minlength=10).min() > 60
     assert torch.equal(sample, init_sample(labels, seed=0, n=1000))
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype"), [("auto", torch.float32), ("fp32", torch.float32), ("bf16", torch.bfloat16)]
+)
+def test_a_training_step_computes_at_the_configured_precision_and_keeps_fp32_weights(precision, dtype):
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 3 * 3, 2))
+    seen = []
+    net[0].register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+
+    class Objective(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, y, rows):
+            return nn.functional.cross_entropy(self.net(x), y), {}
+
+    obj = Objective()
+    opt = make_optimizer(obj, OptimConfig(precision=precision))
+    before = net[0].weight.detach().clone()
+    train_step(
+        obj, opt, torch.randn(4, 3, 5, 5), torch.tensor([0, 1, 0, 1]), None, torch.device("cpu"), precision=precision
+    )
+    assert seen == [dtype]  # on a CPU, auto is fp32
+    assert net[0].weight.dtype == torch.float32 and not torch.equal(net[0].weight, before)

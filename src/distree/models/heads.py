@@ -40,12 +40,28 @@ class ExitHead(nn.Module):
         """
         if len(vectors) != len(self.proj):
             raise ValueError(f"expected {len(self.proj)} branch vectors, got {len(vectors)}")
+        if mask is None and not agreement:
+            return self._fuse_present(vectors)
         projected, keeps = self.project(vectors, mask)
         if not projected:
             raise ValueError("an exit head needs at least one branch vector")
         if bool((sum(keeps[1:], keeps[0]) == 0).any()):
             raise ValueError("every sample needs at least one present branch")
         return self.fuse(projected, keeps, agreement)
+
+    def _fuse_present(self, vectors: Sequence[torch.Tensor | None]) -> ExitOutput:
+        """``fuse(*project(vectors))`` without agreement when every sample has every present
+        branch (no mask): the same arithmetic, with no keep flags to build and sum. It is
+        the coordinator's path at every step, where a head's cost is torch's per-operation
+        overhead, not its MACs."""
+        projected = [
+            F.linear(v, self.proj[b].weight, self.proj[b].bias) for b, v in enumerate(vectors) if v is not None
+        ]
+        if not projected:
+            raise ValueError("an exit head needs at least one branch vector")
+        # Dividing by the count as a float gives the same values as by fuse's tensor of counts.
+        z = self.norm(sum(projected[1:], projected[0]) / float(len(projected)))
+        return ExitOutput(z, self.classifier(z), None)
 
     def project(
         self, vectors: Sequence[torch.Tensor | None], mask: torch.Tensor | None = None
@@ -100,6 +116,6 @@ class HeadFusion:
     def __init__(self, heads: nn.ModuleList):
         self.heads = heads
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(self, k: int, vectors: Sequence[torch.Tensor | None], agreement: bool) -> ExitOutput:
         return self.heads[k](vectors, agreement=agreement)

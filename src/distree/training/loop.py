@@ -122,13 +122,14 @@ def train_step(
     device: torch.device,
     where: str = "",
     weight: float = 1.0,
+    precision: str = "auto",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimizer step of ``obj`` on an augmented, normalised batch; returns (loss, terms).
 
     ``weight``: the gradient is that of ``weight`` x the loss (a rank's share of a batch
-    split unevenly between ranks).
+    split unevenly between ranks). ``precision``: as ``OptimConfig.precision``.
     """
-    with autocast(device):
+    with autocast(device, precision):
         loss, terms = obj(x, y, rows)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss became {loss.item()} at {where}; lower the learning rate")
@@ -231,7 +232,7 @@ def train_phase(
             # DDP averages the ranks' gradients; weighting each by its share of the batch
             # makes that the gradient of the whole batch's mean loss.
             weight = len(idx) * ranks.world / len(batch)
-            loss, terms = train_step(model, opt, x, labels[idx], rows, device, where, weight)
+            loss, terms = train_step(model, opt, x, labels[idx], rows, device, where, weight, cfg.precision)
             if lookahead is not None:
                 lookahead.after_step(step, total)
             for k, v in {"loss": loss.detach(), **terms}.items():

@@ -89,7 +89,8 @@ class TeacherTargets:
     computation stopped at ``deadline`` (a ``time.monotonic()`` value) leaves the images
     done so far there and continues from them. At 8 views of 45,000 CIFAR-10 images this
     is about 40 minutes on 2 cores, and the file (about 290 MB) is too large to commit, so
-    it helps a run that continues on the same machine.
+    it helps a run that continues on the same machine. ``precision``: the teacher's
+    arithmetic, as ``OptimConfig.precision`` (the student's is used).
     """
 
     def __init__(
@@ -104,6 +105,7 @@ class TeacherTargets:
         store: Path | None = None,
         key: str = "",
         deadline: float | None = None,
+        precision: str = "auto",
     ):
         v_count = table.per_image
         logits, features, done = _read_targets(store, key) if store is not None else (None, None, 0)
@@ -130,7 +132,7 @@ class TeacherTargets:
                 v = torch.arange(v_count).repeat(len(sample) // v_count)
                 x = norm(images[sample].to(device))
                 x = apply_views(x, table.padding, table.pick(sample.to(device), v.to(device)), table.pad_mode)
-                with autocast(device):
+                with autocast(device, precision):
                     out = teacher(x)
                 rows = sample * v_count + v
                 logits[rows] = out.logits.float().cpu()

@@ -181,6 +181,7 @@ def train_run(
         key = (
             f"{ranks.from_main(_sha256(run.teacher_file) if ranks.is_main else None)}:{len(splits.train)}:{d.crop_padding}:{d.flip}:{table.per_image}:{config.seed}"
             + ("" if d.pad_mode == "zeros" else f":{d.pad_mode}")
+            + ("" if config.student_optim.precision == "auto" else f":{config.student_optim.precision}")
         )
         targets = TeacherTargets(
             teacher,
@@ -190,6 +191,7 @@ def train_run(
             config.eval_batch_size,
             device,
             log,
+            precision=config.student_optim.precision,
             # Each rank computes them (a matter of seconds on a GPU); rank 0 keeps them.
             store=store if ranks.is_main else None,
             key=key,
