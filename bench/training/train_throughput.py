@@ -15,9 +15,9 @@ picked: 64 with AVX-512 (two 16-wide fp32 FMA units), 32 with AVX2 (two 8-wide).
 that boosts above the reported one, or a core with fewer FMA units, moves the peak: the
 share is for scale, not a measurement.
 
-The training steps run at each ``--precision`` (``OptimConfig.precision``: fp32, or bf16
-mixed precision, which pays on CPUs with AVX512-BF16); the teacher's views are computed in
-fp32 as ``distree train`` computes them on a CPU.
+Every phase runs at each ``--precision`` (``OptimConfig.precision``: fp32, or bf16 mixed
+precision, which pays on CPUs with AVX512-BF16), the teacher's views too, as ``distree
+train`` computes them at the student's precision.
 
 Usage: python bench/training/train_throughput.py [CONFIG[:CxS] ...] [--steps N] [--batch B]
                                                  [--precision fp32 bf16] [--layout channels_last]
@@ -118,7 +118,9 @@ def bench_config(
     rows.append(("student, online teacher", 1 / per, (6 * s_macs + 2 * t_macs) / per))
     table = ViewTable(n, pad, flip, max(1, cfg.distill.teacher_views or 4), seed=0)
     t0 = time.perf_counter()
-    targets = TeacherTargets(teacher.to(memory_format=fmt), images, norm, table, cfg.eval_batch_size, device)
+    targets = TeacherTargets(
+        teacher.to(memory_format=fmt), images, norm, table, cfg.eval_batch_size, device, precision=precision
+    )
     per = (time.perf_counter() - t0) / (n * table.per_image)
     rows.append(("teacher views (forward)", 1 / per, 2 * t_macs / per))
     step, bs = stepper(StudentObjective(student, teacher, cfg.distill, targets), cfg.student_optim, table)

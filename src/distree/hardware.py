@@ -25,9 +25,16 @@ def autocast(device: torch.device, precision: str = "auto") -> contextlib.Abstra
     (bench/training/train_throughput.py), without it the bf16 arithmetic is emulated and
     slower than fp32.
     """
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+    if resolved_precision(device, precision) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def resolved_precision(device: torch.device, precision: str = "auto") -> str:
+    """``bf16`` or ``fp32``: what ``precision`` (``OptimConfig.precision``) computes in on ``device``."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+    return "bf16" if precision == "bf16" or (precision == "auto" and device.type == "cuda") else "fp32"
 
 
 def training_memory_format(device: torch.device) -> torch.memory_format:

@@ -62,3 +62,23 @@ def test_no_branch_is_an_error():
         head([None, None])
     with pytest.raises(ValueError, match="every sample"):
         head([torch.randn(1, 4), torch.randn(1, 4)], torch.tensor([[False, False]]))
+
+
+@pytest.mark.parametrize("present", [(0, 1, 2), (0, 2), (1,)])
+def test_fusing_without_a_mask_gives_exactly_what_fusing_the_projections_gives(present):
+    # The stage loop's path (no mask, no agreement) skips the keep flags; its values may
+    # not differ from the general path's in any bit, or executors would disagree.
+    torch.manual_seed(0)
+    head = ExitHead([4, 6, 5], embed_dim=8, num_classes=3).eval()
+    v = [torch.randn(7, d) if b in present else None for b, d in enumerate([4, 6, 5])]
+    with torch.no_grad():
+        quick = head(v, agreement=False)
+        general = head.fuse(*head.project(v), agreement=False)
+        masked = head(
+            [x if x is not None else torch.zeros(7, d) for x, d in zip(v, [4, 6, 5])],
+            torch.tensor([[b in present for b in range(3)]] * 7),
+            agreement=False,
+        )
+    assert quick.agreement is None
+    for other in (general, masked):
+        assert torch.equal(quick.embedding, other.embedding) and torch.equal(quick.logits, other.logits)

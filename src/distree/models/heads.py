@@ -51,16 +51,19 @@ class ExitHead(nn.Module):
 
     def _fuse_present(self, vectors: Sequence[torch.Tensor | None]) -> ExitOutput:
         """``fuse(*project(vectors))`` without agreement when every sample has every present
-        branch (no mask): the same arithmetic, with no keep flags to build and sum. It is
-        the coordinator's path at every step, where a head's cost is torch's per-operation
-        overhead, not its MACs."""
+        branch (no mask): the same arithmetic, with no keep flags to build and sum. The
+        stage loop takes it at every step on the coordinator, where a head's cost is torch's
+        per-operation overhead rather than its MACs (training takes it too, for a branch
+        alone and without drop-out)."""
         projected = [
             F.linear(v, self.proj[b].weight, self.proj[b].bias) for b, v in enumerate(vectors) if v is not None
         ]
         if not projected:
             raise ValueError("an exit head needs at least one branch vector")
-        # Dividing by the count as a float gives the same values as by fuse's tensor of counts.
-        z = self.norm(sum(projected[1:], projected[0]) / float(len(projected)))
+        total = sum(projected[1:], projected[0])
+        # By a tensor, as fuse divides by its counts: CUDA turns a division by a Python
+        # number into a multiplication by its reciprocal, which can differ in the last bit.
+        z = self.norm(total / total.new_full((1, 1), len(projected)))
         return ExitOutput(z, self.classifier(z), None)
 
     def project(

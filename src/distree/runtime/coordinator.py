@@ -17,6 +17,7 @@ import logging
 import math
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -262,37 +263,40 @@ class _InferStream:
         """Take the client's messages until it ends its side, sends what cannot be read, or
         the coordinator shuts down and nothing is running any more (meanwhile new calls are
         refused and cancels are taken); then wait for the calls taken, and end the replies."""
-        messages = aiter(request_iterator)
+        reading = asyncio.ensure_future(self._take_all(request_iterator))
         done = asyncio.ensure_future(self._stopped_and_idle())
-        message: asyncio.Future | None = None
         try:
-            while True:
-                message = asyncio.ensure_future(self._next(messages))
-                await asyncio.wait({message, done}, return_when=asyncio.FIRST_COMPLETED)
-                if not message.done():  # shutting down, and every call answered
-                    break
-                try:
-                    m = message.result()
-                except StopAsyncIteration:  # the client ended its side
-                    break
-                except Exception as err:  # noqa: BLE001 - the stream ends with the reason, once the calls taken are answered
-                    self.malformed = f"{type(err).__name__}: {err}"
-                    break
-                self._take(m)
+            await asyncio.wait({reading, done}, return_when=asyncio.FIRST_COMPLETED)
+            reading.cancel()  # shutting down, and every call answered: stop waiting for messages
+            await asyncio.wait({reading})
+            if not reading.cancelled():
+                reading.result()  # a call that could not be taken ends the stream as it failed
             await self._idle()
         finally:
             done.cancel()
-            if message is not None and not message.cancel() and not message.cancelled():
-                message.exception()  # the end of the stream, or the error that ended it: no news
+            if not reading.cancel() and not reading.cancelled():
+                reading.exception()  # the read that ended the stream: no news
             self.replies.put_nowait(None)
 
-    async def _next(self, messages) -> pb.InferStreamRequest:
-        await self.slots.acquire()
-        try:
-            return await anext(messages)
-        except BaseException:
-            self.slots.release()
-            raise
+    async def _take_all(self, request_iterator) -> None:
+        """The messages, each taken as it arrives (one waiting read for the whole stream,
+        not one per message: a message is a single-image call's whole cost here)."""
+        messages = aiter(request_iterator)
+        while True:
+            await self.slots.acquire()
+            try:
+                m = await anext(messages)
+            except StopAsyncIteration:  # the client ended its side
+                self.slots.release()
+                return
+            except Exception as err:  # noqa: BLE001 - the stream ends with the reason, once the calls taken are answered
+                self.slots.release()
+                self.malformed = f"{type(err).__name__}: {err}"
+                return
+            except BaseException:
+                self.slots.release()
+                raise
+            self._take(m)
 
     async def _stopped_and_idle(self) -> None:
         await self.coordinator.stopping.wait()
@@ -313,7 +317,9 @@ class _InferStream:
         elif m.id in self.running:
             self._reply(m.id, grpc.StatusCode.INVALID_ARGUMENT, f"call id {m.id} is already in flight on this stream")
         elif self.coordinator.stopping.is_set():
-            metrics.REQUESTS.labels("stopping").inc(m.request.images.shape[0] if len(m.request.images.shape) else 1)
+            metrics.REQUESTS.labels("stopping").inc(
+                max(1, m.request.images.shape[0]) if len(m.request.images.shape) else 1
+            )
             self._reply(m.id, grpc.StatusCode.UNAVAILABLE, "the coordinator is shutting down: send the call again")
         else:
             self.running[m.id] = asyncio.ensure_future(self._one(m.id, m.request))
@@ -540,11 +546,13 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         """The answers of the rows the loop's latest step stopped."""
         out = loop.exited(loop.left)
         probs = softmax(out.logits)
+        exits = out.exit.tolist()
+        for e, count in Counter(exits).items():
+            metrics.EXITS.labels(str(e)).inc(count)
         results = []
         for e, p, prediction, reason, branches, macs in zip(
-            out.exit.tolist(), probs.tolist(), out.predictions.tolist(), out.reason, out.branches, out.macs.tolist()
+            exits, probs.tolist(), out.predictions.tolist(), out.reason, out.branches, out.macs.tolist()
         ):
-            metrics.EXITS.labels(str(e)).inc()
             results.append(
                 pb.InferResult(
                     prediction=prediction,

@@ -14,8 +14,9 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     t = temperature
     return (
         F.kl_div(
-            F.log_softmax(student_logits / t, dim=-1),
-            F.log_softmax(teacher_logits / t, dim=-1),
+            # In fp32 under any autocast: CPU autocast leaves log_softmax in bf16.
+            F.log_softmax(student_logits.float() / t, dim=-1),
+            F.log_softmax(teacher_logits.float() / t, dim=-1),
             reduction="batchmean",
             log_target=True,
         )

@@ -14,6 +14,7 @@ from distree.config import RunConfig
 from distree.data.augment import Normalization
 from distree.data.dataset import DataSplits
 from distree.evaluation.measures import accuracy
+from distree.hardware import resolved_precision
 from distree.inference.records import student_exits, teacher_logits
 from distree.provenance import Provenance
 from distree.run import DataInfo, RunDir, RunMeta
@@ -178,10 +179,12 @@ def train_run(
             len(splits.train), d.crop_padding, d.flip, config.distill.teacher_views, config.seed, d.pad_mode
         )
         store = run.resume_dir / TEACHER_TARGETS_FILE
+        precision = resolved_precision(device, config.student_optim.precision)
         key = (
             f"{ranks.from_main(_sha256(run.teacher_file) if ranks.is_main else None)}:{len(splits.train)}:{d.crop_padding}:{d.flip}:{table.per_image}:{config.seed}"
             + ("" if d.pad_mode == "zeros" else f":{d.pad_mode}")
-            + ("" if config.student_optim.precision == "auto" else f":{config.student_optim.precision}")
+            # Keys of fp32 outputs are as they were before precision was a setting.
+            + ("" if precision == "fp32" else f":{precision}")
         )
         targets = TeacherTargets(
             teacher,
@@ -191,7 +194,7 @@ def train_run(
             config.eval_batch_size,
             device,
             log,
-            precision=config.student_optim.precision,
+            precision=precision,
             # Each rank computes them (a matter of seconds on a GPU); rank 0 keeps them.
             store=store if ranks.is_main else None,
             key=key,
