@@ -13,7 +13,8 @@ GFLOP/s counts 2 x 3 x MACs per trained image (forward + two backward products) 
 alone. Peak = threads x reported clock x FLOP/cycle, assumed from the kernels torch
 picked: 64 with AVX-512 (two 16-wide fp32 FMA units), 32 with AVX2 (two 8-wide). A clock
 that boosts above the reported one, or a core with fewer FMA units, moves the peak: the
-share is for scale, not a measurement.
+share is for scale, not a measurement. The peak is fp32's: bf16 dot-product instructions
+(AVX512-BF16) do twice the multiply-adds per lane, so bf16 phases can read above 100%.
 
 Every phase runs at each ``--precision`` (``OptimConfig.precision``: fp32, or bf16 mixed
 precision, which pays on CPUs with AVX512-BF16), the teacher's views too, as ``distree

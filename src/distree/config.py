@@ -211,7 +211,7 @@ class OptimConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="arithmetic of the training steps: bf16 mixed precision, fp32, or auto (bf16 on CUDA, fp32 "
-        "on CPUs; bf16 pays on CPUs with AVX512-BF16, where it trains about 1.7x faster)",
+        "on CPUs; bf16 pays on CPUs with AVX512-BF16: 1.2 to 1.9x faster per phase, docs/training.md)",
     )
 
 

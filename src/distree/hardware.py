@@ -21,9 +21,9 @@ def autocast(device: torch.device, precision: str = "auto") -> contextlib.Abstra
     """Mixed precision for ``precision``: ``bf16`` (no loss scaling needed), ``fp32``, or
     ``auto``: bf16 on CUDA, full precision elsewhere.
 
-    bf16 on a CPU is opt-in: with AVX512-BF16 it trains about 1.7x faster
-    (bench/training/train_throughput.py), without it the bf16 arithmetic is emulated and
-    slower than fp32.
+    bf16 on a CPU is opt-in: with AVX512-BF16 it trains 1.2 to 1.9x faster
+    (bench/training/train_throughput.py); without it torch emulates bf16, which is expected
+    to be slower than fp32 (not measured: the development machine has AVX512-BF16).
     """
     if resolved_precision(device, precision) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
