@@ -117,7 +117,7 @@ class StageLoop:
         self._head_macs = 0
         self.logits: Array | None = None  # (rows, classes) at each row's exit
         self.stage_ms: list[float] = []  # per step taken
-        self._per_stage_ms: list[float] = []  # each step's time over the most stages a device ran for it
+        self._slowest_stage_ms = 0.0  # the most of any step's time over the most stages a device ran for it
         if deadline_ms is not None:
             deadline_ms = xp.asarray(deadline_ms, dtype=xp.float64)
         has_deadline = deadline_ms is not None and bool(xp.any(xp.isfinite(deadline_ms)))
@@ -177,7 +177,7 @@ class StageLoop:
             raise ValueError("with deadlines, every step needs the stage's time and the clock")
         elapsed = (now_s - self._arrived[self.alive]) * 1000
         stages = max((len(r) for r in self.due().values()), default=1) if self._at < len(self.steps) else 1
-        return should_stop_for_deadline(elapsed, max(self._per_stage_ms) * stages, self._deadline[self.alive])
+        return should_stop_for_deadline(elapsed, self._slowest_stage_ms * stages, self._deadline[self.alive])
 
     def step(
         self,
@@ -215,7 +215,8 @@ class StageLoop:
         self.left = self.alive[:0]
         if stage_ms is not None:
             self.stage_ms.append(stage_ms)
-            self._per_stage_ms.append(stage_ms / max((len(r) for r in due.values()), default=1))
+            per_stage = stage_ms / max((len(r) for r in due.values()), default=1)
+            self._slowest_stage_ms = max(self._slowest_stage_ms, per_stage)
         xp = self.xp
         if not present:
             asleep = [b for b in range(self.num_branches) if b not in self.lost and self.ran_to[b] < 0]

@@ -208,10 +208,10 @@ class _Eager:
             return self.ahead[w][stages[0]]
         # A worker that fails a stage it catches up on never sends the later ones: its
         # error, not the deadline, ends the wait.
-        return asyncio.ensure_future(self._in_turn(self.ahead[w][stages.start : stages.stop]))
+        return asyncio.ensure_future(self._last_of(self.ahead[w][stages.start : stages.stop]))
 
     @staticmethod
-    async def _in_turn(futures: list[asyncio.Future]) -> pb.StageReply:
+    async def _last_of(futures: list[asyncio.Future]) -> pb.StageReply:
         for f in futures:
             reply = await f
         return reply

@@ -232,7 +232,9 @@ def train_phase(
             # DDP averages the ranks' gradients; weighting each by its share of the batch
             # makes that the gradient of the whole batch's mean loss.
             weight = len(idx) * ranks.world / len(batch)
-            loss, terms = train_step(model, opt, x, labels[idx], rows, device, where, weight, cfg.precision)
+            loss, terms = train_step(
+                model, opt, x, labels[idx], rows, device, where=where, weight=weight, precision=cfg.precision
+            )
             if lookahead is not None:
                 lookahead.after_step(step, total)
             for k, v in {"loss": loss.detach(), **terms}.items():
